@@ -1,0 +1,44 @@
+//! The one body type that flows between the proxy's parts.
+//!
+//! Every layer (forwarding, uploads, rewriting, store serving) hands bodies to the next as a
+//! [`Body`]: a boxed, streaming `http_body::Body` of [`Bytes`] chunks. Boxing at this edge keeps
+//! the generics shallow everywhere else.
+
+use bytes::Bytes;
+use futures_util::{Stream, TryStreamExt};
+use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+
+/// Any error a body can carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streaming HTTP body.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+/// A body holding `bytes` in full (short, proxy-made answers only).
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A body from a stream of chunks.
+pub fn from_stream<S, E>(stream: S) -> Body
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Sync + 'static,
+    E: Into<BoxError> + 'static,
+{
+    StreamBody::new(stream.map_ok(Frame::data).map_err(Into::into)).boxed()
+}
+
+/// Boxes any body whose error converts into [`BoxError`] (e.g. `hyper::body::Incoming`).
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}

@@ -1,0 +1,7 @@
+//! offload: a reverse proxy that lets a fleet of web servers share uploaded and generated assets
+//! through S3-compatible object storage, with no change to the application behind it.
+//!
+//! The four ways through the proxy (pass-through, upload routes, response rewriting, asset
+//! requests) are wired together in [`server`]; each concern lives in its own module.
+
+pub mod body;
