@@ -2,6 +2,8 @@
 //! through S3-compatible object storage, with no change to the application behind it.
 //!
 //! The four ways through the proxy (pass-through, upload routes, response rewriting, asset
-//! requests) are wired together in [`server`]; each concern lives in its own module.
+//! requests) are wired together in `server`; each concern lives in its own module.
 
 pub mod body;
+pub mod config;
+pub mod store;

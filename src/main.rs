@@ -1,1 +1,7 @@
-fn main() {}
+//! The `offload` command line: parse, load config, run.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    ExitCode::SUCCESS
+}

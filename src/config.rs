@@ -1,0 +1,820 @@
+//! Typed configuration: TOML file → environment overrides → presets → validation.
+//!
+//! Loading happens in three steps, each with errors that name the key:
+//! 1. the file is parsed as a TOML table and every `OFFLOAD_<SECTION>_<KEY>` variable is laid
+//!    over it (values are read as TOML when they parse, as strings otherwise);
+//! 2. the table is deserialized into [`Config`] with `deny_unknown_fields` (an unknown key is
+//!    refused with the nearest valid one), typed values (addresses, URLs, sizes, durations)
+//!    parsed on the way;
+//! 3. a preset fills in what it implies, then [`Config::validate`] checks what types cannot.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytesize::ByteSize;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `wordpress` or `joomla`: fills in upload routes and asset prefixes.
+    pub preset: Option<Preset>,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub store: StoreConfig,
+    pub assets: AssetsConfig,
+    pub rewrite: RewriteConfig,
+    pub uploads: Vec<UploadRouteConfig>,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            preset: None,
+            server: ServerConfig::default(),
+            upstream: UpstreamConfig::default(),
+            store: StoreConfig::default(),
+            assets: AssetsConfig::default(),
+            rewrite: RewriteConfig::default(),
+            uploads: Vec::new(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Wordpress,
+    Joomla,
+}
+
+/// `[server]`: the public listener and the admin listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`; `"off"` disables it.
+    #[serde(with = "opt_addr")]
+    pub admin_listen: Option<SocketAddr>,
+    pub tls: Option<TlsConfig>,
+    /// Serve HTTP/2 (ALPN `h2` on TLS, prior knowledge on plain TCP) besides HTTP/1.1.
+    pub http2: bool,
+    /// A client must send its whole request head within this time (slowloris defence).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, requests in flight get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Largest request head (request line + headers) accepted.
+    pub max_header_size: ByteSize,
+    /// Most headers accepted in one request.
+    pub max_headers: usize,
+    /// Peers whose `X-Forwarded-*`/`Forwarded` headers are kept and extended; from anyone else
+    /// they are replaced.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            tls: None,
+            http2: true,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            max_header_size: ByteSize::kib(64),
+            max_headers: 100,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[upstream]`: the app behind the proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub url: Url,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the app to start answering (response head); past it: `504`.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Idle pooled connections to the app are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Most idle keep-alive connections kept to the app.
+    pub pool_max_idle: usize,
+    /// Send the client's `Host` to the app (true) or the upstream URL's host (false).
+    pub preserve_host: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: Url::parse("http://127.0.0.1:8000").unwrap_or_else(|_| unreachable!()),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle: 256,
+            preserve_host: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A local folder: the embedded default for development and single servers.
+    Fs,
+    /// S3 or any S3-compatible store.
+    S3,
+}
+
+/// `[store]`: where offloaded bytes live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// fs: the folder objects are kept in.
+    pub root: PathBuf,
+    /// fs: the URL path under which offload serves the folder itself.
+    pub serve_prefix: String,
+    /// s3: the bucket.
+    pub bucket: String,
+    /// s3: the region (S3-compatible stores usually accept `us-east-1`).
+    pub region: String,
+    /// s3: a custom endpoint for S3-compatible stores; omit for AWS.
+    pub endpoint: Option<Url>,
+    /// s3: path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
+    pub path_style: bool,
+    /// Key prefix inside the bucket or folder, e.g. `site-a/`.
+    pub prefix: String,
+    /// Where rewritten URLs point: a CDN or custom domain. Default: the bucket's own URL (s3),
+    /// or `serve_prefix` on this proxy (fs).
+    pub public_url: Option<Url>,
+    /// s3: size of one multipart part; a stream that fits in one part is a single PutObject.
+    pub part_size: ByteSize,
+    /// s3: parts uploaded concurrently per stream (memory ≈ part_size × parts_in_flight).
+    pub parts_in_flight: usize,
+    /// s3: storage class, e.g. `STANDARD_IA`.
+    pub storage_class: Option<String>,
+    /// s3: server-side encryption: `AES256` or `aws:kms`.
+    pub sse: Option<String>,
+    /// s3: the KMS key id when `sse = "aws:kms"`.
+    pub sse_kms_key_id: Option<String>,
+    /// s3: rewritten URLs are presigned GETs (private buckets).
+    pub presign: bool,
+    /// s3: lifetime of presigned URLs.
+    #[serde(with = "humantime_serde")]
+    pub presign_expiry: Duration,
+    /// s3: attempts per request, with exponential backoff.
+    pub max_attempts: u32,
+    /// `Cache-Control` stored with objects that come without one.
+    pub cache_control: String,
+    /// Presence cache: most keys remembered.
+    pub cache_capacity: u64,
+    /// Presence cache: how long a key known present is trusted.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Presence cache: how long a key known absent is trusted (short: another replica may
+    /// offload it any moment).
+    #[serde(with = "humantime_serde")]
+    pub cache_absent_ttl: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Fs,
+            root: PathBuf::from("./offload-data"),
+            serve_prefix: "/_offload/".into(),
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            path_style: false,
+            prefix: String::new(),
+            public_url: None,
+            part_size: ByteSize::mib(8),
+            parts_in_flight: 4,
+            storage_class: None,
+            sse: None,
+            sse_kms_key_id: None,
+            presign: false,
+            presign_expiry: Duration::from_secs(3600),
+            max_attempts: 3,
+            cache_control: "public, max-age=31536000".into(),
+            cache_capacity: 100_000,
+            cache_ttl: Duration::from_secs(3600),
+            cache_absent_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingAsset {
+    /// Serve the object from the store, streamed.
+    Store,
+    /// Redirect (302) to the object's public URL.
+    Redirect,
+    /// Pass the app's 404 through.
+    Off,
+}
+
+/// `[assets]`: which URLs are managed assets, and what happens on the app's 404.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssetsConfig {
+    /// URL path prefixes of managed assets, e.g. `/wp-content/uploads/`.
+    pub prefixes: Vec<String>,
+    /// Origins that count as this site in absolute URLs (the request's own origin always does).
+    pub site_origins: Vec<Url>,
+    pub missing: MissingAsset,
+    /// Rewrite every managed URL without asking the store (for sites already synced).
+    pub assume_present: bool,
+    /// Copy assets the store lacks from the app in the background when a page names them.
+    pub origin_pull: bool,
+    /// Origin pulls running at once.
+    pub pull_concurrency: usize,
+    /// Largest asset copied by origin pull.
+    pub pull_max_size: ByteSize,
+    /// Content types origin pull copies (a trailing `/` matches a whole family).
+    pub pull_types: Vec<String>,
+}
+
+impl Default for AssetsConfig {
+    fn default() -> Self {
+        AssetsConfig {
+            prefixes: Vec::new(),
+            site_origins: Vec::new(),
+            missing: MissingAsset::Store,
+            assume_present: false,
+            origin_pull: true,
+            pull_concurrency: 4,
+            pull_max_size: ByteSize::mib(256),
+            pull_types: [
+                "image/",
+                "video/",
+                "audio/",
+                "font/",
+                "application/pdf",
+                "application/zip",
+                "text/css",
+                "text/csv",
+                "text/plain",
+                "application/json",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// `[rewrite]`: which responses get their asset URLs rewritten.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewriteConfig {
+    pub enabled: bool,
+    /// Also rewrite JavaScript bodies and inline scripts.
+    pub javascript: bool,
+    /// Responses declaring a larger `Content-Length` pass untouched.
+    pub max_size: ByteSize,
+}
+
+impl Default for RewriteConfig {
+    fn default() -> Self {
+        RewriteConfig {
+            enabled: true,
+            javascript: false,
+            max_size: ByteSize::mib(64),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadMode {
+    /// The app gets the request unchanged; file parts are teed into the store.
+    Mirror,
+    /// File parts are stored and replaced by text fields describing them.
+    Replace,
+    /// The proxy answers itself with JSON describing the stored files.
+    Respond,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Answer 502/503; the app never sees the request.
+    Reject,
+    /// Forward the request to the app anyway.
+    Forward,
+}
+
+/// `[[uploads]]`: one upload route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadRouteConfig {
+    /// Exact path, or a glob such as `/api/*/files`.
+    pub path: String,
+    /// Query parameters (`name=value`, all of them) the request must carry, e.g.
+    /// `["option=com_media", "task=file.upload"]`; empty matches any query.
+    pub query: Vec<String>,
+    pub methods: Vec<String>,
+    pub mode: UploadMode,
+    /// Placeholders: {prefix} {yyyy} {mm} {dd} {uuid} {sha256} {filename} {ext}.
+    pub key_template: String,
+    pub max_file_size: ByteSize,
+    pub max_body_size: ByteSize,
+    pub max_parts: usize,
+    pub max_field_size: ByteSize,
+    /// Extensions accepted (empty: any not denied), lowercase without the dot.
+    pub allowed_extensions: Vec<String>,
+    /// Extensions refused; default: server-executable types.
+    pub denied_extensions: Vec<String>,
+    /// Content types accepted (empty: any); a trailing `/` matches a family.
+    pub allowed_types: Vec<String>,
+    /// Types stored without `Content-Disposition: attachment` though a browser would run them.
+    pub inline_types: Vec<String>,
+    pub on_store_error: OnStoreError,
+    /// replace: how the fields describing a stored file are named: `brackets` (`NAME[key]`)
+    /// or `underscore` (`NAME_key`).
+    pub field_style: FieldStyle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldStyle {
+    Brackets,
+    Underscore,
+}
+
+/// Extensions of files a web server may execute: never accepted by default.
+pub const SERVER_EXECUTABLE_EXTENSIONS: &[&str] = &[
+    "php", "php3", "php4", "php5", "php7", "phps", "pht", "phtml", "phar", "cgi", "pl", "py", "rb",
+    "asp", "aspx", "ashx", "asmx", "jsp", "jspx", "sh", "bash", "exe", "dll", "htaccess",
+    "shtml",
+];
+
+impl Default for UploadRouteConfig {
+    fn default() -> Self {
+        UploadRouteConfig {
+            path: String::new(),
+            query: Vec::new(),
+            methods: vec!["POST".into(), "PUT".into()],
+            mode: UploadMode::Mirror,
+            key_template: "{prefix}uploads/{yyyy}/{mm}/{uuid}/{filename}".into(),
+            max_file_size: ByteSize::mib(512),
+            max_body_size: ByteSize::gib(1),
+            max_parts: 100,
+            max_field_size: ByteSize::mib(1),
+            allowed_extensions: Vec::new(),
+            denied_extensions: SERVER_EXECUTABLE_EXTENSIONS
+                .iter()
+                .map(|e| e.to_string())
+                .collect(),
+            allowed_types: Vec::new(),
+            inline_types: Vec::new(),
+            on_store_error: OnStoreError::Reject,
+            field_style: FieldStyle::Brackets,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `offload=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Sections that environment variables may address, in the order they are tried (longest
+/// first would matter only if one name prefixed another; none does).
+const SECTIONS: &[&str] = &["server", "upstream", "store", "assets", "rewrite", "log"];
+
+impl Config {
+    /// Loads `path` (or only defaults and the environment when `None`), applies the
+    /// environment's `OFFLOAD_*` overrides and the preset, and validates.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("reading config file {}", p.display()))?,
+            None => String::new(),
+        };
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("OFFLOAD_"))
+            .collect();
+        Config::from_toml_with_env(&text, &env)
+    }
+
+    /// Parses TOML text, lays `env` (variables named `OFFLOAD_<SECTION>_<KEY>`) over it, applies
+    /// the preset and validates.
+    pub fn from_toml_with_env(text: &str, env: &BTreeMap<String, String>) -> anyhow::Result<Config> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            anyhow::anyhow!("{}", suggest_unknown_key(e.message()).unwrap_or_else(|| e.to_string()))
+        })?;
+        apply_env(&mut table, env)?;
+        let mut config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            anyhow::anyhow!("{}", suggest_unknown_key(e.message()).unwrap_or_else(|| e.to_string()))
+        })?;
+        config.apply_preset();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Fills in what the preset implies, without overriding what the file says.
+    fn apply_preset(&mut self) {
+        let Some(preset) = self.preset else { return };
+        let (prefixes, routes): (&[&str], &[(&str, &[&str])]) = match preset {
+            Preset::Wordpress => (
+                &["/wp-content/uploads/"],
+                &[
+                    ("/wp-admin/async-upload.php", &[]),
+                    ("/wp-admin/media-new.php", &[]),
+                    ("/wp-json/wp/v2/media", &[]),
+                ],
+            ),
+            Preset::Joomla => (
+                &["/images/"],
+                &[
+                    // Joomla 3's media manager: com_media's file.upload task, multipart.
+                    (
+                        "/administrator/index.php",
+                        &["option=com_media", "task=file.upload"],
+                    ),
+                    // Joomla 4/5 web-services API (JSON bodies are left to origin pull).
+                    ("/api/index.php/v1/media/files", &[]),
+                ],
+            ),
+        };
+        for prefix in prefixes {
+            if !self.assets.prefixes.iter().any(|p| p == prefix) {
+                self.assets.prefixes.push((*prefix).into());
+            }
+        }
+        for (path, query) in routes {
+            if !self.uploads.iter().any(|r| r.path == *path) {
+                self.uploads.push(UploadRouteConfig {
+                    path: (*path).into(),
+                    query: query.iter().map(|q| q.to_string()).collect(),
+                    mode: UploadMode::Mirror,
+                    ..UploadRouteConfig::default()
+                });
+            }
+        }
+    }
+
+    /// Checks what the types alone cannot; the error names the key and the reason.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.upstream.url.scheme() {
+            "http" | "https" => {}
+            other => bail!("upstream.url: scheme must be http or https, not {other:?}"),
+        }
+        if self.upstream.url.host().is_none() {
+            bail!("upstream.url: needs a host");
+        }
+        if self.store.kind == StoreKind::S3 && self.store.bucket.is_empty() {
+            bail!("store.bucket: required when store.kind = \"s3\"");
+        }
+        if !self.store.serve_prefix.starts_with('/') || !self.store.serve_prefix.ends_with('/') {
+            bail!("store.serve_prefix: must start and end with '/'");
+        }
+        if !self.store.prefix.is_empty() && self.store.prefix.starts_with('/') {
+            bail!("store.prefix: a key prefix must not start with '/'");
+        }
+        if self.store.part_size < ByteSize::mib(5) || self.store.part_size > ByteSize::gib(5) {
+            bail!("store.part_size: S3 parts are 5 MiB to 5 GiB");
+        }
+        if self.store.parts_in_flight == 0 {
+            bail!("store.parts_in_flight: must be at least 1");
+        }
+        if self.store.max_attempts == 0 {
+            bail!("store.max_attempts: must be at least 1");
+        }
+        if let Some(sse) = &self.store.sse
+            && sse != "AES256"
+            && sse != "aws:kms"
+        {
+            bail!("store.sse: must be \"AES256\" or \"aws:kms\", not {sse:?}");
+        }
+        if self.store.sse_kms_key_id.is_some() && self.store.sse.as_deref() != Some("aws:kms") {
+            bail!("store.sse_kms_key_id: only with store.sse = \"aws:kms\"");
+        }
+        for prefix in &self.assets.prefixes {
+            if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix == "/" {
+                bail!("assets.prefixes: {prefix:?} must start and end with '/' and not be '/'");
+            }
+        }
+        for origin in &self.assets.site_origins {
+            if origin.host().is_none() || origin.path() != "/" {
+                bail!("assets.site_origins: {origin} must be scheme://host[:port] only");
+            }
+        }
+        if self.assets.pull_concurrency == 0 {
+            bail!("assets.pull_concurrency: must be at least 1");
+        }
+        for (i, route) in self.uploads.iter().enumerate() {
+            route.validate().with_context(|| format!("uploads[{i}]"))?;
+        }
+        if self.log.level.trim().is_empty() {
+            bail!("log.level: must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, secrets hidden (there are none in the file by design:
+    /// credentials come from the AWS chain; this still masks anything that looks like one).
+    pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("printing the effective config")
+    }
+}
+
+impl UploadRouteConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if !self.path.starts_with('/') {
+            bail!("path: {:?} must start with '/'", self.path);
+        }
+        globset::Glob::new(&self.path).with_context(|| format!("path: bad glob {:?}", self.path))?;
+        if let Some(q) = self.query.iter().find(|q| !q.contains('=')) {
+            bail!("query: {q:?} must be name=value");
+        }
+        if self.methods.is_empty() {
+            bail!("methods: at least one method");
+        }
+        for m in &self.methods {
+            http::Method::from_bytes(m.as_bytes())
+                .with_context(|| format!("methods: {m:?} is not an HTTP method"))?;
+        }
+        if !self.key_template.contains("{filename}")
+            && !self.key_template.contains("{uuid}")
+            && !self.key_template.contains("{sha256}")
+        {
+            bail!("key_template: needs {{filename}}, {{uuid}} or {{sha256}} so keys differ");
+        }
+        if self.max_parts == 0 {
+            bail!("max_parts: must be at least 1");
+        }
+        if self.max_file_size > self.max_body_size {
+            bail!("max_file_size: larger than max_body_size");
+        }
+        Ok(())
+    }
+}
+
+/// Lays `OFFLOAD_<SECTION>_<KEY>=value` over the table. Values parse as TOML when they can
+/// (`true`, `8`, `["a", "b"]`), and are taken as strings otherwise.
+fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("OFFLOAD_") else { continue };
+        let rest = rest.to_ascii_lowercase();
+        if rest == "preset" {
+            table.insert("preset".into(), toml::Value::String(value.clone()));
+            continue;
+        }
+        let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+            rest.strip_prefix(s)
+                .and_then(|k| k.strip_prefix('_'))
+                .map(|k| (*s, k.to_string()))
+        }) else {
+            bail!("{name}: no config section matches (sections: {})", SECTIONS.join(", "));
+        };
+        let parsed = parse_env_value(value);
+        let section_table = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section_table) = section_table.as_table_mut() else {
+            bail!("{section}: must be a table");
+        };
+        section_table.insert(key, parsed);
+    }
+    Ok(())
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+/// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a message naming the
+/// nearest valid key.
+fn suggest_unknown_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let candidates: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let nearest = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(unknown, c), *c))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .filter(|(score, _)| *score > 0.7)
+        .map(|(_, c)| c);
+    Some(match nearest {
+        Some(near) => format!("unknown key `{unknown}`: did you mean `{near}`?"),
+        None => format!("unknown key `{unknown}`: valid keys are {}", candidates.join(", ")),
+    })
+}
+
+/// Durations written as humantime strings ("30s", "5m", "250ms").
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {text:?}: {e}")))
+    }
+}
+
+/// An optional socket address, where `"off"` means none.
+mod opt_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(addr) => s.serialize_str(&addr.to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("bad address {text:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<Config> {
+        Config::from_toml_with_env(text, &BTreeMap::new())
+    }
+
+    fn load_env(text: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_toml_with_env(text, &env)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.server.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.store.kind, StoreKind::Fs);
+        assert_eq!(c.store.root, PathBuf::from("./offload-data"));
+        assert_eq!(c.store.part_size, ByteSize::mib(8));
+    }
+
+    #[test]
+    fn typed_values_parse() {
+        let c = load(
+            r#"
+            [server]
+            listen = "127.0.0.1:1234"
+            admin_listen = "off"
+            header_read_timeout = "250ms"
+            max_header_size = "16KiB"
+            trusted_proxies = ["10.0.0.0/8", "::1/128"]
+            [[uploads]]
+            path = "/api/*/files"
+            mode = "respond"
+            max_file_size = "2MiB"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.server.admin_listen, None);
+        assert_eq!(c.server.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(c.server.max_header_size, ByteSize::kib(16));
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert_eq!(c.uploads[0].mode, UploadMode::Respond);
+        assert_eq!(c.uploads[0].max_file_size, ByteSize::mib(2));
+    }
+
+    #[test]
+    fn unknown_key_names_the_nearest() {
+        let err = load("[server]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("did you mean `listen`"), "{err:#}");
+        let err = load("[stor]\nkind = \"fs\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("did you mean `store`"), "{err:#}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, needle) in [
+            ("[server]\nlisten = \"nope\"", "listen"),
+            ("[server]\nidle_timeout = \"soon\"", "bad duration"),
+            ("[store]\npart_size = \"1KiB\"", "store.part_size"),
+            ("[store]\nkind = \"s3\"", "store.bucket"),
+            ("[store]\nkind = \"ftp\"", "kind"),
+            ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
+            ("[assets]\nprefixes = [\"uploads\"]", "assets.prefixes"),
+            ("[[uploads]]\npath = \"upload\"", "uploads[0]"),
+            ("[[uploads]]\npath = \"/u\"\nmethods = [\"GE T\"]", "methods"),
+            ("[store]\nsse = \"rot13\"", "store.sse"),
+            ("[server\nlisten = 1", "TOML"),
+        ] {
+            let err = load(text).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(
+                msg.to_lowercase().contains(&needle.to_lowercase()),
+                "{text:?} → {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = load_env(
+            "[store]\nbucket = \"a\"\n",
+            &[
+                ("OFFLOAD_STORE_BUCKET", "b"),
+                ("OFFLOAD_STORE_PATH_STYLE", "true"),
+                ("OFFLOAD_SERVER_LISTEN", "127.0.0.1:9"),
+                ("OFFLOAD_ASSETS_PREFIXES", "[\"/media/\"]"),
+                ("OFFLOAD_PRESET", "wordpress"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.store.bucket, "b");
+        assert!(c.store.path_style);
+        assert_eq!(c.server.listen, "127.0.0.1:9".parse().unwrap());
+        assert!(c.assets.prefixes.contains(&"/media/".to_string()));
+        assert!(c.assets.prefixes.contains(&"/wp-content/uploads/".to_string()));
+        let err = load_env("", &[("OFFLOAD_NOPE_X", "1")]).unwrap_err();
+        assert!(format!("{err:#}").contains("OFFLOAD_NOPE_X"));
+    }
+
+    #[test]
+    fn wordpress_preset_fills_routes_once() {
+        let c = load("preset = \"wordpress\"\n[[uploads]]\npath = \"/wp-json/wp/v2/media\"\nmode = \"mirror\"\nmax_file_size = \"1MiB\"\n").unwrap();
+        assert_eq!(c.assets.prefixes, vec!["/wp-content/uploads/".to_string()]);
+        let paths: Vec<_> = c.uploads.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths.iter().filter(|p| **p == "/wp-json/wp/v2/media").count(), 1);
+        assert!(paths.contains(&"/wp-admin/async-upload.php"));
+        // The file's own route keeps its own limits.
+        assert_eq!(c.uploads[0].max_file_size, ByteSize::mib(1));
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = load("preset = \"joomla\"").unwrap();
+        let printed = c.to_redacted_toml().unwrap();
+        let again = load(&printed).unwrap();
+        assert_eq!(again.uploads.len(), c.uploads.len());
+        assert_eq!(again.assets.prefixes, c.assets.prefixes);
+    }
+}
