@@ -47,8 +47,13 @@ for pidfile in "$STATE"/web*/php.pid; do
   stop "$(read_pid "$pidfile")" "web server $(basename "$(dirname "$pidfile")")"
   rm -f "$pidfile"
 done
-stop "$(read_pid "$STATE/mysql/mysqld.pid")" MariaDB
-stop "$(read_pid "$STATE/mysql/mariadbd.launcher.pid")" "MariaDB launcher"
+db_pid="$(read_pid "$STATE/mysql/mysqld.pid")"
+launcher_pid="$(read_pid "$STATE/mysql/mariadbd.launcher.pid")"
+stop "$db_pid" MariaDB
+# the PID recorded at launch is mariadbd's own unless it died before writing its pid file
+if [[ -n "$launcher_pid" && "$launcher_pid" != "$db_pid" ]]; then
+  stop "$launcher_pid" "MariaDB (launch pid)"
+fi
 rm -f "$STATE/mysql/mariadbd.launcher.pid"
 if [[ "${WP_PURGE:-0}" == 1 ]]; then
   log "removing $STATE"
