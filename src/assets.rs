@@ -1,0 +1,455 @@
+//! Managed assets: which URLs point at the store, serving what a replica lacks, origin pull.
+//!
+//! - [`AssetIndex`] answers the rewriter's question "does this asset live in the store?" from
+//!   the presence cache alone (no I/O on the response path); an unknown or absent asset stays
+//!   local and is queued for an [`OriginPull`].
+//! - [`OriginPull`] copies assets the app has and the store lacks: GET from the configured app
+//!   (never a URL from a request), PUT to the store, once per key, with bounded concurrency.
+//! - [`handle_request`] serves `GET`/`HEAD` under a managed prefix: the app first; on its
+//!   `404`, the object from the store (or a redirect to its public URL).
+//! - [`MirrorCopy`] is what mirror-mode uploads run on the app's `2xx` answer: every managed
+//!   asset the answer names is copied into the store before the answer is released.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::body::{self, Body};
+use crate::config::{AssetsConfig, MissingAsset, StoreConfig};
+use crate::proxy::{ClientInfo, Upstream};
+use crate::rewrite::{self, AssetMap, Rules};
+use crate::store::{self, Presence, PutOptions, Store, StoreError};
+use crate::upload::AfterApp;
+
+/// Largest app answer to an upload that mirror mode reads to find the assets it names.
+const MIRROR_ANSWER_LIMIT: usize = 4 << 20;
+
+/// Most origin pulls waiting at once; past it new ones are dropped (a later page asks again).
+const PULL_QUEUE_LIMIT: usize = 10_000;
+
+/// Everything asset handling needs, built once.
+pub struct Assets {
+    pub rules: Arc<Rules>,
+    pub index: Arc<AssetIndex>,
+    pub store: Arc<dyn Store>,
+    pub upstream: Arc<Upstream>,
+    missing: MissingAsset,
+}
+
+impl Assets {
+    pub fn new(
+        rules: Arc<Rules>,
+        store: Arc<dyn Store>,
+        presence: Arc<Presence>,
+        upstream: Arc<Upstream>,
+        store_cfg: &StoreConfig,
+        cfg: &AssetsConfig,
+    ) -> Assets {
+        let pull = OriginPull::new(
+            store.clone(),
+            presence.clone(),
+            upstream.clone(),
+            cfg,
+            store_cfg.cache_control.clone(),
+        );
+        let index = Arc::new(AssetIndex {
+            store: store.clone(),
+            presence,
+            key_prefix: store_cfg.prefix.clone(),
+            assume_present: cfg.assume_present,
+            pull: Arc::new(pull),
+        });
+        Assets {
+            rules,
+            index,
+            store,
+            upstream,
+            missing: cfg.missing,
+        }
+    }
+
+    /// The normalised, decoded managed path of a request path, or `None` when the path is not
+    /// under a managed prefix or normalises outside it (traversal, encoded slashes, NUL…).
+    pub fn managed_path(&self, raw_path: &str) -> Option<String> {
+        self.rules.managed_path(raw_path)
+    }
+
+    /// The store key of a managed path.
+    pub fn key(&self, path: &str) -> String {
+        store::asset_key(&self.index.key_prefix, path)
+    }
+}
+
+/// The rewriter's view of the store: a sync lookup in the presence cache.
+pub struct AssetIndex {
+    store: Arc<dyn Store>,
+    presence: Arc<Presence>,
+    key_prefix: String,
+    assume_present: bool,
+    pull: Arc<OriginPull>,
+}
+
+impl AssetMap for AssetIndex {
+    fn public_url(&self, path: &str) -> Option<String> {
+        let key = store::asset_key(&self.key_prefix, path);
+        if self.assume_present {
+            return Some(self.store.public_url(&key));
+        }
+        match self.presence.cached(&key) {
+            Some(true) => Some(self.store.public_url(&key)),
+            // Known absent: a pull is (or was just) under way; stay local meanwhile.
+            Some(false) => None,
+            None => {
+                self.pull.enqueue(path.to_string(), key);
+                None
+            }
+        }
+    }
+}
+
+/// Background copies of assets from the app into the store.
+pub struct OriginPull {
+    store: Arc<dyn Store>,
+    presence: Arc<Presence>,
+    upstream: Arc<Upstream>,
+    enabled: bool,
+    max_size: u64,
+    types: Vec<String>,
+    cache_control: String,
+    permits: Arc<Semaphore>,
+    /// Keys queued or being pulled: each is pulled once however many pages name it.
+    pending: Mutex<HashSet<String>>,
+}
+
+impl OriginPull {
+    fn new(
+        store: Arc<dyn Store>,
+        presence: Arc<Presence>,
+        upstream: Arc<Upstream>,
+        cfg: &AssetsConfig,
+        cache_control: String,
+    ) -> OriginPull {
+        OriginPull {
+            store,
+            presence,
+            upstream,
+            enabled: cfg.origin_pull,
+            max_size: cfg.pull_max_size.as_u64(),
+            types: cfg.pull_types.clone(),
+            cache_control,
+            permits: Arc::new(Semaphore::new(cfg.pull_concurrency)),
+            pending: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Queues a check (and, when absent, a copy) of `key`, unless one is already queued.
+    fn enqueue(self: &Arc<Self>, path: String, key: String) {
+        {
+            let Ok(mut pending) = self.pending.lock() else { return };
+            if pending.len() >= PULL_QUEUE_LIMIT || !pending.insert(key.clone()) {
+                return;
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = this.permits.clone().acquire_owned().await else {
+                return;
+            };
+            this.check_and_pull(&path, &key).await;
+            if let Ok(mut pending) = this.pending.lock() {
+                pending.remove(&key);
+            }
+        });
+    }
+
+    async fn check_and_pull(&self, path: &str, key: &str) {
+        match self.presence.is_present(key).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(err) => {
+                warn!(%key, error = %err, "presence check failed");
+                return;
+            }
+        }
+        if !self.enabled {
+            return;
+        }
+        match self.copy_from_app(path, key).await {
+            Ok(true) => info!(%key, "origin pull stored"),
+            Ok(false) => {}
+            Err(err) => warn!(%key, error = %err, "origin pull failed"),
+        }
+    }
+
+    /// GETs `path` from the app and stores it under `key`. `Ok(false)` when the app's answer
+    /// is not something to offload (not 200, wrong type, too large).
+    pub async fn copy_from_app(&self, path: &str, key: &str) -> Result<bool, PullError> {
+        let request_path = encode_path(path);
+        let response = self
+            .upstream
+            .get(&request_path, HeaderMap::new())
+            .await
+            .map_err(|e| PullError::App(e.to_string()))?;
+        if response.status() != StatusCode::OK {
+            debug!(%key, status = %response.status(), "origin pull skipped: app did not answer 200");
+            return Ok(false);
+        }
+        let headers = response.headers();
+        let content_type = header_str(headers, header::CONTENT_TYPE);
+        if !type_allowed(&self.types, content_type.as_deref()) {
+            debug!(%key, ?content_type, "origin pull skipped: type not allowed");
+            return Ok(false);
+        }
+        let length = header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
+        if length.is_some_and(|l| l > self.max_size) {
+            return Ok(false);
+        }
+        if headers.contains_key(header::CONTENT_ENCODING) {
+            // The app compressed it on the fly; storing that would serve the wrong bytes.
+            return Ok(false);
+        }
+        let opts = PutOptions {
+            content_type,
+            cache_control: header_str(headers, header::CACHE_CONTROL)
+                .or_else(|| Some(self.cache_control.clone())),
+            content_disposition: None,
+            metadata: Default::default(),
+            size_hint: length,
+        };
+        let stream = limited_stream(response.into_body(), self.max_size);
+        self.store
+            .put(key, stream, opts)
+            .await
+            .map_err(PullError::Store)?;
+        self.presence.mark_present(key);
+        Ok(true)
+    }
+}
+
+/// Why an origin pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("fetching from the app: {0}")]
+    App(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// The body of an app answer as a store stream, failing past `limit` bytes (the put is then
+/// aborted: nothing half-written).
+fn limited_stream(body: Body, limit: u64) -> store::ByteStream {
+    let mut seen: u64 = 0;
+    body.into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk: Bytes| {
+            seen += chunk.len() as u64;
+            let result = if seen > limit {
+                Err(std::io::Error::other(format!("larger than {limit} bytes")))
+            } else {
+                Ok(chunk)
+            };
+            std::future::ready(result)
+        })
+        .boxed()
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Whether `content_type` is in `allowed` (an entry ending in `/` matches a whole family).
+fn type_allowed(allowed: &[String], content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return false };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    allowed.iter().any(|a| {
+        if a.ends_with('/') {
+            essence.starts_with(a.as_str())
+        } else {
+            essence == *a
+        }
+    })
+}
+
+/// Re-encodes a decoded managed path for a request line.
+fn encode_path(path: &str) -> String {
+    const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}');
+    percent_encoding::utf8_percent_encode(path, PATH).to_string()
+}
+
+/// `GET`/`HEAD` of a managed asset: the app first; on its `404`, the store.
+pub async fn handle_request(
+    assets: &Assets,
+    path: &str,
+    req: Request<Body>,
+    client: &ClientInfo,
+) -> Response<Body> {
+    let head_only = req.method() == Method::HEAD;
+    let req_headers = req.headers().clone();
+    let response = match assets.upstream.forward(req, client).await {
+        Ok(response) => response,
+        // The app is down: the store can still serve what it holds.
+        Err(err) => {
+            warn!(error = %err, "app unreachable for an asset; trying the store");
+            return serve_missing(assets, path, &req_headers, head_only)
+                .await
+                .unwrap_or_else(|| err.into_response());
+        }
+    };
+    if response.status() != StatusCode::NOT_FOUND || assets.missing == MissingAsset::Off {
+        return response;
+    }
+    match serve_missing(assets, path, &req_headers, head_only).await {
+        Some(from_store) => from_store,
+        None => response,
+    }
+}
+
+/// The store's answer for an asset the app lacks, or `None` to keep the app's own answer.
+async fn serve_missing(
+    assets: &Assets,
+    path: &str,
+    req_headers: &HeaderMap,
+    head_only: bool,
+) -> Option<Response<Body>> {
+    let key = assets.key(path);
+    match assets.missing {
+        MissingAsset::Off => None,
+        MissingAsset::Store => {
+            let response = store::serve_object(&*assets.store, &key, req_headers, head_only).await;
+            (response.status() != StatusCode::NOT_FOUND).then_some(response)
+        }
+        MissingAsset::Redirect => match assets.index.presence.is_present(&key).await {
+            Ok(true) => {
+                // The target is built from our own public base and the key: never from the
+                // request, so this cannot become an open redirect.
+                let url = assets.store.public_url(&key);
+                let location = HeaderValue::from_str(&url).ok()?;
+                let mut response = Response::new(body::empty());
+                *response.status_mut() = StatusCode::FOUND;
+                response.headers_mut().insert(header::LOCATION, location);
+                Some(response)
+            }
+            _ => None,
+        },
+    }
+}
+
+/// Mirror mode's post-answer step: copies every managed asset named in the app's `2xx`
+/// answer into the store, then rewrites the answer's URLs to the public ones.
+pub struct MirrorCopy {
+    pub assets: Arc<Assets>,
+}
+
+#[async_trait]
+impl AfterApp for MirrorCopy {
+    async fn on_success(&self, req: &http::request::Parts, resp: Response<Body>) -> Response<Body> {
+        let (mut parts, body) = resp.into_parts();
+        if parts.headers.contains_key(header::CONTENT_ENCODING) {
+            // Upload answers are small and rarely compressed; don't decode here.
+            return Response::from_parts(parts, body);
+        }
+        let text = match read_bounded(body, MIRROR_ANSWER_LIMIT).await {
+            Ok(text) => text,
+            Err(ReadBounded::TooLarge(prefix, rest)) => {
+                // Too large to scan: release it as it is.
+                let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(prefix) });
+                let whole = body::from_stream(stream.chain(rest.into_data_stream().map_err(std::io::Error::other)));
+                return Response::from_parts(parts, whole);
+            }
+            Err(ReadBounded::Failed(err)) => {
+                warn!(error = %err, "reading the app's upload answer failed");
+                return crate::server::error_response(StatusCode::BAD_GATEWAY, "the app's answer broke off");
+            }
+        };
+        let origin = crate::server::request_origin(req);
+        let paths = rewrite::collect_asset_paths(&self.assets.rules, origin.as_ref(), &text);
+        for path in &paths {
+            let key = self.assets.key(path);
+            match self.assets.index.pull.copy_from_app(path, &key).await {
+                Ok(true) => debug!(%key, "mirror: stored"),
+                Ok(false) => debug!(%key, "mirror: app did not serve it"),
+                Err(err) => {
+                    warn!(%key, error = %err, "mirror: copying an uploaded asset failed");
+                    return crate::server::error_response(
+                        StatusCode::BAD_GATEWAY,
+                        "the upload reached the app but could not be copied to the store",
+                    );
+                }
+            }
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let rewriter = rewrite::Rewriter::new(self.assets.rules.clone(), origin, self.assets.index.clone());
+        let content_type = header_str(&parts.headers, header::CONTENT_TYPE).unwrap_or_default();
+        let body = match rewrite::ContentKind::from_content_type(&content_type, false, true) {
+            Some(kind) => rewriter
+                .body(kind, None, body::full(text.clone()))
+                .unwrap_or_else(|_| body::full(text)),
+            None => body::full(text),
+        };
+        rewrite::prepare_headers(&mut parts.headers);
+        Response::from_parts(parts, body)
+    }
+}
+
+enum ReadBounded {
+    TooLarge(Bytes, Body),
+    Failed(crate::body::BoxError),
+}
+
+/// Reads a body whole if it is at most `limit` bytes; otherwise hands back what was read and
+/// the rest, so nothing is lost.
+async fn read_bounded(mut body: Body, limit: usize) -> Result<Bytes, ReadBounded> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ReadBounded::Failed)?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                return Err(ReadBounded::TooLarge(Bytes::from(buf), body));
+            }
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_types_match_families_and_exact_types() {
+        let allowed = vec!["image/".to_string(), "application/pdf".to_string()];
+        assert!(type_allowed(&allowed, Some("image/jpeg")));
+        assert!(type_allowed(&allowed, Some("Image/PNG; charset=binary")));
+        assert!(type_allowed(&allowed, Some("application/pdf")));
+        assert!(!type_allowed(&allowed, Some("application/pdfx")));
+        assert!(!type_allowed(&allowed, Some("text/html")));
+        assert!(!type_allowed(&allowed, None));
+    }
+
+    #[test]
+    fn paths_are_encoded_for_the_request_line() {
+        assert_eq!(encode_path("/u/a b%.jpg"), "/u/a%20b%25.jpg");
+        assert_eq!(encode_path("/u/名.jpg"), "/u/%E5%90%8D.jpg");
+    }
+}
