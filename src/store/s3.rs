@@ -478,7 +478,12 @@ where
     match &err {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
-            let code = err.code().unwrap_or("no error code");
+            // Answers to HEAD have no body, hence no code: name the status instead.
+            let reason = http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("error");
+            let code = err.code().unwrap_or(reason);
             let text = match err.message() {
                 Some(message) => format!("{op}: {code} (HTTP {status}): {message}"),
                 None => format!("{op}: {code} (HTTP {status})"),

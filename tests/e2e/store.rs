@@ -229,6 +229,7 @@ async fn s3_wrong_secret_is_refused_clearly() {
         assert!(!text.contains("not-the-secret"), "{text}");
         let err = store.head(&target.key("x.txt")).await.unwrap_err();
         assert!(matches!(err, StoreError::Refused(_)), "head: {err}");
+        assert!(err.to_string().contains("HTTP 403"), "head: {err}");
     }
 }
 
