@@ -1,4 +1,6 @@
-//! End-to-end tests through real sockets on 127.0.0.1: one binary, one module per area.
+//! End-to-end tests through real sockets on 127.0.0.1: one binary, one module per area,
+//! shared helpers in `support`. Everything runs against real servers (an in-process S3
+//! server for the store, real apps), never mocks.
 
 mod support;
 
@@ -6,3 +8,4 @@ mod admin;
 mod cli;
 mod proxy;
 mod server;
+mod store;

@@ -1,9 +1,12 @@
 //! Shared helpers for the end-to-end tests: a real app behind the proxy, offload itself on
-//! 127.0.0.1:0, raw HTTP/1.1 exchanges, and deterministic streamed bodies.
+//! 127.0.0.1:0, raw HTTP/1.1 exchanges, deterministic streamed bodies, and a real S3 server
+//! (`s3`) with test data (`data`).
 
 #![allow(dead_code)]
 
 pub mod app;
+pub mod data;
+pub mod s3;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
