@@ -6,4 +6,5 @@
 
 pub mod body;
 pub mod config;
+pub mod ops;
 pub mod store;
