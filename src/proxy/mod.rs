@@ -1,0 +1,18 @@
+//! Forwarding to the app: the pooled client, header hygiene, upgrades.
+//!
+//! [`Upstream`] is built once from `[upstream]` and shared; [`Upstream::forward`] sends a
+//! client's request on with hop-by-hop headers dropped and `X-Forwarded-*`/`Forwarded` set,
+//! streaming both bodies with back-pressure (nothing is buffered whole). An `Upgrade` request
+//! (WebSocket) that the app accepts with `101` is tunnelled both ways.
+//!
+//! Failures are [`ProxyError`]s, sorted by side; [`ProxyError::into_response`] turns one into
+//! the short answer the client sees (`502` app unreachable, `504` app too slow, `400` bad
+//! request).
+
+mod error;
+mod headers;
+mod upgrade;
+mod upstream;
+
+pub use error::ProxyError;
+pub use upstream::{ClientInfo, Upstream, UpstreamTiming};
