@@ -157,7 +157,9 @@ mod tests {
     use super::*;
 
     fn body(parts: &[&'static [u8]]) -> ByteStream {
-        stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p)))).boxed()
+        let parts: Vec<io::Result<Bytes>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        stream::iter(parts).boxed()
     }
 
     const ABC_SHA: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
