@@ -617,9 +617,9 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> anyhow:
             continue;
         };
         let rest = rest.to_ascii_lowercase();
-        // `OFFLOAD_BACKUP_*` configure the other side of `offload backup`/`restore` (see
-        // `ops::cli`), not this file.
-        if rest.starts_with("backup_") {
+        // `OFFLOAD_CONFIG` names the file itself, and `OFFLOAD_BACKUP_*` configure the other
+        // side of `offload backup`/`restore` (see `ops::cli`): neither is a key of the file.
+        if rest == "config" || rest.starts_with("backup_") {
             continue;
         }
         if rest == "preset" {

@@ -2,7 +2,6 @@
 //! the library functions. `main.rs` only matches on the subcommand and calls these.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::Context;
 use url::Url;
@@ -17,7 +16,7 @@ pub struct SyncArgs {
     /// The folder to offload, e.g. /var/www/html/wp-content/uploads
     pub dir: PathBuf,
     /// The config file (the store to offload to)
-    #[arg(long, short = 'c')]
+    #[arg(long, short = 'c', env = "OFFLOAD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// URL path the folder is served under, e.g. /wp-content/uploads/
     /// [default: the first `assets.prefixes` entry, else none]
@@ -46,6 +45,21 @@ pub struct RemoteArgs {
     /// S3 targets: path-style addressing [default: store.path_style]
     #[arg(long, env = "OFFLOAD_BACKUP_PATH_STYLE")]
     pub path_style: Option<bool>,
+    /// S3 targets: access key for the backup bucket [default: the AWS credential chain]
+    #[arg(
+        long,
+        env = "OFFLOAD_BACKUP_ACCESS_KEY_ID",
+        requires = "secret_access_key"
+    )]
+    pub access_key_id: Option<String>,
+    /// S3 targets: its secret (prefer the environment variable to the flag)
+    #[arg(
+        long,
+        env = "OFFLOAD_BACKUP_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        requires = "access_key_id"
+    )]
+    pub secret_access_key: Option<String>,
     /// Objects copied at once
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub jobs: u16,
@@ -55,7 +69,7 @@ pub struct RemoteArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackupArgs {
     /// The config file (the store to back up)
-    #[arg(long, short = 'c')]
+    #[arg(long, short = 'c', env = "OFFLOAD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A folder, or s3://bucket/prefix (same credentials chain as the store)
     #[arg(long)]
@@ -68,7 +82,7 @@ pub struct BackupArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RestoreArgs {
     /// The config file (the store to restore into)
-    #[arg(long, short = 'c')]
+    #[arg(long, short = 'c', env = "OFFLOAD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A folder, or s3://bucket/prefix, holding a backup
     #[arg(long)]
@@ -100,17 +114,25 @@ impl Location {
         } else {
             format!("{prefix}/")
         };
-        Ok(Location::S3 { bucket: bucket.to_string(), prefix })
+        Ok(Location::S3 {
+            bucket: bucket.to_string(),
+            prefix,
+        })
     }
 
     /// The store of this location, built from the configured store's settings, and the key
     /// prefix inside it.
-    async fn open(&self, base: &StoreConfig, remote: &RemoteArgs) -> anyhow::Result<(std::sync::Arc<dyn Store>, String)> {
+    async fn open(
+        &self,
+        base: &StoreConfig,
+        remote: &RemoteArgs,
+    ) -> anyhow::Result<(std::sync::Arc<dyn Store>, String)> {
         let mut cfg = base.clone();
         cfg.prefix = String::new();
         let prefix = match self {
             Location::Dir(dir) => {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
                 cfg.kind = StoreKind::Fs;
                 cfg.root = dir.clone();
                 cfg.public_url = None;
@@ -126,7 +148,14 @@ impl Location {
                 prefix.clone()
             }
         };
-        let store = store::open(&cfg).await.with_context(|| format!("opening {}", self))?;
+        let store = match (self, &remote.access_key_id, &remote.secret_access_key) {
+            (Location::S3 { .. }, Some(key), Some(secret)) => {
+                let s3 = store::S3Store::with_credentials(&cfg, key, secret).await;
+                s3.map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Store>)
+            }
+            _ => store::open(&cfg).await,
+        };
+        let store = store.with_context(|| format!("opening {self}"))?;
         Ok((store, prefix))
     }
 }
@@ -147,14 +176,21 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     })
 }
 
-fn exit_code(success: bool) -> ExitCode {
-    if success { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+/// The summary is printed either way; failures also make the command fail (exit 1).
+fn finish(summary: &dyn std::fmt::Display, failed: usize, what: &str) -> anyhow::Result<()> {
+    println!("{summary}");
+    if failed > 0 {
+        anyhow::bail!("{failed} {what} failed (listed above)");
+    }
+    Ok(())
 }
 
 /// `offload sync`: prints the summary; fails (exit 1) when any file failed.
-pub async fn run_sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
+pub async fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
-    let store = store::open(&config.store).await.context("opening the store")?;
+    let store = store::open(&config.store)
+        .await
+        .context("opening the store")?;
     let url_prefix = args
         .prefix
         .or_else(|| config.assets.prefixes.first().cloned())
@@ -169,14 +205,15 @@ pub async fn run_sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         progress: true,
     };
     let report = super::sync(opts, store, &config.store.prefix).await?;
-    println!("{report}");
-    Ok(exit_code(report.is_success()))
+    finish(&report, report.failed.len(), "files")
 }
 
 /// `offload backup`: prints the summary; fails (exit 1) when any object failed.
-pub async fn run_backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
+pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
-    let source = store::open(&config.store).await.context("opening the store")?;
+    let source = store::open(&config.store)
+        .await
+        .context("opening the store")?;
     let target = Location::parse(&args.to)?;
     let (target_store, target_prefix) = target.open(&config.store, &args.remote).await?;
     let opts = BackupOptions {
@@ -184,15 +221,23 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
         progress: true,
         source_name: source_name(&config.store),
     };
-    let report = super::backup(source, &config.store.prefix, target_store, &target_prefix, opts).await?;
-    println!("{report}");
-    Ok(exit_code(report.is_success()))
+    let report = super::backup(
+        source,
+        &config.store.prefix,
+        target_store,
+        &target_prefix,
+        opts,
+    )
+    .await?;
+    finish(&report, report.failed.len(), "objects")
 }
 
 /// `offload restore`: prints the summary; fails (exit 1) when any object failed.
-pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
-    let target = store::open(&config.store).await.context("opening the store")?;
+    let target = store::open(&config.store)
+        .await
+        .context("opening the store")?;
     let source = Location::parse(&args.from)?;
     if let Location::Dir(dir) = &source
         && !dir.is_dir()
@@ -200,10 +245,19 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{}: no such folder", dir.display());
     }
     let (source_store, source_prefix) = source.open(&config.store, &args.remote).await?;
-    let opts = RestoreOptions { jobs: usize::from(args.remote.jobs), progress: true };
-    let report = super::restore(source_store, &source_prefix, target, &config.store.prefix, opts).await?;
-    println!("{report}");
-    Ok(exit_code(report.is_success()))
+    let opts = RestoreOptions {
+        jobs: usize::from(args.remote.jobs),
+        progress: true,
+    };
+    let report = super::restore(
+        source_store,
+        &source_prefix,
+        target,
+        &config.store.prefix,
+        opts,
+    )
+    .await?;
+    finish(&report, report.failed.len(), "objects")
 }
 
 fn source_name(cfg: &StoreConfig) -> String {
@@ -219,13 +273,31 @@ mod tests {
 
     #[test]
     fn locations_parse() {
-        assert_eq!(Location::parse("/backups/site").unwrap(), Location::Dir("/backups/site".into()));
+        assert_eq!(
+            Location::parse("/backups/site").unwrap(),
+            Location::Dir("/backups/site".into())
+        );
         assert_eq!(
             Location::parse("s3://bk/site-a").unwrap(),
-            Location::S3 { bucket: "bk".into(), prefix: "site-a/".into() }
+            Location::S3 {
+                bucket: "bk".into(),
+                prefix: "site-a/".into()
+            }
         );
-        assert_eq!(Location::parse("s3://bk").unwrap(), Location::S3 { bucket: "bk".into(), prefix: String::new() });
-        assert_eq!(Location::parse("s3://bk/").unwrap(), Location::S3 { bucket: "bk".into(), prefix: String::new() });
+        assert_eq!(
+            Location::parse("s3://bk").unwrap(),
+            Location::S3 {
+                bucket: "bk".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://bk/").unwrap(),
+            Location::S3 {
+                bucket: "bk".into(),
+                prefix: String::new()
+            }
+        );
         assert!(Location::parse("s3:///x").is_err());
     }
 }

@@ -13,7 +13,7 @@
 
 mod backup;
 mod checked;
-// pub mod cli;
+pub mod cli;
 mod copy;
 mod manifest;
 mod progress;

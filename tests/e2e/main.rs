@@ -2,5 +2,6 @@
 //! Everything runs against real servers over real sockets (an in-process S3 server for the
 //! store), never mocks.
 
+mod ops;
 mod store;
 mod support;
