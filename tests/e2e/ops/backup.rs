@@ -213,7 +213,13 @@ async fn cli_backup_to_a_bucket_and_restore() {
             "--from",
             &to,
         ],
-        &env,
+        // The fs config names no S3 endpoint nor key: the backup bucket's come from here.
+        &[
+            ("OFFLOAD_BACKUP_ENDPOINT", t.endpoint.as_str()),
+            ("OFFLOAD_BACKUP_PATH_STYLE", "true"),
+            ("OFFLOAD_BACKUP_ACCESS_KEY_ID", t.access_key.as_str()),
+            ("OFFLOAD_BACKUP_SECRET_ACCESS_KEY", t.secret_key.as_str()),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let restored = fs_store(&restored_root);

