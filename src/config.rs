@@ -844,6 +844,19 @@ mod tests {
     }
 
     #[test]
+    fn command_variables_are_not_config_keys() {
+        let c = load_env(
+            "",
+            &[
+                ("OFFLOAD_CONFIG", "/etc/offload/proxy.toml"),
+                ("OFFLOAD_BACKUP_ENDPOINT", "http://127.0.0.1:9000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.store.kind, StoreKind::Fs);
+    }
+
+    #[test]
     fn wordpress_preset_fills_routes_once() {
         let c = load("preset = \"wordpress\"\n[[uploads]]\npath = \"/wp-json/wp/v2/media\"\nmode = \"mirror\"\nmax_file_size = \"1MiB\"\n").unwrap();
         assert_eq!(c.assets.prefixes, vec!["/wp-content/uploads/".to_string()]);
