@@ -617,6 +617,11 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> anyhow:
             continue;
         };
         let rest = rest.to_ascii_lowercase();
+        // `OFFLOAD_CONFIG` names the file itself, and `OFFLOAD_BACKUP_*` configure the other
+        // side of `offload backup`/`restore` (see `ops::cli`): neither is a key of the file.
+        if rest == "config" || rest.starts_with("backup_") {
+            continue;
+        }
         if rest == "preset" {
             table.insert("preset".into(), toml::Value::String(value.clone()));
             continue;
@@ -839,6 +844,19 @@ mod tests {
             "{err:#}"
         );
         assert!(load_env("", &[("OFFLOAD_E2E_DIR", "/tmp/x")]).is_ok());
+    }
+
+    #[test]
+    fn command_variables_are_not_config_keys() {
+        let c = load_env(
+            "",
+            &[
+                ("OFFLOAD_CONFIG", "/etc/offload/proxy.toml"),
+                ("OFFLOAD_BACKUP_ENDPOINT", "http://127.0.0.1:9000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.store.kind, StoreKind::Fs);
     }
 
     #[test]

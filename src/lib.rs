@@ -8,6 +8,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod server;
 pub mod store;

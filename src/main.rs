@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use offload::config::{Config, LogConfig, LogFormat};
+use offload::ops::cli as ops;
 use tracing_subscriber::EnvFilter;
 use url::Url;
 
@@ -33,6 +34,13 @@ enum Command {
     /// Validate the config and print the effective config as TOML; exits 1 naming the bad
     /// key and the reason.
     CheckConfig(ConfigArgs),
+    /// Offload an existing uploads folder to the store (resumable; --dry-run lists only).
+    Sync(ops::SyncArgs),
+    /// Copy everything under the store's prefix to a folder or s3://bucket/prefix,
+    /// incrementally, checksums verified.
+    Backup(ops::BackupArgs),
+    /// Copy a backup (folder or s3://bucket/prefix) back into the configured store.
+    Restore(ops::RestoreArgs),
 }
 
 /// Where the config comes from, and the flags that override it.
@@ -68,7 +76,10 @@ fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::CheckConfig(args)) => check_config(args),
-        // [ops] `demo`, `sync`, `backup` and `restore` join here.
+        Some(Command::Sync(args)) => block_on(ops::run_sync(args)),
+        Some(Command::Backup(args)) => block_on(ops::run_backup(args)),
+        Some(Command::Restore(args)) => block_on(ops::run_restore(args)),
+        // [ops] `demo` joins here.
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,6 +135,15 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         config,
         offload::server::shutdown_signal(),
     ))
+}
+
+/// Runs an operation (sync, backup, restore) on a fresh runtime.
+fn block_on(op: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(op)
 }
 
 /// One subscriber for the process: `RUST_LOG` when set, `log.level` otherwise.

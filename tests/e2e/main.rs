@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod ops;
 mod proxy;
 mod server;
 mod store;
