@@ -374,8 +374,7 @@ pub enum FieldStyle {
 /// Extensions of files a web server may execute: never accepted by default.
 pub const SERVER_EXECUTABLE_EXTENSIONS: &[&str] = &[
     "php", "php3", "php4", "php5", "php7", "phps", "pht", "phtml", "phar", "cgi", "pl", "py", "rb",
-    "asp", "aspx", "ashx", "asmx", "jsp", "jspx", "sh", "bash", "exe", "dll", "htaccess",
-    "shtml",
+    "asp", "aspx", "ashx", "asmx", "jsp", "jspx", "sh", "bash", "exe", "dll", "htaccess", "shtml",
 ];
 
 impl Default for UploadRouteConfig {
@@ -449,13 +448,22 @@ impl Config {
 
     /// Parses TOML text, lays `env` (variables named `OFFLOAD_<SECTION>_<KEY>`) over it, applies
     /// the preset and validates.
-    pub fn from_toml_with_env(text: &str, env: &BTreeMap<String, String>) -> anyhow::Result<Config> {
+    pub fn from_toml_with_env(
+        text: &str,
+        env: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Config> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-            anyhow::anyhow!("{}", suggest_unknown_key(e.message()).unwrap_or_else(|| e.to_string()))
+            anyhow::anyhow!(
+                "{}",
+                suggest_unknown_key(e.message()).unwrap_or_else(|| e.to_string())
+            )
         })?;
         apply_env(&mut table, env)?;
         let mut config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
-            anyhow::anyhow!("{}", suggest_unknown_key(e.message()).unwrap_or_else(|| e.to_string()))
+            anyhow::anyhow!(
+                "{}",
+                suggest_unknown_key(e.message()).unwrap_or_else(|| e.to_string())
+            )
         })?;
         config.apply_preset();
         config.validate()?;
@@ -574,7 +582,8 @@ impl UploadRouteConfig {
         if !self.path.starts_with('/') {
             bail!("path: {:?} must start with '/'", self.path);
         }
-        globset::Glob::new(&self.path).with_context(|| format!("path: bad glob {:?}", self.path))?;
+        globset::Glob::new(&self.path)
+            .with_context(|| format!("path: bad glob {:?}", self.path))?;
         if let Some(q) = self.query.iter().find(|q| !q.contains('=')) {
             bail!("query: {q:?} must be name=value");
         }
@@ -605,7 +614,9 @@ impl UploadRouteConfig {
 /// (`true`, `8`, `["a", "b"]`), and are taken as strings otherwise.
 fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> anyhow::Result<()> {
     for (name, value) in env {
-        let Some(rest) = name.strip_prefix("OFFLOAD_") else { continue };
+        let Some(rest) = name.strip_prefix("OFFLOAD_") else {
+            continue;
+        };
         let rest = rest.to_ascii_lowercase();
         if rest == "preset" {
             table.insert("preset".into(), toml::Value::String(value.clone()));
@@ -616,7 +627,10 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> anyhow:
                 .and_then(|k| k.strip_prefix('_'))
                 .map(|k| (*s, k.to_string()))
         }) else {
-            bail!("{name}: no config section matches (sections: {})", SECTIONS.join(", "));
+            bail!(
+                "{name}: no config section matches (sections: {})",
+                SECTIONS.join(", ")
+            );
         };
         let parsed = parse_env_value(value);
         let section_table = table
@@ -651,7 +665,10 @@ fn suggest_unknown_key(message: &str) -> Option<String> {
         .map(|(_, c)| c);
     Some(match nearest {
         Some(near) => format!("unknown key `{unknown}`: did you mean `{near}`?"),
-        None => format!("unknown key `{unknown}`: valid keys are {}", candidates.join(", ")),
+        None => format!(
+            "unknown key `{unknown}`: valid keys are {}",
+            candidates.join(", ")
+        ),
     })
 }
 
@@ -705,7 +722,10 @@ mod tests {
     }
 
     fn load_env(text: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_toml_with_env(text, &env)
     }
 
@@ -713,7 +733,10 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c = load("").unwrap();
         assert_eq!(c.server.listen, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(c.server.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(
+            c.server.admin_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
         assert_eq!(c.store.kind, StoreKind::Fs);
         assert_eq!(c.store.root, PathBuf::from("./offload-data"));
         assert_eq!(c.store.part_size, ByteSize::mib(8));
@@ -747,9 +770,15 @@ mod tests {
     #[test]
     fn unknown_key_names_the_nearest() {
         let err = load("[server]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err();
-        assert!(format!("{err:#}").contains("did you mean `listen`"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("did you mean `listen`"),
+            "{err:#}"
+        );
         let err = load("[stor]\nkind = \"fs\"\n").unwrap_err();
-        assert!(format!("{err:#}").contains("did you mean `store`"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("did you mean `store`"),
+            "{err:#}"
+        );
     }
 
     #[test]
@@ -763,7 +792,10 @@ mod tests {
             ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
             ("[assets]\nprefixes = [\"uploads\"]", "assets.prefixes"),
             ("[[uploads]]\npath = \"upload\"", "uploads[0]"),
-            ("[[uploads]]\npath = \"/u\"\nmethods = [\"GE T\"]", "methods"),
+            (
+                "[[uploads]]\npath = \"/u\"\nmethods = [\"GE T\"]",
+                "methods",
+            ),
             ("[store]\nsse = \"rot13\"", "store.sse"),
             ("[server\nlisten = 1", "TOML"),
         ] {
@@ -793,7 +825,11 @@ mod tests {
         assert!(c.store.path_style);
         assert_eq!(c.server.listen, "127.0.0.1:9".parse().unwrap());
         assert!(c.assets.prefixes.contains(&"/media/".to_string()));
-        assert!(c.assets.prefixes.contains(&"/wp-content/uploads/".to_string()));
+        assert!(
+            c.assets
+                .prefixes
+                .contains(&"/wp-content/uploads/".to_string())
+        );
         let err = load_env("", &[("OFFLOAD_NOPE_X", "1")]).unwrap_err();
         assert!(format!("{err:#}").contains("OFFLOAD_NOPE_X"));
     }
@@ -803,7 +839,13 @@ mod tests {
         let c = load("preset = \"wordpress\"\n[[uploads]]\npath = \"/wp-json/wp/v2/media\"\nmode = \"mirror\"\nmax_file_size = \"1MiB\"\n").unwrap();
         assert_eq!(c.assets.prefixes, vec!["/wp-content/uploads/".to_string()]);
         let paths: Vec<_> = c.uploads.iter().map(|r| r.path.as_str()).collect();
-        assert_eq!(paths.iter().filter(|p| **p == "/wp-json/wp/v2/media").count(), 1);
+        assert_eq!(
+            paths
+                .iter()
+                .filter(|p| **p == "/wp-json/wp/v2/media")
+                .count(),
+            1
+        );
         assert!(paths.contains(&"/wp-admin/async-upload.php"));
         // The file's own route keeps its own limits.
         assert_eq!(c.uploads[0].max_file_size, ByteSize::mib(1));

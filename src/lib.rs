@@ -6,4 +6,6 @@
 
 pub mod body;
 pub mod config;
+pub mod proxy;
 pub mod store;
+pub mod upload;

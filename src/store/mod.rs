@@ -97,15 +97,22 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Writes `body` under `key`, whole or not at all: on any error (including a failing
     /// `body`), nothing is visible under `key` and no partial upload is left behind.
-    async fn put(&self, key: &str, body: ByteStream, opts: PutOptions)
-    -> Result<ObjectInfo, StoreError>;
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        opts: PutOptions,
+    ) -> Result<ObjectInfo, StoreError>;
 
     /// The object's metadata, or `None` when absent.
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
 
     /// The object's bytes (a range of them when asked), or `None` when absent.
-    async fn get(&self, key: &str, range: Option<ByteRange>)
-    -> Result<Option<GetObject>, StoreError>;
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<GetObject>, StoreError>;
 
     /// Removes the object; removing an absent object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
