@@ -416,6 +416,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `offload=debug,info`; `RUST_LOG` wins when set.
     pub level: String,
+    /// Log request query strings. Off by default: queries can carry one-time secrets
+    /// (password-reset keys, signed-URL signatures); the path alone is logged then.
+    pub query: bool,
 }
 
 impl Default for LogConfig {
@@ -423,6 +426,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
+            query: false,
         }
     }
 }
@@ -520,6 +524,16 @@ impl Config {
         }
         if self.upstream.url.host().is_none() {
             bail!("upstream.url: needs a host");
+        }
+        // hyper's HTTP/1 reader cannot work with a buffer below 8 KiB.
+        if self.server.max_header_size < ByteSize::kib(8) {
+            bail!("server.max_header_size: must be at least 8KiB");
+        }
+        if self.server.max_headers == 0 {
+            bail!("server.max_headers: must be at least 1");
+        }
+        if self.upstream.pool_max_idle == 0 {
+            bail!("upstream.pool_max_idle: must be at least 1 (keep-alive to the app)");
         }
         if self.store.kind == StoreKind::S3 && self.store.bucket.is_empty() {
             bail!("store.bucket: required when store.kind = \"s3\"");
@@ -798,6 +812,11 @@ mod tests {
             ),
             ("[store]\nsse = \"rot13\"", "store.sse"),
             ("[server\nlisten = 1", "TOML"),
+            (
+                "[server]\nmax_header_size = \"1KiB\"",
+                "server.max_header_size",
+            ),
+            ("[upstream]\npool_max_idle = 0", "upstream.pool_max_idle"),
         ] {
             let err = load(text).unwrap_err();
             let msg = format!("{err:#}");

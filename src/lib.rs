@@ -4,8 +4,11 @@
 //! The four ways through the proxy (pass-through, upload routes, response rewriting, asset
 //! requests) are wired together in `server`; each concern lives in its own module.
 
+pub mod admin;
 pub mod body;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
+pub mod server;
 pub mod store;
 pub mod upload;

@@ -1,7 +1,141 @@
 //! The `offload` command line: parse, load config, run.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use offload::config::{Config, LogConfig, LogFormat};
+use tracing_subscriber::EnvFilter;
+use url::Url;
+
+/// A reverse proxy that shares a web app's uploaded assets across servers through S3.
+#[derive(Debug, Parser)]
+#[command(
+    name = "offload",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Options for `serve`, the default subcommand.
+    #[command(flatten)]
+    serve: ConfigArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default when no subcommand is given).
+    Serve(ConfigArgs),
+    /// Validate the config and print the effective config as TOML; exits 1 naming the bad
+    /// key and the reason.
+    CheckConfig(ConfigArgs),
+}
+
+/// Where the config comes from, and the flags that override it.
+#[derive(Debug, Clone, Args)]
+struct ConfigArgs {
+    /// The TOML config file; without one, defaults and `OFFLOAD_*` variables apply.
+    #[arg(long, short, env = "OFFLOAD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Public listen address, overriding `server.listen` (e.g. 0.0.0.0:8080).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The app's URL, overriding `upstream.url` (e.g. http://127.0.0.1:8000).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<Url>,
+    /// Admin listen address for /healthz, /readyz, /metrics, or "off"; overrides
+    /// `server.admin_listen`.
+    #[arg(long, value_name = "ADDR|off")]
+    admin_listen: Option<String>,
+    /// Log format, overriding `log.format`.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::CheckConfig(args)) => check_config(args),
+        // [ops] `demo`, `sync`, `backup` and `restore` join here.
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("offload: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the config file and the environment, then lays the flags over them.
+fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(url) = &args.upstream {
+        config.upstream.url = url.clone();
+    }
+    if let Some(admin) = &args.admin_listen {
+        config.server.admin_listen = match admin.as_str() {
+            "off" => None,
+            addr => Some(
+                addr.parse()
+                    .with_context(|| format!("--admin-listen: {addr:?}"))?,
+            ),
+        };
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = match format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    print!("{}", config.to_redacted_toml()?);
+    Ok(())
+}
+
+fn serve(args: ConfigArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    init_logging(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(offload::server::run(
+        config,
+        offload::server::shutdown_signal(),
+    ))
+}
+
+/// One subscriber for the process: `RUST_LOG` when set, `log.level` otherwise.
+fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => EnvFilter::try_new(&env).context("RUST_LOG")?,
+        _ => EnvFilter::try_new(&log.level).context("log.level")?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))
 }

@@ -1,36 +1,18 @@
-//! TEMPORARY stub of the proxy branch's interface so the upload module compiles before the
-//! merge; the `proxy` branch replaces this file wholesale.
+//! Forwarding to the app: the pooled client, header hygiene, upgrades.
+//!
+//! [`Upstream`] is built once from `[upstream]` and shared; [`Upstream::forward`] sends a
+//! client's request on with hop-by-hop headers dropped and `X-Forwarded-*`/`Forwarded` set,
+//! streaming both bodies with back-pressure (nothing is buffered whole). An `Upgrade` request
+//! (WebSocket) that the app accepts with `101` is tunnelled both ways.
+//!
+//! Failures are [`ProxyError`]s, sorted by side; [`ProxyError::into_response`] turns one into
+//! the short answer the client sees (`502` app unreachable, `504` app too slow, `400` bad
+//! request).
 
-use http::{Request, Response};
+mod error;
+mod headers;
+mod upgrade;
+mod upstream;
 
-use crate::body::{self, Body};
-
-/// The app behind the proxy.
-pub struct Upstream;
-
-/// Who the client is (address, scheme), for `X-Forwarded-*`.
-#[derive(Debug, Clone, Default)]
-pub struct ClientInfo;
-
-/// Why forwarding failed.
-#[derive(Debug, thiserror::Error)]
-#[error("upstream unavailable")]
-pub struct ProxyError;
-
-impl Upstream {
-    pub async fn forward(
-        &self,
-        _req: Request<Body>,
-        _client: &ClientInfo,
-    ) -> Result<Response<Body>, ProxyError> {
-        Err(ProxyError)
-    }
-}
-
-impl ProxyError {
-    pub fn into_response(self) -> Response<Body> {
-        let mut resp = Response::new(body::full("upstream unavailable"));
-        *resp.status_mut() = http::StatusCode::BAD_GATEWAY;
-        resp
-    }
-}
+pub use error::ProxyError;
+pub use upstream::{ClientInfo, Upstream, UpstreamTiming};

@@ -1,0 +1,190 @@
+//! The admin listener: `/healthz` (the process answers), `/readyz` (every readiness check
+//! passes: the app is reachable, and later the store), `/metrics` (Prometheus text).
+//!
+//! It listens apart from the public listener (loopback by default) so that probes and
+//! scrapers never compete with, or get exposed to, public traffic.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::body::{self, Body};
+use crate::metrics::Metrics;
+
+/// Something `/readyz` asks before saying the proxy can take traffic.
+#[async_trait]
+pub trait ReadinessCheck: Send + Sync {
+    /// A short name shown in `/readyz`'s answer, e.g. `upstream`.
+    fn name(&self) -> &'static str;
+    /// `Ok` when ready; otherwise a short reason.
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// Ready when a TCP connection to the app opens within `timeout`.
+#[derive(Debug, Clone)]
+pub struct UpstreamReachable {
+    authority: String,
+    timeout: Duration,
+}
+
+impl UpstreamReachable {
+    /// `authority` is the app's `host:port`.
+    pub fn new(authority: impl Into<String>, timeout: Duration) -> Self {
+        UpstreamReachable {
+            authority: authority.into(),
+            timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl ReadinessCheck for UpstreamReachable {
+    fn name(&self) -> &'static str {
+        "upstream"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let authority = self.authority.as_str();
+        match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(authority)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("{authority}: {e}")),
+            Err(_) => Err(format!(
+                "{authority}: no connection within {}",
+                humantime::format_duration(self.timeout)
+            )),
+        }
+    }
+}
+
+/// The admin endpoints and what they report on.
+pub struct Admin {
+    metrics: Metrics,
+    checks: Vec<Arc<dyn ReadinessCheck>>,
+}
+
+impl Admin {
+    pub fn new(metrics: Metrics) -> Admin {
+        Admin {
+            metrics,
+            checks: Vec::new(),
+        }
+    }
+
+    /// Adds a check that `/readyz` runs (all run concurrently).
+    pub fn with_check(mut self, check: Arc<dyn ReadinessCheck>) -> Admin {
+        self.checks.push(check);
+        self
+    }
+
+    /// Serves the admin endpoints on `listener` until `cancel` fires.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken) {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let admin = Arc::clone(&self);
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let admin = Arc::clone(&admin);
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    result = conn => if let Err(e) = result { debug!(error = %e, "admin connection") },
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    /// Answers one admin request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".into(),
+            );
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" => self.readyz().await,
+            "/metrics" => self.metrics(),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /healthz, /readyz, /metrics\n".into(),
+            ),
+        }
+    }
+
+    async fn readyz(&self) -> Response<Body> {
+        let results = join_all(
+            self.checks
+                .iter()
+                .map(|c| async move { (c.name(), c.check().await) }),
+        )
+        .await;
+        let failures: Vec<String> = results
+            .into_iter()
+            .filter_map(|(name, result)| result.err().map(|reason| format!("{name}: {reason}")))
+            .collect();
+        if failures.is_empty() {
+            text(StatusCode::OK, "ready\n".into())
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}\n", failures.join("; ")),
+            )
+        }
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        match self.metrics.encode() {
+            Ok(body) => {
+                let mut response = text(StatusCode::OK, body);
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n".into(),
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(body::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

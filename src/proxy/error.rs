@@ -1,0 +1,124 @@
+//! What can go wrong while forwarding, and the answer each failure gets.
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use http::{Response, StatusCode, header};
+
+use crate::body::{self, Body};
+
+/// A forwarding failure. The variant picks the status; the message is the short body the
+/// client sees (lowercase, no secrets, no trailing period).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The app could not be reached (refused, unresolvable, connect timed out): `502`.
+    #[error("upstream unreachable: {0}")]
+    Connect(String),
+    /// The app did not start answering within `upstream.response_timeout`: `504`.
+    #[error("upstream timed out after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// The app was reached but the exchange failed (reset, malformed answer): `502`.
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+    /// The client's request cannot be forwarded as it is: `400`.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The upstream configuration cannot be used (found when building [`super::Upstream`]).
+    #[error("upstream config: {0}")]
+    Config(String),
+}
+
+impl ProxyError {
+    /// The status this failure answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable label for metrics (`offload_upstream_errors_total{cause}`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            ProxyError::Connect(_) => "connect",
+            ProxyError::Timeout(_) => "timeout",
+            ProxyError::Upstream(_) => "upstream",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Config(_) => "config",
+        }
+    }
+
+    /// The answer the client gets: the status and a one-line text body naming the cause.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let mut text = self.to_string();
+        text.push('\n');
+        let mut response = Response::new(body::full(text));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+
+    /// Sorts a client error from hyper-util by side, keeping the innermost causes as text
+    /// (hyper's own messages are terse: "client error (Connect)").
+    pub(crate) fn from_client(err: hyper_util::client::legacy::Error) -> ProxyError {
+        let detail = causes(&err);
+        if err.is_connect() {
+            ProxyError::Connect(detail)
+        } else {
+            ProxyError::Upstream(detail)
+        }
+    }
+}
+
+/// The error's sources joined with ": ", skipping the outermost wrapper.
+fn causes(err: &(dyn StdError + 'static)) -> String {
+    let mut text = String::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        let _ = write!(text, "{cause}");
+        source = cause.source();
+    }
+    if text.is_empty() {
+        text = err.to_string();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_side() {
+        assert_eq!(
+            ProxyError::Connect("x".into()).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            ProxyError::Timeout(Duration::from_secs(3)).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            ProxyError::BadRequest("x".into()).status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn messages_name_the_cause() {
+        let e = ProxyError::Timeout(Duration::from_millis(1500));
+        assert_eq!(e.to_string(), "upstream timed out after 1s 500ms");
+        let e = ProxyError::Connect("connection refused".into());
+        assert_eq!(e.to_string(), "upstream unreachable: connection refused");
+    }
+}

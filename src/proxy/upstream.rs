@@ -1,0 +1,327 @@
+//! The pooled client to the app and the forwarding of one request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
+use tokio::sync::oneshot;
+
+use super::{ProxyError, headers, upgrade};
+use crate::body::{self, Body, BoxError};
+use crate::config::UpstreamConfig;
+
+/// Who sent a request: the peer address and whether it came over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// How long the app took to send its response head; set in the extensions of every
+/// response [`Upstream::forward`] returns (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTiming(pub Duration);
+
+/// The app behind the proxy: a pooled keep-alive client and what forwarding needs to know.
+/// Built once, shared by every connection.
+#[derive(Debug)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    /// The upstream authority as a `Host` value (used when the client's is not kept).
+    host: HeaderValue,
+    /// The upstream URL's path without its trailing '/', when it is not just "/".
+    base_path: Option<String>,
+    preserve_host: bool,
+    response_timeout: Duration,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Upstream {
+    /// Builds the client pool for `cfg`. Nothing is connected yet.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, ProxyError> {
+        let url = &cfg.url;
+        if url.scheme() != "http" {
+            return Err(ProxyError::Config(format!(
+                "upstream.url: only http:// apps are supported, not {}://",
+                url.scheme()
+            )));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| ProxyError::Config("upstream.url: needs a host".into()))?;
+        let authority_text = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let authority = Authority::try_from(authority_text.as_str())
+            .map_err(|e| ProxyError::Config(format!("upstream.url: {e}")))?;
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| ProxyError::Config(format!("upstream.url: {e}")))?;
+        let path = url.path().trim_end_matches('/');
+        let base_path = (!path.is_empty()).then(|| path.to_string());
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+
+        Ok(Upstream {
+            client,
+            scheme: Scheme::HTTP,
+            authority,
+            host,
+            base_path,
+            preserve_host: cfg.preserve_host,
+            response_timeout: cfg.response_timeout,
+            trusted_proxies: Vec::new(),
+        })
+    }
+
+    /// Peers whose `X-Forwarded-*`/`Forwarded` headers are kept and extended
+    /// (`server.trusted_proxies`). Default: none.
+    pub fn with_trusted_proxies(mut self, nets: Vec<IpNet>) -> Self {
+        self.trusted_proxies = nets;
+        self
+    }
+
+    /// The app's `host:port`, e.g. for a reachability check.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Forwards `req` to the app with header hygiene and forwarding headers applied,
+    /// streaming both ways. An upgrade the app accepts (`101`) is tunnelled in the
+    /// background.
+    pub async fn forward(
+        &self,
+        req: Request<Body>,
+        client: &ClientInfo,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        // Upgrades exist in HTTP/1.1 only (HTTP/2's extended CONNECT is not tunnelled).
+        let tunnel = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
+        let client_upgrade = parts.extensions.remove::<OnUpgrade>();
+
+        // The absolute-form or HTTP/2 authority wins over Host (RFC 9112 §3.2.2).
+        let original_host = match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => parts.headers.get(header::HOST).cloned(),
+        };
+        headers::strip_hop_by_hop(&mut parts.headers, tunnel);
+        headers::strip_proxy_credentials(&mut parts.headers);
+        // The client already got its `100 Continue` from our server when the body was first
+        // polled; an app that never answers 100 (PHP's built-in server) must not stall us.
+        parts.headers.remove(header::EXPECT);
+        let trusted = self.is_trusted(client.peer.ip());
+        headers::set_forwarding(&mut parts.headers, client, trusted, original_host.as_ref());
+        let host = match original_host {
+            Some(h) if self.preserve_host => h,
+            _ => self.host.clone(),
+        };
+        parts.headers.insert(header::HOST, host);
+        parts.uri = self.uri_for(parts.uri.path_and_query())?;
+        parts.version = Version::HTTP_11;
+        parts.extensions = http::Extensions::new();
+
+        let started = Instant::now();
+        let mut response = self.send(Request::from_parts(parts, body)).await?;
+        let elapsed = started.elapsed();
+        response.extensions_mut().insert(UpstreamTiming(elapsed));
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return self.switch_protocols(response, tunnel.then_some(client_upgrade).flatten());
+        }
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+        Ok(response.map(body::boxed))
+    }
+
+    /// A plain GET to the app for `path_and_query`, with `headers` as given (e.g. Host,
+    /// Cookie); `Host` defaults to the upstream's own.
+    pub async fn get(
+        &self,
+        path_and_query: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Body>, ProxyError> {
+        let pq = PathAndQuery::try_from(path_and_query)
+            .map_err(|e| ProxyError::BadRequest(format!("{path_and_query:?}: {e}")))?;
+        let mut req = Request::new(body::empty());
+        *req.uri_mut() = self.uri_for(Some(&pq))?;
+        *req.headers_mut() = headers;
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, self.host.clone());
+        }
+        let mut response = self.send(req).await?;
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+        Ok(response.map(body::boxed))
+    }
+
+    /// Sends and waits for the response head. The response timeout starts once the request
+    /// body is fully sent: a slow 1 GiB upload is not the app being slow.
+    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        let (req, body_sent) = watch_body_end(req);
+        let mut response = pin!(self.client.request(req));
+        if let Some(body_sent) = body_sent {
+            tokio::select! {
+                result = &mut response => return result.map_err(ProxyError::from_client),
+                _ = body_sent => {}
+            }
+        }
+        match tokio::time::timeout(self.response_timeout, response).await {
+            Ok(result) => result.map_err(ProxyError::from_client),
+            Err(_) => Err(ProxyError::Timeout(self.response_timeout)),
+        }
+    }
+
+    /// Answers a `101` from the app: tunnels when the client asked to upgrade, refuses
+    /// otherwise (an app cannot switch protocols unasked).
+    fn switch_protocols(
+        &self,
+        mut response: Response<Incoming>,
+        client_upgrade: Option<OnUpgrade>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let app_upgrade = response.extensions_mut().remove::<OnUpgrade>();
+        let (Some(client_upgrade), Some(app_upgrade)) = (client_upgrade, app_upgrade) else {
+            return Err(ProxyError::Upstream(
+                "switched protocols without an upgrade request".into(),
+            ));
+        };
+        upgrade::tunnel(client_upgrade, app_upgrade);
+        headers::strip_hop_by_hop(response.headers_mut(), true);
+        Ok(response.map(|_| body::empty()))
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = headers::canonical_ip(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The app's URI for a request's path and query, kept byte for byte.
+    fn uri_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
+        let pq = match (&self.base_path, pq) {
+            (None, Some(pq)) => pq.clone(),
+            (None, None) => PathAndQuery::from_static("/"),
+            (Some(base), pq) => {
+                let rest = pq.map_or("/", PathAndQuery::as_str);
+                PathAndQuery::try_from(format!("{base}{rest}"))
+                    .map_err(|e| ProxyError::BadRequest(e.to_string()))?
+            }
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+    }
+}
+
+/// Wraps a request body that has bytes still to come so that its end is signalled; `None`
+/// when there is nothing to send.
+fn watch_body_end(req: Request<Body>) -> (Request<Body>, Option<oneshot::Receiver<()>>) {
+    use http_body::Body as _;
+    if req.body().is_end_stream() {
+        return (req, None);
+    }
+    let (tx, rx) = oneshot::channel();
+    let req = req.map(|inner| {
+        http_body_util::BodyExt::boxed(EndSignal {
+            inner,
+            done: Some(tx),
+        })
+    });
+    (req, Some(rx))
+}
+
+/// A body that reports, once, that it has ended (or failed, or was dropped: the receiver
+/// then sees the sender gone, which counts as ended too).
+struct EndSignal {
+    inner: Body,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl http_body::Body for EndSignal {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            && let Some(done) = self.done.take()
+        {
+            let _ = done.send(());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Upstream {
+        let cfg = UpstreamConfig {
+            url: url.parse().unwrap(),
+            ..UpstreamConfig::default()
+        };
+        Upstream::new(&cfg).unwrap()
+    }
+
+    #[test]
+    fn uri_keeps_path_and_query_byte_exact() {
+        let u = upstream("http://127.0.0.1:8000");
+        for target in ["/a%2Fb/%20?x=%41&&y", "//double", "/%E2%9C%93?q=%C3%A9"] {
+            let pq = PathAndQuery::try_from(target).unwrap();
+            let uri = u.uri_for(Some(&pq)).unwrap();
+            assert_eq!(uri.path_and_query().unwrap().as_str(), target);
+            assert_eq!(uri.authority().unwrap(), "127.0.0.1:8000");
+        }
+    }
+
+    #[test]
+    fn base_path_is_prefixed() {
+        let u = upstream("http://app:81/base/");
+        let pq = PathAndQuery::from_static("/x?y");
+        assert_eq!(
+            u.uri_for(Some(&pq)).unwrap().to_string(),
+            "http://app:81/base/x?y"
+        );
+    }
+
+    #[test]
+    fn https_upstream_is_refused_clearly() {
+        let cfg = UpstreamConfig {
+            url: "https://app".parse().unwrap(),
+            ..UpstreamConfig::default()
+        };
+        let err = Upstream::new(&cfg).unwrap_err();
+        assert!(err.to_string().contains("upstream.url"), "{err}");
+    }
+}

@@ -1,0 +1,195 @@
+//! Per-request bookkeeping: byte counts, the access log line and the request metrics, all
+//! emitted once when the response body ends (or is dropped: a client that went away).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body as _, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use tracing::info;
+
+use super::AppState;
+use crate::body::{Body, BoxError};
+use crate::metrics::RequestKind;
+use crate::proxy::UpstreamTiming;
+
+/// Boxes the request body, counting its bytes when it has any.
+pub(super) fn count_request(req: Request<Incoming>) -> (Request<Body>, Option<Arc<AtomicU64>>) {
+    if req.body().is_end_stream() {
+        return (req.map(crate::body::boxed), None);
+    }
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&count);
+    let req = req.map(|inner| {
+        Counted {
+            inner,
+            count: counted,
+        }
+        .boxed()
+    });
+    (req, Some(count))
+}
+
+struct Counted {
+    inner: Incoming,
+    count: Arc<AtomicU64>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the request looked like, kept until the response is done.
+pub(super) struct RequestRecord {
+    pub state: Arc<AppState>,
+    pub method: Method,
+    pub target: Option<PathAndQuery>,
+    pub peer: SocketAddr,
+    pub started: Instant,
+    pub bytes_in: Option<Arc<AtomicU64>>,
+}
+
+/// Wraps the response so that its end is logged and counted.
+pub(super) fn observe(response: Response<Body>, request: RequestRecord) -> Response<Body> {
+    let kind = response
+        .extensions()
+        .get::<RequestKind>()
+        .copied()
+        .unwrap_or_default();
+    let upstream = response.extensions().get::<UpstreamTiming>().map(|t| t.0);
+    let status = response.status();
+    response.map(|inner| {
+        Observed {
+            inner,
+            sent: 0,
+            done: Some(Done {
+                request,
+                kind,
+                status,
+                upstream,
+            }),
+        }
+        .boxed()
+    })
+}
+
+struct Done {
+    request: RequestRecord,
+    kind: RequestKind,
+    status: StatusCode,
+    upstream: Option<Duration>,
+}
+
+struct Observed {
+    inner: Body,
+    sent: u64,
+    done: Option<Done>,
+}
+
+impl Observed {
+    fn finish(&mut self, complete: bool) {
+        let Some(done) = self.done.take() else { return };
+        let r = &done.request;
+        let took = r.started.elapsed();
+        let bytes_in = r.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
+        let metrics = &r.state.metrics;
+        metrics.request(done.kind, done.status, took, bytes_in, self.sent);
+        if let Some(upstream) = done.upstream {
+            metrics.upstream_response(upstream);
+        }
+        // Queries can carry one-time secrets (reset keys, signatures): logged only when
+        // `log.query` says so. Header values are never logged.
+        let path = match &r.target {
+            Some(t) if r.state.config.log.query => t.as_str(),
+            Some(t) => t.path(),
+            None => "",
+        };
+        info!(
+            target: "offload::access",
+            method = %r.method,
+            path,
+            status = done.status.as_u16(),
+            kind = done.kind.as_str(),
+            bytes_in,
+            bytes_out = self.sent,
+            duration_ms = millis(took),
+            upstream_ms = done.upstream.map(millis),
+            peer = %r.peer,
+            complete,
+        );
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+impl http_body::Body for Observed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        // An empty body may never be polled, and a client may leave mid-body: either way
+        // the request is over now. It is complete when nothing was left to send.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
