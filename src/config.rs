@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `wordpress` or `joomla`: fills in upload routes and asset prefixes.
@@ -32,21 +32,6 @@ pub struct Config {
     pub rewrite: RewriteConfig,
     pub uploads: Vec<UploadRouteConfig>,
     pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            preset: None,
-            server: ServerConfig::default(),
-            upstream: UpstreamConfig::default(),
-            store: StoreConfig::default(),
-            assets: AssetsConfig::default(),
-            rewrite: RewriteConfig::default(),
-            uploads: Vec::new(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

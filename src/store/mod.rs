@@ -6,15 +6,35 @@
 //!
 //! Keys are full object keys (the configured `store.prefix` already applied, see
 //! [`asset_key`]); the store adds nothing to them.
+//!
+//! - [`S3Store`]: aws-sdk-s3; streams of unknown length go up as one PutObject when they fit
+//!   in one part, as a multipart upload otherwise (aborted on any failure or when dropped).
+//! - [`FsStore`]: a folder; atomic writes (temp file + rename), metadata in sidecar JSON.
+//! - [`serve_object`]: one object as an HTTP response (ranges, conditionals).
+//! - [`Presence`]: the per-replica cache of which keys exist.
+//! - [`open`]: the store the config asks for.
+
+mod fs;
+mod presence;
+mod s3;
+mod serve;
+
+pub use fs::FsStore;
+pub use presence::Presence;
+pub use s3::S3Store;
+pub use serve::serve_object;
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use serde::Serialize;
+
+use crate::config::{StoreConfig, StoreKind};
 
 /// A stream of body chunks going into or coming out of the store.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
@@ -131,4 +151,112 @@ pub trait Store: Send + Sync + 'static {
 /// leading '/'`. Any replica computes the same key; nothing is looked up.
 pub fn asset_key(prefix: &str, path: &str) -> String {
     format!("{prefix}{}", path.trim_start_matches('/'))
+}
+
+/// The store `cfg` asks for: S3 (credentials from the standard AWS chain) or a folder.
+pub async fn open(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    match cfg.kind {
+        StoreKind::S3 => Ok(Arc::new(S3Store::new(cfg).await?)),
+        StoreKind::Fs => Ok(Arc::new(FsStore::new(
+            &cfg.root,
+            &cfg.serve_prefix,
+            cfg.public_url.clone(),
+        )?)),
+    }
+}
+
+impl ByteRange {
+    /// The inclusive byte span this range covers in an object of `size` bytes, or
+    /// `RangeNotSatisfiable` (RFC 9110 §14.1.2: a range starting past the end, or a zero
+    /// suffix, cannot be served; an end past the end is clamped).
+    pub fn resolve(self, size: u64) -> Result<(u64, u64), StoreError> {
+        let last = size.checked_sub(1).ok_or(StoreError::RangeNotSatisfiable)?;
+        let (start, end) = match self {
+            ByteRange::FromTo(start, end) if start <= end => (start, end.min(last)),
+            ByteRange::FromTo(..) => return Err(StoreError::RangeNotSatisfiable),
+            ByteRange::From(start) => (start, last),
+            ByteRange::Suffix(0) => return Err(StoreError::RangeNotSatisfiable),
+            ByteRange::Suffix(n) => (size.saturating_sub(n), last),
+        };
+        if start > last {
+            return Err(StoreError::RangeNotSatisfiable);
+        }
+        Ok((start, end))
+    }
+
+    /// The `Range` header value for this range (`bytes=…`).
+    pub fn header_value(self) -> String {
+        match self {
+            ByteRange::FromTo(start, end) => format!("bytes={start}-{end}"),
+            ByteRange::From(start) => format!("bytes={start}-"),
+            ByteRange::Suffix(n) => format!("bytes=-{n}"),
+        }
+    }
+}
+
+impl StoreError {
+    /// A copy of this error (an `io::Error` keeps its kind and message): shared results, such
+    /// as one HEAD answering many waiters, hand each waiter its own error.
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::InvalidKey(k) => StoreError::InvalidKey(k.clone()),
+            StoreError::RangeNotSatisfiable => StoreError::RangeNotSatisfiable,
+            StoreError::Body(e) => StoreError::Body(io::Error::new(e.kind(), e.to_string())),
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Refused(m) => StoreError::Refused(m.clone()),
+            StoreError::Io(e) => StoreError::Io(io::Error::new(e.kind(), e.to_string())),
+            StoreError::Unsupported(m) => StoreError::Unsupported(m),
+        }
+    }
+}
+
+/// Characters kept as they are in a key turned into a URL path: RFC 3986 unreserved and '/'.
+const KEY_PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// `key` percent-encoded for use as a URL path (slashes kept).
+pub fn encode_key(key: &str) -> String {
+    percent_encoding::utf8_percent_encode(key, KEY_PATH).to_string()
+}
+
+/// `base` joined with the encoded `key`, with exactly one '/' between them.
+fn join_url(base: &str, key: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), encode_key(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve_like_rfc_9110() {
+        assert_eq!(ByteRange::FromTo(0, 0).resolve(10).unwrap(), (0, 0));
+        assert_eq!(ByteRange::FromTo(5, 100).resolve(10).unwrap(), (5, 9));
+        assert_eq!(ByteRange::From(9).resolve(10).unwrap(), (9, 9));
+        assert_eq!(ByteRange::Suffix(3).resolve(10).unwrap(), (7, 9));
+        assert_eq!(ByteRange::Suffix(30).resolve(10).unwrap(), (0, 9));
+        for bad in [
+            ByteRange::From(10),
+            ByteRange::FromTo(10, 12),
+            ByteRange::FromTo(3, 2),
+            ByteRange::Suffix(0),
+        ] {
+            assert!(matches!(
+                bad.resolve(10),
+                Err(StoreError::RangeNotSatisfiable)
+            ));
+        }
+        assert!(ByteRange::From(0).resolve(0).is_err());
+    }
+
+    #[test]
+    fn keys_encode_as_paths() {
+        assert_eq!(encode_key("a b/ü?.jpg"), "a%20b/%C3%BC%3F.jpg");
+        assert_eq!(join_url("https://cdn/x/", "k/1"), "https://cdn/x/k/1");
+        assert_eq!(join_url("/_offload/", "k"), "/_offload/k");
+    }
 }
