@@ -1,6 +1,12 @@
-//! End-to-end tests: one test binary, one module per area, shared helpers in `support`.
-//! Everything runs against real servers over real sockets (an in-process S3 server for the
-//! store), never mocks.
+//! End-to-end tests through real sockets on 127.0.0.1: one binary, one module per area,
+//! shared helpers in `support`. Everything runs against real servers (an in-process S3
+//! server for the store, real apps), never mocks.
 
-mod store;
 mod support;
+
+mod admin;
+mod cli;
+mod proxy;
+mod server;
+mod store;
+mod upload;

@@ -1,0 +1,118 @@
+//! The `offload` binary: check-config on good and bad files.
+
+use std::process::Command;
+
+fn check_config(text: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, text).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_offload"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run offload");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    for (text, needle) in [
+        (
+            "[server]\nlisen = \"127.0.0.1:1\"\n",
+            "did you mean `listen`",
+        ),
+        ("[server]\nlisten = \"localhost\"\n", "listen"),
+        (
+            "[upstream]\nresponse_timeout = \"soon\"\n",
+            "response_timeout",
+        ),
+        ("[server\nlisten = 1\n", "TOML"),
+        ("[store]\nkind = \"s3\"\n", "store.bucket"),
+    ] {
+        let (ok, _, stderr) = check_config(text);
+        assert!(!ok, "{text:?} was accepted");
+        assert!(
+            stderr.to_lowercase().contains(&needle.to_lowercase()),
+            "{text:?} → {stderr}"
+        );
+        assert_eq!(
+            stderr.matches("offload:").count(),
+            1,
+            "printed once: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_config() {
+    let (ok, stdout, stderr) =
+        check_config("preset = \"wordpress\"\n[upstream]\nurl = \"http://127.0.0.1:8000\"\n");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("[server]"), "{stdout}");
+    assert!(stdout.contains("/wp-content/uploads/"), "{stdout}");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml.example");
+    let text = std::fs::read_to_string(example).expect("proxy.toml.example");
+    let (ok, _, stderr) = check_config(&text);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn flags_override_the_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_offload"))
+        .args([
+            "check-config",
+            "--listen",
+            "127.0.0.1:7001",
+            "--upstream",
+            "http://127.0.0.1:7002",
+            "--admin-listen",
+            "off",
+            "--log-format",
+            "json",
+        ])
+        .env_remove("OFFLOAD_CONFIG")
+        .output()
+        .expect("run offload");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("listen = \"127.0.0.1:7001\""), "{stdout}");
+    assert!(
+        stdout.contains("url = \"http://127.0.0.1:7002/\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("admin_listen = \"off\""), "{stdout}");
+    assert!(stdout.contains("format = \"json\""), "{stdout}");
+}
+
+#[test]
+fn help_explains_the_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_offload"))
+        .arg("--help")
+        .output()
+        .expect("run offload");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--listen",
+        "--upstream",
+        "--admin-listen",
+        "--log-format",
+        "check-config",
+        "serve",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
+    }
+}

@@ -1,0 +1,348 @@
+//! Pass-through: bodies, paths, headers, forwarding headers, Expect, upgrades, errors.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::app::Echo;
+use crate::support::{
+    app_and_proxy, client, hash_body, pattern_sha256, pattern_stream, raw_body, raw_exchange,
+};
+
+const SIZES: [u64; 5] = [0, 1, 64 * 1024, 8 * 1024 * 1024, 256 * 1024 * 1024];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_round_trip_byte_exact_both_ways() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let http = client();
+    for size in SIZES {
+        let expected = pattern_sha256(size);
+        for chunked in [false, true] {
+            // Upload: the app hashes what it received.
+            let mut req = http
+                .post(proxy.url("/upload"))
+                .body(reqwest::Body::wrap_stream(pattern_stream(size)));
+            if !chunked {
+                req = req.header("content-length", size);
+            }
+            let resp = req.send().await.expect("upload");
+            assert_eq!(resp.status(), 200);
+            let echo = Echo::parse(&resp.text().await.expect("echo body"));
+            assert_eq!(
+                (echo.body_len, echo.body_sha256.as_str()),
+                (size, expected.as_str()),
+                "upload {size} chunked={chunked}"
+            );
+
+            // Download: the app streams, we hash what arrives.
+            let q = if chunked { "?chunked" } else { "" };
+            let resp = http
+                .get(proxy.url(&format!("/bytes/{size}{q}")))
+                .send()
+                .await
+                .expect("download");
+            assert_eq!(resp.status(), 200);
+            if !chunked {
+                assert_eq!(resp.content_length(), Some(size));
+            }
+            assert_eq!(
+                hash_body(resp).await,
+                (size, expected.clone()),
+                "download {size} chunked={chunked}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn odd_paths_and_queries_pass_byte_exact() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    for target in [
+        "/a%2Fb/%20?x=%41&&y",
+        "//double",
+        "/%E2%9C%93/caf%C3%A9?q=%F0%9F%98%80",
+        "/semi;colon/./dot/../?a=b=c&",
+        "/?",
+    ] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n");
+        let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{target}: {response}");
+        let echo = Echo::parse(raw_body(&response));
+        assert_eq!(echo.target, target);
+    }
+}
+
+#[tokio::test]
+async fn every_method_passes() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    for method in [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND",
+    ] {
+        let request = format!(
+            "{method} /m HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(Echo::parse(raw_body(&response)).method, method);
+    }
+    let resp = client()
+        .head(proxy.url("/bytes/10"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn duplicate_and_unusual_headers_keep_their_order() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let request = "GET /h HTTP/1.1\r\nHost: site.test\r\nX-Dup: one\r\nX-Other: o\r\nX-Dup: two\r\n\
+                   x-dup: three\r\nX-Under_Score: u\r\nX-Empty:\r\nX-Spaces:   a  b  \r\n\
+                   Cookie: a=1\r\nCookie: b=2\r\nConnection: close\r\n\r\n";
+    let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.all("x-dup"), ["one", "two", "three"]);
+    assert_eq!(echo.all("cookie"), ["a=1", "b=2"]);
+    assert_eq!(echo.one("x-under_score"), Some("u"));
+    assert_eq!(echo.one("x-empty"), Some(""));
+    assert_eq!(echo.one("x-spaces"), Some("a  b"));
+    assert_eq!(
+        echo.one("host"),
+        Some("site.test"),
+        "Host preserved by default"
+    );
+    let names: Vec<&str> = echo.headers.iter().map(|(k, _)| k.as_str()).collect();
+    let pos = |n: &str| names.iter().position(|k| *k == n);
+    assert!(
+        pos("x-dup") < pos("x-other") && pos("x-other") < pos("x-under_score"),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_both_ways() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let request = "GET /h HTTP/1.1\r\nHost: x\r\nConnection: close, X-Hop\r\nX-Hop: secret\r\n\
+                   Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\n\
+                   Proxy-Authorization: Basic Zm9vOmJhcg==\r\nUpgrade: h2c\r\nX-Stay: 1\r\n\r\n";
+    let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    let echo = Echo::parse(raw_body(&response));
+    for gone in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "proxy-authorization",
+        "upgrade",
+    ] {
+        assert_eq!(echo.one(gone), None, "{gone} reached the app");
+    }
+    assert_eq!(echo.one("x-stay"), Some("1"));
+
+    let resp = client()
+        .get(proxy.url("/hop"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        resp.headers().get("x-app-kept").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert!(
+        resp.headers().get("x-app-hop").is_none(),
+        "header named in Connection dropped"
+    );
+    assert!(resp.headers().get("keep-alive").is_none());
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let request = "GET /f HTTP/1.1\r\nHost: site.test:8443\r\nX-Forwarded-For: 6.6.6.6\r\n\
+                   X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nForwarded: for=6.6.6.6\r\n\
+                   Connection: close\r\n\r\n";
+    let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(echo.all("x-forwarded-proto"), ["http"]);
+    assert_eq!(echo.all("x-forwarded-host"), ["site.test:8443"]);
+    assert_eq!(
+        echo.all("forwarded"),
+        ["for=127.0.0.1;host=\"site.test:8443\";proto=http"]
+    );
+    assert_eq!(echo.one("host"), Some("site.test:8443"));
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_a_trusted_peer_are_extended() {
+    let (_app, proxy) = app_and_proxy(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.0/8".parse().expect("net")];
+    })
+    .await;
+    let request = "GET /f HTTP/1.1\r\nHost: site.test\r\nX-Forwarded-For: 203.0.113.7\r\n\
+                   X-Forwarded-For: 10.1.1.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: www.example.com\r\n\
+                   Forwarded: for=203.0.113.7;proto=https\r\nConnection: close\r\n\r\n";
+    let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(
+        echo.all("x-forwarded-for"),
+        ["203.0.113.7, 10.1.1.1, 127.0.0.1"]
+    );
+    assert_eq!(echo.all("x-forwarded-proto"), ["https"]);
+    assert_eq!(echo.all("x-forwarded-host"), ["www.example.com"]);
+    assert_eq!(
+        echo.all("forwarded"),
+        ["for=203.0.113.7;proto=https, for=127.0.0.1;host=\"site.test\";proto=http"]
+    );
+}
+
+#[tokio::test]
+async fn host_can_be_the_upstreams() {
+    let (app, proxy) = app_and_proxy(|c| c.upstream.preserve_host = false).await;
+    let request = "GET /f HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n";
+    let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.one("host"), Some(app.addr.to_string().as_str()));
+    assert_eq!(echo.one("x-forwarded-host"), Some("site.test"));
+}
+
+#[tokio::test]
+async fn expect_100_continue_does_not_stall() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("head");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("100 Continue arrives")
+        .expect("read");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    stream.write_all(b"hello").await.expect("body");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("final answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&rest);
+    let echo = Echo::parse(raw_body(&text));
+    assert_eq!(echo.body_len, 5);
+    assert_eq!(echo.one("expect"), None, "Expect is not forwarded");
+}
+
+#[tokio::test]
+async fn websocket_echoes_through_the_tunnel() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let url = format!("ws://{}/ws", proxy.addr);
+    let (mut ws, response) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket handshake");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("hello")).await.expect("send text");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("frame"),
+        Message::text("hello")
+    );
+    let big = vec![7u8; 300_000];
+    ws.send(Message::binary(big.clone()))
+        .await
+        .expect("send binary");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("frame"),
+        Message::binary(big)
+    );
+    ws.close(None).await.expect("close");
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_reaches_an_http1_app() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let resp = h2
+        .post(proxy.url("/p?q=1"))
+        .body("abc")
+        .send()
+        .await
+        .expect("h2 request");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let echo = Echo::parse(&resp.text().await.expect("body"));
+    assert_eq!(echo.version, "HTTP/1.1");
+    assert_eq!(echo.target, "/p?q=1");
+    assert_eq!(echo.body_len, 3);
+    assert_eq!(
+        echo.one("host"),
+        Some(proxy.addr.to_string().as_str()),
+        "authority becomes Host"
+    );
+    let resp = h2
+        .get(proxy.url("/bytes/1000000"))
+        .send()
+        .await
+        .expect("h2 download");
+    assert_eq!(
+        hash_body(resp).await,
+        (1_000_000, pattern_sha256(1_000_000))
+    );
+}
+
+#[tokio::test]
+async fn app_down_is_502_naming_it() {
+    let (app, proxy) = app_and_proxy(|_| {}).await;
+    drop(app);
+    // The freed port refuses connections now.
+    let resp = client().get(proxy.url("/x")).send().await.expect("answer");
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.expect("body");
+    assert!(text.starts_with("upstream unreachable"), "{text}");
+}
+
+#[tokio::test]
+async fn slow_app_is_504() {
+    let (_app, proxy) =
+        app_and_proxy(|c| c.upstream.response_timeout = Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let resp = client()
+        .get(proxy.url("/sleep/3000"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let text = resp.text().await.expect("body");
+    assert_eq!(text.trim(), "upstream timed out after 300ms");
+}
+
+#[tokio::test]
+async fn a_slow_upload_is_not_an_app_timeout() {
+    let (_app, proxy) =
+        app_and_proxy(|c| c.upstream.response_timeout = Duration::from_millis(300)).await;
+    // The body takes ~1 s to send; the response timeout only starts once it is sent.
+    let slow = futures_util::stream::iter(0..5).then(|_| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"0123456789"))
+    });
+    let resp = client()
+        .post(proxy.url("/slow"))
+        .body(reqwest::Body::wrap_stream(slow))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(Echo::parse(&resp.text().await.expect("body")).body_len, 50);
+}

@@ -1,0 +1,158 @@
+//! The listener: TLS with ALPN, slowloris defence, idle connections, graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::app::Echo;
+use crate::support::{App, Proxy, app_and_proxy, client, config_for};
+
+#[tokio::test]
+async fn tls_with_alpn_h2_and_http1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+
+    let app = App::start().await;
+    let mut config = config_for(app.addr);
+    config.server.tls = Some(offload::config::TlsConfig {
+        cert: cert_path,
+        key: key_path,
+    });
+    let proxy = Proxy::start(config).await;
+    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("root");
+    let url = format!("https://localhost:{}/t", proxy.addr.port());
+
+    for http1_only in [false, true] {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .add_root_certificate(root.clone())
+            .resolve("localhost", proxy.addr);
+        if http1_only {
+            builder = builder.http1_only();
+        }
+        let resp = builder
+            .build()
+            .expect("client")
+            .get(&url)
+            .send()
+            .await
+            .expect("TLS request");
+        let expected = if http1_only {
+            http::Version::HTTP_11
+        } else {
+            http::Version::HTTP_2
+        };
+        assert_eq!(resp.version(), expected);
+        let echo = Echo::parse(&resp.text().await.expect("body"));
+        assert_eq!(echo.one("x-forwarded-proto"), Some("https"));
+        assert!(
+            echo.one("forwarded")
+                .is_some_and(|f| f.ends_with("proto=https"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_partial_request_head_is_cut_off() {
+    let (_app, proxy) =
+        app_and_proxy(|c| c.server.header_read_timeout = Duration::from_millis(500)).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("partial head");
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "connection still open after 5 s");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_heads_are_refused() {
+    let (_app, proxy) = app_and_proxy(|c| {
+        c.server.max_header_size = bytesize::ByteSize::kib(8);
+        c.server.max_headers = 10;
+    })
+    .await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let response =
+        crate::support::raw_exchange(proxy.addr, big.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.1 431"),
+        "{response}"
+    );
+    let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let request = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let response =
+        crate::support::raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.1 431"),
+        "{response}"
+    );
+    // The proxy is still up.
+    assert_eq!(
+        client()
+            .get(proxy.url("/ok"))
+            .send()
+            .await
+            .expect("answer")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let (_app, proxy) = app_and_proxy(|c| c.server.idle_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /bytes/3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.expect("response");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle connection still open");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_a_request_in_flight_finish() {
+    let (_app, mut proxy) =
+        app_and_proxy(|c| c.server.shutdown_grace = Duration::from_secs(5)).await;
+    let url = proxy.url("/sleep/800");
+    let in_flight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.shutdown();
+    let status = in_flight.await.expect("task").expect("request completes");
+    assert_eq!(status, 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), &mut proxy.handle).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "still accepting"
+    );
+}

@@ -1,0 +1,199 @@
+//! A real HTTP app for the proxy to forward to (hyper, HTTP/1.1), with routes:
+//! - `/bytes/N[?chunked]`: N pattern bytes, with Content-Length unless `chunked`;
+//! - `/sleep/MS`: answers after MS milliseconds;
+//! - `/hop`: answers with hop-by-hop headers the proxy must drop;
+//! - `/ws`: a WebSocket echo;
+//! - anything else: JSON describing the request (method, raw target, version, headers in
+//!   order, body length and SHA-256), the body read as a stream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use offload::body::{self, Body};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+
+pub struct App {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+    /// Ends every open connection too, so that pooled keep-alive connections die with the app.
+    stopped: CancellationToken,
+}
+
+impl App {
+    pub async fn start() -> App {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("app binds");
+        let addr = listener.local_addr().expect("app address");
+        let stopped = CancellationToken::new();
+        let token = stopped.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(handle))
+                        .with_upgrades();
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = token.cancelled() => {}
+                    }
+                });
+            }
+        });
+        App {
+            addr,
+            task,
+            stopped,
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.stopped.cancel();
+    }
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let response = if let Some(n) = path.strip_prefix("/bytes/") {
+        let chunked = req.uri().query().is_some_and(|q| q.contains("chunked"));
+        bytes(n.parse().unwrap_or(0), chunked)
+    } else if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        Response::new(body::full("slept"))
+    } else if path == "/hop" {
+        let mut r = Response::new(body::full("hop"));
+        let h = r.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-app-hop"));
+        h.insert("x-app-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-app-kept", HeaderValue::from_static("1"));
+        r
+    } else if path == "/ws" {
+        websocket(req)
+    } else {
+        echo(req).await
+    };
+    Ok(response)
+}
+
+fn bytes(n: u64, chunked: bool) -> Response<Body> {
+    let mut r = Response::new(body::from_stream(super::pattern_stream(n)));
+    if !chunked {
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    r
+}
+
+async fn echo(req: Request<Incoming>) -> Response<Body> {
+    let (parts, mut incoming) = req.into_parts();
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    while let Some(frame) = incoming.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            len += data.len() as u64;
+            hasher.update(data);
+        }
+    }
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let json = serde_json::json!({
+        "method": parts.method.as_str(),
+        "target": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": len,
+        "body_sha256": hex::encode(hasher.finalize()),
+    });
+    let mut r = Response::new(body::full(Bytes::from(json.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        let mut r = Response::new(body::full("not a websocket request"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert("sec-websocket-accept", accept);
+    }
+    r
+}
+
+/// The JSON the echo route answers, parsed.
+#[derive(Debug, serde::Deserialize)]
+pub struct Echo {
+    pub method: String,
+    pub target: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    pub body_sha256: String,
+}
+
+impl Echo {
+    pub fn parse(text: &str) -> Echo {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("echo JSON: {e}: {text}"))
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn one(&self, name: &str) -> Option<&str> {
+        self.all(name).first().copied()
+    }
+}
