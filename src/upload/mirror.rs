@@ -97,13 +97,10 @@ async fn tee<S>(
             return;
         }
     }
-    // Both sides get the end only after the last chunk, so neither sees a complete body
-    // before the other has had it.
-    if app.send(Msg::Done).await.is_ok() {
-        let _ = parser.send(Msg::Done).await;
-    } else {
-        let _ = parser.send(Msg::Fail(UploadError::AppStoppedReading)).await;
-    }
+    // Every chunk reached both sides. The app's side may already be gone: hyper stops
+    // polling a body once it has sent `Content-Length` bytes.
+    let _ = app.send(Msg::Done).await;
+    let _ = parser.send(Msg::Done).await;
 }
 
 /// Parses the teed copy and stores its files. On success it keeps reading to the end (an

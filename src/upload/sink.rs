@@ -4,6 +4,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -22,6 +23,9 @@ use crate::store::{ObjectInfo, PutOptions, Store};
 
 /// Chunks in flight between the reader and the store's `put`.
 const PUT_CHANNEL: usize = 2;
+
+/// Background attempts to delete what a failed request stored (0.25 s, 0.5 s, … 8 s apart).
+const DELETE_RETRIES: usize = 6;
 
 /// A file now in the store.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -248,10 +252,38 @@ impl Drop for Committed {
     }
 }
 
+/// Deletes `keys`; the ones the store refuses now (it may be down: that is often why the
+/// request failed) are retried in the background with backoff, so a short outage does not
+/// leave orphans.
 async fn delete_all(store: &Arc<dyn Store>, keys: Vec<String>) {
+    let mut failed = Vec::new();
     for key in keys {
-        if let Err(e) = store.delete(&key).await {
-            tracing::warn!(%key, error = %e, "could not delete the object of a failed upload");
+        if store.delete(&key).await.is_err() {
+            failed.push(key);
         }
     }
+    if failed.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut wait = Duration::from_millis(250);
+        for _ in 0..DELETE_RETRIES {
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+            let mut still = Vec::new();
+            for key in failed {
+                if store.delete(&key).await.is_err() {
+                    still.push(key);
+                }
+            }
+            failed = still;
+            if failed.is_empty() {
+                return;
+            }
+        }
+        for key in failed {
+            tracing::warn!(%key, "could not delete the object of a failed upload");
+        }
+    });
 }
