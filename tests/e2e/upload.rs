@@ -15,9 +15,7 @@ use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use offload::body::{self, Body};
-use offload::config::{
-    FieldStyle, OnStoreError, UploadMode, UploadRouteConfig, UpstreamConfig,
-};
+use offload::config::{FieldStyle, OnStoreError, UploadMode, UploadRouteConfig, UpstreamConfig};
 use offload::proxy::{ClientInfo, Upstream};
 use offload::store::{FsStore, Store};
 use offload::upload::{AfterApp, UploadContext, UploadRoutes, handle};
@@ -54,7 +52,12 @@ impl AppLog {
         self.requests.load(Ordering::SeqCst)
     }
     fn last(&self) -> Received {
-        self.received.lock().unwrap().last().cloned().expect("the app got a request")
+        self.received
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the app got a request")
     }
 }
 
@@ -65,7 +68,9 @@ async fn start_app() -> (SocketAddr, AppLog) {
     let app_log = log.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((socket, _)) = listener.accept().await else { continue };
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
             let log = app_log.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| app_answer(req, log.clone()));
@@ -151,7 +156,9 @@ async fn start_offload(
     let served = store.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((socket, peer)) = listener.accept().await else { continue };
+            let Ok((socket, peer)) = listener.accept().await else {
+                continue;
+            };
             let ctx = Arc::new(UploadContext {
                 store: served.clone(),
                 upstream: upstream.clone(),
@@ -299,7 +306,12 @@ struct SentHashes {
 
 enum Seg {
     Fixed(Bytes),
-    Gen { file: usize, magic: &'static [u8], size: u64, seed: u64 },
+    Gen {
+        file: usize,
+        magic: &'static [u8],
+        size: u64,
+        seed: u64,
+    },
 }
 
 /// Stop reading the generated body after `at` bytes: signal, then wait `pause`.
@@ -323,17 +335,30 @@ fn multipart(parts: &[P]) -> (Vec<Seg>, usize) {
         let mut head = format!("--{BOUNDARY}\r\n");
         match p {
             P::Text(name, value) => {
-                head += &format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n");
+                head +=
+                    &format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n");
                 segs.push(Seg::Fixed(head.into()));
             }
-            P::File { field, disposition, content_type, magic, size } => {
-                head += &format!("Content-Disposition: form-data; name=\"{field}\"{disposition}\r\n");
+            P::File {
+                field,
+                disposition,
+                content_type,
+                magic,
+                size,
+            } => {
+                head +=
+                    &format!("Content-Disposition: form-data; name=\"{field}\"{disposition}\r\n");
                 if let Some(ct) = content_type {
                     head += &format!("Content-Type: {ct}\r\n");
                 }
                 head += "\r\n";
                 segs.push(Seg::Fixed(head.into()));
-                segs.push(Seg::Gen { file: files, magic, size: *size, seed: 0x9E37_79B9 + i as u64 });
+                segs.push(Seg::Gen {
+                    file: files,
+                    magic,
+                    size: *size,
+                    seed: 0x9E37_79B9 + i as u64,
+                });
                 segs.push(Seg::Fixed(Bytes::from_static(b"\r\n")));
                 files += 1;
             }
@@ -349,7 +374,12 @@ impl Gen {
             files: (0..files).map(|_| (0, Sha256::new())).collect(),
             ..Sent::default()
         }));
-        let g = Gen { segs: segs.into_iter(), current: None, sent: sent.clone(), trigger };
+        let g = Gen {
+            segs: segs.into_iter(),
+            current: None,
+            sent: sent.clone(),
+            trigger,
+        };
         (g, sent)
     }
 
@@ -364,7 +394,9 @@ impl Gen {
                         *state ^= *state >> 12;
                         *state ^= *state << 25;
                         *state ^= *state >> 27;
-                        buf.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+                        buf.extend_from_slice(
+                            &state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes(),
+                        );
                     }
                     buf.truncate(n);
                     let start = *pos as usize;
@@ -382,7 +414,12 @@ impl Gen {
             }
             match self.segs.next()? {
                 Seg::Fixed(b) => return Some(b),
-                Seg::Gen { file, magic, size, seed } => {
+                Seg::Gen {
+                    file,
+                    magic,
+                    size,
+                    seed,
+                } => {
                     self.current = Some((file, magic, size, 0, seed | 1));
                 }
             }
@@ -391,7 +428,10 @@ impl Gen {
 }
 
 /// A generated multipart body as a reqwest body, and the hashes of what it sent.
-fn gen_body(parts: &[P], trigger: Option<Trigger>) -> (reqwest::Body, impl Fn() -> SentHashes + use<>) {
+fn gen_body(
+    parts: &[P],
+    trigger: Option<Trigger>,
+) -> (reqwest::Body, impl Fn() -> SentHashes + use<>) {
     let (segs, files) = multipart(parts);
     let (generator, sent) = Gen::new(segs, files, trigger);
     let stream = futures_util::stream::unfold(generator, |mut g| async move {
@@ -415,7 +455,11 @@ fn gen_body(parts: &[P], trigger: Option<Trigger>) -> (reqwest::Body, impl Fn() 
         SentHashes {
             body_sha: hex::encode(sent.body.clone().finalize()),
             body_len: sent.body_len,
-            files: sent.files.iter().map(|(n, h)| (*n, hex::encode(h.clone().finalize()))).collect(),
+            files: sent
+                .files
+                .iter()
+                .map(|(n, h)| (*n, hex::encode(h.clone().finalize())))
+                .collect(),
         }
     };
     (reqwest::Body::wrap_stream(stream), hashes)
@@ -429,7 +473,10 @@ async fn post(off: &Offload, parts: &[P]) -> (u16, Value, SentHashes) {
     let (body, hashes) = gen_body(parts, None);
     let resp = client()
         .post(off.url())
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
         .body(body)
         .send()
         .await
@@ -496,13 +543,24 @@ async fn respond_sizes_0_1_and_5mib_plus_1() {
     let server = s3::start().await;
     let store: Arc<dyn Store> = Arc::new(server.target().store().await);
     let off = start_offload(route(UploadMode::Respond), store, None).await;
-    let parts = [file("a", "zero.bin", 0), file("b", "one.bin", 1), file("c", "big.bin", 5 * MIB + 1)];
+    let parts = [
+        file("a", "zero.bin", 0),
+        file("b", "one.bin", 1),
+        file("c", "big.bin", 5 * MIB + 1),
+    ];
     let (status, json, sent) = post(&off, &parts).await;
     assert_eq!(status, 201, "{json}");
     let listed = json["files"].as_array().unwrap();
-    assert_eq!(listed.len(), 3, "a 0-byte file with a name is still a file: {json}");
+    assert_eq!(
+        listed.len(),
+        3,
+        "a 0-byte file with a name is still a file: {json}"
+    );
     for (i, f) in listed.iter().enumerate() {
-        assert_eq!(stored_hash(&off.store, f["key"].as_str().unwrap()).await, sent.files[i]);
+        assert_eq!(
+            stored_hash(&off.store, f["key"].as_str().unwrap()).await,
+            sent.files[i]
+        );
     }
 }
 
@@ -535,13 +593,22 @@ async fn filenames_unicode_extended_and_hostile() {
     let long = "a".repeat(1000) + ".jpg";
     let cases: Vec<(String, &str)> = vec![
         ("; filename=\"fïlé 名前.jpg\"".into(), "fïlé 名前.jpg"),
-        ("; filename=\"x.jpg\"; filename*=UTF-8''f%C3%AFl%C3%A9%20%E5%90%8D%E5%89%8D.jpg".into(), "fïlé 名前.jpg"),
+        (
+            "; filename=\"x.jpg\"; filename*=UTF-8''f%C3%AFl%C3%A9%20%E5%90%8D%E5%89%8D.jpg".into(),
+            "fïlé 名前.jpg",
+        ),
         ("; filename=\"../../etc/passwd\"".into(), "passwd"),
         ("; filename*=UTF-8''a%00b.txt".into(), "ab.txt"),
         (format!("; filename=\"{long}\""), ""),
     ];
     for (disposition, expected) in cases {
-        let part = P::File { field: "f", disposition: disposition.clone(), content_type: None, magic: b"", size: 10 };
+        let part = P::File {
+            field: "f",
+            disposition: disposition.clone(),
+            content_type: None,
+            magic: b"",
+            size: 10,
+        };
         let (status, json, _) = post(&off, &[part]).await;
         assert_eq!(status, 201, "{disposition}: {json}");
         let name = json["files"][0]["filename"].as_str().unwrap();
@@ -556,7 +623,13 @@ async fn filenames_unicode_extended_and_hostile() {
         }
     }
     // RTL override hiding a PHP file: sanitised to `gpj.php`, then refused.
-    let part = P::File { field: "f", disposition: "; filename=\"\u{202E}gpj.php\"".into(), content_type: None, magic: b"", size: 10 };
+    let part = P::File {
+        field: "f",
+        disposition: "; filename=\"\u{202E}gpj.php\"".into(),
+        content_type: None,
+        magic: b"",
+        size: 10,
+    };
     let (status, json, _) = post(&off, &[part]).await;
     assert_eq!(status, 415, "{json}");
     assert_eq!(json["limit"], "denied_extensions");
@@ -579,18 +652,38 @@ async fn every_limit_names_itself() {
     let off = start_offload(small, fs.store.clone(), None).await;
     let too_big = [file("f", "a.bin", 64 * 1024 + 1)];
     let (status, json, _) = post(&off, &too_big).await;
-    assert_eq!((status, json["limit"].as_str()), (413, Some("max_file_size")), "{json}");
+    assert_eq!(
+        (status, json["limit"].as_str()),
+        (413, Some("max_file_size")),
+        "{json}"
+    );
     assert_eq!(json["max"], "64 KiB");
-    let body_big: Vec<P> = (0..4).map(|i| file("f", &format!("{i}.bin"), 60 * 1024)).collect();
+    let body_big: Vec<P> = (0..4)
+        .map(|i| file("f", &format!("{i}.bin"), 60 * 1024))
+        .collect();
     let (status, json, _) = post(&off, &body_big[..]).await;
     assert_eq!(status, 413, "{json}");
     let many: Vec<P> = (0..5).map(|_| P::Text("t", "1")).collect();
     let (status, json, _) = post(&off, &many).await;
-    assert_eq!((status, json["limit"].as_str()), (400, Some("max_parts")), "{json}");
+    assert_eq!(
+        (status, json["limit"].as_str()),
+        (400, Some("max_parts")),
+        "{json}"
+    );
     let long_field = [P::Text("t", Box::leak("x".repeat(2000).into_boxed_str()))];
     let (status, json, _) = post(&off, &long_field).await;
-    assert_eq!((status, json["limit"].as_str()), (413, Some("max_field_size")), "{json}");
-    let liar = [P::File { field: "f", disposition: "; filename=\"a.png\"".into(), content_type: Some("image/png"), magic: b"<?php echo 1; ?>", size: 100 }];
+    assert_eq!(
+        (status, json["limit"].as_str()),
+        (413, Some("max_field_size")),
+        "{json}"
+    );
+    let liar = [P::File {
+        field: "f",
+        disposition: "; filename=\"a.png\"".into(),
+        content_type: Some("image/png"),
+        magic: b"<?php echo 1; ?>",
+        size: 100,
+    }];
     let (status, json, _) = post(&off, &liar).await;
     assert_eq!(status, 415, "{json}");
     let denied = [file("f", "shell.php", 10)];
@@ -599,7 +692,10 @@ async fn every_limit_names_itself() {
     // A declared body over the limit is refused before reading it.
     let resp = client()
         .post(off.url())
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
         .header("content-length", (1u64 << 30).to_string())
         .body(Vec::<u8>::new())
         .send()
@@ -611,7 +707,10 @@ async fn every_limit_names_itself() {
     let long = "b".repeat(71);
     let resp = client()
         .post(off.url())
-        .header("content-type", format!("multipart/form-data; boundary={long}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={long}"),
+        )
         .body("--x")
         .send()
         .await
@@ -619,15 +718,23 @@ async fn every_limit_names_itself() {
     assert_eq!(resp.status(), 400);
     let resp = client()
         .post(off.url())
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
-        .body(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nunterminated"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nunterminated"
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("malformed"), "{v}");
-    assert!(keys(&off.store).await.is_empty(), "no limit leaves anything behind");
+    assert!(
+        keys(&off.store).await.is_empty(),
+        "no limit leaves anything behind"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -656,7 +763,13 @@ async fn replace_0_1_3_files() {
         assert!(got.complete);
         assert!(got.size < 64 * 1024, "no file bytes reach the app");
         let fields = text_fields(&got.head);
-        let get = |n: &str| fields.iter().filter(|(k, _)| k == n).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+        let get = |n: &str| {
+            fields
+                .iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(get("title"), vec!["héllo"]);
         assert_eq!(get("between").len(), files);
         let keys_sent = get("file[key]");
@@ -674,19 +787,30 @@ async fn replace_0_1_3_files() {
 #[tokio::test]
 async fn replace_underscore_style_and_app_refusal_rolls_back() {
     let fs = fs_store();
-    let cfg = UploadRouteConfig { field_style: FieldStyle::Underscore, ..route(UploadMode::Replace) };
+    let cfg = UploadRouteConfig {
+        field_style: FieldStyle::Underscore,
+        ..route(UploadMode::Replace)
+    };
     let off = start_offload(cfg, fs.store.clone(), None).await;
     let (status, _, _) = post(&off, &[png("pic", "a.png", 100)]).await;
     assert_eq!(status, 200);
     let fields = text_fields(&off.app.last().head);
-    assert!(fields.iter().any(|(k, v)| k == "pic_content_type" && v == "image/png"), "{fields:?}");
+    assert!(
+        fields
+            .iter()
+            .any(|(k, v)| k == "pic_content_type" && v == "image/png"),
+        "{fields:?}"
+    );
     assert_eq!(keys(&off.store).await.len(), 1);
 
     // The app refuses the form: what was stored for it goes.
     let (body, _) = gen_body(&[png("pic", "b.png", 100)], None);
     let resp = client()
         .post(off.url())
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
         .header("x-answer-status", "422")
         .body(body)
         .send()
@@ -749,7 +873,11 @@ async fn check_mirror(store: Arc<dyn Store>, parts: &[P]) {
     assert_eq!(status, 200, "{json}");
     let got = off.app.last();
     assert!(got.complete);
-    assert_eq!((got.size, got.sha256.as_str()), (sent.body_len, sent.body_sha.as_str()), "byte-identical body");
+    assert_eq!(
+        (got.size, got.sha256.as_str()),
+        (sent.body_len, sent.body_sha.as_str()),
+        "byte-identical body"
+    );
     let stored = keys(&off.store).await;
     assert_eq!(stored.len(), sent.files.len());
     let mut hashes = Vec::new();
@@ -771,14 +899,25 @@ async fn mirror_0_1_3_files() {
         }
         check_mirror(store, &mixed(files, 5 * MIB + 1)).await;
     }
-    check_mirror(fs_store().store, &[file("a", "one.bin", 1), P::Text("x", "y")]).await;
+    check_mirror(
+        fs_store().store,
+        &[file("a", "one.bin", 1), P::Text("x", "y")],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn mirror_512_mib() {
     let server = s3::start().await;
     let store: Arc<dyn Store> = Arc::new(server.target().store().await);
-    check_mirror(store, &[P::Text("name", "big"), file("async-upload", "big.bin", 512 * MIB)]).await;
+    check_mirror(
+        store,
+        &[
+            P::Text("name", "big"),
+            file("async-upload", "big.bin", 512 * MIB),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -799,7 +938,11 @@ struct Hook {
 
 #[async_trait::async_trait]
 impl AfterApp for Hook {
-    async fn on_success(&self, req: &http::request::Parts, resp: http::Response<Body>) -> http::Response<Body> {
+    async fn on_success(
+        &self,
+        req: &http::request::Parts,
+        resp: http::Response<Body>,
+    ) -> http::Response<Body> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         assert_eq!(req.uri.path(), "/upload");
         let (mut parts, body) = resp.into_parts();
@@ -814,12 +957,22 @@ impl AfterApp for Hook {
 #[tokio::test]
 async fn mirror_after_app_hook_sees_2xx_only() {
     let fs = fs_store();
-    let hook = Arc::new(Hook { calls: AtomicUsize::new(0) });
-    let off = start_offload(route(UploadMode::Mirror), fs.store.clone(), Some(hook.clone())).await;
+    let hook = Arc::new(Hook {
+        calls: AtomicUsize::new(0),
+    });
+    let off = start_offload(
+        route(UploadMode::Mirror),
+        fs.store.clone(),
+        Some(hook.clone()),
+    )
+    .await;
     let (status, json, sent) = post(&off, &[png("f", "a.png", 1000)]).await;
     assert_eq!(status, 200);
     assert_eq!(json["hooked"], true);
-    assert_eq!(json["sha256"], sent.body_sha, "the app's own answer, passed through the hook");
+    assert_eq!(
+        json["sha256"], sent.body_sha,
+        "the app's own answer, passed through the hook"
+    );
     assert_eq!(hook.calls.load(Ordering::SeqCst), 1);
     // When the hook runs, the file is already in the store.
     assert_eq!(keys(&off.store).await.len(), 1);
@@ -827,7 +980,10 @@ async fn mirror_after_app_hook_sees_2xx_only() {
     let (body, _) = gen_body(&[png("f", "b.png", 1000)], None);
     let resp = client()
         .post(off.url())
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
         .header("x-answer-status", "500")
         .body(body)
         .send()
@@ -835,7 +991,11 @@ async fn mirror_after_app_hook_sees_2xx_only() {
         .unwrap();
     assert_eq!(resp.status(), 500);
     assert_eq!(hook.calls.load(Ordering::SeqCst), 1, "no hook on a non-2xx");
-    assert_eq!(keys(&off.store).await.len(), 1, "teed copy of a refused upload removed");
+    assert_eq!(
+        keys(&off.store).await.len(),
+        1,
+        "teed copy of a refused upload removed"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -848,14 +1008,27 @@ async fn store_down_mid_upload(
 ) -> (u16, Offload, SentHashes, s3::S3Server) {
     let mut server = s3::start().await;
     let store: Arc<dyn Store> = Arc::new(server.target().store().await);
-    let cfg = UploadRouteConfig { on_store_error, ..route(mode) };
+    let cfg = UploadRouteConfig {
+        on_store_error,
+        ..route(mode)
+    };
     let off = start_offload(cfg, store, None).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let trigger = Trigger { at: 12 * MIB, tx, pause: Duration::from_millis(300) };
-    let (body, hashes) = gen_body(&[file("a", "first.bin", 1000), file("b", "big.bin", 30 * MIB)], Some(trigger));
+    let trigger = Trigger {
+        at: 12 * MIB,
+        tx,
+        pause: Duration::from_millis(300),
+    };
+    let (body, hashes) = gen_body(
+        &[file("a", "first.bin", 1000), file("b", "big.bin", 30 * MIB)],
+        Some(trigger),
+    );
     let request = client()
         .post(off.url())
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
         .body(body)
         .send();
     let stopper = async {
@@ -886,7 +1059,10 @@ async fn store_down_mid_upload_every_mode() {
         match mode {
             UploadMode::Mirror => {
                 let log = off.app.received.lock().unwrap().clone();
-                assert!(log.iter().all(|r| !r.complete), "{mode:?}: the app never got a whole request");
+                assert!(
+                    log.iter().all(|r| !r.complete),
+                    "{mode:?}: the app never got a whole request"
+                );
             }
             _ => assert_eq!(off.app.requests(), 0, "{mode:?}: the app untouched"),
         }
@@ -910,7 +1086,12 @@ async fn disconnect_mid_upload(off: &Offload) {
         20 * MIB
     )
     .into_bytes();
-    head.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"a\"; filename=\"a.bin\"\r\n\r\n").as_bytes());
+    head.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"a\"; filename=\"a.bin\"\r\n\r\n"
+        )
+        .as_bytes(),
+    );
     head.extend_from_slice(&[1u8; 1000]);
     head.extend_from_slice(format!("\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"b\"; filename=\"b.bin\"\r\n\r\n").as_bytes());
     sock.write_all(&head).await.unwrap();
@@ -930,14 +1111,22 @@ async fn client_disconnect_leaves_nothing() {
         let off = start_offload(route(mode), fs.store.clone(), None).await;
         disconnect_mid_upload(&off).await;
         assert!(keys(&off.store).await.is_empty(), "{mode:?}");
-        assert!(files_under(fs.dir.path()).is_empty(), "{mode:?}: {:?}", files_under(fs.dir.path()));
+        assert!(
+            files_under(fs.dir.path()).is_empty(),
+            "{mode:?}: {:?}",
+            files_under(fs.dir.path())
+        );
 
         let server = s3::start().await;
         let store: Arc<dyn Store> = Arc::new(server.target().store().await);
         let off = start_offload(route(mode), store, None).await;
         disconnect_mid_upload(&off).await;
         assert!(keys(&off.store).await.is_empty(), "{mode:?} s3");
-        assert!(server.leftover_uploads().is_empty(), "{mode:?}: {:?}", server.leftover_uploads());
+        assert!(
+            server.leftover_uploads().is_empty(),
+            "{mode:?}: {:?}",
+            server.leftover_uploads()
+        );
     }
 }
 
@@ -953,7 +1142,10 @@ async fn two_hundred_concurrent_uploads() {
                 let parts = [P::Text("n", "1"), file("f", &format!("c{i}.bin"), 1000 + i)];
                 let (status, json, sent) = post(&off, &parts).await;
                 assert_eq!(status, 201, "{json}");
-                (json["files"][0]["key"].as_str().unwrap().to_string(), sent.files[0].clone())
+                (
+                    json["files"][0]["key"].as_str().unwrap().to_string(),
+                    sent.files[0].clone(),
+                )
             })
         })
         .collect();
