@@ -12,3 +12,4 @@ pub mod ops;
 pub mod proxy;
 pub mod server;
 pub mod store;
+pub mod upload;

@@ -10,3 +10,4 @@ mod ops;
 mod proxy;
 mod server;
 mod store;
+mod upload;
