@@ -5,3 +5,4 @@
 //! requests) are wired together in [`server`]; each concern lives in its own module.
 
 pub mod body;
+pub mod rewrite;
