@@ -20,14 +20,14 @@ pub(crate) enum Engine {
 }
 
 impl Engine {
-    fn write(&mut self, chunk: &[u8]) -> io::Result<Bytes> {
+    pub(crate) fn write(&mut self, chunk: &[u8]) -> io::Result<Bytes> {
         match self {
             Engine::Html(html) => html.write(chunk).map_err(io::Error::other),
             Engine::Text(text) => Ok(text.write(chunk)),
         }
     }
 
-    fn end(&mut self) -> io::Result<Bytes> {
+    pub(crate) fn end(&mut self) -> io::Result<Bytes> {
         match self {
             Engine::Html(html) => html.end().map_err(io::Error::other),
             Engine::Text(text) => Ok(text.end()),
@@ -44,17 +44,22 @@ pub(crate) struct TextEngine {
 
 impl TextEngine {
     pub(crate) fn new(ctx: Arc<Context>) -> TextEngine {
-        TextEngine { ctx, scanner: Scanner::default(), out: BytesMut::new() }
+        TextEngine {
+            ctx,
+            scanner: Scanner::default(),
+            out: BytesMut::new(),
+        }
     }
 
-    fn write(&mut self, chunk: &[u8]) -> Bytes {
+    pub(crate) fn write(&mut self, chunk: &[u8]) -> Bytes {
         let ctx = &self.ctx;
         let mut decide = |path: &str| ctx.map.public_url(path);
-        self.scanner.feed(ctx.site(), &mut decide, chunk, &mut self.out);
+        self.scanner
+            .feed(ctx.site(), &mut decide, chunk, &mut self.out);
         self.out.split().freeze()
     }
 
-    fn end(&mut self) -> Bytes {
+    pub(crate) fn end(&mut self) -> Bytes {
         let ctx = &self.ctx;
         let mut decide = |path: &str| ctx.map.public_url(path);
         self.scanner.finish(ctx.site(), &mut decide, &mut self.out);
@@ -71,7 +76,11 @@ pub(crate) struct Rewritten {
 
 impl Rewritten {
     pub(crate) fn new(input: ByteStream, engine: Engine) -> Rewritten {
-        Rewritten { input, engine, done: false }
+        Rewritten {
+            input,
+            engine,
+            done: false,
+        }
     }
 }
 
@@ -116,7 +125,11 @@ impl Stream for SyncStream {
     type Item = io::Result<Bytes>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let inner = self.get_mut().0.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let inner = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         inner.as_mut().poll_next(cx)
     }
 }

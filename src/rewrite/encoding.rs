@@ -60,8 +60,13 @@ impl Coding {
                 decoder.multiple_members(true);
                 Box::pin(ReaderStream::with_capacity(decoder, CHUNK))
             }
-            Coding::Deflate => Box::pin(ReaderStream::with_capacity(ZlibDecoder::new(reader), CHUNK)),
-            Coding::Brotli => Box::pin(ReaderStream::with_capacity(BrotliDecoder::new(reader), CHUNK)),
+            Coding::Deflate => {
+                Box::pin(ReaderStream::with_capacity(ZlibDecoder::new(reader), CHUNK))
+            }
+            Coding::Brotli => Box::pin(ReaderStream::with_capacity(
+                BrotliDecoder::new(reader),
+                CHUNK,
+            )),
             Coding::Zstd => Box::pin(ReaderStream::with_capacity(ZstdDecoder::new(reader), CHUNK)),
         }
     }
@@ -71,7 +76,9 @@ impl Coding {
         match self {
             Coding::Identity => Box::pin(StreamReader::into_inner(reader)),
             Coding::Gzip => Box::pin(ReaderStream::with_capacity(GzipEncoder::new(reader), CHUNK)),
-            Coding::Deflate => Box::pin(ReaderStream::with_capacity(ZlibEncoder::new(reader), CHUNK)),
+            Coding::Deflate => {
+                Box::pin(ReaderStream::with_capacity(ZlibEncoder::new(reader), CHUNK))
+            }
             Coding::Brotli => {
                 let encoder = BrotliEncoder::with_quality(reader, Level::Precise(BROTLI_QUALITY));
                 Box::pin(ReaderStream::with_capacity(encoder, CHUNK))

@@ -65,7 +65,11 @@ pub(crate) struct Selectors {
 
 impl Selectors {
     pub(crate) fn new() -> Result<Selectors, SelectorError> {
-        let parse = |list: &[&str]| list.iter().map(|s| s.parse()).collect::<Result<Vec<Selector>, _>>();
+        let parse = |list: &[&str]| {
+            list.iter()
+                .map(|s| s.parse())
+                .collect::<Result<Vec<Selector>, _>>()
+        };
         let attributes = URL_ATTRIBUTES
             .iter()
             .map(|name| Ok((*name, format!("[{name}]").parse()?)))
@@ -112,7 +116,10 @@ impl HtmlEngine {
         let out = Arc::new(Mutex::new(BytesMut::with_capacity(16 * 1024)));
         let settings = settings(ctx, javascript);
         let rewriter = HtmlRewriter::new(settings, SharedSink(out.clone()));
-        HtmlEngine { rewriter: Some(rewriter), out }
+        HtmlEngine {
+            rewriter: Some(rewriter),
+            out,
+        }
     }
 
     /// Rewrites one chunk; returns the output that is final so far.
@@ -159,17 +166,32 @@ impl HtmlEngine {
 fn settings(ctx: &Arc<Context>, javascript: bool) -> Settings<'static, '_> {
     let sel = &ctx.rules.selectors;
     let text = Arc::new(Mutex::new(TextState::default()));
-    let scripts = if javascript { &sel.script_text[..] } else { &[] };
+    let scripts = if javascript {
+        &sel.script_text[..]
+    } else {
+        &[]
+    };
     let handlers = sel
         .attributes
         .iter()
         .map(|(name, selector)| (selector, attribute_handler(ctx, name)))
-        .chain(sel.meta.iter().map(|selector| (selector, attribute_handler(ctx, "content"))))
-        .chain(sel.data_text.iter().chain(scripts).map(|selector| (selector, text_handler(ctx, &text))));
+        .chain(
+            sel.meta
+                .iter()
+                .map(|selector| (selector, attribute_handler(ctx, "content"))),
+        )
+        .chain(
+            sel.data_text
+                .iter()
+                .chain(scripts)
+                .map(|selector| (selector, text_handler(ctx, &text))),
+        );
     let memory = MemorySettings::new()
         .with_max_allowed_memory_usage(MAX_MEMORY)
         .with_graceful_bail_out_on_memory_limit_exceeded(true);
-    let settings = Settings::new_send().with_strict(false).with_memory_settings(memory);
+    let settings = Settings::new_send()
+        .with_strict(false)
+        .with_memory_settings(memory);
     let settings = handlers.fold(settings, |settings, (selector, handler)| {
         settings.append_element_content_handler((Cow::Borrowed(selector), handler))
     });
@@ -198,7 +220,10 @@ fn attribute_handler(ctx: &Arc<Context>, name: &'static str) -> ElementContentHa
     })
 }
 
-fn text_handler(ctx: &Arc<Context>, state: &Arc<Mutex<TextState>>) -> ElementContentHandlers<'static> {
+fn text_handler(
+    ctx: &Arc<Context>,
+    state: &Arc<Mutex<TextState>>,
+) -> ElementContentHandlers<'static> {
     let (ctx, state) = (ctx.clone(), state.clone());
     ElementContentHandlers::default().text(move |chunk: &mut TextChunk<'_>| {
         let mut guard = lock(&state);

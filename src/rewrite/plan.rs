@@ -25,12 +25,19 @@ impl ContentKind {
     /// The kind of a `Content-Type` value, or None when it is not rewritten. JavaScript and
     /// plain text are rewritten only when asked for.
     pub fn from_content_type(ct: &str, javascript: bool, text_plain: bool) -> Option<ContentKind> {
-        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         let kind = match essence.as_str() {
             "text/html" | "application/xhtml+xml" => ContentKind::Html,
             "text/css" => ContentKind::Css,
             "application/json" => ContentKind::Json,
-            "application/xml" | "text/xml" | "application/rss+xml" | "application/atom+xml" => ContentKind::Xml,
+            "application/xml" | "text/xml" | "application/rss+xml" | "application/atom+xml" => {
+                ContentKind::Xml
+            }
             "application/javascript" | "text/javascript" if javascript => ContentKind::JavaScript,
             "text/plain" if text_plain => ContentKind::Text,
             e if e.ends_with("+json") => ContentKind::Json,
@@ -57,16 +64,24 @@ pub struct PlanOptions {
 ///
 /// Only `2xx` answers (not `204`/`206`) to non-`HEAD` requests, without `Content-Range` or
 /// `Cache-Control: no-transform`, within `max_size`, of a rewritable type and a supported coding.
-pub fn plan(method: &Method, status: StatusCode, headers: &HeaderMap, opts: &PlanOptions) -> Option<ContentKind> {
-    let rewritable_status =
-        status.is_success() && status != StatusCode::NO_CONTENT && status != StatusCode::PARTIAL_CONTENT;
+pub fn plan(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+    opts: &PlanOptions,
+) -> Option<ContentKind> {
+    let rewritable_status = status.is_success()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::PARTIAL_CONTENT;
     if method == Method::HEAD || !rewritable_status || headers.contains_key(header::CONTENT_RANGE) {
         return None;
     }
     if no_transform(headers) || too_large(headers, opts.max_size) {
         return None;
     }
-    let encoding = headers.get(header::CONTENT_ENCODING).map(HeaderValue::to_str);
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(HeaderValue::to_str);
     Coding::parse(encoding.transpose().ok()?)?;
     let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     ContentKind::from_content_type(ct, opts.javascript, opts.text_plain)
@@ -84,7 +99,10 @@ fn no_transform(headers: &HeaderMap) -> bool {
 /// An unreadable `Content-Length` counts as too large: when in doubt, don't touch the body.
 fn too_large(headers: &HeaderMap, max: u64) -> bool {
     headers.get(header::CONTENT_LENGTH).is_some_and(|v| {
-        v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).is_none_or(|len| len > max)
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_none_or(|len| len > max)
     })
 }
 

@@ -44,7 +44,10 @@ pub(crate) struct Context {
 
 impl Context {
     pub(crate) fn site(&self) -> Site<'_> {
-        Site { rules: &self.rules, request_origin: self.origin.as_ref() }
+        Site {
+            rules: &self.rules,
+            request_origin: self.origin.as_ref(),
+        }
     }
 }
 
@@ -59,7 +62,10 @@ impl Rewriter {
     /// site" besides the configured site origins.
     pub fn new(rules: Arc<Rules>, request_origin: Option<Url>, map: Arc<dyn AssetMap>) -> Self {
         let origin = request_origin.as_ref().and_then(Origin::from_url);
-        Rewriter { ctx: Arc::new(Context { rules, origin, map }), javascript: false }
+        Rewriter {
+            ctx: Arc::new(Context { rules, origin, map }),
+            javascript: false,
+        }
     }
 
     /// Also rewrite URLs in inline `<script>` code of HTML pages (JSON scripts always are).
@@ -85,7 +91,10 @@ impl Rewriter {
 
     /// `Refresh: 0; url=/x`: the URL follows `url=`, where the scanner would not start a URL.
     fn refresh(&self, value: &[u8]) -> Option<Vec<u8>> {
-        let at = value.windows(4).position(|w| w.eq_ignore_ascii_case(b"url="))? + 4;
+        let at = value
+            .windows(4)
+            .position(|w| w.eq_ignore_ascii_case(b"url="))?
+            + 4;
         let mut new = value[..at].to_vec();
         new.extend(self.once(&value[at..])?);
         Some(new)
@@ -101,11 +110,19 @@ impl Rewriter {
     /// `content_encoding`: None/identity, gzip, deflate, br or zstd; the body is decoded,
     /// rewritten and re-encoded with the same coding. An unsupported coding is an error, and the
     /// caller passes the body through untouched.
-    pub fn body(self, kind: ContentKind, content_encoding: Option<&str>, body: Body) -> Result<Body, RewriteError> {
-        let coding = Coding::parse(content_encoding)
-            .ok_or_else(|| RewriteError::UnsupportedEncoding(content_encoding.unwrap_or_default().to_owned()))?;
+    pub fn body(
+        self,
+        kind: ContentKind,
+        content_encoding: Option<&str>,
+        body: Body,
+    ) -> Result<Body, RewriteError> {
+        let coding = Coding::parse(content_encoding).ok_or_else(|| {
+            RewriteError::UnsupportedEncoding(content_encoding.unwrap_or_default().to_owned())
+        })?;
         let engine = match kind {
-            ContentKind::Html => Engine::Html(Box::new(HtmlEngine::new(&self.ctx, self.javascript))),
+            ContentKind::Html => {
+                Engine::Html(Box::new(HtmlEngine::new(&self.ctx, self.javascript)))
+            }
             _ => Engine::Text(TextEngine::new(self.ctx)),
         };
         let input: ByteStream = Box::pin(body.into_data_stream().map_err(io::Error::other));
@@ -117,7 +134,17 @@ impl Rewriter {
 
 /// Every managed asset path (decoded, normalised, as given to [`AssetMap`]) mentioned in `text`
 /// (HTML, JSON or plain), in order of first mention, without duplicates.
-pub fn collect_asset_paths(rules: &Rules, request_origin: Option<&Url>, text: &[u8]) -> Vec<String> {
+pub fn collect_asset_paths(
+    rules: &Rules,
+    request_origin: Option<&Url>,
+    text: &[u8],
+) -> Vec<String> {
     let origin = request_origin.and_then(Origin::from_url);
-    scan::collect(Site { rules, request_origin: origin.as_ref() }, text)
+    scan::collect(
+        Site {
+            rules,
+            request_origin: origin.as_ref(),
+        },
+        text,
+    )
 }

@@ -172,7 +172,13 @@ impl Rules {
     /// Returns false (and the URL stays as it is) for anything that could smuggle a path out of
     /// the prefix or confuse a store key: encoded slashes or backslashes, NUL and other control
     /// bytes, empty segments, `..` escaping the prefix, invalid UTF-8.
-    pub(crate) fn normalise(&self, raw: &[u8], escaped: bool, scratch: &mut Vec<u8>, out: &mut String) -> bool {
+    pub(crate) fn normalise(
+        &self,
+        raw: &[u8],
+        escaped: bool,
+        scratch: &mut Vec<u8>,
+        out: &mut String,
+    ) -> bool {
         scratch.clear();
         out.clear();
         if !decode_path(raw, escaped, scratch) {
@@ -322,12 +328,30 @@ mod tests {
     #[test]
     fn normalises_paths() {
         let cases = [
-            ("/wp-content/uploads/a.jpg", Some("/wp-content/uploads/a.jpg")),
-            ("/wp-content/uploads/a%20b.jpg", Some("/wp-content/uploads/a b.jpg")),
-            ("/wp-content/uploads/%C3%A9.jpg", Some("/wp-content/uploads/é.jpg")),
-            ("\\/wp-content\\/uploads\\/a.jpg", Some("/wp-content/uploads/a.jpg")),
-            ("/wp-content/uploads/2024/../a.jpg", Some("/wp-content/uploads/a.jpg")),
-            ("/wp-content/uploads/./a.jpg", Some("/wp-content/uploads/a.jpg")),
+            (
+                "/wp-content/uploads/a.jpg",
+                Some("/wp-content/uploads/a.jpg"),
+            ),
+            (
+                "/wp-content/uploads/a%20b.jpg",
+                Some("/wp-content/uploads/a b.jpg"),
+            ),
+            (
+                "/wp-content/uploads/%C3%A9.jpg",
+                Some("/wp-content/uploads/é.jpg"),
+            ),
+            (
+                "\\/wp-content\\/uploads\\/a.jpg",
+                Some("/wp-content/uploads/a.jpg"),
+            ),
+            (
+                "/wp-content/uploads/2024/../a.jpg",
+                Some("/wp-content/uploads/a.jpg"),
+            ),
+            (
+                "/wp-content/uploads/./a.jpg",
+                Some("/wp-content/uploads/a.jpg"),
+            ),
             ("/wp-content/uploads/../../wp-config.php", None),
             ("/wp-content/uploads/%2e%2e/%2e%2e/wp-config.php", None),
             ("/wp-content/uploads/..%2f..%2fwp-config.php", None),
@@ -338,7 +362,10 @@ mod tests {
             ("/wp-content/uploads/", None),
             ("/wp-content/uploads/..", None),
             ("/wp-content/uploads/%ff.jpg", None),
-            ("/wp-content/uploads/100%.jpg", Some("/wp-content/uploads/100%.jpg")),
+            (
+                "/wp-content/uploads/100%.jpg",
+                Some("/wp-content/uploads/100%.jpg"),
+            ),
         ];
         for (raw, want) in cases {
             assert_eq!(norm(raw).as_deref(), want, "{raw}");
@@ -362,13 +389,31 @@ mod tests {
         let new = |p: &str, o: &str, b: &Url| {
             Rules::new(vec![p.into()], vec![Url::parse(o).unwrap()], b.clone())
         };
-        assert!(matches!(new("wp/", "https://a", &base), Err(RulesError::BadPrefix(_))));
-        assert!(matches!(new("/a/../", "https://a", &base), Err(RulesError::BadPrefix(_))));
-        assert!(matches!(new("/", "https://a", &base), Err(RulesError::BadPrefix(_))));
-        assert!(matches!(new("/a/", "https://a/x", &base), Err(RulesError::BadOrigin(_))));
-        assert!(matches!(new("/a/", "ftp://a", &base), Err(RulesError::BadOrigin(_))));
+        assert!(matches!(
+            new("wp/", "https://a", &base),
+            Err(RulesError::BadPrefix(_))
+        ));
+        assert!(matches!(
+            new("/a/../", "https://a", &base),
+            Err(RulesError::BadPrefix(_))
+        ));
+        assert!(matches!(
+            new("/", "https://a", &base),
+            Err(RulesError::BadPrefix(_))
+        ));
+        assert!(matches!(
+            new("/a/", "https://a/x", &base),
+            Err(RulesError::BadOrigin(_))
+        ));
+        assert!(matches!(
+            new("/a/", "ftp://a", &base),
+            Err(RulesError::BadOrigin(_))
+        ));
         let bad_base = Url::parse("https://cdn.example.com/x?y").unwrap();
-        assert!(matches!(new("/a/", "https://a", &bad_base), Err(RulesError::BadPublicBase(_))));
+        assert!(matches!(
+            new("/a/", "https://a", &bad_base),
+            Err(RulesError::BadPublicBase(_))
+        ));
         assert!(matches!(
             Rules::new(vec![], vec![], base),
             Err(RulesError::NoPrefixes)
@@ -378,6 +423,14 @@ mod tests {
     #[test]
     fn spells_prefixes_plain_escaped_and_encoded() {
         let (s, _) = spellings(&["/my files/".to_string()]);
-        assert_eq!(s, ["\\/my files\\/", "/my files/", "\\/my%20files\\/", "/my%20files/"]);
+        assert_eq!(
+            s,
+            [
+                "\\/my files\\/",
+                "/my files/",
+                "\\/my%20files\\/",
+                "/my%20files/"
+            ]
+        );
     }
 }

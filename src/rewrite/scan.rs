@@ -114,7 +114,15 @@ const URL_CHAR: [bool; 256] = {
 };
 
 /// HTML entities that end a URL written raw inside an attribute value.
-const ENTITIES: [&[u8]; 7] = [b"&quot;", b"&#34;", b"&#39;", b"&#039;", b"&apos;", b"&lt;", b"&gt;"];
+const ENTITIES: [&[u8]; 7] = [
+    b"&quot;", b"&#34;", b"&#39;", b"&#039;", b"&apos;", b"&lt;", b"&gt;",
+];
+/// Entity-encoded quotes, after which a URL may start.
+const QUOTE_ENTITIES: [&[u8]; 5] = [b"&quot;", b"&#34;", b"&#39;", b"&#039;", b"&apos;"];
+
+/// Bytes kept before the first unemitted one: an origin's lookback plus the longest quote entity
+/// before it, so a prefix arriving in the next chunk sees what a single pass would have seen.
+const CONTEXT: usize = LOOKBACK + 8;
 
 /// The end of the URL whose prefix starts at `p`.
 enum End {
@@ -136,7 +144,10 @@ fn find_end(buf: &[u8], p: usize, mut i: usize, escaped: bool, eof: bool) -> End
         }
         let Some(&b) = buf.get(i) else {
             return match eof {
-                true => End::Found { path: path.unwrap_or(i), url: i },
+                true => End::Found {
+                    path: path.unwrap_or(i),
+                    url: i,
+                },
                 false => End::Incomplete,
             };
         };
@@ -167,7 +178,10 @@ fn find_end(buf: &[u8], p: usize, mut i: usize, escaped: bool, eof: bool) -> End
             },
         };
         if step == 0 {
-            return End::Found { path: path.unwrap_or(i), url: i };
+            return End::Found {
+                path: path.unwrap_or(i),
+                url: i,
+            };
         }
         i += step;
     }
@@ -190,7 +204,11 @@ enum Lead<'b> {
     /// Nothing: a root-relative URL starting at the prefix.
     Root,
     /// `[scheme:]//host[:port]` starting at `start`.
-    Origin { start: usize, host: &'b [u8], port: Option<u16> },
+    Origin {
+        start: usize,
+        host: &'b [u8],
+        port: Option<u16>,
+    },
 }
 
 fn is_host_char(b: u8) -> bool {
@@ -221,7 +239,8 @@ fn find_lead(buf: &[u8], p: usize, escaped: bool, at_start: bool) -> Option<Lead
     if &buf[q..h] != slashes {
         return None;
     }
-    let (start, default) = scheme_before(&buf[floor..q]).map_or((q, None), |(len, d)| (q - len, Some(d)));
+    let (start, default) =
+        scheme_before(&buf[floor..q]).map_or((q, None), |(len, d)| (q - len, Some(d)));
     if !boundary(buf, start, at_start) {
         return None;
     }
@@ -229,12 +248,18 @@ fn find_lead(buf: &[u8], p: usize, escaped: bool, at_start: bool) -> Option<Lead
         None => None,
         Some(digits) => Some(parse_port(digits)?).filter(|&p| Some(p) != default),
     };
-    Some(Lead::Origin { start, host: &buf[h..host_end], port })
+    Some(Lead::Origin {
+        start,
+        host: &buf[h..host_end],
+        port,
+    })
 }
 
 /// `http:` or `https:` (any case) at the end of `before`: its length and default port.
 fn scheme_before(before: &[u8]) -> Option<(usize, u16)> {
-    let ends = |s: &[u8]| before.len() >= s.len() && before[before.len() - s.len()..].eq_ignore_ascii_case(s);
+    let ends = |s: &[u8]| {
+        before.len() >= s.len() && before[before.len() - s.len()..].eq_ignore_ascii_case(s)
+    };
     if ends(b"https:") {
         Some((6, 443))
     } else if ends(b"http:") {
@@ -249,10 +274,13 @@ fn parse_port(digits: &[u8]) -> Option<u16> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+/// Whether a URL can start at `at`: after a delimiter, or after an entity-encoded quote (a URL
+/// in a `style` attribute: `url(&quot;/wp-content/...&quot;)`).
 fn boundary(buf: &[u8], at: usize, at_start: bool) -> bool {
     match at {
         0 => at_start,
-        _ => !URL_CHAR[buf[at - 1] as usize],
+        _ if !URL_CHAR[buf[at - 1] as usize] => true,
+        _ => QUOTE_ENTITIES.iter().any(|e| buf[..at].ends_with(e)),
     }
 }
 
@@ -276,7 +304,15 @@ pub(crate) struct Pass<'a, 'b> {
 impl Pass<'_, '_> {
     /// Scans `buf[from..]`, writing output for `buf[start..emitted]` to `out`. Without `eof`, it
     /// stops before anything a later chunk could still turn into (part of) a URL.
-    pub(crate) fn run(&mut self, buf: &[u8], start: usize, from: usize, eof: bool, at_start: bool, out: &mut impl Out) -> Step {
+    pub(crate) fn run(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        from: usize,
+        eof: bool,
+        at_start: bool,
+        out: &mut impl Out,
+    ) -> Step {
         let rules = self.site.rules;
         let (mut pos, mut from, mut replaced) = (start, from, 0);
         while let Some(m) = rules.automaton.find(Input::new(buf).span(from..buf.len())) {
@@ -294,7 +330,11 @@ impl Pass<'_, '_> {
                 End::Incomplete => {
                     let hold = char_floor(buf, pos, p.saturating_sub(LOOKBACK).max(pos));
                     out.put(&buf[pos..hold]);
-                    return Step { emitted: hold, resume: p, replaced };
+                    return Step {
+                        emitted: hold,
+                        resume: p,
+                        replaced,
+                    };
                 }
             };
             from = url_end;
@@ -311,19 +351,36 @@ impl Pass<'_, '_> {
         }
         let hold = match eof {
             true => buf.len(),
-            false => char_floor(buf, pos, buf.len().saturating_sub(rules.max_pattern_len).max(pos)),
+            false => char_floor(
+                buf,
+                pos,
+                origin_start(buf, pos, buf.len().saturating_sub(rules.max_pattern_len)),
+            ),
         };
         out.put(&buf[pos..hold]);
-        Step { emitted: hold, resume: from.max(hold), replaced }
+        Step {
+            emitted: hold,
+            resume: from.max(hold),
+            replaced,
+        }
     }
 
     /// The start of the URL found at prefix `p` and the public URL to put there, if any.
-    fn replacement(&mut self, buf: &[u8], p: usize, path_end: usize, escaped: bool, at_start: bool) -> Option<(usize, String)> {
+    fn replacement(
+        &mut self,
+        buf: &[u8],
+        p: usize,
+        path_end: usize,
+        escaped: bool,
+        at_start: bool,
+    ) -> Option<(usize, String)> {
         let rules = self.site.rules;
         let start = match find_lead(buf, p, escaped, at_start)? {
             Lead::Root => p,
             Lead::Origin { start, host, port } => {
-                if !self.site.is_site(host, port) || buf[start..].starts_with(rules.public_base().as_str().as_bytes()) {
+                if !self.site.is_site(host, port)
+                    || buf[start..].starts_with(rules.public_base().as_str().as_bytes())
+                {
                     return None;
                 }
                 start
@@ -335,6 +392,17 @@ impl Pass<'_, '_> {
         }
         (self.decide)(path).map(|url| (start, url))
     }
+}
+
+/// Moves `before` back over anything that could be the origin (`https:\/\/host:port`) of a URL
+/// whose prefix starts at or after it, since an origin is replaced together with its path.
+fn origin_start(buf: &[u8], pos: usize, before: usize) -> usize {
+    let floor = before.saturating_sub(LOOKBACK).max(pos);
+    let mut at = before.max(pos);
+    while at > floor && (is_host_char(buf[at - 1]) || matches!(buf[at - 1], b':' | b'/' | b'\\')) {
+        at -= 1;
+    }
+    at
 }
 
 /// Moves `at` back (not below `min`) to a UTF-8 character boundary, so text handed to lol_html
@@ -360,10 +428,20 @@ fn put_url(out: &mut impl Out, url: &str, escaped: bool) {
 }
 
 /// Rewrites a complete text (an attribute value, a header) in one go; None when nothing changed.
-pub(crate) fn rewrite_once(site: Site<'_>, decide: &mut Decide<'_>, scratch: &mut Scratch, text: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn rewrite_once(
+    site: Site<'_>,
+    decide: &mut Decide<'_>,
+    scratch: &mut Scratch,
+    text: &[u8],
+) -> Option<Vec<u8>> {
     site.rules.automaton.find(text)?;
     let mut out = Vec::with_capacity(text.len() + 64);
-    let step = Pass { site, decide, scratch }.run(text, 0, 0, true, true, &mut out);
+    let step = Pass {
+        site,
+        decide,
+        scratch,
+    }
+    .run(text, 0, 0, true, true, &mut out);
     (step.replaced > 0).then_some(out)
 }
 
@@ -381,7 +459,13 @@ pub(crate) struct Scanner {
 
 impl Scanner {
     /// Scans one more chunk, writing whatever output is final to `out`.
-    pub(crate) fn feed(&mut self, site: Site<'_>, decide: &mut Decide<'_>, chunk: &[u8], out: &mut impl Out) {
+    pub(crate) fn feed(
+        &mut self,
+        site: Site<'_>,
+        decide: &mut Decide<'_>,
+        chunk: &[u8],
+        out: &mut impl Out,
+    ) {
         self.buf.extend_from_slice(chunk);
         self.pass(site, decide, false, out);
     }
@@ -402,11 +486,20 @@ impl Scanner {
     }
 
     fn pass(&mut self, site: Site<'_>, decide: &mut Decide<'_>, eof: bool, out: &mut impl Out) {
-        let mut pass = Pass { site, decide, scratch: &mut self.scratch };
-        let step = pass.run(&self.buf, self.emitted, self.resume, eof, !self.trimmed, out);
-        // Keep LOOKBACK + 1 bytes of context so an origin and the byte before it are still
-        // visible when the prefix arrives in the next chunk.
-        let keep_from = step.emitted.saturating_sub(LOOKBACK + 1);
+        let mut pass = Pass {
+            site,
+            decide,
+            scratch: &mut self.scratch,
+        };
+        let step = pass.run(
+            &self.buf,
+            self.emitted,
+            self.resume,
+            eof,
+            !self.trimmed,
+            out,
+        );
+        let keep_from = step.emitted.saturating_sub(CONTEXT);
         self.buf.drain(..keep_from);
         self.emitted = step.emitted - keep_from;
         self.resume = step.resume - keep_from;
@@ -424,7 +517,12 @@ pub(crate) fn collect(site: Site<'_>, text: &[u8]) -> Vec<String> {
         None
     };
     let mut sink = Discard;
-    Pass { site, decide: &mut decide, scratch: &mut Scratch::default() }.run(text, 0, 0, true, true, &mut sink);
+    Pass {
+        site,
+        decide: &mut decide,
+        scratch: &mut Scratch::default(),
+    }
+    .run(text, 0, 0, true, true, &mut sink);
     found
 }
 
