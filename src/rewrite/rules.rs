@@ -281,6 +281,11 @@ fn resolve_dots(path: &str, out: &mut String) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
     };
+    // Nearly every real path has no dot segment and no empty one: copy it as it is.
+    if !path.contains("/.") && !path.contains("//") {
+        out.push_str(path);
+        return true;
+    }
     let mut trailing = false;
     let mut segments = rest.split('/').peekable();
     while let Some(seg) = segments.next() {
