@@ -167,6 +167,16 @@ impl Rules {
             .any(|p| path.len() > p.len() && path.starts_with(p.as_str()))
     }
 
+    /// The decoded, normalised managed path of a request path (`/wp-content/uploads/a%20b.jpg`
+    /// → `/wp-content/uploads/a b.jpg`), or `None` when it is not strictly below a managed
+    /// prefix or could escape it (the same refusals as for URLs found in bodies).
+    pub fn managed_path(&self, raw_path: &str) -> Option<String> {
+        let mut scratch = Vec::new();
+        let mut out = String::new();
+        self.normalise(raw_path.as_bytes(), false, &mut scratch, &mut out)
+            .then_some(out)
+    }
+
     /// Decodes and normalises the raw path of a found URL into `out`.
     ///
     /// Returns false (and the URL stays as it is) for anything that could smuggle a path out of

@@ -59,13 +59,13 @@ pub async fn handle(
         if resp.status().is_client_error() || resp.status().is_server_error() {
             committed.rollback().await;
         } else {
-            committed.keep();
+            let _ = committed.keep();
         }
         return Ok(resp);
     }
-    committed.keep();
+    let teed = committed.keep();
     Ok(match &ctx.after_app {
-        Some(hook) => hook.on_success(&parts, resp).await,
+        Some(hook) => hook.on_success(&parts, &teed, resp).await,
         None => resp,
     })
 }

@@ -47,6 +47,7 @@ use futures_util::{Stream, TryStreamExt};
 use http::{Request, Response, header};
 use http_body_util::BodyExt;
 
+pub(crate) use error::json_response;
 pub use error::{UploadConfigError, UploadError};
 pub use policy::sanitize_filename;
 pub use routes::{UploadRoute, UploadRoutes};
@@ -66,12 +67,17 @@ pub struct UploadContext {
     pub after_app: Option<Arc<dyn AfterApp>>,
 }
 
-/// Mirror mode: called with the app's 2xx answer before it is released; the integrator
-/// implements it (copies every managed asset URL in the answer from the app into the store,
-/// then rewrites the answer).
+/// Mirror mode: called with the app's 2xx answer before it is released, with the keys of the
+/// files teed into the store (see `assets::MirrorCopy`: copies every managed asset the answer
+/// names from the app into the store, then rewrites the answer).
 #[async_trait]
 pub trait AfterApp: Send + Sync {
-    async fn on_success(&self, req: &http::request::Parts, resp: Response<Body>) -> Response<Body>;
+    async fn on_success(
+        &self,
+        req: &http::request::Parts,
+        teed: &[String],
+        resp: Response<Body>,
+    ) -> Response<Body>;
 }
 
 /// Handles one request on an upload route. Infallible: every error is a response.

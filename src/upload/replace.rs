@@ -46,7 +46,7 @@ pub async fn handle(
             Ok(resp)
         }
         Ok(resp) => {
-            committed.keep();
+            let _ = committed.keep();
             Ok(resp)
         }
         Err(e) => {

@@ -27,7 +27,7 @@ pub async fn handle(
             return Err(e);
         }
     };
-    committed.keep();
+    let _ = committed.keep();
     Ok(json_response(StatusCode::CREATED, &describe(&items)))
 }
 

@@ -227,9 +227,9 @@ impl Committed {
         self.keys.push(key);
     }
 
-    /// The request succeeded: keep everything.
-    pub fn keep(mut self) {
-        self.keys.clear();
+    /// The request succeeded: keep everything; returns the keys kept.
+    pub fn keep(mut self) -> Vec<String> {
+        std::mem::take(&mut self.keys)
     }
 
     /// The request failed: delete what it stored, now.

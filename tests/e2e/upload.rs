@@ -934,6 +934,7 @@ async fn mirror_skips_denied_types_but_forwards_them() {
 
 struct Hook {
     calls: AtomicUsize,
+    teed: std::sync::Mutex<Vec<String>>,
 }
 
 #[async_trait::async_trait]
@@ -941,9 +942,11 @@ impl AfterApp for Hook {
     async fn on_success(
         &self,
         req: &http::request::Parts,
+        teed: &[String],
         resp: http::Response<Body>,
     ) -> http::Response<Body> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.teed.lock().unwrap().extend(teed.iter().cloned());
         assert_eq!(req.uri.path(), "/upload");
         let (mut parts, body) = resp.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
@@ -959,6 +962,7 @@ async fn mirror_after_app_hook_sees_2xx_only() {
     let fs = fs_store();
     let hook = Arc::new(Hook {
         calls: AtomicUsize::new(0),
+        teed: Default::default(),
     });
     let off = start_offload(
         route(UploadMode::Mirror),
@@ -974,8 +978,10 @@ async fn mirror_after_app_hook_sees_2xx_only() {
         "the app's own answer, passed through the hook"
     );
     assert_eq!(hook.calls.load(Ordering::SeqCst), 1);
-    // When the hook runs, the file is already in the store.
-    assert_eq!(keys(&off.store).await.len(), 1);
+    // When the hook runs, the file is already in the store, and the hook is told its key.
+    let stored = keys(&off.store).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(*hook.teed.lock().unwrap(), stored);
 
     let (body, _) = gen_body(&[png("f", "b.png", 1000)], None);
     let resp = client()
