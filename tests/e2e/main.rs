@@ -11,3 +11,4 @@ mod proxy;
 mod server;
 mod store;
 mod upload;
+mod wordpress;
