@@ -35,6 +35,16 @@ const MIRROR_ANSWER_LIMIT: usize = 4 << 20;
 /// Most origin pulls waiting at once; past it new ones are dropped (a later page asks again).
 const PULL_QUEUE_LIMIT: usize = 10_000;
 
+/// Largest (uncompressed) text answer read whole to look up the assets it names before it
+/// is rewritten; larger answers stream, rewriting from the presence cache alone.
+pub const RESOLVE_BODY_LIMIT: usize = 2 << 20;
+
+/// Longest a response waits for the store to say which of its unknown assets it holds.
+const RESOLVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Presence checks (HEADs) in flight at once for one response.
+const RESOLVE_CONCURRENCY: usize = 16;
+
 /// Everything asset handling needs, built once.
 pub struct Assets {
     pub rules: Arc<Rules>,
@@ -85,6 +95,43 @@ impl Assets {
     /// The store key of a managed path.
     pub fn key(&self, path: &str) -> String {
         store::asset_key(&self.index.key_prefix, path)
+    }
+
+    /// Asks the store about every asset `text` names that the presence cache does not know
+    /// (HEADs, shared with concurrent askers, at most [`RESOLVE_WAIT`] in all), so that the
+    /// rewrite that follows points at the bucket for objects another replica just stored.
+    /// Assets found absent are queued for an origin pull. Returns how many were looked up.
+    ///
+    /// Without this, a replica whose cache is cold (it did not handle the upload) would serve
+    /// its first pages with local URLs for files only the bucket has.
+    pub async fn resolve_named(&self, origin: Option<&url::Url>, text: &[u8]) -> usize {
+        if self.index.assume_present {
+            return 0;
+        }
+        let unknown: Vec<(String, String)> = dedup(rewrite::collect_asset_paths(&self.rules, origin, text))
+            .into_iter()
+            .map(|path| {
+                let key = self.key(&path);
+                (path, key)
+            })
+            .filter(|(_, key)| self.index.presence.cached(key).is_none())
+            .collect();
+        let count = unknown.len();
+        if count == 0 {
+            return 0;
+        }
+        let lookups = futures_util::stream::iter(unknown)
+            .map(|(path, key)| async move {
+                if let Ok(false) = self.index.presence.is_present(&key).await {
+                    self.index.pull.enqueue(path, key);
+                }
+            })
+            .buffer_unordered(RESOLVE_CONCURRENCY)
+            .for_each(|()| async {});
+        if tokio::time::timeout(RESOLVE_WAIT, lookups).await.is_err() {
+            debug!(count, "store lookups for a response timed out; unknown assets stay local");
+        }
+        count
     }
 }
 
@@ -507,14 +554,14 @@ fn dedup(paths: Vec<String>) -> Vec<String> {
     paths.into_iter().filter(|p| seen.insert(p.clone())).collect()
 }
 
-enum ReadBounded {
+pub(crate) enum ReadBounded {
     TooLarge(Bytes, Body),
     Failed(crate::body::BoxError),
 }
 
 /// Reads a body whole if it is at most `limit` bytes; otherwise hands back what was read and
 /// the rest, so nothing is lost.
-async fn read_bounded(mut body: Body, limit: usize) -> Result<Bytes, ReadBounded> {
+pub(crate) async fn read_bounded(mut body: Body, limit: usize) -> Result<Bytes, ReadBounded> {
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ReadBounded::Failed)?;

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::{StreamExt, TryStreamExt};
+use http_body_util::BodyExt;
 use http::{Method, Request, Response, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -32,7 +34,7 @@ use url::Url;
 
 use crate::admin::{Admin, StoreReachable, UpstreamReachable};
 use crate::assets::{self, Assets, MirrorCopy};
-use crate::body::Body;
+use crate::body::{self, Body};
 use crate::config::{Config, ServerConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
 use crate::proxy::{ClientInfo, Upstream};
@@ -202,7 +204,7 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientI
     // Everything else: forwarded as it is, asset URLs in the answer rewritten.
     let method = req.method().clone();
     let response = passthrough(&state, req, &client).await;
-    rewrite_response(&state, &method, origin, response)
+    rewrite_response(&state, &method, origin, response).await
 }
 
 /// The key of a request under the fs store's serve prefix; `None` for any other path. A
@@ -223,7 +225,12 @@ fn mark(mut response: Response<Body>, kind: RequestKind) -> Response<Body> {
 }
 
 /// Way 3: rewrites asset URLs in the URL-valued headers and a rewritable body.
-fn rewrite_response(
+///
+/// An uncompressed body of at most [`assets::RESOLVE_BODY_LIMIT`] is read whole first and
+/// the store is asked about the assets it names that this replica does not know yet, so a
+/// replica that did not handle an upload still points its first page at the bucket; larger
+/// or compressed bodies stream, rewritten from the presence cache alone.
+async fn rewrite_response(
     state: &AppState,
     method: &Method,
     origin: Option<Url>,
@@ -233,23 +240,44 @@ fn rewrite_response(
     let Some(assets) = state.assets.as_ref().filter(|_| cfg.enabled) else {
         return response;
     };
-    let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone())
-        .javascript(cfg.javascript);
-    let (mut parts, body) = response.into_parts();
-    rewrite_headers(&rewriter, &mut parts.headers);
+    let (mut parts, mut body) = response.into_parts();
     let opts = PlanOptions {
         javascript: cfg.javascript,
         text_plain: false,
         max_size: cfg.max_size.as_u64(),
     };
-    let Some(kind) = rewrite::plan(method, parts.status, &parts.headers, &opts) else {
-        return Response::from_parts(parts, body);
-    };
+    let kind = rewrite::plan(method, parts.status, &parts.headers, &opts);
     let coding = parts
         .headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    if kind.is_some() && coding.is_none() {
+        body = match assets::read_bounded(body, assets::RESOLVE_BODY_LIMIT).await {
+            Ok(text) => {
+                assets.resolve_named(origin.as_ref(), &text).await;
+                body::full(text)
+            }
+            Err(assets::ReadBounded::TooLarge(prefix, rest)) => {
+                let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(prefix) });
+                let tail = rest.into_data_stream().map_err(std::io::Error::other);
+                body::from_stream(head.chain(tail))
+            }
+            Err(assets::ReadBounded::Failed(err)) => {
+                warn!(error = %err, "reading the app's answer failed");
+                return upload::json_response(
+                    http::StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": "the app's answer broke off"}),
+                );
+            }
+        };
+    }
+    let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone())
+        .javascript(cfg.javascript);
+    rewrite_headers(&rewriter, &mut parts.headers);
+    let Some(kind) = kind else {
+        return Response::from_parts(parts, body);
+    };
     match rewriter.body(kind, coding.as_deref(), body) {
         Ok(body) => {
             rewrite::prepare_headers(&mut parts.headers);
