@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod joomla;
 mod ops;
 mod proxy;
 mod server;
