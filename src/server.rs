@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::{StreamExt, TryStreamExt};
-use http_body_util::BodyExt;
 use http::{Method, Request, Response, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -84,7 +84,9 @@ impl AppState {
         let uploads = UploadRoutes::new(&config.uploads, &config.store.prefix)?;
         let assets = match config.assets.prefixes.is_empty() {
             true => None,
-            false => Some(Arc::new(build_assets(&config, &store, &presence, &upstream)?)),
+            false => Some(Arc::new(build_assets(
+                &config, &store, &presence, &upstream,
+            )?)),
         };
         let follows = config
             .uploads
@@ -172,7 +174,11 @@ fn request_origin(req: &Request<Body>, client: &ClientInfo) -> Option<Url> {
 /// Answers one request: the dispatch between the ways through the proxy. Infallible:
 /// every failure has already become a response. The answering way marks the response
 /// with its [`RequestKind`] extension (default: pass-through).
-pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientInfo) -> Response<Body> {
+pub async fn route(
+    state: Arc<AppState>,
+    mut req: Request<Body>,
+    client: ClientInfo,
+) -> Response<Body> {
     let origin = request_origin(&req, &client);
     req.extensions_mut().insert(RequestOrigin(origin.clone()));
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -259,7 +265,8 @@ async fn rewrite_response(
                 body::full(text)
             }
             Err(assets::ReadBounded::TooLarge(prefix, rest)) => {
-                let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(prefix) });
+                let head =
+                    futures_util::stream::once(async move { Ok::<_, std::io::Error>(prefix) });
                 let tail = rest.into_data_stream().map_err(std::io::Error::other);
                 body::from_stream(head.chain(tail))
             }

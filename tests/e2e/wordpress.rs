@@ -110,7 +110,10 @@ async fn upload(
     let out = wp.client(&args).await;
     let expect_status = if via == "async" { 200 } else { 201 };
     assert_eq!(out["status"], expect_status, "{out:#}");
-    let url = out["attachment_url"].as_str().expect("attachment URL").to_string();
+    let url = out["attachment_url"]
+        .as_str()
+        .expect("attachment URL")
+        .to_string();
     let public_uploads = format!("{PUBLIC_BASE}{UPLOADS}");
     let rel = url
         .strip_prefix(&public_uploads)
@@ -129,7 +132,12 @@ async fn upload(
 }
 
 /// The six files are in the bucket with WordPress's bytes; `bucket` is the whole bucket.
-fn assert_in_bucket(wp: &WordPress, server: usize, up: &Uploaded, bucket: &BTreeMap<String, String>) {
+fn assert_in_bucket(
+    wp: &WordPress,
+    server: usize,
+    up: &Uploaded,
+    bucket: &BTreeMap<String, String>,
+) {
     for file in up.files() {
         let disk = wp.uploads_dir(server).join(&file);
         let key = format!("{UPLOADS}{file}");
@@ -163,7 +171,12 @@ fn assert_public_answer(up: &Uploaded, local_origins: &[String], must_name: &[&s
 }
 
 /// offload (wordpress preset) in front of web server `i`.
-async fn offload_for(wp: &WordPress, i: usize, s3: &crate::support::s3::S3Server, extra: &str) -> Proxy {
+async fn offload_for(
+    wp: &WordPress,
+    i: usize,
+    s3: &crate::support::s3::S3Server,
+    extra: &str,
+) -> Proxy {
     php::offload("wordpress", wp.addr(i), s3, extra).await
 }
 
@@ -239,7 +252,10 @@ async fn block_editor_rest_uploads_multipart_and_raw_put_all_sizes_in_the_bucket
         assert_eq!(sizes.len(), 6, "{sizes:#?}");
         for url in sizes.values() {
             let url = url.as_str().unwrap();
-            assert!(url.starts_with(&format!("{PUBLIC_BASE}{UPLOADS}{}", up.stem)), "{url}");
+            assert!(
+                url.starts_with(&format!("{PUBLIC_BASE}{UPLOADS}{}", up.stem)),
+                "{url}"
+            );
         }
         uploads.push(up);
     }
@@ -299,9 +315,20 @@ async fn posts_library_rest_and_wp_admin_through_offload_carry_public_urls() {
     // offload's Host, so its stored URLs name the site (offload's origin), not the bucket.
     let host = proxy.addr.to_string();
     let post = wp
-        .client(&["post", "--base", &wp.url(1), "--host", &host, "--attachment-id", &id])
+        .client(&[
+            "post",
+            "--base",
+            &wp.url(1),
+            "--host",
+            &host,
+            "--attachment-id",
+            &id,
+        ])
         .await;
-    let link = post["json"]["link"].as_str().expect("post link").to_string();
+    let link = post["json"]["link"]
+        .as_str()
+        .expect("post link")
+        .to_string();
     let path = link.strip_prefix(&site).expect("link on the site");
 
     let http = client();
@@ -325,7 +352,10 @@ async fn posts_library_rest_and_wp_admin_through_offload_carry_public_urls() {
     let expected = direct
         .replace(&local, &public)
         .replace(&escaped(&local), &escaped(&public));
-    assert!(!via_offload.contains(&local), "no local uploads URL remains");
+    assert!(
+        !via_offload.contains(&local),
+        "no local uploads URL remains"
+    );
     // Every src, srcset candidate and href of the image: six files, all public.
     for file in up.files() {
         if direct.contains(&format!("{local}{file}")) {
@@ -333,7 +363,10 @@ async fn posts_library_rest_and_wp_admin_through_offload_carry_public_urls() {
         }
     }
     let count = |s: &str, what: &str| s.matches(what).count();
-    assert!(count(&via_offload, &public) >= 10, "src, srcset and href rewritten");
+    assert!(
+        count(&via_offload, &public) >= 10,
+        "src, srcset and href rewritten"
+    );
     assert_eq!(count(&via_offload, &public), count(&direct, &local));
     assert_eq!(
         normalise(&via_offload),
@@ -344,7 +377,13 @@ async fn posts_library_rest_and_wp_admin_through_offload_carry_public_urls() {
     // The media library grid and the REST media item.
     let lib_raw = dir.path().join("library.json");
     let lib = wp
-        .client(&["library", "--base", &proxy.url(""), "--raw-out", lib_raw.to_str().unwrap()])
+        .client(&[
+            "library",
+            "--base",
+            &proxy.url(""),
+            "--raw-out",
+            lib_raw.to_str().unwrap(),
+        ])
         .await;
     let item = lib["json"]["data"]
         .as_array()
@@ -373,10 +412,16 @@ async fn posts_library_rest_and_wp_admin_through_offload_carry_public_urls() {
             media_raw.to_str().unwrap(),
         ])
         .await;
-    assert_eq!(media["json"]["source_url"], format!("{public}{}.jpg", up.stem));
+    assert_eq!(
+        media["json"]["source_url"],
+        format!("{public}{}.jpg", up.stem)
+    );
     let media_raw = std::fs::read_to_string(media_raw).unwrap();
     for file in up.files() {
-        assert!(media_raw.contains(&escaped(&format!("{public}{file}"))), "{file}");
+        assert!(
+            media_raw.contains(&escaped(&format!("{public}{file}"))),
+            "{file}"
+        );
     }
     assert!(!media_raw.contains(&escaped(&local)), "{media_raw}");
 
@@ -457,7 +502,15 @@ async fn scale_out_a_file_uploaded_through_one_server_is_served_by_the_other() {
     // A post made through A; B renders it with public URLs on its first request.
     let id = up.id.to_string();
     let post = wp
-        .client(&["post", "--base", &a.url(""), "--host", host, "--attachment-id", &id])
+        .client(&[
+            "post",
+            "--base",
+            &a.url(""),
+            "--host",
+            host,
+            "--attachment-id",
+            &id,
+        ])
         .await;
     let link = post["json"]["link"].as_str().expect("post link");
     let path = link
