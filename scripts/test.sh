@@ -28,6 +28,8 @@ if [[ -z "${OFFLOAD_TEST_SKIP_WORDPRESS:-}" ]]; then
   started_wordpress=1
   WP_SERVERS=2 scripts/e2e/wordpress-up.sh >&2
   export OFFLOAD_TEST_WORDPRESS="$OFFLOAD_E2E_DIR/wordpress/wordpress.env"
+  # WordPress was started: its tests (and the joomla-like ones, which need its php) must run.
+  export OFFLOAD_REQUIRE_WORDPRESS=1
 fi
 
 # moto's S3 server in authenticated mode: the store tests run against it too, so the code

@@ -225,7 +225,7 @@ pub async fn route(
     // Everything else: forwarded as it is, asset URLs in the answer rewritten.
     let method = req.method().clone();
     let response = passthrough(&state, req, &client).await;
-    rewrite_response(&state, &method, &origin, response)
+    rewrite_response(&state, &method, &origin, response).await
 }
 
 /// The key of a request under the fs store's serve prefix; `None` for any other path. A
@@ -246,7 +246,12 @@ fn mark(mut response: Response<Body>, kind: RequestKind) -> Response<Body> {
 }
 
 /// Way 3: rewrites asset URLs in the URL-valued headers and a rewritable body.
-fn rewrite_response(
+///
+/// An uncompressed body of at most [`assets::RESOLVE_BODY_LIMIT`] is read whole first and
+/// the store is asked about the assets it names that this replica does not know yet, so a
+/// replica that did not handle an upload still points its first page at the bucket; larger
+/// or compressed bodies stream, rewritten from the presence cache alone.
+async fn rewrite_response(
     state: &AppState,
     method: &Method,
     origin: &OriginParts,
@@ -265,15 +270,13 @@ fn rewrite_response(
     let plan = rewrite::plan(method, parts.status, &parts.headers, &opts);
     let url_headers = URL_HEADERS.iter().any(|h| parts.headers.contains_key(h));
     if plan.is_none() && !url_headers {
-        // Most responses (assets, redirects-free API calls): no rewriter is even built.
+        // Most responses (assets, redirect-free API calls): no rewriter is even built.
         return Response::from_parts(parts, body);
     }
-    let rewriter = Rewriter::new(assets.rules.clone(), origin.url(), assets.index.clone())
-        .javascript(cfg.javascript);
-    if url_headers {
-        rewrite_headers(&rewriter, &mut parts.headers);
-    }
+    let origin = origin.url();
     let Some(kind) = plan else {
+        let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone());
+        rewrite_headers(&rewriter, &mut parts.headers);
         return Response::from_parts(parts, body);
     };
     let coding = parts
@@ -281,6 +284,22 @@ fn rewrite_response(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let body = match coding {
+        None => match assets.resolve_body(origin.as_ref(), body).await {
+            Ok(body) => body,
+            Err(err) => {
+                warn!(error = %err, "reading the app's answer failed");
+                return upload::json_response(
+                    http::StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": "the app's answer broke off"}),
+                );
+            }
+        },
+        Some(_) => body,
+    };
+    let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone())
+        .javascript(cfg.javascript);
+    rewrite_headers(&rewriter, &mut parts.headers);
     match rewriter.body(kind, coding.as_deref(), body) {
         Ok(body) => {
             rewrite::prepare_headers(&mut parts.headers);

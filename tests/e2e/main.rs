@@ -6,8 +6,10 @@ mod support;
 
 mod admin;
 mod cli;
+mod joomla;
 mod ops;
 mod proxy;
 mod server;
 mod store;
 mod upload;
+mod wordpress;

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod data;
+pub mod php;
 pub mod s3;
 
 use std::net::SocketAddr;
