@@ -20,6 +20,8 @@ cleanup() {
 trap cleanup EXIT
 
 export OFFLOAD_E2E_DIR="${OFFLOAD_E2E_DIR:-$(mktemp -d /tmp/offload-e2e.XXXXXX)}"
+# MariaDB runs as its own user and must reach its data folder inside.
+chmod 755 "$OFFLOAD_E2E_DIR"
 
 # A real WordPress (Debian's 6.1) on 127.0.0.1: two web servers sharing one database, each
 # with its own uploads folder, for the WordPress and scale-out tests.
