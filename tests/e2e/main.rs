@@ -5,9 +5,11 @@
 mod support;
 
 mod admin;
+mod assets;
 mod cli;
 mod ops;
 mod proxy;
+mod rewriting;
 mod server;
 mod store;
 mod upload;
