@@ -558,3 +558,41 @@ async fn demo_binary_tour() {
     assert_eq!(resp.bytes().await.unwrap(), png);
     child.kill().await.ok();
 }
+
+/// Defect: origin pull stored an app's SVG without `Content-Disposition: attachment`, so the
+/// store (the fs store is served on the site's own origin) would render it as a document and
+/// run its scripts; uploads through a route were already stored as attachments.
+#[tokio::test]
+async fn origin_pull_stores_active_types_as_attachments() {
+    let r = rig(|_| {}).await;
+    let svg = "/wp-content/uploads/logo.svg";
+    let body = "<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>";
+    r.site.set(svg, Page::new(200, "image/svg+xml", body));
+    r.site.set("/post", Page::html(post_page(svg)));
+    get_text(&r.proxy.url("/post")).await;
+    poll_page(
+        &r.proxy.url("/post"),
+        &format!("{CDN}wp-content/uploads/logo.svg"),
+    )
+    .await;
+    let info = r
+        .store
+        .head("wp-content/uploads/logo.svg")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.content_type.as_deref(), Some("image/svg+xml"));
+    assert_eq!(
+        info.content_disposition.as_deref(),
+        Some("attachment; filename=\"logo.svg\"; filename*=UTF-8''logo.svg")
+    );
+    // Served from the store once the app no longer has it: still an attachment.
+    r.site.set(svg, Page::new(404, "text/plain", "gone"));
+    let resp = client().get(r.proxy.url(svg)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-disposition"],
+        "attachment; filename=\"logo.svg\"; filename*=UTF-8''logo.svg"
+    );
+    assert_eq!(resp.text().await.unwrap(), body);
+}
