@@ -120,7 +120,6 @@ http {
             proxy_set_header Accept-Encoding "";
             proxy_buffers 32 8k;
             proxy_busy_buffers_size 64k;
-            sub_filter_types text/html;
             sub_filter_once off;
             sub_filter 'https://example.com/wp-content/uploads/' 'https://cdn.example.com/wp-content/uploads/';
             sub_filter 'https:\\/\\/example.com\\/wp-content\\/uploads\\/' 'https:\\/\\/cdn.example.com\\/wp-content\\/uploads\\/';
