@@ -71,13 +71,20 @@ impl AppState {
     /// Builds the state for `config`: the upstream client pool, the store and its presence
     /// cache, upload routes, rewriting rules and fresh metrics.
     pub async fn new(config: Arc<Config>) -> anyhow::Result<AppState> {
+        let store = store::open(&config.store)
+            .await
+            .context("store: opening the configured store")?;
+        AppState::with_store(config, store)
+    }
+
+    /// Builds the state around an already opened `store` (for embedding, and for tests
+    /// whose S3 credentials are not in the environment); `config.store` still sets the
+    /// presence cache, key prefix and serve prefix.
+    pub fn with_store(config: Arc<Config>, store: Arc<dyn Store>) -> anyhow::Result<AppState> {
         let upstream = Arc::new(
             Upstream::new(&config.upstream)?
                 .with_trusted_proxies(config.server.trusted_proxies.clone()),
         );
-        let store = store::open(&config.store)
-            .await
-            .context("store: opening the configured store")?;
         let presence = Arc::new(Presence::new(store.clone(), &config.store));
         let uploads = UploadRoutes::new(&config.uploads, &config.store.prefix)?;
         let assets = match config.assets.prefixes.is_empty() {
@@ -386,7 +393,19 @@ impl Server {
     /// port 0 picks a free port, see [`Server::local_addr`].
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let config = Arc::new(config);
-        let state = Arc::new(AppState::new(Arc::clone(&config)).await?);
+        let state = AppState::new(Arc::clone(&config)).await?;
+        Server::bind_state(config, state).await
+    }
+
+    /// Like [`Server::bind`], with an already opened store (see [`AppState::with_store`]).
+    pub async fn bind_with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Server> {
+        let config = Arc::new(config);
+        let state = AppState::with_store(Arc::clone(&config), store)?;
+        Server::bind_state(config, state).await
+    }
+
+    async fn bind_state(config: Arc<Config>, state: AppState) -> anyhow::Result<Server> {
+        let state = Arc::new(state);
         let tls = match &config.server.tls {
             Some(t) => Some(tls::acceptor(t, config.server.http2)?),
             None => None,

@@ -3,7 +3,8 @@
 //! Everything here is built once per configuration ([`Rules::new`]) and shared read-only, so the
 //! hot path never compiles a pattern or parses a URL.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+use memchr::memmem;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use url::Url;
 
@@ -46,6 +47,81 @@ const PATH_ENCODE: &AsciiSet = &CONTROLS
     .add(b'`')
     .add(b'{')
     .add(b'}');
+
+/// Most spellings searched with one memmem finder each; more go through the automaton.
+const MAX_FINDERS: usize = 8;
+
+/// A prefix spelling found in a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) pattern: usize,
+}
+
+/// Finds prefix spellings in one text, leftmost first (the longest of those starting at the
+/// same place), remembering each finder's next hit so that a text is scanned about once per
+/// spelling however many URLs it holds.
+pub(crate) struct Search<'r> {
+    rules: &'r Rules,
+    /// Per finder: the next hit at or after the position it was last asked from (`None`:
+    /// none left in the text).
+    next: [Option<usize>; MAX_FINDERS],
+    /// Per finder: the position its `next` was searched from.
+    from: [usize; MAX_FINDERS],
+    fresh: bool,
+}
+
+impl<'r> Search<'r> {
+    pub(crate) fn new(rules: &'r Rules) -> Search<'r> {
+        Search {
+            rules,
+            next: [None; MAX_FINDERS],
+            from: [0; MAX_FINDERS],
+            fresh: true,
+        }
+    }
+
+    /// The leftmost-longest spelling in `buf[from..]`. `buf` must be the same text (or the
+    /// same text with bytes appended) for every call on one `Search`, and `from` must not go
+    /// backwards.
+    pub(crate) fn find(&mut self, buf: &[u8], from: usize) -> Option<Found> {
+        let rules = self.rules;
+        if rules.finders.is_empty() {
+            let m = rules
+                .automaton
+                .find(Input::new(buf).span(from.min(buf.len())..buf.len()))?;
+            return Some(Found {
+                start: m.start(),
+                end: m.end(),
+                pattern: m.pattern().as_usize(),
+            });
+        }
+        let mut best: Option<Found> = None;
+        for (i, finder) in rules.finders.iter().enumerate() {
+            let stale = self.fresh || self.next[i].is_some_and(|n| n < from) || self.from[i] > from;
+            if stale {
+                self.next[i] = buf
+                    .get(from..)
+                    .and_then(|rest| finder.find(rest))
+                    .map(|at| at + from);
+                self.from[i] = from;
+            }
+            let Some(start) = self.next[i] else { continue };
+            let end = start + finder.needle().len();
+            let better = best.is_none_or(|b| start < b.start || (start == b.start && end > b.end));
+            if better {
+                best = Some(Found {
+                    start,
+                    end,
+                    pattern: i,
+                });
+            }
+        }
+        self.fresh = false;
+        best
+    }
+}
 
 /// One spelling of one prefix in the automaton.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +171,11 @@ impl Origin {
 /// The rewriting rules of one configuration; build once, share in an `Arc`.
 #[derive(Debug)]
 pub struct Rules {
-    pub(crate) automaton: AhoCorasick,
+    automaton: AhoCorasick,
+    /// One substring finder per spelling, used instead of the automaton when there are few:
+    /// every spelling starts with `/` or `\`, so the automaton's start-byte prefilter stops
+    /// at every slash, while memmem skips to the spelling's rare bytes.
+    finders: Vec<memmem::Finder<'static>>,
     pub(crate) patterns: Vec<Pattern>,
     pub(crate) max_pattern_len: usize,
     prefixes: Vec<String>,
@@ -134,8 +214,16 @@ impl Rules {
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .build(&spellings)?;
+        let finders = match spellings.len() <= MAX_FINDERS {
+            true => spellings
+                .iter()
+                .map(|s| memmem::Finder::new(s.as_bytes()).into_owned())
+                .collect(),
+            false => Vec::new(),
+        };
         Ok(Rules {
             automaton,
+            finders,
             patterns,
             max_pattern_len,
             prefixes,
@@ -143,6 +231,14 @@ impl Rules {
             public_base,
             selectors: Selectors::new()?,
         })
+    }
+
+    /// Whether `text` holds any prefix spelling at all.
+    pub(crate) fn mentions(&self, text: &[u8]) -> bool {
+        match self.finders.is_empty() {
+            true => self.automaton.is_match(text),
+            false => self.finders.iter().any(|f| f.find(text).is_some()),
+        }
     }
 
     /// Where rewritten URLs point.

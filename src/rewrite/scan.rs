@@ -5,9 +5,7 @@
 //! [`Scanner`] streams: it keeps a bounded carry-over (the unfinished URL plus [`LOOKBACK`] bytes
 //! of context), so the output never depends on where the input was split.
 
-use aho_corasick::Input;
-
-use super::rules::{Origin, Rules};
+use super::rules::{Origin, Rules, Search};
 
 /// How far back from a prefix an origin (`https:\/\/` + host + `:port`) may start.
 pub(crate) const LOOKBACK: usize = 300;
@@ -315,9 +313,10 @@ impl Pass<'_, '_> {
     ) -> Step {
         let rules = self.site.rules;
         let (mut pos, mut from, mut replaced) = (start, from, 0);
-        while let Some(m) = rules.automaton.find(Input::new(buf).span(from..buf.len())) {
-            let (p, escaped) = (m.start(), rules.patterns[m.pattern().as_usize()].escaped);
-            let (path_end, url_end) = match find_end(buf, p, m.end(), escaped, eof) {
+        let mut search = Search::new(rules);
+        while let Some(m) = search.find(buf, from) {
+            let (p, escaped) = (m.start, rules.patterns[m.pattern].escaped);
+            let (path_end, url_end) = match find_end(buf, p, m.end, escaped, eof) {
                 End::Found { path, url } => (path, url),
                 End::TooLong => {
                     from = p + 1;
@@ -416,15 +415,16 @@ fn char_floor(buf: &[u8], min: usize, mut at: usize) -> usize {
 
 /// Writes a public URL, JSON-escaping its slashes when the original was escaped.
 fn put_url(out: &mut impl Out, url: &str, escaped: bool) {
+    let mut rest = url.as_bytes();
     if !escaped {
-        return out.put(url.as_bytes());
+        return out.put(rest);
     }
-    for (i, part) in url.split('/').enumerate() {
-        if i > 0 {
-            out.put(b"\\/");
-        }
-        out.put(part.as_bytes());
+    while let Some(at) = memchr::memchr(b'/', rest) {
+        out.put(&rest[..at]);
+        out.put(b"\\/");
+        rest = &rest[at + 1..];
     }
+    out.put(rest);
 }
 
 /// Rewrites a complete text (an attribute value, a header) in one go; None when nothing changed.
@@ -434,7 +434,9 @@ pub(crate) fn rewrite_once(
     scratch: &mut Scratch,
     text: &[u8],
 ) -> Option<Vec<u8>> {
-    site.rules.automaton.find(text)?;
+    if !site.rules.mentions(text) {
+        return None;
+    }
     let mut out = Vec::with_capacity(text.len() + 64);
     let step = Pass {
         site,

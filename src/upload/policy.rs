@@ -126,6 +126,13 @@ fn essence(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// The `Content-Disposition` an object of `content_type` gets when it is stored from
+/// anywhere but an upload route (origin pull, mirror copies): `attachment` for types a browser
+/// would run, so a store served on the site's own origin never runs the site's uploads.
+pub fn stored_disposition(content_type: &str, filename: &str) -> Option<String> {
+    is_active(&essence(content_type)).then(|| attachment(filename))
+}
+
 fn is_active(content_type: &str) -> bool {
     ACTIVE_TYPES.contains(&content_type) || content_type.ends_with("+xml")
 }

@@ -5,10 +5,12 @@
 mod support;
 
 mod admin;
+mod assets;
 mod cli;
 mod joomla;
 mod ops;
 mod proxy;
+mod rewriting;
 mod server;
 mod store;
 mod upload;

@@ -8,6 +8,7 @@ pub mod app;
 pub mod data;
 pub mod php;
 pub mod s3;
+pub mod site;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -46,6 +47,34 @@ impl Proxy {
     pub async fn start(config: Config) -> Proxy {
         config.validate().expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
+        let addr = server.local_addr();
+        let admin = server.admin_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr,
+            admin,
+            shutdown: Some(tx),
+            handle,
+        }
+    }
+
+    /// offload with an already opened store (an S3 store whose credentials are not in the
+    /// environment).
+    pub async fn start_with_store(
+        config: Config,
+        store: std::sync::Arc<dyn offload::store::Store>,
+    ) -> Proxy {
+        config.validate().expect("test config is valid");
+        let server = Server::bind_with_store(config, store)
+            .await
+            .expect("proxy binds");
+        Proxy::run(server)
+    }
+
+    fn run(server: Server) -> Proxy {
         let addr = server.local_addr();
         let admin = server.admin_addr();
         let (tx, rx) = oneshot::channel::<()>();

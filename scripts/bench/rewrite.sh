@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Rewriting benchmark: a 200 KiB WordPress-like page (about 1,700 upload URLs in src, srcset,
+# href, style, og:image and JSON-escaped ld+json) served by nginx, fetched through
+#   - offload (release build, every URL known present: assume_present = true), and
+#   - nginx with sub_filter (two literal rules: the plain and the JSON-escaped spelling of
+#     https://example.com/wp-content/uploads/, sub_filter_once off, Accept-Encoding cleared),
+# in one run, on 127.0.0.1 high ports. Prints requests/s, p50/p99 and offload/nginx.
+#
+#   scripts/bench/rewrite.sh                 # builds offload --release if needed
+#   DURATION=30s CONNECTIONS=128 scripts/bench/rewrite.sh
+#
+# Fairness: both proxies keep a keep-alive pool to the upstream and write no access log;
+# nginx runs PROXY_WORKERS workers (default: one per core), offload its default runtime (one
+# thread per core). Both answer with the page rewritten and uncompressed (wrk sends no
+# Accept-Encoding). wrk, the upstream and the proxy share the machine; "direct" is the ceiling.
+# Conventions follow scripts/bench/passthrough.sh (branch proxy).
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-1}
+PROXY_WORKERS=${PROXY_WORKERS:-$(nproc)}
+UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
+BASE_PORT=${BASE_PORT:-28180}
+UPSTREAM_PORT=$((BASE_PORT + 1))
+NGINX_PORT=$((BASE_PORT + 2))
+OFFLOAD_PORT=$((BASE_PORT + 3))
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+offload_bin=$target_dir/release/offload
+
+need_apt=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx-light)
+command -v wrk >/dev/null || need_apt+=(wrk)
+if ((${#need_apt[@]})); then
+    echo "installing ${need_apt[*]}" >&2
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null || {
+        apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    }
+fi
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+
+(cd "$repo" && cargo build --release --quiet --bin offload)
+
+work=$(mktemp -d /tmp/offload-bench.XXXXXX)
+chmod 755 "$work"
+# A private copy: a shared target directory may get another build's binary any moment.
+cp "$offload_bin" "$work/offload"
+offload_bin=$work/offload
+"$offload_bin" --help | grep -q check-config || { echo "$offload_bin is not this offload" >&2; exit 1; }
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+mkdir -p "$work/www" "$work/upstream" "$work/proxy" "$work/store"
+# The page: the same shape as benches/rewrite.rs.
+python3 - "$work/www/page.html" <<'PY'
+import sys
+target = 200 * 1024
+html = ["<!doctype html><html><head><title>Blog</title>"
+        "<meta property=\"og:image\" content=\"https://example.com/wp-content/uploads/2024/05/hero.jpg\">"
+        "<link rel='stylesheet' href='https://example.com/wp-content/themes/t/style.css'>"
+        "<style>.hero{background:url(https://example.com/wp-content/uploads/2024/05/hero.jpg)}</style></head><body>"]
+size, i = len(html[0]), 0
+while size < target:
+    u = f"https://example.com/wp-content/uploads/2024/05/photo-{i}"
+    part = (f"<article class=\"post\"><h2><a href=\"https://example.com/blog/post-{i}/\">Post {i}</a></h2>"
+            "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.</p>"
+            f"<img width=\"1024\" height=\"768\" src=\"{u}.jpg\" alt=\"photo {i}\" "
+            f"srcset=\"{u}.jpg 1024w, {u}-300x225.jpg 300w, {u}-768x576.jpg 768w\" "
+            "sizes=\"(max-width: 1024px) 100vw, 1024px\" loading=\"lazy\">"
+            f"<div class=\"bg\" style=\"background-image:url('{u}-bg.jpg')\"></div></article>\n")
+    if i % 10 == 0:
+        esc = u.replace("/", "\\/")
+        part += ("<script type=\"application/ld+json\">{\"@type\":\"ImageObject\",\"url\":\""
+                 f"{esc}.jpg\",\"width\":1024}}</script>\n")
+    html.append(part)
+    size += len(part)
+    i += 1
+html.append("</body></html>")
+open(sys.argv[1], "w").write("".join(html))
+PY
+chmod 644 "$work/www/"*
+urls=$(grep -o 'example.com[\\/]*wp-content[\\/]*uploads' "$work/www/page.html" | wc -l)
+
+common="daemon off; pid PREFIX/nginx.pid; error_log PREFIX/error.log warn; user root;"
+cat >"$work/upstream/nginx.conf" <<CONF
+${common//PREFIX/$work/upstream}
+worker_processes $UPSTREAM_WORKERS;
+events { worker_connections 4096; }
+http {
+    include /etc/nginx/mime.types;
+    access_log off;
+    sendfile on; tcp_nopush on; tcp_nodelay on;
+    keepalive_requests 1000000; keepalive_timeout 75s;
+    server { listen 127.0.0.1:$UPSTREAM_PORT; root $work/www; etag off; }
+}
+CONF
+cat >"$work/proxy/nginx.conf" <<CONF
+${common//PREFIX/$work/proxy}
+worker_processes $PROXY_WORKERS;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    tcp_nodelay on;
+    keepalive_requests 1000000; keepalive_timeout 75s;
+    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header Accept-Encoding "";
+            proxy_buffers 32 8k;
+            proxy_busy_buffers_size 64k;
+            sub_filter_once off;
+            sub_filter 'https://example.com/wp-content/uploads/' 'https://cdn.example.com/wp-content/uploads/';
+            sub_filter 'https:\\/\\/example.com\\/wp-content\\/uploads\\/' 'https:\\/\\/cdn.example.com\\/wp-content\\/uploads\\/';
+        }
+    }
+}
+CONF
+cat >"$work/offload.toml" <<CONF
+[server]
+listen = "127.0.0.1:$OFFLOAD_PORT"
+admin_listen = "off"
+[upstream]
+url = "http://127.0.0.1:$UPSTREAM_PORT"
+[store]
+kind = "fs"
+root = "$work/store"
+public_url = "https://cdn.example.com/"
+[assets]
+prefixes = ["/wp-content/uploads/"]
+site_origins = ["https://example.com"]
+assume_present = true
+[log]
+level = "warn"
+CONF
+
+"$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf" &
+pids+=($!)
+"$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf" &
+pids+=($!)
+"$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1 &
+pids+=($!)
+
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "port $1 never opened" >&2
+    cat "$work/offload.log" >&2
+    exit 1
+}
+for port in $UPSTREAM_PORT $NGINX_PORT $OFFLOAD_PORT; do wait_port "$port"; done
+# Both proxies must answer the same rewritten page.
+curl -fsS "http://127.0.0.1:$NGINX_PORT/page.html" >"$work/nginx.out"
+curl -fsS "http://127.0.0.1:$OFFLOAD_PORT/page.html" >"$work/offload.out"
+left=$(grep -c 'https://example.com/wp-content/uploads' "$work/offload.out" || true)
+if ! cmp -s "$work/nginx.out" "$work/offload.out"; then
+    echo "warning: offload's and nginx's pages differ" >&2
+fi
+[[ $left == 0 ]] || { echo "offload left $left URLs unrewritten" >&2; exit 1; }
+
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
+        printf "%.3f", n }'
+}
+
+declare -A rps p50 p99
+run() { # name port
+    local out
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$2/page.html" >/dev/null
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/page.html")
+    rps[$1]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
+        echo "warning: $1: $(grep "Non-2xx\|Socket errors" <<<"$out")" >&2
+    fi
+}
+
+page_kib=$(($(stat -c %s "$work/www/page.html") / 1024))
+echo "page: ${page_kib} KiB, $urls upload URLs; wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency;" \
+    "nginx workers: $PROXY_WORKERS, upstream workers: $UPSTREAM_WORKERS, $(nproc) cores"
+for name in direct nginx offload; do
+    case $name in direct) port=$UPSTREAM_PORT ;; nginx) port=$NGINX_PORT ;; offload) port=$OFFLOAD_PORT ;; esac
+    run "$name" "$port"
+done
+printf '\n%-8s %12s %10s %10s %10s\n' target "requests/s" "MB/s" "p50 ms" "p99 ms"
+for name in direct nginx offload; do
+    mbs=$(awk -v r="${rps[$name]}" -v k="$page_kib" 'BEGIN { printf "%.0f", r * k * 1024 / 1e6 }')
+    printf '%-8s %12s %10s %10s %10s\n' "$name" "${rps[$name]}" "$mbs" "${p50[$name]}" "${p99[$name]}"
+done
+awk -v o="${rps[offload]}" -v n="${rps[nginx]}" -v op="${p99[offload]}" -v np="${p99[nginx]}" \
+    'BEGIN { printf "offload/nginx sub_filter: requests/s %.2fx, p99 %.2fx\n", o / n, op / np }'

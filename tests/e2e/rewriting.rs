@@ -1,0 +1,359 @@
+//! Response rewriting end to end: a real app's pages through the real router, every asset
+//! known present (`assume_present`), public base `https://cdn.example.com/`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+
+use crate::assets::{CDN, Rig, rig};
+use crate::support::site::Page;
+
+async fn present() -> Rig {
+    rig(|c| c.assets.assume_present = true).await
+}
+
+fn cdn(path: &str) -> String {
+    format!("{CDN}{}", path.trim_start_matches('/'))
+}
+
+const PAGE: &str = r#"<!doctype html><html><head>
+<meta property="og:image" content="https://example.com/wp-content/uploads/og.jpg">
+<link rel="stylesheet" href="/wp-content/uploads/style.css">
+<style>.a{background:url(/wp-content/uploads/bg.png)}</style>
+<script type="application/ld+json">{"image":"https:\/\/example.com\/wp-content\/uploads\/ld.jpg","logo":"https://example.com/wp-content/uploads/logo.png"}</script>
+</head><body>
+<img src="/wp-content/uploads/a.jpg" srcset="/wp-content/uploads/a-300x200.jpg 300w, https://example.com/wp-content/uploads/a-1024x768.jpg 1024w">
+<a href="//example.com/wp-content/uploads/doc.pdf?x=1#p">doc</a>
+<div style="background-image:url(&quot;/wp-content/uploads/div.png&quot;)">x</div>
+<p>Text /wp-content/uploads/prose.jpg stays</p>
+<img src="https://other.com/wp-content/uploads/o.jpg">
+<img src="/wp-content/uploads-old/l.jpg">
+<img src="/wp-content/uploadsx/l.jpg">
+<img src="/blog/wp-content/uploads/l.jpg">
+</body></html>"#;
+
+fn page_expected() -> String {
+    PAGE.replace(
+        "https://example.com/wp-content/uploads/og.jpg",
+        &cdn("/wp-content/uploads/og.jpg"),
+    )
+    .replace(
+        "\"/wp-content/uploads/style.css\"",
+        &format!("\"{}\"", cdn("/wp-content/uploads/style.css")),
+    )
+    .replace(
+        "url(/wp-content/uploads/bg.png)",
+        &format!("url({})", cdn("/wp-content/uploads/bg.png")),
+    )
+    .replace(
+        r"https:\/\/example.com\/wp-content\/uploads\/ld.jpg",
+        r"https:\/\/cdn.example.com\/wp-content\/uploads\/ld.jpg",
+    )
+    .replace(
+        "https://example.com/wp-content/uploads/logo.png",
+        &cdn("/wp-content/uploads/logo.png"),
+    )
+    .replace(
+        "\"/wp-content/uploads/a.jpg\"",
+        &format!("\"{}\"", cdn("/wp-content/uploads/a.jpg")),
+    )
+    .replace(
+        "\"/wp-content/uploads/a-300x200.jpg 300w",
+        &format!("\"{} 300w", cdn("/wp-content/uploads/a-300x200.jpg")),
+    )
+    .replace(
+        "https://example.com/wp-content/uploads/a-1024x768.jpg",
+        &cdn("/wp-content/uploads/a-1024x768.jpg"),
+    )
+    .replace(
+        "//example.com/wp-content/uploads/doc.pdf?x=1#p",
+        &format!("{}?x=1#p", cdn("/wp-content/uploads/doc.pdf")),
+    )
+    .replace(
+        "&quot;/wp-content/uploads/div.png&quot;",
+        &format!("&quot;{}&quot;", cdn("/wp-content/uploads/div.png")),
+    )
+}
+
+async fn fetch(url: &str) -> reqwest::Response {
+    crate::support::client().get(url).send().await.expect("GET")
+}
+
+#[tokio::test]
+async fn html_positions_are_rewritten_and_the_rest_is_not() {
+    let r = present().await;
+    r.site
+        .set("/post", Page::html(PAGE).header("etag", "\"v1\""));
+    let resp = fetch(&r.proxy.url("/post")).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        !resp.headers().contains_key("content-length"),
+        "{:?}",
+        resp.headers()
+    );
+    assert_eq!(resp.headers()["etag"], "W/\"v1\"");
+    let text = resp.text().await.unwrap();
+    assert_eq!(text, page_expected());
+    // Chunked from the app, split everywhere: the same answer.
+    r.site.set("/post-chunked", Page::html(PAGE).chunked(7));
+    let text = fetch(&r.proxy.url("/post-chunked"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, page_expected());
+}
+
+#[tokio::test]
+async fn json_css_and_xml() {
+    let r = present().await;
+    let json = r#"{"url":"https:\/\/example.com\/wp-content\/uploads\/2024\/a.jpg","rel":"\/wp-content\/uploads\/b.jpg","html":"<img src=\"https:\/\/example.com\/wp-content\/uploads\/c.jpg\">","other":"https:\/\/other.com\/wp-content\/uploads\/d.jpg","plain":"https://example.com/wp-content/uploads/e.jpg"}"#;
+    let json_expected = r#"{"url":"https:\/\/cdn.example.com\/wp-content\/uploads\/2024\/a.jpg","rel":"https:\/\/cdn.example.com\/wp-content\/uploads\/b.jpg","html":"<img src=\"https:\/\/cdn.example.com\/wp-content\/uploads\/c.jpg\">","other":"https:\/\/other.com\/wp-content\/uploads\/d.jpg","plain":"https://cdn.example.com/wp-content/uploads/e.jpg"}"#;
+    r.site.set(
+        "/wp-json/wp/v2/posts",
+        Page::new(200, "application/json; charset=UTF-8", json),
+    );
+    let text = fetch(&r.proxy.url("/wp-json/wp/v2/posts"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, json_expected);
+
+    let css = ".a{background:url('/wp-content/uploads/a.png')} .b{background:url(https://example.com/wp-content/uploads/b.png)} .c{background:url(/wp-content/uploads-old/c.png)}";
+    let css_expected = format!(
+        ".a{{background:url('{}')}} .b{{background:url({})}} .c{{background:url(/wp-content/uploads-old/c.png)}}",
+        cdn("/wp-content/uploads/a.png"),
+        cdn("/wp-content/uploads/b.png")
+    );
+    r.site.set("/style.css", Page::new(200, "text/css", css));
+    let text = fetch(&r.proxy.url("/style.css"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, css_expected);
+
+    let rss =
+        "<rss><item><enclosure url=\"https://example.com/wp-content/uploads/p.mp3\"/></item></rss>";
+    r.site
+        .set("/feed", Page::new(200, "application/rss+xml", rss));
+    let text = fetch(&r.proxy.url("/feed")).await.text().await.unwrap();
+    assert_eq!(text, rss.replace("https://example.com/", CDN));
+}
+
+async fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
+    use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => GzipEncoder::new(data).read_to_end(&mut out).await,
+        "br" => BrotliEncoder::new(data).read_to_end(&mut out).await,
+        "zstd" => ZstdEncoder::new(data).read_to_end(&mut out).await,
+        _ => unreachable!(),
+    }
+    .expect("encode");
+    out
+}
+
+async fn decode(coding: &str, data: &[u8]) -> Vec<u8> {
+    use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZstdDecoder};
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => GzipDecoder::new(data).read_to_end(&mut out).await,
+        "br" => BrotliDecoder::new(data).read_to_end(&mut out).await,
+        "zstd" => ZstdDecoder::new(data).read_to_end(&mut out).await,
+        _ => unreachable!(),
+    }
+    .expect("decode");
+    out
+}
+
+#[tokio::test]
+async fn compressed_pages_are_decoded_rewritten_and_reencoded() {
+    let r = present().await;
+    let raw = reqwest::Client::builder()
+        .no_proxy()
+        .no_gzip()
+        .no_brotli()
+        .no_zstd()
+        .build()
+        .unwrap();
+    for coding in ["gzip", "br", "zstd"] {
+        let path = format!("/post-{coding}");
+        let body = encode(coding, PAGE.as_bytes()).await;
+        r.site.set(
+            &path,
+            Page::new(200, "text/html", body).header("content-encoding", coding),
+        );
+        let resp = raw
+            .get(r.proxy.url(&path))
+            .header("accept-encoding", "gzip, br, zstd")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-encoding"], coding);
+        assert!(!resp.headers().contains_key("content-length"));
+        let body = resp.bytes().await.unwrap();
+        let text = String::from_utf8(decode(coding, &body).await).unwrap();
+        assert_eq!(text, page_expected(), "{coding}");
+    }
+}
+
+#[tokio::test]
+async fn location_link_and_refresh_headers() {
+    let r = present().await;
+    let no_redirects = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    r.site.set(
+        "/go",
+        Page::new(302, "text/plain", "moved")
+            .header("location", "https://example.com/wp-content/uploads/a.png")
+            .header("link", "</wp-content/uploads/a.css>; rel=preload; as=style")
+            .header("refresh", "0; url=/wp-content/uploads/b.png"),
+    );
+    let resp = no_redirects.get(r.proxy.url("/go")).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let h = resp.headers();
+    assert_eq!(h["location"], cdn("/wp-content/uploads/a.png"));
+    assert_eq!(
+        h["link"],
+        format!(
+            "<{}>; rel=preload; as=style",
+            cdn("/wp-content/uploads/a.css")
+        )
+    );
+    assert_eq!(
+        h["refresh"],
+        format!("0; url={}", cdn("/wp-content/uploads/b.png"))
+    );
+    assert_eq!(resp.text().await.unwrap(), "moved");
+
+    r.site.set(
+        "/go-elsewhere",
+        Page::new(302, "text/plain", "moved")
+            .header("location", "https://other.com/wp-content/uploads/a.png"),
+    );
+    let resp = no_redirects
+        .get(r.proxy.url("/go-elsewhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["location"],
+        "https://other.com/wp-content/uploads/a.png"
+    );
+}
+
+#[tokio::test]
+async fn non_2xx_head_206_and_no_transform_are_untouched() {
+    let r = present().await;
+    let cases = [
+        ("/nf", Page::new(404, "text/html", PAGE)),
+        (
+            "/partial",
+            Page::new(206, "text/html", PAGE).header(
+                "content-range",
+                &format!("bytes 0-{}/99999", PAGE.len() - 1),
+            ),
+        ),
+        (
+            "/nt",
+            Page::new(200, "text/html", PAGE).header("cache-control", "public, no-transform"),
+        ),
+    ];
+    for (path, page) in cases {
+        r.site.set(path, page.header("etag", "\"e1\""));
+        let resp = fetch(&r.proxy.url(path)).await;
+        assert_eq!(resp.headers()["etag"], "\"e1\"", "{path}");
+        assert_eq!(
+            resp.headers()["content-length"],
+            PAGE.len().to_string().as_str(),
+            "{path}"
+        );
+        assert_eq!(
+            resp.bytes().await.unwrap(),
+            Bytes::from_static(PAGE.as_bytes()),
+            "{path}"
+        );
+    }
+    r.site
+        .set("/post", Page::html(PAGE).header("etag", "\"e2\""));
+    let resp = crate::support::client()
+        .head(r.proxy.url("/post"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["etag"], "\"e2\"");
+    assert_eq!(
+        resp.headers()["content-length"],
+        PAGE.len().to_string().as_str()
+    );
+    assert!(resp.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_50_mib_page_streams() {
+    let r = present().await;
+    let (page, tx) = Page::streamed(200, "text/html");
+    r.site.set("/big", page);
+    let tag = "<img src=\"/wp-content/uploads/i.jpg\">";
+    let mut chunk = String::new();
+    while chunk.len() + tag.len() <= 64 * 1024 {
+        chunk.push_str(tag);
+    }
+    let per_chunk = chunk.len() / tag.len();
+    let chunk = Bytes::from(chunk);
+    let chunks = (50 << 20) / chunk.len() + 1;
+    tx.send(Bytes::from_static(b"<!doctype html><html><body>"))
+        .await
+        .unwrap();
+    tx.send(chunk.clone()).await.unwrap();
+    let mut resp = fetch(&r.proxy.url("/big")).await;
+    assert_eq!(resp.status(), 200);
+    // Output arrives while the app has sent one chunk of ~800.
+    let first = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
+        .await
+        .expect("first bytes before the app finished")
+        .unwrap()
+        .expect("a chunk");
+    assert!(first.starts_with(b"<!doctype html><html><body>"));
+    let sender = tokio::spawn(async move {
+        for _ in 1..chunks {
+            tx.send(chunk.clone()).await.unwrap();
+        }
+        tx.send(Bytes::from_static(b"</body></html>"))
+            .await
+            .unwrap();
+    });
+    let new_tag = format!("<img src=\"{}\">", cdn("/wp-content/uploads/i.jpg"));
+    let mut total = first.len();
+    let mut tail = first.to_vec();
+    let mut found = count(&tail, new_tag.as_bytes());
+    tail = tail[tail.len().saturating_sub(new_tag.len())..].to_vec();
+    while let Some(c) = resp.chunk().await.unwrap() {
+        total += c.len();
+        let mut window = std::mem::take(&mut tail);
+        let keep = window.len();
+        window.extend_from_slice(&c);
+        found += count(&window, new_tag.as_bytes()) - count(&window[..keep], new_tag.as_bytes());
+        tail = window[window.len().saturating_sub(new_tag.len())..].to_vec();
+    }
+    sender.await.unwrap();
+    let tags = chunks * per_chunk;
+    assert_eq!(found, tags);
+    assert_eq!(
+        total,
+        "<!doctype html><html><body>".len() + tags * new_tag.len() + "</body></html>".len()
+    );
+    assert!(tail.ends_with(b"</body></html>"));
+}
+
+fn count(hay: &[u8], needle: &[u8]) -> usize {
+    memchr::memmem::find_iter(hay, needle).count()
+}
