@@ -6,7 +6,9 @@ mod support;
 
 mod admin;
 mod cli;
+mod faults;
 mod ops;
 mod proxy;
+mod security;
 mod server;
 mod store;

@@ -3,11 +3,13 @@
 //! - `/sleep/MS`: answers after MS milliseconds;
 //! - `/hop`: answers with hop-by-hop headers the proxy must drop;
 //! - `/ws`: a WebSocket echo;
+//! - `/set-cookie?V`: answers with `Set-Cookie: V` (for log hygiene tests);
 //! - anything else: JSON describing the request (method, raw target, version, headers in
 //!   order, body length and SHA-256), the body read as a stream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct App {
     pub addr: SocketAddr,
+    /// Every request the app received, as `METHOD target`, in arrival order.
+    pub seen: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
     /// Ends every open connection too, so that pooled keep-alive connections die with the app.
     stopped: CancellationToken,
@@ -39,12 +43,21 @@ impl App {
         let addr = listener.local_addr().expect("app address");
         let stopped = CancellationToken::new();
         let token = stopped.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorder = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let token = token.clone();
+                let recorder = Arc::clone(&recorder);
                 tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        if let Ok(mut seen) = recorder.lock() {
+                            seen.push(format!("{} {}", req.method(), req.uri()));
+                        }
+                        handle(req)
+                    });
                     let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(handle))
+                        .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades();
                     tokio::select! {
                         _ = conn => {}
@@ -55,9 +68,17 @@ impl App {
         });
         App {
             addr,
+            seen,
             task,
             stopped,
         }
+    }
+}
+
+impl App {
+    /// The requests seen so far (`METHOD target`).
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
@@ -83,6 +104,12 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         h.insert("x-app-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-app-kept", HeaderValue::from_static("1"));
+        r
+    } else if path == "/set-cookie" {
+        let mut r = Response::new(body::full("cookie set"));
+        if let Some(Ok(v)) = req.uri().query().map(HeaderValue::from_str) {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
         r
     } else if path == "/ws" {
         websocket(req)

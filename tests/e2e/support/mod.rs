@@ -6,6 +6,8 @@
 
 pub mod app;
 pub mod data;
+pub mod process;
+pub mod raw;
 pub mod s3;
 
 use std::net::SocketAddr;
