@@ -474,3 +474,30 @@ async fn admin_listens_on_loopback_only_by_default() {
         "admin answers on {other}"
     );
 }
+
+#[tokio::test]
+async fn forged_forwarding_headers_never_reach_the_app() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    // Underscore spellings read as the real headers by PHP and every CGI-style gateway, and
+    // claims offload does not make itself.
+    let request = "GET /who HTTP/1.1\r\nHost: site.test\r\nX_Forwarded_For: 6.6.6.6\r\n\
+                   X-Forwarded_Proto: https\r\nX_Forwarded-Host: evil.example\r\n\
+                   X_Forwarded_Port: 443\r\nX-Forwarded-Port: 443\r\n\
+                   X-Forwarded-Prefix: /admin\r\nX-Real-IP: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\n\
+                   X-Forwarded-For: 6.6.6.6\r\nX_Other_Header: kept\r\nConnection: close\r\n\r\n";
+    let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
+    let echo = crate::support::app::Echo::parse(crate::support::raw_body(&response));
+    let forged: Vec<_> = echo
+        .headers
+        .iter()
+        .filter(|(_, v)| v.contains("6.6.6.6") || v.contains("evil") || v == "443" || v == "/admin")
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "forged headers reached the app: {forged:?}"
+    );
+    assert_eq!(echo.one("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(echo.one("x-forwarded-proto"), Some("http"));
+    assert_eq!(echo.one("x-forwarded-host"), Some("site.test"));
+    assert_eq!(echo.one("x_other_header"), Some("kept"));
+}
