@@ -66,6 +66,41 @@ impl ReadinessCheck for UpstreamReachable {
     }
 }
 
+/// Ready when the store answers a HEAD (of a key that need not exist) in time.
+pub struct StoreReachable {
+    store: Arc<dyn crate::store::Store>,
+    timeout: Duration,
+}
+
+impl StoreReachable {
+    pub fn new(store: Arc<dyn crate::store::Store>) -> Self {
+        StoreReachable {
+            store,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[async_trait]
+impl ReadinessCheck for StoreReachable {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        // An absent key is a fine answer: it proves the store is reachable and the
+        // credentials are accepted.
+        match tokio::time::timeout(self.timeout, self.store.head(".offload-readyz")).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(self.timeout)
+            )),
+        }
+    }
+}
+
 /// The admin endpoints and what they report on.
 pub struct Admin {
     metrics: Metrics,

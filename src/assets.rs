@@ -10,7 +10,7 @@
 //! - [`MirrorCopy`] is what mirror-mode uploads run on the app's `2xx` answer: every managed
 //!   asset the answer names is copied into the store before the answer is released.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -25,8 +25,9 @@ use crate::body::{self, Body};
 use crate::config::{AssetsConfig, MissingAsset, StoreConfig};
 use crate::proxy::{ClientInfo, Upstream};
 use crate::rewrite::{self, AssetMap, Rules};
-use crate::store::{self, Presence, PutOptions, Store, StoreError};
-use crate::upload::AfterApp;
+use crate::store::{self, ObjectInfo, Presence, PutOptions, Store, StoreError};
+use crate::server::RequestOrigin;
+use crate::upload::{AfterApp, json_response};
 
 /// Largest app answer to an upload that mirror mode reads to find the assets it names.
 const MIRROR_ANSWER_LIMIT: usize = 4 << 20;
@@ -182,15 +183,15 @@ impl OriginPull {
             return;
         }
         match self.copy_from_app(path, key).await {
-            Ok(true) => info!(%key, "origin pull stored"),
-            Ok(false) => {}
+            Ok(Some(_)) => info!(%key, "origin pull stored"),
+            Ok(None) => {}
             Err(err) => warn!(%key, error = %err, "origin pull failed"),
         }
     }
 
-    /// GETs `path` from the app and stores it under `key`. `Ok(false)` when the app's answer
+    /// GETs `path` from the app and stores it under `key`. `Ok(None)` when the app's answer
     /// is not something to offload (not 200, wrong type, too large).
-    pub async fn copy_from_app(&self, path: &str, key: &str) -> Result<bool, PullError> {
+    pub async fn copy_from_app(&self, path: &str, key: &str) -> Result<Option<ObjectInfo>, PullError> {
         let request_path = encode_path(path);
         let response = self
             .upstream
@@ -199,21 +200,21 @@ impl OriginPull {
             .map_err(|e| PullError::App(e.to_string()))?;
         if response.status() != StatusCode::OK {
             debug!(%key, status = %response.status(), "origin pull skipped: app did not answer 200");
-            return Ok(false);
+            return Ok(None);
         }
         let headers = response.headers();
         let content_type = header_str(headers, header::CONTENT_TYPE);
         if !type_allowed(&self.types, content_type.as_deref()) {
             debug!(%key, ?content_type, "origin pull skipped: type not allowed");
-            return Ok(false);
+            return Ok(None);
         }
         let length = header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
         if length.is_some_and(|l| l > self.max_size) {
-            return Ok(false);
+            return Ok(None);
         }
         if headers.contains_key(header::CONTENT_ENCODING) {
             // The app compressed it on the fly; storing that would serve the wrong bytes.
-            return Ok(false);
+            return Ok(None);
         }
         let opts = PutOptions {
             content_type,
@@ -224,12 +225,13 @@ impl OriginPull {
             size_hint: length,
         };
         let stream = limited_stream(response.into_body(), self.max_size);
-        self.store
+        let info = self
+            .store
             .put(key, stream, opts)
             .await
             .map_err(PullError::Store)?;
         self.presence.mark_present(key);
-        Ok(true)
+        Ok(Some(info))
     }
 }
 
@@ -356,13 +358,26 @@ async fn serve_missing(
 
 /// Mirror mode's post-answer step: copies every managed asset named in the app's `2xx`
 /// answer into the store, then rewrites the answer's URLs to the public ones.
+///
+/// The files teed into the store while the upload streamed are kept only when the app's
+/// answer does not account for them: a teed copy whose bytes (SHA-256) equal an asset now
+/// stored under the app's own URL is removed, so the bucket holds each upload once, under the
+/// key every replica computes from its URL.
 pub struct MirrorCopy {
     pub assets: Arc<Assets>,
+    /// Per upload path, a follow-up lookup (`upload.follow`) naming more of the upload's
+    /// assets than the answer does.
+    pub follows: HashMap<String, String>,
 }
 
 #[async_trait]
 impl AfterApp for MirrorCopy {
-    async fn on_success(&self, req: &http::request::Parts, resp: Response<Body>) -> Response<Body> {
+    async fn on_success(
+        &self,
+        req: &http::request::Parts,
+        teed: &[String],
+        resp: Response<Body>,
+    ) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         if parts.headers.contains_key(header::CONTENT_ENCODING) {
             // Upload answers are small and rarely compressed; don't decode here.
@@ -372,33 +387,44 @@ impl AfterApp for MirrorCopy {
             Ok(text) => text,
             Err(ReadBounded::TooLarge(prefix, rest)) => {
                 // Too large to scan: release it as it is.
-                let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(prefix) });
-                let whole = body::from_stream(stream.chain(rest.into_data_stream().map_err(std::io::Error::other)));
-                return Response::from_parts(parts, whole);
+                let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(prefix) });
+                let tail = rest.into_data_stream().map_err(std::io::Error::other);
+                return Response::from_parts(parts, body::from_stream(head.chain(tail)));
             }
             Err(ReadBounded::Failed(err)) => {
                 warn!(error = %err, "reading the app's upload answer failed");
-                return crate::server::error_response(StatusCode::BAD_GATEWAY, "the app's answer broke off");
+                return json_response(
+                    StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": "the app's answer to the upload broke off"}),
+                );
             }
         };
-        let origin = crate::server::request_origin(req);
-        let paths = rewrite::collect_asset_paths(&self.assets.rules, origin.as_ref(), &text);
-        for path in &paths {
-            let key = self.assets.key(path);
-            match self.assets.index.pull.copy_from_app(path, &key).await {
-                Ok(true) => debug!(%key, "mirror: stored"),
-                Ok(false) => debug!(%key, "mirror: app did not serve it"),
+        let origin = req.extensions.get::<RequestOrigin>().and_then(|o| o.0.clone());
+        let mut paths = rewrite::collect_asset_paths(&self.assets.rules, origin.as_ref(), &text);
+        paths.extend(self.follow_up(req, &text, origin.as_ref()).await);
+        let mut stored_hashes = HashSet::new();
+        for path in dedup(paths) {
+            let key = self.assets.key(&path);
+            match self.assets.index.pull.copy_from_app(&path, &key).await {
+                Ok(Some(info)) => {
+                    debug!(%key, "mirror: stored");
+                    stored_hashes.extend(info.sha256);
+                }
+                Ok(None) => debug!(%key, "mirror: app did not serve it"),
                 Err(err) => {
                     warn!(%key, error = %err, "mirror: copying an uploaded asset failed");
-                    return crate::server::error_response(
+                    return json_response(
                         StatusCode::BAD_GATEWAY,
-                        "the upload reached the app but could not be copied to the store",
+                        &serde_json::json!({
+                            "error": "the upload reached the app but could not be copied to the store"
+                        }),
                     );
                 }
             }
         }
-        parts.headers.remove(header::CONTENT_LENGTH);
-        let rewriter = rewrite::Rewriter::new(self.assets.rules.clone(), origin, self.assets.index.clone());
+        self.drop_duplicate_tees(teed, &stored_hashes).await;
+        let rewriter =
+            rewrite::Rewriter::new(self.assets.rules.clone(), origin, self.assets.index.clone());
         let content_type = header_str(&parts.headers, header::CONTENT_TYPE).unwrap_or_default();
         let body = match rewrite::ContentKind::from_content_type(&content_type, false, true) {
             Some(kind) => rewriter
@@ -409,6 +435,76 @@ impl AfterApp for MirrorCopy {
         rewrite::prepare_headers(&mut parts.headers);
         Response::from_parts(parts, body)
     }
+}
+
+impl MirrorCopy {
+    /// The asset paths named by the route's follow-up lookup, if it has one: `{id}` is the
+    /// `id` (or `data.id`) of the app's JSON answer, fetched from the app with the uploader's
+    /// cookies (WordPress's async-upload answer lists four of an image's six files; its REST
+    /// media item lists all of them).
+    async fn follow_up(
+        &self,
+        req: &http::request::Parts,
+        answer: &[u8],
+        origin: Option<&url::Url>,
+    ) -> Vec<String> {
+        let Some(template) = self.follows.get(req.uri.path()) else {
+            return Vec::new();
+        };
+        let Some(id) = answer_id(answer) else {
+            return Vec::new();
+        };
+        let target = template.replace("{id}", &id.to_string());
+        let mut headers = HeaderMap::new();
+        for name in [header::COOKIE, header::HOST] {
+            for value in req.headers.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let response = match self.assets.upstream.get(&target, headers).await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                debug!(%target, status = %r.status(), "mirror follow-up not answered");
+                return Vec::new();
+            }
+            Err(err) => {
+                warn!(%target, error = %err, "mirror follow-up failed");
+                return Vec::new();
+            }
+        };
+        match read_bounded(response.into_body(), MIRROR_ANSWER_LIMIT).await {
+            Ok(text) => rewrite::collect_asset_paths(&self.assets.rules, origin, &text),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Removes teed copies whose bytes the store now holds under the app's own URL.
+    async fn drop_duplicate_tees(&self, teed: &[String], stored: &HashSet<String>) {
+        for key in teed {
+            let duplicate = match self.assets.store.head(key).await {
+                Ok(Some(info)) => info.sha256.is_some_and(|h| stored.contains(&h)),
+                _ => false,
+            };
+            if duplicate && let Err(err) = self.assets.store.delete(key).await {
+                warn!(%key, error = %err, "mirror: removing the teed copy failed");
+            }
+        }
+    }
+}
+
+/// The `id` or `data.id` of a JSON answer (WordPress's upload answers carry one of them).
+fn answer_id(answer: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(answer).ok()?;
+    value
+        .get("id")
+        .or_else(|| value.get("data").and_then(|d| d.get("id")))
+        .and_then(|id| id.as_u64())
+}
+
+/// `paths` in their first order, without repeats.
+fn dedup(paths: Vec<String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    paths.into_iter().filter(|p| seen.insert(p.clone())).collect()
 }
 
 enum ReadBounded {

@@ -347,6 +347,11 @@ pub struct UploadRouteConfig {
     /// replace: how the fields describing a stored file are named: `brackets` (`NAME[key]`)
     /// or `underscore` (`NAME_key`).
     pub field_style: FieldStyle,
+    /// mirror: after the app's 2xx, also GET this path from the app (with the uploader's
+    /// cookies) and copy the assets it names; `{id}` is the `id` or `data.id` of the app's
+    /// JSON answer. The wordpress preset sets `/wp-json/wp/v2/media/{id}` for
+    /// async-upload.php, whose answer names four of an image's six files.
+    pub follow: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,6 +388,7 @@ impl Default for UploadRouteConfig {
             inline_types: Vec::new(),
             on_store_error: OnStoreError::Reject,
             field_style: FieldStyle::Brackets,
+            follow: None,
         }
     }
 }
@@ -497,6 +503,15 @@ impl Config {
                     mode: UploadMode::Mirror,
                     ..UploadRouteConfig::default()
                 });
+            }
+        }
+        if preset == Preset::Wordpress {
+            // The media uploader's answer names four of an image's six files; the REST media
+            // item names them all.
+            for route in &mut self.uploads {
+                if route.path == "/wp-admin/async-upload.php" && route.follow.is_none() {
+                    route.follow = Some("/wp-json/wp/v2/media/{id}".into());
+                }
             }
         }
     }

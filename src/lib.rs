@@ -5,10 +5,14 @@
 //! requests) are wired together in `server`; each concern lives in its own module.
 
 pub mod admin;
+pub mod assets;
 pub mod body;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
+pub mod rewrite;
 pub mod server;
 pub mod store;
+pub mod upload;

@@ -41,6 +41,22 @@ enum Command {
     Backup(ops::BackupArgs),
     /// Copy a backup (folder or s3://bucket/prefix) back into the configured store.
     Restore(ops::RestoreArgs),
+    /// The one-command tour: a sample site on a loopback port and offload in front of it,
+    /// storing to a local folder (no cloud account needed).
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct DemoArgs {
+    /// Where offload listens.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// The filesystem store's folder.
+    #[arg(long, default_value = "./offload-data", value_name = "DIR")]
+    data: PathBuf,
+    /// The sample site's own folder (its local disk).
+    #[arg(long, default_value = "./offload-demo-site", value_name = "DIR")]
+    site_dir: PathBuf,
 }
 
 /// Where the config comes from, and the flags that override it.
@@ -79,7 +95,7 @@ fn main() -> ExitCode {
         Some(Command::Sync(args)) => block_on(ops::run_sync(args)),
         Some(Command::Backup(args)) => block_on(ops::run_backup(args)),
         Some(Command::Restore(args)) => block_on(ops::run_restore(args)),
-        // [ops] `demo` joins here.
+        Some(Command::Demo(args)) => demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,7 +153,16 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     ))
 }
 
-/// Runs an operation (sync, backup, restore) on a fresh runtime.
+fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    init_logging(&LogConfig::default())?;
+    block_on(offload::demo::run(offload::demo::DemoOptions {
+        listen: args.listen,
+        data: args.data,
+        site_dir: args.site_dir,
+    }))
+}
+
+/// Runs an operation (sync, backup, restore, demo) on a fresh runtime.
 fn block_on(op: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

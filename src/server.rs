@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use http::{Request, Response};
+use http::{Method, Request, Response, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,46 +28,261 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+use url::Url;
 
-use crate::admin::{Admin, UpstreamReachable};
+use crate::admin::{Admin, StoreReachable, UpstreamReachable};
+use crate::assets::{self, Assets, MirrorCopy};
 use crate::body::Body;
-use crate::config::{Config, ServerConfig};
-use crate::metrics::Metrics;
+use crate::config::{Config, ServerConfig, StoreKind};
+use crate::metrics::{Metrics, RequestKind};
 use crate::proxy::{ClientInfo, Upstream};
+use crate::rewrite::{self, PlanOptions, Rewriter, Rules};
+use crate::store::{self, Presence, Store};
+use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use idle::{Activity, ActivityCounter};
 use observe::{RequestRecord, count_request, observe};
 
 /// What every request handler shares: built once at start-up.
-#[derive(Debug)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     pub metrics: Metrics,
+    pub store: Arc<dyn Store>,
+    pub presence: Arc<Presence>,
+    pub uploads: UploadRoutes,
+    /// Managed assets and rewriting; `None` when no asset prefix is configured.
+    pub assets: Option<Arc<Assets>>,
+    /// Mirror mode's step on the app's 2xx answer (needs managed assets).
+    after_app: Option<Arc<dyn AfterApp>>,
+    /// The fs store's own URL prefix, when offload serves the store itself.
+    store_prefix: Option<String>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("upstream", &self.config.upstream.url.as_str())
+            .field("store", &self.config.store.kind)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppState {
-    /// Builds the state for `config`: the upstream client pool and fresh metrics.
-    pub fn new(config: Arc<Config>) -> anyhow::Result<AppState> {
-        let upstream = Upstream::new(&config.upstream)?
-            .with_trusted_proxies(config.server.trusted_proxies.clone());
+    /// Builds the state for `config`: the upstream client pool, the store and its presence
+    /// cache, upload routes, rewriting rules and fresh metrics.
+    pub async fn new(config: Arc<Config>) -> anyhow::Result<AppState> {
+        let upstream = Arc::new(
+            Upstream::new(&config.upstream)?
+                .with_trusted_proxies(config.server.trusted_proxies.clone()),
+        );
+        let store = store::open(&config.store)
+            .await
+            .context("store: opening the configured store")?;
+        let presence = Arc::new(Presence::new(store.clone(), &config.store));
+        let uploads = UploadRoutes::new(&config.uploads, &config.store.prefix)?;
+        let assets = match config.assets.prefixes.is_empty() {
+            true => None,
+            false => Some(Arc::new(build_assets(&config, &store, &presence, &upstream)?)),
+        };
+        let follows = config
+            .uploads
+            .iter()
+            .filter_map(|r| Some((r.path.clone(), r.follow.clone()?)))
+            .collect();
+        let after_app = assets.as_ref().map(|assets| {
+            Arc::new(MirrorCopy {
+                assets: assets.clone(),
+                follows,
+            }) as Arc<dyn AfterApp>
+        });
+        let store_prefix =
+            (config.store.kind == StoreKind::Fs).then(|| config.store.serve_prefix.clone());
         Ok(AppState {
             config,
             upstream,
             metrics: Metrics::new(),
+            store,
+            presence,
+            uploads,
+            assets,
+            after_app,
+            store_prefix,
         })
     }
 }
 
+fn build_assets(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    presence: &Arc<Presence>,
+    upstream: &Arc<Upstream>,
+) -> anyhow::Result<Assets> {
+    let public_base = public_base(config, store.as_ref())?;
+    let rules = Rules::new(
+        config.assets.prefixes.clone(),
+        config.assets.site_origins.clone(),
+        public_base,
+    )
+    .context("assets: building the rewrite rules")?;
+    Ok(Assets::new(
+        Arc::new(rules),
+        store.clone(),
+        presence.clone(),
+        upstream.clone(),
+        &config.store,
+        &config.assets,
+    ))
+}
+
+/// Where rewritten URLs point: `store.public_url`, else the store's own URL of the empty key
+/// (the bucket's URL, or the fs store's serve prefix on this proxy).
+fn public_base(config: &Config, store: &dyn Store) -> anyhow::Result<Url> {
+    if let Some(url) = &config.store.public_url {
+        return Ok(url.clone());
+    }
+    let base = store.public_url(&config.store.prefix);
+    let base = base
+        .strip_suffix(config.store.prefix.as_str())
+        .unwrap_or(&base)
+        .to_string();
+    // A path-only base (the fs store served by this proxy): rewritten URLs stay on the
+    // request's own origin, which the rewriter writes as root-relative.
+    Url::parse(&base)
+        .or_else(|_| Url::parse("http://offload.invalid").and_then(|u| u.join(&base)))
+        .with_context(|| format!("store: public URL {base:?}"))
+}
+
+/// The origin the client used (`scheme://host[:port]`), as rewriting compares URLs with it.
+#[derive(Debug, Clone)]
+pub struct RequestOrigin(pub Option<Url>);
+
+fn request_origin(req: &Request<Body>, client: &ClientInfo) -> Option<Url> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
+    let scheme = if client.tls { "https" } else { "http" };
+    Url::parse(&format!("{scheme}://{host}/")).ok()
+}
+
 /// Answers one request: the dispatch between the ways through the proxy. Infallible:
 /// every failure has already become a response. The answering way marks the response
-/// with its [`crate::metrics::RequestKind`] extension (default: pass-through).
-pub async fn route(state: Arc<AppState>, req: Request<Body>, client: ClientInfo) -> Response<Body> {
-    // [uploads] Upload routes are matched here, before anything reaches the app.
-    // [assets] The fs store's own prefix and managed-asset requests (with their fallback on
-    //          the app's 404) are dispatched here.
+/// with its [`RequestKind`] extension (default: pass-through).
+pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientInfo) -> Response<Body> {
+    let origin = request_origin(&req, &client);
+    req.extensions_mut().insert(RequestOrigin(origin.clone()));
+    let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
+    // The fs store, served by offload itself under its own prefix.
+    if is_read && let Some(key) = store_key(&state, req.uri().path()) {
+        let head_only = req.method() == Method::HEAD;
+        let response = store::serve_object(&*state.store, &key, req.headers(), head_only).await;
+        return mark(response, RequestKind::Store);
+    }
+    // Upload routes: caught before anything reaches the app.
+    if let Some(upload_route) = state.uploads.find(req.method(), req.uri()) {
+        let ctx = UploadContext {
+            store: state.store.clone(),
+            upstream: state.upstream.clone(),
+            client,
+            after_app: state.after_app.clone(),
+        };
+        let response = upload::handle(&upload_route, req, &ctx).await;
+        return mark(response, RequestKind::Upload);
+    }
+    // Managed assets: the app first, the store on its 404.
+    if is_read
+        && let Some(assets) = &state.assets
+        && let Some(path) = assets.managed_path(req.uri().path())
+    {
+        let response = assets::handle_request(assets, &path, req, &client).await;
+        return mark(response, RequestKind::Asset);
+    }
+    // Everything else: forwarded as it is, asset URLs in the answer rewritten.
+    let method = req.method().clone();
     let response = passthrough(&state, req, &client).await;
-    // [rewrite] Response rewriting of asset URLs wraps `response` here.
+    rewrite_response(&state, &method, origin, response)
+}
+
+/// The key of a request under the fs store's serve prefix; `None` for any other path. A
+/// path the store refuses (traversal…) still maps to a key: the store answers 400 for it.
+fn store_key(state: &AppState, path: &str) -> Option<String> {
+    let prefix = state.store_prefix.as_deref()?;
+    let rest = path.strip_prefix(prefix)?;
+    Some(
+        percent_encoding::percent_decode_str(rest)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
+fn mark(mut response: Response<Body>, kind: RequestKind) -> Response<Body> {
+    response.extensions_mut().insert(kind);
     response
+}
+
+/// Way 3: rewrites asset URLs in the URL-valued headers and a rewritable body.
+fn rewrite_response(
+    state: &AppState,
+    method: &Method,
+    origin: Option<Url>,
+    response: Response<Body>,
+) -> Response<Body> {
+    let cfg = &state.config.rewrite;
+    let Some(assets) = state.assets.as_ref().filter(|_| cfg.enabled) else {
+        return response;
+    };
+    let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone())
+        .javascript(cfg.javascript);
+    let (mut parts, body) = response.into_parts();
+    rewrite_headers(&rewriter, &mut parts.headers);
+    let opts = PlanOptions {
+        javascript: cfg.javascript,
+        text_plain: false,
+        max_size: cfg.max_size.as_u64(),
+    };
+    let Some(kind) = rewrite::plan(method, parts.status, &parts.headers, &opts) else {
+        return Response::from_parts(parts, body);
+    };
+    let coding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match rewriter.body(kind, coding.as_deref(), body) {
+        Ok(body) => {
+            rewrite::prepare_headers(&mut parts.headers);
+            Response::from_parts(parts, body)
+        }
+        // `plan` only accepts codings the rewriter decodes; this is a bug, not the app's.
+        Err(err) => {
+            warn!(error = %err, "rewriting a planned response failed");
+            upload::json_response(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"error": "the response could not be rewritten"}),
+            )
+        }
+    }
+}
+
+/// Rewrites `Location`, `Content-Location`, `Link` and `Refresh`, every value of each.
+fn rewrite_headers(rewriter: &Rewriter, headers: &mut http::HeaderMap) {
+    for name in [
+        header::LOCATION,
+        header::CONTENT_LOCATION,
+        header::LINK,
+        header::REFRESH,
+    ] {
+        let http::header::Entry::Occupied(mut entry) = headers.entry(&name) else {
+            continue;
+        };
+        for value in entry.iter_mut() {
+            if let Some(new) = rewriter.header(&name, value) {
+                *value = new;
+            }
+        }
+    }
 }
 
 /// Way 1: forward to the app as it is.
@@ -118,7 +333,7 @@ impl Server {
     /// port 0 picks a free port, see [`Server::local_addr`].
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let config = Arc::new(config);
-        let state = Arc::new(AppState::new(Arc::clone(&config))?);
+        let state = Arc::new(AppState::new(Arc::clone(&config)).await?);
         let tls = match &config.server.tls {
             Some(t) => Some(tls::acceptor(t, config.server.http2)?),
             None => None,
@@ -134,8 +349,9 @@ impl Server {
             ),
             None => None,
         };
-        let admin = Admin::new(state.metrics.clone()).with_check(Arc::new(upstream_check(&config)));
-        // [store] A store readiness check joins here once the store is built.
+        let admin = Admin::new(state.metrics.clone())
+            .with_check(Arc::new(upstream_check(&config)))
+            .with_check(Arc::new(StoreReachable::new(state.store.clone())));
         Ok(Server {
             state,
             listener,

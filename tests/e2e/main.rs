@@ -12,3 +12,4 @@ mod proxy;
 mod security;
 mod server;
 mod store;
+mod upload;

@@ -1,0 +1,124 @@
+//! Whether a response is rewritten at all, and how its headers change when it is.
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+
+use super::encoding::Coding;
+
+/// What kind of body a response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentKind {
+    /// `text/html`, `application/xhtml+xml`.
+    Html,
+    /// `text/css`.
+    Css,
+    /// `application/json`, `*/*+json`.
+    Json,
+    /// `application/xml`, `text/xml`, RSS, Atom, `*/*+xml`.
+    Xml,
+    /// `application/javascript`, `text/javascript` (opt-in).
+    JavaScript,
+    /// `text/plain` (opt-in).
+    Text,
+}
+
+impl ContentKind {
+    /// The kind of a `Content-Type` value, or None when it is not rewritten. JavaScript and
+    /// plain text are rewritten only when asked for.
+    pub fn from_content_type(ct: &str, javascript: bool, text_plain: bool) -> Option<ContentKind> {
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let kind = match essence.as_str() {
+            "text/html" | "application/xhtml+xml" => ContentKind::Html,
+            "text/css" => ContentKind::Css,
+            "application/json" => ContentKind::Json,
+            "application/xml" | "text/xml" | "application/rss+xml" | "application/atom+xml" => {
+                ContentKind::Xml
+            }
+            "application/javascript" | "text/javascript" if javascript => ContentKind::JavaScript,
+            "text/plain" if text_plain => ContentKind::Text,
+            e if e.ends_with("+json") => ContentKind::Json,
+            e if e.ends_with("+xml") => ContentKind::Xml,
+            _ => return None,
+        };
+        Some(kind)
+    }
+}
+
+/// What [`plan`] accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    /// Rewrite JavaScript responses (and inline scripts).
+    pub javascript: bool,
+    /// Rewrite `text/plain` responses.
+    pub text_plain: bool,
+    /// Larger bodies (by `Content-Length`) pass through untouched.
+    pub max_size: u64,
+}
+
+/// Should this response be rewritten at all? Some(kind) when it should; the caller then calls
+/// [`prepare_headers`].
+///
+/// Only `2xx` answers (not `204`/`206`) to non-`HEAD` requests, without `Content-Range` or
+/// `Cache-Control: no-transform`, within `max_size`, of a rewritable type and a supported coding.
+pub fn plan(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+    opts: &PlanOptions,
+) -> Option<ContentKind> {
+    let rewritable_status = status.is_success()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::PARTIAL_CONTENT;
+    if method == Method::HEAD || !rewritable_status || headers.contains_key(header::CONTENT_RANGE) {
+        return None;
+    }
+    if no_transform(headers) || too_large(headers, opts.max_size) {
+        return None;
+    }
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(HeaderValue::to_str);
+    Coding::parse(encoding.transpose().ok()?)?;
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    ContentKind::from_content_type(ct, opts.javascript, opts.text_plain)
+}
+
+fn no_transform(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
+        v.to_str()
+            .unwrap_or_default()
+            .split(',')
+            .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
+    })
+}
+
+/// An unreadable `Content-Length` counts as too large: when in doubt, don't touch the body.
+fn too_large(headers: &HeaderMap, max: u64) -> bool {
+    headers.get(header::CONTENT_LENGTH).is_some_and(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_none_or(|len| len > max)
+    })
+}
+
+/// Fixes the headers of a response that will be rewritten: the length changes (removed) and the
+/// bytes are no longer the app's (a strong `ETag` becomes weak).
+pub fn prepare_headers(headers: &mut HeaderMap) {
+    headers.remove(header::CONTENT_LENGTH);
+    let Some(etag) = headers.get(header::ETAG) else {
+        return;
+    };
+    if etag.as_bytes().starts_with(b"W/") {
+        return;
+    }
+    let mut weak = b"W/".to_vec();
+    weak.extend_from_slice(etag.as_bytes());
+    if let Ok(weak) = HeaderValue::from_bytes(&weak) {
+        headers.insert(header::ETAG, weak);
+    }
+}

@@ -1,0 +1,255 @@
+//! Which requests are uploads: routes compiled once from the config, matched per request by
+//! path (exact or glob), method and required query parameters.
+
+use std::sync::Arc;
+
+use globset::{GlobBuilder, GlobMatcher};
+use http::{Method, Uri};
+
+use super::error::UploadConfigError;
+use super::keys::KeyTemplate;
+use super::policy::Policy;
+use crate::config::{FieldStyle, OnStoreError, UploadMode, UploadRouteConfig};
+
+/// Most bytes of one part's headers (`Content-Disposition`, `Content-Type`…) offload reads
+/// before refusing the request; multer itself only bounds them by the whole body.
+pub const MAX_PART_HEADER_SIZE: u64 = 16 * 1024;
+
+/// How a route's path is matched.
+#[derive(Debug)]
+enum PathMatch {
+    Exact(String),
+    /// `*` stays within one path segment; `**` crosses them.
+    Glob(GlobMatcher),
+}
+
+/// The limits of one route, in bytes and counts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_file_size: u64,
+    pub max_body_size: u64,
+    pub max_parts: usize,
+    pub max_field_size: u64,
+    pub max_part_header_size: u64,
+}
+
+/// One upload route, ready to serve.
+#[derive(Debug)]
+pub struct UploadRoute {
+    path: PathMatch,
+    methods: Vec<Method>,
+    query: Vec<(String, String)>,
+    pub mode: UploadMode,
+    pub on_store_error: OnStoreError,
+    pub field_style: FieldStyle,
+    pub limits: Limits,
+    pub policy: Policy,
+    pub keys: KeyTemplate,
+    /// The store's key prefix, substituted for `{prefix}`.
+    pub key_prefix: String,
+}
+
+/// Every upload route, in config order (the first match wins).
+#[derive(Debug, Default)]
+pub struct UploadRoutes {
+    routes: Vec<Arc<UploadRoute>>,
+}
+
+impl UploadRoutes {
+    /// Compiles the routes once; an unusable route is an error naming its index and key.
+    pub fn new(
+        routes: &[UploadRouteConfig],
+        key_prefix: &str,
+    ) -> Result<UploadRoutes, UploadConfigError> {
+        let routes = routes
+            .iter()
+            .enumerate()
+            .map(|(index, cfg)| UploadRoute::new(index, cfg, key_prefix).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(UploadRoutes { routes })
+    }
+
+    /// The route for this request (path exact or glob, method, required query params), if any.
+    pub fn find(&self, method: &Method, uri: &Uri) -> Option<Arc<UploadRoute>> {
+        self.routes.iter().find(|r| r.matches(method, uri)).cloned()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+impl UploadRoute {
+    fn new(
+        index: usize,
+        cfg: &UploadRouteConfig,
+        key_prefix: &str,
+    ) -> Result<UploadRoute, UploadConfigError> {
+        let path = if cfg.path.contains(['*', '?', '[', '{']) {
+            let glob = GlobBuilder::new(&cfg.path)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| UploadConfigError::Glob {
+                    index,
+                    path: cfg.path.clone(),
+                    reason: e.kind().to_string(),
+                })?;
+            PathMatch::Glob(glob.compile_matcher())
+        } else {
+            PathMatch::Exact(cfg.path.clone())
+        };
+        let methods = cfg
+            .methods
+            .iter()
+            .map(|m| {
+                Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    UploadConfigError::Method {
+                        index,
+                        method: m.clone(),
+                    }
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let query = cfg
+            .query
+            .iter()
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| UploadConfigError::Query {
+                        index,
+                        pair: pair.clone(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let keys = KeyTemplate::parse(&cfg.key_template)
+            .map_err(|reason| UploadConfigError::KeyTemplate { index, reason })?;
+        Ok(UploadRoute {
+            path,
+            methods,
+            query,
+            mode: cfg.mode,
+            on_store_error: cfg.on_store_error,
+            field_style: cfg.field_style,
+            limits: Limits {
+                max_file_size: cfg.max_file_size.as_u64(),
+                max_body_size: cfg.max_body_size.as_u64(),
+                max_parts: cfg.max_parts,
+                max_field_size: cfg.max_field_size.as_u64(),
+                max_part_header_size: MAX_PART_HEADER_SIZE,
+            },
+            policy: Policy::new(cfg),
+            keys,
+            key_prefix: key_prefix.to_string(),
+        })
+    }
+
+    fn matches(&self, method: &Method, uri: &Uri) -> bool {
+        if !self.methods.contains(method) {
+            return false;
+        }
+        let path_ok = match &self.path {
+            PathMatch::Exact(p) => uri.path() == p,
+            PathMatch::Glob(g) => g.is_match(uri.path()),
+        };
+        path_ok && self.query_matches(uri.query().unwrap_or_default())
+    }
+
+    /// Every required `name=value` pair is present (decoded, in any order).
+    fn query_matches(&self, query: &str) -> bool {
+        self.query.iter().all(|(name, value)| {
+            url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == *name && v == *value)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: &str) -> UploadRouteConfig {
+        UploadRouteConfig {
+            path: path.into(),
+            ..UploadRouteConfig::default()
+        }
+    }
+
+    fn uri(s: &str) -> Uri {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn exact_path_and_methods() {
+        let routes = UploadRoutes::new(&[route("/upload")], "").unwrap();
+        assert!(routes.find(&Method::POST, &uri("/upload")).is_some());
+        assert!(routes.find(&Method::PUT, &uri("/upload?x=1")).is_some());
+        assert!(routes.find(&Method::GET, &uri("/upload")).is_none());
+        assert!(routes.find(&Method::POST, &uri("/upload/")).is_none());
+        assert!(routes.find(&Method::POST, &uri("/uploads")).is_none());
+    }
+
+    #[test]
+    fn globs_stay_in_one_segment() {
+        let routes = UploadRoutes::new(&[route("/api/*/files")], "").unwrap();
+        assert!(routes.find(&Method::POST, &uri("/api/v1/files")).is_some());
+        assert!(
+            routes
+                .find(&Method::POST, &uri("/api/v1/x/files"))
+                .is_none()
+        );
+        let deep = UploadRoutes::new(&[route("/api/**/files")], "").unwrap();
+        assert!(deep.find(&Method::POST, &uri("/api/v1/x/files")).is_some());
+    }
+
+    #[test]
+    fn required_query_pairs() {
+        let cfg = UploadRouteConfig {
+            query: vec!["option=com_media".into(), "task=file.upload".into()],
+            methods: vec!["post".into()],
+            ..route("/administrator/index.php")
+        };
+        let routes = UploadRoutes::new(&[cfg], "").unwrap();
+        let m = Method::POST;
+        assert!(
+            routes
+                .find(
+                    &m,
+                    &uri("/administrator/index.php?task=file.upload&x=1&option=com_media")
+                )
+                .is_some()
+        );
+        assert!(
+            routes
+                .find(&m, &uri("/administrator/index.php?option=com_media"))
+                .is_none()
+        );
+        assert!(routes.find(&m, &uri("/administrator/index.php")).is_none());
+    }
+
+    #[test]
+    fn first_match_wins_and_prefix_is_kept() {
+        let a = UploadRouteConfig {
+            mode: UploadMode::Respond,
+            ..route("/u")
+        };
+        let routes = UploadRoutes::new(&[a, route("/u")], "site/").unwrap();
+        let r = routes.find(&Method::POST, &uri("/u")).unwrap();
+        assert_eq!(r.mode, UploadMode::Respond);
+        assert_eq!(r.key_prefix, "site/");
+    }
+
+    #[test]
+    fn bad_routes_are_refused() {
+        let bad_glob = UploadRoutes::new(&[route("/a/[")], "").unwrap_err();
+        assert!(
+            bad_glob.to_string().contains("uploads[0].path"),
+            "{bad_glob}"
+        );
+        let sha = UploadRouteConfig {
+            key_template: "{sha256}".into(),
+            ..route("/u")
+        };
+        let err = UploadRoutes::new(&[route("/ok"), sha], "").unwrap_err();
+        assert!(err.to_string().contains("uploads[1].key_template"), "{err}");
+    }
+}
