@@ -25,8 +25,8 @@ use crate::body::{self, Body};
 use crate::config::{AssetsConfig, MissingAsset, StoreConfig};
 use crate::proxy::{ClientInfo, Upstream};
 use crate::rewrite::{self, AssetMap, Rules};
-use crate::store::{self, ObjectInfo, Presence, PutOptions, Store, StoreError};
 use crate::server::RequestOrigin;
+use crate::store::{self, ObjectInfo, Presence, PutOptions, Store, StoreError};
 use crate::upload::{AfterApp, json_response};
 
 /// Largest app answer to an upload that mirror mode reads to find the assets it names.
@@ -153,7 +153,9 @@ impl OriginPull {
     /// Queues a check (and, when absent, a copy) of `key`, unless one is already queued.
     fn enqueue(self: &Arc<Self>, path: String, key: String) {
         {
-            let Ok(mut pending) = self.pending.lock() else { return };
+            let Ok(mut pending) = self.pending.lock() else {
+                return;
+            };
             if pending.len() >= PULL_QUEUE_LIMIT || !pending.insert(key.clone()) {
                 return;
             }
@@ -191,7 +193,11 @@ impl OriginPull {
 
     /// GETs `path` from the app and stores it under `key`. `Ok(None)` when the app's answer
     /// is not something to offload (not 200, wrong type, too large).
-    pub async fn copy_from_app(&self, path: &str, key: &str) -> Result<Option<ObjectInfo>, PullError> {
+    pub async fn copy_from_app(
+        &self,
+        path: &str,
+        key: &str,
+    ) -> Result<Option<ObjectInfo>, PullError> {
         let request_path = encode_path(path);
         let response = self
             .upstream
@@ -208,7 +214,8 @@ impl OriginPull {
             debug!(%key, ?content_type, "origin pull skipped: type not allowed");
             return Ok(None);
         }
-        let length = header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
+        let length =
+            header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
         if length.is_some_and(|l| l > self.max_size) {
             return Ok(None);
         }
@@ -216,11 +223,17 @@ impl OriginPull {
             // The app compressed it on the fly; storing that would serve the wrong bytes.
             return Ok(None);
         }
+        // Active content (SVG, HTML…) is stored as a download, as uploads are: served from
+        // the store in the site's origin, it must never run there.
+        let filename = path.rsplit('/').next().unwrap_or_default();
+        let content_disposition = content_type
+            .as_deref()
+            .and_then(|ct| crate::upload::download_disposition(ct, filename));
         let opts = PutOptions {
             content_type,
             cache_control: header_str(headers, header::CACHE_CONTROL)
                 .or_else(|| Some(self.cache_control.clone())),
-            content_disposition: None,
+            content_disposition,
             metadata: Default::default(),
             size_hint: length,
         };
@@ -272,7 +285,12 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
 /// Whether `content_type` is in `allowed` (an entry ending in `/` matches a whole family).
 fn type_allowed(allowed: &[String], content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return false };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     allowed.iter().any(|a| {
         if a.ends_with('/') {
             essence.starts_with(a.as_str())
@@ -387,7 +405,8 @@ impl AfterApp for MirrorCopy {
             Ok(text) => text,
             Err(ReadBounded::TooLarge(prefix, rest)) => {
                 // Too large to scan: release it as it is.
-                let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(prefix) });
+                let head =
+                    futures_util::stream::once(async move { Ok::<_, std::io::Error>(prefix) });
                 let tail = rest.into_data_stream().map_err(std::io::Error::other);
                 return Response::from_parts(parts, body::from_stream(head.chain(tail)));
             }
@@ -399,7 +418,10 @@ impl AfterApp for MirrorCopy {
                 );
             }
         };
-        let origin = req.extensions.get::<RequestOrigin>().and_then(|o| o.0.clone());
+        let origin = req
+            .extensions
+            .get::<RequestOrigin>()
+            .and_then(|o| o.0.clone());
         let mut paths = rewrite::collect_asset_paths(&self.assets.rules, origin.as_ref(), &text);
         paths.extend(self.follow_up(req, &text, origin.as_ref()).await);
         let mut stored_hashes = HashSet::new();
@@ -504,7 +526,10 @@ fn answer_id(answer: &[u8]) -> Option<u64> {
 /// `paths` in their first order, without repeats.
 fn dedup(paths: Vec<String>) -> Vec<String> {
     let mut seen = HashSet::new();
-    paths.into_iter().filter(|p| seen.insert(p.clone())).collect()
+    paths
+        .into_iter()
+        .filter(|p| seen.insert(p.clone()))
+        .collect()
 }
 
 enum ReadBounded {

@@ -82,7 +82,9 @@ impl AppState {
         let uploads = UploadRoutes::new(&config.uploads, &config.store.prefix)?;
         let assets = match config.assets.prefixes.is_empty() {
             true => None,
-            false => Some(Arc::new(build_assets(&config, &store, &presence, &upstream)?)),
+            false => Some(Arc::new(build_assets(
+                &config, &store, &presence, &upstream,
+            )?)),
         };
         let follows = config
             .uploads
@@ -170,7 +172,11 @@ fn request_origin(req: &Request<Body>, client: &ClientInfo) -> Option<Url> {
 /// Answers one request: the dispatch between the ways through the proxy. Infallible:
 /// every failure has already become a response. The answering way marks the response
 /// with its [`RequestKind`] extension (default: pass-through).
-pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientInfo) -> Response<Body> {
+pub async fn route(
+    state: Arc<AppState>,
+    mut req: Request<Body>,
+    client: ClientInfo,
+) -> Response<Body> {
     let origin = request_origin(&req, &client);
     req.extensions_mut().insert(RequestOrigin(origin.clone()));
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD);

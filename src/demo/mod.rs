@@ -30,7 +30,9 @@ pub fn demo_config(opts: &DemoOptions, site: SocketAddr) -> anyhow::Result<Confi
     let mut config = Config::default();
     config.server.listen = opts.listen;
     config.server.admin_listen = None;
-    config.upstream.url = format!("http://{site}").parse().context("sample site url")?;
+    config.upstream.url = format!("http://{site}")
+        .parse()
+        .context("sample site url")?;
     config.store.kind = StoreKind::Fs;
     config.store.root = opts.data.clone();
     config.assets.prefixes = vec!["/uploads/".into()];

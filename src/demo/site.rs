@@ -40,7 +40,9 @@ impl Site {
     /// Serves the site on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let site = self.clone();
             tokio::spawn(async move {
@@ -126,12 +128,15 @@ offload, in front of it, copies each upload into the store and points the galler
             .and_then(|v| v.to_str().ok())
             .and_then(|ct| multer::parse_boundary(ct).ok())
         else {
-            return html(StatusCode::BAD_REQUEST, "<h1>Expected a multipart form</h1>");
+            return html(
+                StatusCode::BAD_REQUEST,
+                "<h1>Expected a multipart form</h1>",
+            );
         };
         let stream = http_body_util::BodyStream::new(req.into_body())
             .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
-        let constraints = multer::Constraints::new()
-            .size_limit(multer::SizeLimit::new().per_field(MAX_UPLOAD));
+        let constraints =
+            multer::Constraints::new().size_limit(multer::SizeLimit::new().per_field(MAX_UPLOAD));
         let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
         let mut saved = Vec::new();
         loop {
@@ -139,34 +144,56 @@ offload, in front of it, copies each upload into the store and points the galler
                 Ok(Some(field)) => match self.save(field).await {
                     Ok(Some(name)) => saved.push(name),
                     Ok(None) => {}
-                    Err(err) => return html(StatusCode::BAD_REQUEST, &format!("<h1>{}</h1>", escape(&err))),
+                    Err(err) => {
+                        return html(
+                            StatusCode::BAD_REQUEST,
+                            &format!("<h1>{}</h1>", escape(&err)),
+                        );
+                    }
                 },
                 Ok(None) => break,
-                Err(err) => return html(StatusCode::BAD_REQUEST, &format!("<h1>{}</h1>", escape(&err.to_string()))),
+                Err(err) => {
+                    return html(
+                        StatusCode::BAD_REQUEST,
+                        &format!("<h1>{}</h1>", escape(&err.to_string())),
+                    );
+                }
             }
         }
         let list: String = saved
             .iter()
             .map(|n| {
                 let url = format!("/uploads/{}", encode(n));
-                format!("<li><a href=\"{url}\"><img src=\"{url}\" width=\"120\" alt=\"\"> {}</a></li>", escape(n))
+                format!(
+                    "<li><a href=\"{url}\"><img src=\"{url}\" width=\"120\" alt=\"\"> {}</a></li>",
+                    escape(n)
+                )
             })
             .collect();
         html(
             StatusCode::OK,
-            &page("Uploaded", &format!("<ul>{list}</ul><p><a href=\"/gallery\">Gallery</a></p>")),
+            &page(
+                "Uploaded",
+                &format!("<ul>{list}</ul><p><a href=\"/gallery\">Gallery</a></p>"),
+            ),
         )
     }
 
     /// Saves one file field; `None` for plain fields and empty file inputs.
     async fn save(&self, mut field: multer::Field<'_>) -> Result<Option<String>, String> {
-        let Some(name) = field.file_name().map(safe_name) else { return Ok(None) };
+        let Some(name) = field.file_name().map(safe_name) else {
+            return Ok(None);
+        };
         if name.is_empty() {
             return Ok(None);
         }
         let dir = self.uploads();
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| e.to_string())?;
-        let mut file = tokio::fs::File::create(dir.join(&name)).await.map_err(|e| e.to_string())?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut file = tokio::fs::File::create(dir.join(&name))
+            .await
+            .map_err(|e| e.to_string())?;
         let mut size = 0u64;
         while let Some(chunk) = field.chunk().await.map_err(|e| e.to_string())? {
             size += chunk.len() as u64;
@@ -177,7 +204,9 @@ offload, in front of it, copies each upload into the store and points the galler
     }
 
     async fn static_file(&self, rel: &str) -> Response<Body> {
-        let decoded = percent_encoding::percent_decode_str(rel).decode_utf8_lossy().to_string();
+        let decoded = percent_encoding::percent_decode_str(rel)
+            .decode_utf8_lossy()
+            .to_string();
         let name = safe_name(&decoded);
         if name != decoded {
             return html(StatusCode::NOT_FOUND, "<h1>Not found</h1>");
@@ -200,9 +229,10 @@ offload, in front of it, copies each upload into the store and points the galler
 fn banner() -> Response<Body> {
     let svg = r##"<svg xmlns="http://www.w3.org/2000/svg" width="480" height="80"><rect width="480" height="80" fill="#2b6cb0"/><text x="20" y="50" font-family="sans-serif" font-size="28" fill="white">generated by the site</text></svg>"##;
     let mut response = Response::new(body::full(Bytes::from_static(svg.as_bytes())));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("image/svg+xml"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("image/svg+xml"),
+    );
     response
 }
 
@@ -225,7 +255,10 @@ fn encode(name: &str) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn page(title: &str, content: &str) -> String {

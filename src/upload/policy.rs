@@ -116,6 +116,14 @@ impl Policy {
     }
 }
 
+/// `Content-Disposition: attachment` for a type a browser would run (HTML, SVG, XML,
+/// JavaScript), `None` for any other: what every object stored without an upload route's
+/// decision (origin pull, mirror copies of the app's files) gets, so that the store never
+/// serves active content inline in the site's origin.
+pub fn download_disposition(content_type: &str, filename: &str) -> Option<String> {
+    is_active(&essence(content_type)).then(|| attachment(filename))
+}
+
 /// `type/subtype`, lowercase, without parameters.
 fn essence(content_type: &str) -> String {
     content_type
@@ -264,6 +272,22 @@ fn cap_length(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn active_types_download_others_not() {
+        for ct in [
+            "image/svg+xml",
+            "text/html; charset=utf-8",
+            "TEXT/XML",
+            "application/atom+xml",
+        ] {
+            let cd = download_disposition(ct, "a b.svg").expect(ct);
+            assert!(cd.starts_with("attachment"), "{ct}: {cd}");
+        }
+        for ct in ["image/png", "image/jpeg", "text/css", "application/pdf"] {
+            assert_eq!(download_disposition(ct, "x"), None, "{ct}");
+        }
+    }
+
     use super::*;
 
     fn policy() -> Policy {

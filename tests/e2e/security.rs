@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use offload::store::Store as _;
+
 use crate::support::process::OffloadProcess;
 use crate::support::{App, Proxy, app_and_proxy, client, config_for, raw_exchange};
 
@@ -500,4 +502,496 @@ async fn forged_forwarding_headers_never_reach_the_app() {
     assert_eq!(echo.one("x-forwarded-proto"), Some("http"));
     assert_eq!(echo.one("x-forwarded-host"), Some("site.test"));
     assert_eq!(echo.one("x_other_header"), Some("kept"));
+}
+
+// ---------------------------------------------------------------------------------------
+// The store, assets, uploads: traversal, redirects, SSRF, active content, field injection.
+// ---------------------------------------------------------------------------------------
+
+/// A proxy on an fs store in `root` with `/wp-content/uploads/` managed, plus `tweak`.
+async fn fs_site(
+    root: &std::path::Path,
+    tweak: impl FnOnce(&mut offload::config::Config),
+) -> (App, Proxy, offload::store::FsStore) {
+    let (app, proxy) = app_and_proxy(|c| {
+        c.store.root = root.to_path_buf();
+        c.assets.prefixes = vec!["/wp-content/uploads/".into()];
+        tweak(c);
+    })
+    .await;
+    let store = offload::store::FsStore::new(root, "/_offload/", None).expect("fs store");
+    (app, proxy, store)
+}
+
+async fn put_text(store: &dyn offload::store::Store, key: &str, text: &str) {
+    store
+        .put(
+            key,
+            crate::support::data::bytes_body(text.to_string()),
+            offload::store::PutOptions::default(),
+        )
+        .await
+        .expect("put");
+}
+
+/// `GET target` over a raw socket (the target byte for byte): (status line, whole answer).
+async fn raw_get(addr: SocketAddr, target: &str, extra: &str) -> String {
+    let request =
+        format!("GET {target} HTTP/1.1\r\nHost: site.test\r\n{extra}Connection: close\r\n\r\n");
+    raw_exchange(addr, request.as_bytes(), Duration::from_secs(10)).await
+}
+
+#[tokio::test]
+async fn the_fs_store_prefix_never_serves_outside_its_root() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("store");
+    std::fs::write(dir.path().join("secret.txt"), "SECRET-NEXT-TO-ROOT").expect("secret");
+    let (_app, proxy, store) = fs_site(&root, |_| {}).await;
+    std::fs::write(root.join("secret.txt"), "SECRET-IN-ROOT").expect("secret");
+    put_text(&store, "ok.txt", "fine").await;
+    let ok = raw_get(proxy.addr, "/_offload/ok.txt", "").await;
+    assert!(
+        ok.starts_with("HTTP/1.1 200") && ok.ends_with("fine"),
+        "{ok}"
+    );
+
+    for target in [
+        "/_offload/../secret.txt",
+        "/_offload/../../secret.txt",
+        "/_offload/..%2fsecret.txt",
+        "/_offload/..%2Fsecret.txt",
+        "/_offload/..%2F..%2Fsecret.txt",
+        "/_offload/%2e%2e/secret.txt",
+        "/_offload/%2e%2e%2fsecret.txt",
+        "/_offload/%2E%2E%2F%2E%2E%2Fsecret.txt",
+        "/_offload/..%5csecret.txt",
+        "/_offload/..%5c..%5csecret.txt",
+        "/_offload/..\\secret.txt",
+        "/_offload/ok.txt%00",
+        "/_offload/%00../secret.txt",
+        "/_offload/%252e%252e/secret.txt",
+        "/_offload/%252e%252e%252fsecret.txt",
+        "/_offload/%2fetc%2fpasswd",
+        "/_offload//etc/passwd",
+        "/_offload/../../../../../../etc/passwd",
+        "/_offload/%2e%2e/meta/ok.txt.json",
+        "/_offload/../meta/ok.txt.json",
+        "/_offload/.offload-tmp-x",
+        "/_offload/%c0%ae%c0%ae/secret.txt",
+    ] {
+        let answer = raw_get(proxy.addr, target, "").await;
+        let status = answer.get(9..12).unwrap_or("");
+        assert!(["400", "404"].contains(&status), "{target}: {answer:?}");
+        for leak in ["SECRET", "root:", "sha256", "mtime_ns"] {
+            assert!(!answer.contains(leak), "{target} leaked {leak}: {answer:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn asset_path_traversal_is_never_served_from_or_pulled_into_the_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (app, proxy, store) = fs_site(dir.path(), |_| {}).await;
+    // What a traversal would reach in the store, and in the app.
+    put_text(&store, "wp-config.php", "STORE-SECRET-1").await;
+    put_text(&store, "wp-content/wp-config.php", "STORE-SECRET-2").await;
+    app.serve_file("/wp-config.php", "image/jpeg", "APP-SECRET-DB-PASSWORD");
+    app.serve_file("/wp-content/uploads/real.jpg", "image/jpeg", "real jpeg");
+    let traversals = [
+        "/wp-content/uploads/../../wp-config.php",
+        "/wp-content/uploads/../wp-config.php",
+        "/wp-content/uploads/%2e%2e/%2e%2e/wp-config.php",
+        "/wp-content/uploads/..%2f..%2fwp-config.php",
+        "/wp-content/uploads/%2e%2e%2f%2e%2e%2fwp-config.php",
+        "/wp-content/uploads/..%5c..%5cwp-config.php",
+        "/wp-content/uploads/%252e%252e/%252e%252e/wp-config.php",
+        "/wp-content/uploads/a/../../../wp-config.php",
+        "/wp-content/uploads/x%00/../../../wp-config.php",
+        "/wp-content/uploads//../../wp-config.php",
+    ];
+    for target in traversals {
+        let answer = raw_get(proxy.addr, target, "").await;
+        assert!(!answer.contains("STORE-SECRET"), "{target}: {answer:?}");
+    }
+    // A page naming them: only the real upload may be pulled into the store.
+    let mut page = String::from("<html><body>");
+    for target in traversals {
+        page.push_str(&format!(
+            "<img src=\"{target}\"><img src=\"http://site.test{target}\">"
+        ));
+    }
+    page.push_str("<img src=\"/wp-content/uploads/real.jpg\"></body></html>");
+    app.serve_file("/page.html", "text/html", page);
+    let answer = raw_get(proxy.addr, "/page.html", "").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store
+        .head("wp-content/uploads/real.jpg")
+        .await
+        .expect("head")
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the real upload was never pulled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let any other pull finish, then look at everything the store holds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut keys: Vec<String> = futures_util::StreamExt::collect::<Vec<_>>(store.list(""))
+        .await
+        .into_iter()
+        .map(|r| r.expect("listing").key)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "wp-config.php",
+            "wp-content/uploads/real.jpg",
+            "wp-content/wp-config.php"
+        ]
+    );
+    assert!(
+        !app.seen().iter().any(|r| r == "GET /wp-config.php"),
+        "a pull asked the app for a path outside the prefix: {:?}",
+        app.seen()
+    );
+}
+
+#[tokio::test]
+async fn missing_redirect_points_at_the_public_base_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let public = "https://cdn.example.net/b/";
+    let (_app, proxy, _) = fs_site(dir.path(), |c| {
+        c.assets.missing = offload::config::MissingAsset::Redirect;
+        c.store.public_url = Some(public.parse().expect("url"));
+    })
+    .await;
+    let store = offload::store::FsStore::new(dir.path(), "/_offload/", None).expect("store");
+    put_text(&store, "wp-content/uploads/a.jpg", "jpeg").await;
+    let expected = format!("location: {public}wp-content/uploads/a.jpg\r\n");
+    for (target, extra) in [
+        ("/wp-content/uploads/a.jpg", ""),
+        (
+            "/wp-content/uploads/a.jpg",
+            "X-Forwarded-Host: evil.example\r\n",
+        ),
+        (
+            "/wp-content/uploads/a.jpg",
+            "Forwarded: host=evil.example\r\n",
+        ),
+        ("http://evil.example/wp-content/uploads/a.jpg", ""),
+        ("/wp-content/uploads/./a.jpg", ""),
+    ] {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: evil.example\r\n{extra}Connection: close\r\n\r\n"
+        );
+        let answer = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 302"), "{target}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains(&expected),
+            "{target} {extra}: {answer}"
+        );
+    }
+    for target in [
+        "/wp-content/uploads//evil.example/a.jpg",
+        "/wp-content/uploads/%2F%2Fevil.example/a.jpg",
+        "/wp-content/uploads/missing.jpg",
+    ] {
+        let answer = raw_get(proxy.addr, target, "").await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{target}: {answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("location:"),
+            "{answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn origin_pull_only_ever_asks_the_configured_app() {
+    let evil = crate::support::raw::RawApp::counting().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (app, proxy, store) = fs_site(dir.path(), |c| {
+        c.assets.site_origins = vec!["http://site.test".parse().expect("origin")];
+    })
+    .await;
+    let e = evil.addr;
+    app.serve_file("/wp-content/uploads/real.jpg", "image/jpeg", "real jpeg");
+    let page = format!(
+        "<html><body>\
+         <img src=\"http://{e}/wp-content/uploads/e1.jpg\">\
+         <img src=\"//{e}/wp-content/uploads/e2.jpg\">\
+         <img srcset=\"http://{e}/wp-content/uploads/e3.jpg 2x, //{e}/wp-content/uploads/e4.jpg 3x\">\
+         <img src=\"http://169.254.169.254/wp-content/uploads/e5.jpg\">\
+         <img src=\"//169.254.169.254/latest/meta-data/iam/\">\
+         <img src=\"http://evil.example/wp-content/uploads/e6.jpg\">\
+         <img src=\"http://site.test@{e}/wp-content/uploads/e7.jpg\">\
+         <img src=\"http://{e}\\@site.test/wp-content/uploads/e8.jpg\">\
+         <img src=\"/wp-content/uploads/real.jpg\">\
+         </body></html>"
+    );
+    app.serve_file("/page.html", "text/html", page);
+    // The request's own origin counts as the site: name the evil host as Host.
+    for host in [e.to_string(), "169.254.169.254".to_string()] {
+        let request = format!(
+            "GET /page.html HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-Host: {e}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let answer = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store
+        .head("wp-content/uploads/real.jpg")
+        .await
+        .expect("head")
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the real upload was never pulled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Pulls of the names under the request's own origin went to the app (which 404s).
+    while !app
+        .seen()
+        .iter()
+        .any(|r| r == "GET /wp-content/uploads/e1.jpg")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no pull for e1: {:?}",
+            app.seen()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(evil.connections(), 0, "the evil host was contacted");
+}
+
+/// A multipart body with one text field and the given file parts (raw header lines).
+fn multipart(boundary: &str, files: &[(&str, &str, &[u8])]) -> Vec<u8> {
+    let mut body =
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nhello\r\n")
+            .into_bytes();
+    for (disposition, content_type, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body
+}
+
+const SVG: &[u8] =
+    b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(document.domain)</script></svg>";
+const HTML: &[u8] = b"<!doctype html><html><script>alert(document.domain)</script></html>";
+
+/// Whether a browser would run this answer in the site's origin: it is inline and of an
+/// active type, or it may be sniffed.
+fn runs_in_browser(headers: &reqwest::header::HeaderMap) -> bool {
+    let get = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    let attachment = get("content-disposition").starts_with("attachment");
+    let nosniff = get("x-content-type-options") == "nosniff";
+    let ct = get("content-type");
+    let active = ["html", "svg", "xml", "javascript"]
+        .iter()
+        .any(|t| ct.contains(t));
+    !nosniff || (active && !attachment)
+}
+
+#[tokio::test]
+async fn uploaded_and_pulled_active_content_is_served_as_a_download() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (app, proxy, store) = fs_site(dir.path(), |c| {
+        c.uploads = vec![offload::config::UploadRouteConfig {
+            path: "/upload".into(),
+            mode: offload::config::UploadMode::Respond,
+            ..Default::default()
+        }];
+    })
+    .await;
+    // Each file on its own: a type the route refuses (415) is as safe as a download.
+    let mut stored = 0;
+    for (disposition, content_type, bytes) in [
+        (
+            "form-data; name=\"a\"; filename=\"x.svg\"",
+            "image/svg+xml",
+            SVG,
+        ),
+        (
+            "form-data; name=\"b\"; filename=\"x.html\"",
+            "text/html",
+            HTML,
+        ),
+        (
+            "form-data; name=\"c\"; filename=\"x.png\"",
+            "image/png",
+            HTML,
+        ),
+        (
+            "form-data; name=\"d\"; filename=\"x.jpg\"",
+            "text/html",
+            SVG,
+        ),
+        ("form-data; name=\"e\"; filename=\"x.xml\"", "text/xml", SVG),
+    ] {
+        let body = multipart("XyZ", &[(disposition, content_type, bytes)]);
+        let resp = client()
+            .post(proxy.url("/upload"))
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(body)
+            .send()
+            .await
+            .expect("upload");
+        let status = resp.status();
+        let json: serde_json::Value = resp.json().await.expect("json");
+        if status == 415 {
+            continue;
+        }
+        assert_eq!(status, 201, "{disposition}: {json}");
+        let key = json["files"][0]["key"].as_str().expect("key").to_string();
+        let resp = client()
+            .get(proxy.url(&format!("/_offload/{}", offload::store::encode_key(&key))))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), 200, "{key}");
+        assert!(
+            !runs_in_browser(resp.headers()),
+            "{key}: {:?}",
+            resp.headers()
+        );
+        stored += 1;
+    }
+    assert!(
+        stored >= 2,
+        "only {stored} of the files were accepted at all"
+    );
+
+    // Pulled from the app (a page names it), then served from the store.
+    app.serve_file("/wp-content/uploads/logo.svg", "image/svg+xml", SVG);
+    app.serve_file(
+        "/page.html",
+        "text/html",
+        "<img src=\"/wp-content/uploads/logo.svg\">",
+    );
+    let page = client()
+        .get(proxy.url("/page.html"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store
+        .head("wp-content/uploads/logo.svg")
+        .await
+        .expect("head")
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the SVG was never pulled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.remove_file("/wp-content/uploads/logo.svg");
+    for path in [
+        "/_offload/wp-content/uploads/logo.svg",
+        "/wp-content/uploads/logo.svg",
+    ] {
+        let resp = client().get(proxy.url(path)).send().await.expect("get");
+        assert_eq!(resp.status(), 200, "{path}");
+        assert!(
+            !runs_in_browser(resp.headers()),
+            "{path}: {:?}",
+            resp.headers()
+        );
+    }
+}
+
+#[tokio::test]
+async fn hostile_filenames_never_break_the_fields_replace_mode_sends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_app, proxy, _) = fs_site(dir.path(), |c| {
+        c.uploads = vec![offload::config::UploadRouteConfig {
+            path: "/replace".into(),
+            mode: offload::config::UploadMode::Replace,
+            ..Default::default()
+        }];
+    })
+    .await;
+    let b = "XyZ";
+    let injected = format!(
+        "evil%0D%0A--{b}%0D%0AContent-Disposition%3A%20form-data%3B%20name%3D%22injected%22%0D%0A%0D%0Apwned%0D%0A--{b}--%0D%0A.jpg"
+    );
+    let star = format!("form-data; name=\"f1\"; filename*=UTF-8''{injected}");
+    let body = multipart(
+        b,
+        &[
+            (star.as_str(), "image/jpeg", b"\xff\xd8\xff\xe0 one"),
+            (
+                "form-data; name=\"f2\"; filename=\"a\\\"; name=\\\"injected\\\".jpg\"",
+                "image/jpeg",
+                b"\xff\xd8\xff\xe0 two",
+            ),
+            (
+                "form-data; name=\"f3\"; filename=\"..\\\\..\\\\x\u{202e}gpj.php\u{0}\r\n.jpg\"",
+                "image/jpeg",
+                b"\xff\xd8\xff\xe0 three",
+            ),
+        ],
+    );
+    let resp = client()
+        .post(proxy.url("/replace"))
+        .header("content-type", format!("multipart/form-data; boundary={b}"))
+        .body(body)
+        .send()
+        .await
+        .expect("upload");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    if status.is_client_error() {
+        // Refusing a malformed part is fine too; it must say why, and store nothing.
+        assert!(text.contains("error"), "{text}");
+        return;
+    }
+    assert_eq!(status, 200, "{text}");
+    let echo = crate::support::app::Echo::parse(&text);
+    let ct = echo.one("content-type").expect("content type").to_string();
+    let boundary = multer::parse_boundary(&ct).expect("boundary");
+    let stream = futures_util::stream::once(async move {
+        Ok::<_, std::io::Error>(bytes::Bytes::from(echo.body_head.clone()))
+    });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut names = Vec::new();
+    while let Some(field) = form.next_field().await.expect("well-formed multipart") {
+        let name = field.name().unwrap_or_default().to_string();
+        let value = field.text().await.expect("field text");
+        assert!(
+            !value.contains(['\r', '\n', '\0', '\u{202e}']),
+            "{name} = {value:?}"
+        );
+        names.push(name);
+    }
+    names.sort();
+    let mut expected = vec!["title".to_string()];
+    for f in ["f1", "f2", "f3"] {
+        for suffix in ["content_type", "filename", "key", "sha256", "size", "url"] {
+            expected.push(format!("{f}[{suffix}]"));
+        }
+    }
+    expected.sort();
+    assert_eq!(names, expected);
 }
