@@ -330,3 +330,259 @@ async fn sigterm_lets_a_slow_request_finish_refuses_new_ones_and_exits_0() {
         process.logs()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The store failing under the full proxy (the real binary on s3s-fs, or in-process on fs).
+// ---------------------------------------------------------------------------------------
+
+const MIB: u64 = 1 << 20;
+const BOUNDARY: &str = "faultsBoundary7MA4YWxkTrZu0gW";
+
+/// A multipart body with one `file_len`-byte file; when `trigger_at` file bytes are sent it
+/// signals `tx` and pauses 300 ms (so the test can break the store mid-stream).
+fn upload_body(
+    file_len: u64,
+    trigger_at: u64,
+    tx: Option<tokio::sync::oneshot::Sender<()>>,
+) -> reqwest::Body {
+    let head = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nt\r\n\
+         --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let block = crate::support::pattern_block();
+    let state = (0u8, 0u64, tx);
+    let stream = futures_util::stream::unfold(state, move |(phase, sent, mut tx)| {
+        let (head, tail, block) = (head.clone(), tail.clone(), block.clone());
+        async move {
+            match phase {
+                0 => Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(head)),
+                    (1, 0, tx),
+                )),
+                1 if sent < file_len => {
+                    if sent >= trigger_at
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send(());
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let n = (file_len - sent).min(block.len() as u64);
+                    Some((Ok(block.slice(..n as usize)), (1, sent + n, tx)))
+                }
+                1 => Some((Ok(bytes::Bytes::from(tail)), (2, sent, tx))),
+                _ => None,
+            }
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+async fn s3_keys(store: &dyn Store) -> Vec<String> {
+    futures_util::StreamExt::collect::<Vec<_>>(store.list(""))
+        .await
+        .into_iter()
+        .filter_map(|r| r.ok().map(|i| i.key))
+        .collect()
+}
+
+async fn s3_offload(
+    server: &crate::support::s3::S3Server,
+    app: std::net::SocketAddr,
+) -> OffloadProcess {
+    let config = crate::support::process::s3_config(server);
+    let env = crate::support::process::s3_env(server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    OffloadProcess::start_with_config(app, Some(&config), &[], &env).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_stopped_mid_upload_leaves_nothing_in_every_mode() {
+    let mut server = crate::support::s3::start().await;
+    let app = crate::support::App::start().await;
+    let process = s3_offload(&server, app.addr).await;
+    let store = server.target().store().await;
+    let url = |path: &str| format!("http://{}{path}", process.addr);
+    for mode in ["respond", "replace", "mirror"] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = client()
+            .post(url(&format!("/{mode}")))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(upload_body(30 * MIB, 12 * MIB, Some(tx)))
+            .send();
+        let stopper = async {
+            let _ = rx.await;
+            server.stop();
+        };
+        let (resp, ()) = tokio::join!(request, stopper);
+        if let Ok(resp) = resp {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            assert!(status == 502 || status == 503, "{mode}: {status} {text}");
+            assert!(
+                text.contains("\"error\"") && text.len() < 300,
+                "{mode}: {text}"
+            );
+        }
+        server.restart().await;
+        // Rollback deletes and multipart aborts finish once the store is back.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let keys = s3_keys(&store).await;
+            let open = server.leftover_uploads();
+            if keys.is_empty() && open.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode}: left behind: objects {keys:?}, open multipart uploads {open:?}\n{}",
+                process.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if mode != "mirror" {
+            assert!(
+                !app.seen().iter().any(|r| r.contains(&format!("/{mode}"))),
+                "{mode}: the app saw the upload"
+            );
+        }
+        // Still serving: an upload now succeeds and is whole.
+        let resp = client()
+            .post(url("/respond"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(upload_body(MIB + 1, u64::MAX, None))
+            .send()
+            .await
+            .expect("upload after the outage");
+        assert_eq!(resp.status(), 201, "{mode}");
+        let json: serde_json::Value = resp.json().await.expect("json");
+        let key = json["files"][0]["key"].as_str().expect("key").to_string();
+        let got = store.get(&key, None).await.expect("get").expect("stored");
+        assert_eq!(
+            data::digest(got.body).await.expect("read").1,
+            crate::support::pattern_sha256(MIB + 1)
+        );
+        store.delete(&key).await.expect("delete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_while_serving_a_fallback_is_503_with_a_short_body() {
+    let mut server = crate::support::s3::start().await;
+    let app = crate::support::App::start().await;
+    let process = s3_offload(&server, app.addr).await;
+    let store = server.target().store().await;
+    store
+        .put(
+            "wp-content/uploads/x.jpg",
+            data::bytes_body("jpeg bytes"),
+            PutOptions::default(),
+        )
+        .await
+        .expect("put");
+    let url = |path: &str| format!("http://{}{path}", process.addr);
+    let resp = client()
+        .get(url("/wp-content/uploads/x.jpg"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "jpeg bytes");
+
+    server.stop();
+    for path in ["/wp-content/uploads/x.jpg", "/wp-content/uploads/y.jpg"] {
+        let started = Instant::now();
+        let resp = client().get(url(path)).send().await.expect("get");
+        assert_eq!(resp.status(), 503, "{path}");
+        assert_eq!(
+            resp.text().await.expect("body"),
+            "object store unavailable\n"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{path}");
+    }
+    // Pass-through does not need the store.
+    let resp = client().get(url("/ok")).send().await.expect("get");
+    assert_eq!(resp.status(), 200);
+
+    server.restart().await;
+    let resp = client()
+        .get(url("/wp-content/uploads/x.jpg"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn a_full_disk_under_the_fs_store_fails_the_upload_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(_mounted) = mount_tmpfs(dir.path(), "8m") else {
+        eprintln!("SKIPPED a_full_disk…: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let app = crate::support::App::start().await;
+    let mut config = config_for(app.addr);
+    config.store.root = dir.path().to_path_buf();
+    config.uploads = vec![offload::config::UploadRouteConfig {
+        path: "/respond".into(),
+        mode: offload::config::UploadMode::Respond,
+        ..Default::default()
+    }];
+    let proxy = Proxy::start(config).await;
+    let store = FsStore::new(dir.path(), "/_offload/", None).expect("store");
+    store
+        .put(
+            "kept/ok.txt",
+            data::bytes_body("still here"),
+            PutOptions::default(),
+        )
+        .await
+        .expect("put");
+    let before = files_under(dir.path());
+
+    let resp = client()
+        .post(proxy.url("/respond"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(upload_body(16 * MIB, u64::MAX, None))
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(status.is_server_error(), "{status}: {text}");
+        assert!(text.contains("\"error\"") && text.len() < 300, "{text}");
+    }
+    assert_eq!(
+        files_under(dir.path()),
+        before,
+        "a partial object or temp file was left"
+    );
+    // Still serving what it has, and taking uploads that fit.
+    let resp = client()
+        .get(proxy.url("/_offload/kept/ok.txt"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.text().await.expect("body"), "still here");
+    let resp = client()
+        .post(proxy.url("/respond"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(upload_body(MIB, u64::MAX, None))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), 201);
+}

@@ -22,7 +22,21 @@ impl OffloadProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> OffloadProcess {
+        OffloadProcess::start_with_config(upstream, None, args, env).await
+    }
+
+    /// As [`OffloadProcess::start`], with `config` (TOML) as `--config`.
+    pub async fn start_with_config(
+        upstream: SocketAddr,
+        config: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> OffloadProcess {
         let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("proxy.toml");
+        if let Some(text) = config {
+            std::fs::write(&config_path, text).expect("write config");
+        }
         let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
         let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_offload"));
@@ -33,9 +47,18 @@ impl OffloadProcess {
             .args(["--admin-listen", "off"])
             .args(["--log-format", "json"])
             .args(args)
+            .args(
+                config
+                    .map(|_| vec!["--config".to_string(), config_path.display().to_string()])
+                    .unwrap_or_default(),
+            )
             .current_dir(dir.path())
             .env_remove("RUST_LOG")
             .env_remove("OFFLOAD_CONFIG")
+            // Credentials only from what the test passes: no profile files, no IMDS.
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -131,4 +154,48 @@ impl Drop for OffloadProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A config for offload on the s3s-fs `server`: three upload routes (`/respond`,
+/// `/replace`, `/mirror`) and `/wp-content/uploads/` managed.
+pub fn s3_config(server: &super::s3::S3Server) -> String {
+    format!(
+        r#"[server]
+shutdown_grace = "2s"
+
+[store]
+kind = "s3"
+bucket = "{bucket}"
+region = "us-east-1"
+endpoint = "{endpoint}"
+path_style = true
+part_size = "5MiB"
+max_attempts = 1
+
+[assets]
+prefixes = ["/wp-content/uploads/"]
+
+[[uploads]]
+path = "/respond"
+mode = "respond"
+
+[[uploads]]
+path = "/replace"
+mode = "replace"
+
+[[uploads]]
+path = "/mirror"
+mode = "mirror"
+"#,
+        bucket = server.bucket,
+        endpoint = server.endpoint(),
+    )
+}
+
+/// The environment giving offload `server`'s credentials.
+pub fn s3_env(server: &super::s3::S3Server) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", server.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", server.secret_key.clone()),
+    ]
 }
