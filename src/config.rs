@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are kept and extended; from anyone else
     /// they are replaced.
     pub trusted_proxies: Vec<IpNet>,
+    /// Threads serving requests: 0 = one per CPU core; 1 = a single-threaded runtime (the
+    /// least overhead per request, like one nginx worker).
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             max_header_size: ByteSize::kib(64),
             max_headers: 100,
             trusted_proxies: Vec::new(),
+            worker_threads: 0,
         }
     }
 }
@@ -770,6 +774,7 @@ mod tests {
             header_read_timeout = "250ms"
             max_header_size = "16KiB"
             trusted_proxies = ["10.0.0.0/8", "::1/128"]
+            worker_threads = 1
             [[uploads]]
             path = "/api/*/files"
             mode = "respond"
@@ -781,6 +786,7 @@ mod tests {
         assert_eq!(c.server.header_read_timeout, Duration::from_millis(250));
         assert_eq!(c.server.max_header_size, ByteSize::kib(16));
         assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert_eq!(c.server.worker_threads, 1);
         assert_eq!(c.uploads[0].mode, UploadMode::Respond);
         assert_eq!(c.uploads[0].max_file_size, ByteSize::mib(2));
     }

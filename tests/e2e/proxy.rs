@@ -54,6 +54,48 @@ async fn bodies_round_trip_byte_exact_both_ways() {
             );
         }
     }
+    // Streamed both ways: 256 MiB bodies never sit in memory (client, proxy and app all live
+    // in this process, so its peak resident size bounds all three).
+    if let Some(peak) = peak_rss_kib() {
+        assert!(
+            peak < 160 * 1024,
+            "peak RSS {peak} KiB: something buffered a body"
+        );
+    }
+}
+
+/// The process's peak resident set size (Linux), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn upstream_get_fetches_from_the_app() {
+    let app = crate::support::App::start().await;
+    let config = crate::support::config_for(app.addr);
+    let upstream = offload::proxy::Upstream::new(&config.upstream).expect("upstream");
+    let mut headers = http::HeaderMap::new();
+    headers.insert("cookie", http::HeaderValue::from_static("session=1"));
+    let resp = upstream.get("/g%20x?y=1", headers).await.expect("GET");
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let echo = Echo::parse(&String::from_utf8_lossy(&body));
+    assert_eq!(
+        (echo.method.as_str(), echo.target.as_str()),
+        ("GET", "/g%20x?y=1")
+    );
+    assert_eq!(echo.one("cookie"), Some("session=1"));
+    assert_eq!(echo.one("host"), Some(app.addr.to_string().as_str()));
+    let err = upstream
+        .get("not a path", http::HeaderMap::new())
+        .await
+        .expect_err("bad target");
+    assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
