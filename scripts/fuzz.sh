@@ -36,7 +36,8 @@ for target in $targets; do
     cargo fuzz run --sanitizer "$sanitizer" "$target" "corpus/$target" "${seeds[@]}" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -max_len=65536 \
         -print_final_stats=1 "${dict[@]}" >"logs/$target.log" 2>&1 || status=$?
-    runs=$(grep -o 'Done [0-9]* runs' "logs/$target.log" | tail -n 1 | awk '{print $2}')
+    runs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "logs/$target.log" | tail -n 1 |
+        awk '{print $2}' || true)
     crashes=$(find "artifacts/$target" -type f | wc -l)
     summary+=("$target: ${secs}s, ${runs:-?} runs, exit $status, $crashes artifact(s)")
     if [[ $status -ne 0 ]]; then

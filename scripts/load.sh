@@ -19,6 +19,7 @@ conns=${2:-1000}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 work=$(mktemp -d /tmp/offload-load.XXXXXX)
+chmod 755 "$work" # nginx workers run unprivileged
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
