@@ -20,6 +20,8 @@ cleanup() {
 trap cleanup EXIT
 
 export OFFLOAD_E2E_DIR="${OFFLOAD_E2E_DIR:-$(mktemp -d /tmp/offload-e2e.XXXXXX)}"
+# MariaDB runs as its own user and must reach its data folder inside.
+chmod 755 "$OFFLOAD_E2E_DIR"
 
 # A real WordPress (Debian's 6.1) on 127.0.0.1: two web servers sharing one database, each
 # with its own uploads folder, for the WordPress and scale-out tests.
@@ -28,6 +30,8 @@ if [[ -z "${OFFLOAD_TEST_SKIP_WORDPRESS:-}" ]]; then
   started_wordpress=1
   WP_SERVERS=2 scripts/e2e/wordpress-up.sh >&2
   export OFFLOAD_TEST_WORDPRESS="$OFFLOAD_E2E_DIR/wordpress/wordpress.env"
+  # WordPress was started: its tests (and the joomla-like ones, which need its php) must run.
+  export OFFLOAD_REQUIRE_WORDPRESS=1
 fi
 
 # moto's S3 server in authenticated mode: the store tests run against it too, so the code

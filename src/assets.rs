@@ -35,6 +35,20 @@ const MIRROR_ANSWER_LIMIT: usize = 4 << 20;
 /// Most origin pulls waiting at once; past it new ones are dropped (a later page asks again).
 const PULL_QUEUE_LIMIT: usize = 10_000;
 
+/// Largest (uncompressed) text answer read whole to look up the assets it names before it
+/// is rewritten; larger answers stream, rewriting from the presence cache alone.
+const RESOLVE_BODY_LIMIT: usize = 2 << 20;
+
+/// Longest a response waits for the store to say which of its unknown assets it holds.
+const RESOLVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Presence checks (HEADs) in flight at once for one response.
+const RESOLVE_CONCURRENCY: usize = 16;
+
+/// Answers read whole at once (each at most [`RESOLVE_BODY_LIMIT`]: 64 MiB in all); past it,
+/// answers stream and are rewritten from the presence cache alone.
+const RESOLVE_BODIES_AT_ONCE: usize = 32;
+
 /// Everything asset handling needs, built once.
 pub struct Assets {
     pub rules: Arc<Rules>,
@@ -42,6 +56,8 @@ pub struct Assets {
     pub store: Arc<dyn Store>,
     pub upstream: Arc<Upstream>,
     missing: MissingAsset,
+    /// Bounds the memory of answers read whole by [`Assets::resolve_body`].
+    resolve_budget: Semaphore,
 }
 
 impl Assets {
@@ -73,6 +89,31 @@ impl Assets {
             store,
             upstream,
             missing: cfg.missing,
+            resolve_budget: Semaphore::new(RESOLVE_BODIES_AT_ONCE),
+        }
+    }
+
+    /// Prepares an uncompressed text answer for rewriting: when it is small (at most
+    /// [`RESOLVE_BODY_LIMIT`]) and the memory budget allows, it is read whole and the store is
+    /// asked about the assets it names ([`Assets::resolve_named`]); otherwise it streams on.
+    pub async fn resolve_body(
+        &self,
+        origin: Option<&url::Url>,
+        body: Body,
+    ) -> Result<Body, crate::body::BoxError> {
+        if self.index.assume_present {
+            return Ok(body);
+        }
+        let Ok(_permit) = self.resolve_budget.try_acquire() else {
+            return Ok(body);
+        };
+        match read_bounded(body, RESOLVE_BODY_LIMIT).await {
+            Ok(text) => {
+                self.resolve_named(origin, &text).await;
+                Ok(body::full(text))
+            }
+            Err(ReadBounded::TooLarge(prefix, rest)) => Ok(prepend(prefix, rest)),
+            Err(ReadBounded::Failed(err)) => Err(err),
         }
     }
 
@@ -85,6 +126,47 @@ impl Assets {
     /// The store key of a managed path.
     pub fn key(&self, path: &str) -> String {
         store::asset_key(&self.index.key_prefix, path)
+    }
+
+    /// Asks the store about every asset `text` names that the presence cache does not know
+    /// (HEADs, shared with concurrent askers, at most [`RESOLVE_WAIT`] in all), so that the
+    /// rewrite that follows points at the bucket for objects another replica just stored.
+    /// Assets found absent are queued for an origin pull. Returns how many were looked up.
+    ///
+    /// Without this, a replica whose cache is cold (it did not handle the upload) would serve
+    /// its first pages with local URLs for files only the bucket has.
+    pub async fn resolve_named(&self, origin: Option<&url::Url>, text: &[u8]) -> usize {
+        if self.index.assume_present {
+            return 0;
+        }
+        let unknown: Vec<(String, String)> =
+            dedup(rewrite::collect_asset_paths(&self.rules, origin, text))
+                .into_iter()
+                .map(|path| {
+                    let key = self.key(&path);
+                    (path, key)
+                })
+                .filter(|(_, key)| self.index.presence.cached(key).is_none())
+                .collect();
+        let count = unknown.len();
+        if count == 0 {
+            return 0;
+        }
+        let lookups = futures_util::stream::iter(unknown)
+            .map(|(path, key)| async move {
+                if let Ok(false) = self.index.presence.is_present(&key).await {
+                    self.index.pull.enqueue(path, key);
+                }
+            })
+            .buffer_unordered(RESOLVE_CONCURRENCY)
+            .for_each(|()| async {});
+        if tokio::time::timeout(RESOLVE_WAIT, lookups).await.is_err() {
+            debug!(
+                count,
+                "store lookups for a response timed out; unknown assets stay local"
+            );
+        }
+        count
     }
 }
 
@@ -405,10 +487,7 @@ impl AfterApp for MirrorCopy {
             Ok(text) => text,
             Err(ReadBounded::TooLarge(prefix, rest)) => {
                 // Too large to scan: release it as it is.
-                let head =
-                    futures_util::stream::once(async move { Ok::<_, std::io::Error>(prefix) });
-                let tail = rest.into_data_stream().map_err(std::io::Error::other);
-                return Response::from_parts(parts, body::from_stream(head.chain(tail)));
+                return Response::from_parts(parts, prepend(prefix, rest));
             }
             Err(ReadBounded::Failed(err)) => {
                 warn!(error = %err, "reading the app's upload answer failed");
@@ -530,6 +609,13 @@ fn dedup(paths: Vec<String>) -> Vec<String> {
         .into_iter()
         .filter(|p| seen.insert(p.clone()))
         .collect()
+}
+
+/// `head` followed by the rest of `tail`: a body given back whole after a bounded read.
+fn prepend(head: Bytes, tail: Body) -> Body {
+    let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) });
+    let tail = tail.into_data_stream().map_err(std::io::Error::other);
+    body::from_stream(head.chain(tail))
 }
 
 enum ReadBounded {

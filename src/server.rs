@@ -154,19 +154,36 @@ fn public_base(config: &Config, store: &dyn Store) -> anyhow::Result<Url> {
         .with_context(|| format!("store: public URL {base:?}"))
 }
 
-/// The origin the client used (`scheme://host[:port]`), as rewriting compares URLs with it.
+/// The origin the client used (`scheme://host[:port]`), as rewriting compares URLs with it;
+/// put in the request's extensions for the ways that need it (mirror uploads).
 #[derive(Debug, Clone)]
 pub struct RequestOrigin(pub Option<Url>);
 
-fn request_origin(req: &Request<Body>, client: &ClientInfo) -> Option<Url> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
-    let scheme = if client.tls { "https" } else { "http" };
-    Url::parse(&format!("{scheme}://{host}/")).ok()
+/// What the origin is made of, captured cheaply before the request is forwarded; the URL is
+/// only built when a response is actually rewritten.
+struct OriginParts {
+    host: Option<http::HeaderValue>,
+    tls: bool,
+}
+
+impl OriginParts {
+    fn of(req: &Request<Body>, client: &ClientInfo) -> OriginParts {
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
+        OriginParts {
+            host,
+            tls: client.tls,
+        }
+    }
+
+    fn url(&self) -> Option<Url> {
+        let host = self.host.as_ref()?.to_str().ok()?;
+        let scheme = if self.tls { "https" } else { "http" };
+        Url::parse(&format!("{scheme}://{host}/")).ok()
+    }
 }
 
 /// Answers one request: the dispatch between the ways through the proxy. Infallible:
@@ -177,8 +194,7 @@ pub async fn route(
     mut req: Request<Body>,
     client: ClientInfo,
 ) -> Response<Body> {
-    let origin = request_origin(&req, &client);
-    req.extensions_mut().insert(RequestOrigin(origin.clone()));
+    let origin = OriginParts::of(&req, &client);
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
     // The fs store, served by offload itself under its own prefix.
     if is_read && let Some(key) = store_key(&state, req.uri().path()) {
@@ -188,6 +204,7 @@ pub async fn route(
     }
     // Upload routes: caught before anything reaches the app.
     if let Some(upload_route) = state.uploads.find(req.method(), req.uri()) {
+        req.extensions_mut().insert(RequestOrigin(origin.url()));
         let ctx = UploadContext {
             store: state.store.clone(),
             upstream: state.upstream.clone(),
@@ -208,7 +225,7 @@ pub async fn route(
     // Everything else: forwarded as it is, asset URLs in the answer rewritten.
     let method = req.method().clone();
     let response = passthrough(&state, req, &client).await;
-    rewrite_response(&state, &method, origin, response)
+    rewrite_response(&state, &method, &origin, response).await
 }
 
 /// The key of a request under the fs store's serve prefix; `None` for any other path. A
@@ -229,26 +246,37 @@ fn mark(mut response: Response<Body>, kind: RequestKind) -> Response<Body> {
 }
 
 /// Way 3: rewrites asset URLs in the URL-valued headers and a rewritable body.
-fn rewrite_response(
+///
+/// An uncompressed body of at most [`assets::RESOLVE_BODY_LIMIT`] is read whole first and
+/// the store is asked about the assets it names that this replica does not know yet, so a
+/// replica that did not handle an upload still points its first page at the bucket; larger
+/// or compressed bodies stream, rewritten from the presence cache alone.
+async fn rewrite_response(
     state: &AppState,
     method: &Method,
-    origin: Option<Url>,
+    origin: &OriginParts,
     response: Response<Body>,
 ) -> Response<Body> {
     let cfg = &state.config.rewrite;
     let Some(assets) = state.assets.as_ref().filter(|_| cfg.enabled) else {
         return response;
     };
-    let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone())
-        .javascript(cfg.javascript);
     let (mut parts, body) = response.into_parts();
-    rewrite_headers(&rewriter, &mut parts.headers);
     let opts = PlanOptions {
         javascript: cfg.javascript,
         text_plain: false,
         max_size: cfg.max_size.as_u64(),
     };
-    let Some(kind) = rewrite::plan(method, parts.status, &parts.headers, &opts) else {
+    let plan = rewrite::plan(method, parts.status, &parts.headers, &opts);
+    let url_headers = URL_HEADERS.iter().any(|h| parts.headers.contains_key(h));
+    if plan.is_none() && !url_headers {
+        // Most responses (assets, redirect-free API calls): no rewriter is even built.
+        return Response::from_parts(parts, body);
+    }
+    let origin = origin.url();
+    let Some(kind) = plan else {
+        let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone());
+        rewrite_headers(&rewriter, &mut parts.headers);
         return Response::from_parts(parts, body);
     };
     let coding = parts
@@ -256,6 +284,22 @@ fn rewrite_response(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let body = match coding {
+        None => match assets.resolve_body(origin.as_ref(), body).await {
+            Ok(body) => body,
+            Err(err) => {
+                warn!(error = %err, "reading the app's answer failed");
+                return upload::json_response(
+                    http::StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": "the app's answer broke off"}),
+                );
+            }
+        },
+        Some(_) => body,
+    };
+    let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone())
+        .javascript(cfg.javascript);
+    rewrite_headers(&rewriter, &mut parts.headers);
     match rewriter.body(kind, coding.as_deref(), body) {
         Ok(body) => {
             rewrite::prepare_headers(&mut parts.headers);
@@ -272,14 +316,17 @@ fn rewrite_response(
     }
 }
 
+/// Response headers whose values are URLs.
+const URL_HEADERS: [header::HeaderName; 4] = [
+    header::LOCATION,
+    header::CONTENT_LOCATION,
+    header::LINK,
+    header::REFRESH,
+];
+
 /// Rewrites `Location`, `Content-Location`, `Link` and `Refresh`, every value of each.
 fn rewrite_headers(rewriter: &Rewriter, headers: &mut http::HeaderMap) {
-    for name in [
-        header::LOCATION,
-        header::CONTENT_LOCATION,
-        header::LINK,
-        header::REFRESH,
-    ] {
+    for name in URL_HEADERS {
         let http::header::Entry::Occupied(mut entry) = headers.entry(&name) else {
             continue;
         };

@@ -8,10 +8,12 @@ non-zero when WordPress did not answer as expected.
     python3 scripts/e2e/wp_client.py make-jpeg --out /tmp/x.jpg [--width 2000 --height 1500]
     python3 scripts/e2e/wp_client.py upload   --base URL --file F [--via async|rest|rest-raw]
     python3 scripts/e2e/wp_client.py post     --base URL --attachment-id ID [--title T]
-    python3 scripts/e2e/wp_client.py page     --base URL --url POST_URL
+    python3 scripts/e2e/wp_client.py page     --base URL --url POST_URL [--login]
     python3 scripts/e2e/wp_client.py library  --base URL
     python3 scripts/e2e/wp_client.py media    --base URL --attachment-id ID
     python3 scripts/e2e/wp_client.py scenario --base URL [--file F] [--uploads-dir DIR]
+
+--raw-out FILE (upload, media, library, page) also writes the answer's body as received.
 
 --base is where requests go (WordPress itself or the proxy in front of it). Credentials:
 --user/--password, else $WP_ADMIN_USER/$WP_ADMIN_PASSWORD, else the state file written by
@@ -137,6 +139,12 @@ class WP:
 
     def media_form_nonce(self):
         r = self.request("GET", "/wp-admin/media-new.php")
+        if "wp-login.php" in r.url:
+            # Concurrent logins of one user race on its session tokens in the database (a
+            # WordPress read-modify-write): the session may be gone. Log in once more.
+            eprint("media-new.php sent us to the login page; logging in again")
+            self.login()
+            r = self.request("GET", "/wp-admin/media-new.php")
         html = r.text()
         form = re.search(r'<form[^>]*id="file-form"[^>]*>.*?</form>', html, re.S)
         scope = form.group(0) if form else html
@@ -315,6 +323,9 @@ def main():
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--uploads-dir", help="scenario: check the generated files on disk here")
     ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--login", action="store_true", help="page: log in first (wp-admin pages)")
+    ap.add_argument("--raw-out", help="upload/media/library/page: also write the answer's body, "
+                    "byte for byte, to this file")
     a = ap.parse_args()
 
     if a.command == "make-jpeg":
@@ -333,8 +344,16 @@ def main():
         state.get("WP_ADMIN_PASSWORD") or "offload-test-pw"
     wp = WP(base, user, password, a.host, a.forwarded_proto, a.timeout)
 
+    def save_raw(r):
+        if a.raw_out:
+            with open(a.raw_out, "wb") as f:
+                f.write(r.body)
+
     if a.command == "page":
+        if a.login:
+            wp.login()
         r = wp.request("GET", a.url or "/")
+        save_raw(r)
         print(json.dumps({"status": r.status, "content_type": r.content_type, "url": r.url,
                           "images": page_images(r.text())}, indent=1))
         return 0 if r.status == 200 else 1
@@ -352,6 +371,7 @@ def main():
     try:
         if a.command == "upload":
             r = upload(wp, a.via, a.file, a.name)
+            save_raw(r)
             out = r.summary()
             out["via"] = a.via
             if "json" in out:
@@ -361,17 +381,22 @@ def main():
             return 0 if r.status in (200, 201) and "json" in out else 1
         if a.command == "media":
             r = wp.media(a.attachment_id)
+            save_raw(r)
             print(json.dumps(r.summary(), indent=1))
             return 0 if r.status == 200 else 1
         if a.command == "library":
             r = wp.library()
+            save_raw(r)
             print(json.dumps(r.summary(), indent=1))
             return 0 if r.status == 200 else 1
         if a.command == "post":
             r = wp.create_post(a.attachment_id, a.title)
             out = r.summary()
             if r.status == 201:
-                page = wp.request("GET", r.json()["link"])
+                link = r.json()["link"]
+                if a.host:  # the link names --host, which need not resolve: ask --base
+                    link = urllib.parse.urlsplit(link)._replace(scheme="", netloc="").geturl()
+                page = wp.request("GET", link)
                 out["page"] = {"status": page.status, "url": page.url,
                                "images": page_images(page.text())}
             print(json.dumps(out, indent=1))

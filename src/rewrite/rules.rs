@@ -170,7 +170,17 @@ impl Rules {
     /// The decoded, normalised managed path of a request path (`/wp-content/uploads/a%20b.jpg`
     /// → `/wp-content/uploads/a b.jpg`), or `None` when it is not strictly below a managed
     /// prefix or could escape it (the same refusals as for URLs found in bodies).
+    ///
+    /// Only requests spelling a prefix literally count (the hot path pays one `starts_with`
+    /// per prefix); an encoded spelling of the prefix itself goes to the app like any path.
     pub fn managed_path(&self, raw_path: &str) -> Option<String> {
+        if !self
+            .prefixes
+            .iter()
+            .any(|p| raw_path.starts_with(p.as_str()))
+        {
+            return None;
+        }
         let mut scratch = Vec::new();
         let mut out = String::new();
         self.normalise(raw_path.as_bytes(), false, &mut scratch, &mut out)

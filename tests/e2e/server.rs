@@ -156,3 +156,40 @@ async fn graceful_shutdown_lets_a_request_in_flight_finish() {
         "still accepting"
     );
 }
+
+/// A replica that did not handle an upload knows nothing of its files: its first page must
+/// still point at the bucket for objects another replica stored (offload asks the store about
+/// the assets a text answer names before rewriting it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_replica_rewrites_its_first_answer_to_objects_already_in_the_bucket() {
+    use offload::store::{PutOptions, Store};
+    let s3 = crate::support::php::s3_server().await;
+    let store = s3.target().store().await;
+    let body = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"jpeg bytes"))
+    });
+    store
+        .put(
+            "wp-content/uploads/2026/01/there.jpg",
+            Box::pin(body),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let app = crate::support::App::start().await;
+    let proxy = crate::support::php::offload("wordpress", app.addr, &s3, "").await;
+    // The app echoes the request's headers in its JSON answer.
+    let answer = crate::support::client()
+        .get(proxy.url("/page"))
+        .header("x-there", "/wp-content/uploads/2026/01/there.jpg")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        answer.contains("\"http://cdn.test.invalid/bucket/wp-content/uploads/2026/01/there.jpg\""),
+        "{answer}"
+    );
+}

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod data;
+pub mod php;
 pub mod process;
 pub mod raw;
 pub mod s3;

@@ -90,20 +90,26 @@ static SERVERS: AtomicU64 = AtomicU64::new(0);
 /// Starts an s3s-fs server on 127.0.0.1:0 with a fresh temp dir, a bucket `test-bucket` and
 /// its own access key and secret.
 pub async fn start() -> S3Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path().to_path_buf();
-    let bucket = "test-bucket".to_string();
-    std::fs::create_dir(root.join(&bucket)).expect("bucket folder");
     let n = SERVERS.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
+    start_with_keys(&format!("AKTEST{n:04}"), &format!("secret-{nanos:x}-{n}")).await
+}
+
+/// Like [`start`], with the given access key and secret (for an offload that reads its
+/// credentials from the AWS chain, i.e. the environment).
+pub async fn start_with_keys(access_key: &str, secret_key: &str) -> S3Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().to_path_buf();
+    let bucket = "test-bucket".to_string();
+    std::fs::create_dir(root.join(&bucket)).expect("bucket folder");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let mut server = S3Server {
         addr: listener.local_addr().expect("local addr"),
-        access_key: format!("AKTEST{n:04}"),
-        secret_key: format!("secret-{nanos:x}-{n}"),
+        access_key: access_key.to_string(),
+        secret_key: secret_key.to_string(),
         bucket,
         root,
         dir,
