@@ -153,8 +153,11 @@ fuzz_target!(|data: &[u8]| {
             .unwrap_or_default();
         (status, String::from_utf8_lossy(&bytes).into_owned())
     });
+    // A body that is not an upload (raw, without a file name) passes through to the app,
+    // which the harness does not run: that is the 502 naming it.
+    let passed_through = status == 502 && text.starts_with("upstream unreachable");
     assert!(
-        status.is_success() || status.is_client_error(),
+        status.is_success() || status.is_client_error() || passed_through,
         "{status}: {text}"
     );
     if status.is_success() {

@@ -247,7 +247,13 @@ pub fn sanitize_filename(raw: &str) -> String {
     if trimmed.is_empty() || trimmed == "." || trimmed.chars().all(|c| c == '.') {
         return "file".to_string();
     }
-    cap_length(trimmed)
+    // The cap may cut the stem just after a dot or a space: trim again.
+    let capped = cap_length(trimmed);
+    let capped = capped.trim_end_matches([' ', '.']);
+    if capped.is_empty() {
+        return "file".to_string();
+    }
+    capped.to_string()
 }
 
 /// Bidi overrides/isolates (U+202A–202E, U+2066–2069) and marks (U+200E/200F), which make
@@ -275,6 +281,16 @@ fn cap_length(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn capped_names_never_end_in_a_dot() {
+        // Found by the `filename` fuzz target: a long name whose cut fell after dots.
+        let raw = format!("{}{}{}", ",".repeat(150), ".".repeat(60), "x".repeat(100));
+        let name = sanitize_filename(&raw);
+        assert!(name.len() <= MAX_FILENAME_BYTES, "{}", name.len());
+        assert!(!name.ends_with(['.', ' ']), "{name:?}");
+        assert_eq!(sanitize_filename(&name), name);
+    }
+
     #[test]
     fn sanitized_names_are_nfc_and_stable() {
         // Found by the `filename` fuzz target: backspaces between two combining marks out of
