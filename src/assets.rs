@@ -305,12 +305,12 @@ impl OriginPull {
             // The app compressed it on the fly; storing that would serve the wrong bytes.
             return Ok(None);
         }
-        // An SVG or XML asset of the app's must not run when the store serves it (the fs
-        // store is served on the site's own origin).
+        // Active content (SVG, HTML…) is stored as a download, as uploads are: served from
+        // the store in the site's origin, it must never run there.
         let filename = path.rsplit('/').next().unwrap_or_default();
         let content_disposition = content_type
             .as_deref()
-            .and_then(|ct| crate::upload::stored_disposition(ct, filename));
+            .and_then(|ct| crate::upload::download_disposition(ct, filename));
         let opts = PutOptions {
             content_type,
             cache_control: header_str(headers, header::CACHE_CONTROL)

@@ -68,16 +68,52 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
     }
 }
 
+/// The headers [`set_forwarding`] owns or drops, as a CGI-style app sees them: PHP (and every CGI or
+/// WSGI gateway) turns `X_Forwarded_For` and `X-Forwarded-For` into the same
+/// `HTTP_X_FORWARDED_FOR`, so an underscore spelling would slip a forged value past us.
+const FORWARDING: [&str; 7] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Removes every underscore spelling of a forwarding header (`X_Forwarded_For`,
+/// `X-Forwarded_Proto`…), from any peer: no proxy sends them, and an app behind a CGI-style
+/// gateway would read them as the real ones.
+pub(super) fn strip_forwarding_lookalikes(headers: &mut HeaderMap) {
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name.contains('_') && FORWARDING.contains(&name.replace('_', "-").as_str())
+        })
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(&name);
+    }
+}
+
 /// Credentials meant for a proxy: offload asks for none, so they stop here rather than
 /// reach the app.
 pub(super) fn strip_proxy_credentials(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHORIZATION);
 }
 
+/// Claims about the client that only a proxy may make and that offload does not set itself
+/// (apps behind trusted proxies read them: Symfony and Laravel take the port and prefix,
+/// many apps the real IP). From an untrusted peer they are dropped.
+const UNSET_CLAIMS: [&str; 3] = ["x-forwarded-port", "x-forwarded-prefix", "x-real-ip"];
+
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for a request from `client` whose
 /// original host (Host header or URI authority) was `host`. From a trusted peer the
-/// headers it sent are kept and extended; from anyone else they are replaced, so a client
-/// cannot forge its address.
+/// headers it sent are kept and extended; from anyone else they are replaced, and the
+/// claims offload does not make (`X-Forwarded-Port/-Prefix`, `X-Real-IP`) removed, so a
+/// client cannot forge its address.
 pub(super) fn set_forwarding(
     headers: &mut HeaderMap,
     client: &ClientInfo,
@@ -86,6 +122,11 @@ pub(super) fn set_forwarding(
 ) {
     let ip = canonical_ip(client.peer.ip());
     let proto = if client.tls { "https" } else { "http" };
+    if !trusted {
+        for name in UNSET_CLAIMS {
+            headers.remove(name);
+        }
+    }
 
     let mut xff = if trusted {
         joined(headers, &X_FORWARDED_FOR)
@@ -236,6 +277,9 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-real-ip", "6.6.6.6"),
         ]);
         let host = HeaderValue::from_static("example.com:8080");
         set_forwarding(&mut h, &client("192.0.2.1:5000", false), false, Some(&host));
@@ -246,6 +290,9 @@ mod tests {
             h["forwarded"],
             "for=192.0.2.1;host=\"example.com:8080\";proto=http"
         );
+        for claim in UNSET_CLAIMS {
+            assert!(!h.contains_key(claim), "{claim} kept");
+        }
     }
 
     #[test]
@@ -264,6 +311,27 @@ mod tests {
         assert_eq!(
             h["forwarded"],
             "for=203.0.113.9;proto=https, for=\"[::1]\";proto=https"
+        );
+    }
+
+    #[test]
+    fn underscore_spellings_of_forwarding_headers_go() {
+        let mut h = map(&[
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-forwarded_proto", "https"),
+            ("x_forwarded-host", "evil"),
+            ("x_forwarded_port", "443"),
+            ("x_forwarded_prefix", "/admin"),
+            ("x-forwarded-for", "7.7.7.7"),
+            ("x_kept_header", "1"),
+            ("x-forwarded-for-not", "1"),
+        ]);
+        strip_forwarding_lookalikes(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["x-forwarded-for", "x-forwarded-for-not", "x_kept_header"]
         );
     }
 

@@ -130,6 +130,7 @@ impl Upstream {
         // polled; an app that never answers 100 (PHP's built-in server) must not stall us.
         parts.headers.remove(header::EXPECT);
         let trusted = self.is_trusted(client.peer.ip());
+        headers::strip_forwarding_lookalikes(&mut parts.headers);
         headers::set_forwarding(&mut parts.headers, client, trusted, original_host.as_ref());
         let host = match original_host {
             Some(h) if self.preserve_host => h,

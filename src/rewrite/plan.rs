@@ -84,7 +84,27 @@ pub fn plan(
         .map(HeaderValue::to_str);
     Coding::parse(encoding.transpose().ok()?)?;
     let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    if !utf8_compatible(ct) {
+        return None;
+    }
     ContentKind::from_content_type(ct, opts.javascript, opts.text_plain)
+}
+
+/// Whether the `charset` of `content_type` (none counts as UTF-8) is one the rewriter reads
+/// byte for byte. HTML is rewritten as UTF-8 text: a page in Latin-1 or Shift_JIS would have
+/// every non-ASCII byte of its scripts and styles replaced by U+FFFD, so it passes untouched.
+fn utf8_compatible(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|param| param.split_once('='))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
+        .all(|(_, value)| {
+            let value = value.trim().trim_matches('"');
+            ["utf-8", "utf8", "us-ascii"]
+                .iter()
+                .any(|ok| value.eq_ignore_ascii_case(ok))
+        })
 }
 
 fn no_transform(headers: &HeaderMap) -> bool {

@@ -1147,3 +1147,34 @@ fn collects_asset_paths() {
     );
     assert!(collect_asset_paths(&rules(), None, answer).len() == 2);
 }
+
+/// Found by the `rewrite_html` fuzz target: bytes that are not UTF-8 came out as U+FFFD,
+/// which corrupts every page in another charset: such pages pass untouched.
+#[test]
+fn other_charsets_pass_untouched() {
+    let opts = super::PlanOptions {
+        javascript: false,
+        text_plain: false,
+        max_size: 1 << 20,
+    };
+    let answer = |ct: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+        super::plan(&Method::GET, StatusCode::OK, &headers, &opts)
+    };
+    for ct in [
+        "text/html",
+        "text/html; charset=utf-8",
+        "text/html;charset=\"UTF-8\"",
+        "application/json; charset=us-ascii",
+    ] {
+        assert!(answer(ct).is_some(), "{ct}");
+    }
+    for ct in [
+        "text/html; charset=iso-8859-1",
+        "text/html; charset=windows-1252",
+        "text/css; charset=Shift_JIS",
+    ] {
+        assert_eq!(answer(ct), None, "{ct}");
+    }
+}

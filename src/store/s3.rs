@@ -737,8 +737,16 @@ impl Drop for Multipart {
     }
 }
 
+/// How long an abort keeps being retried while the store is unreachable.
+const ABORT_RETRY_FOR: Duration = Duration::from_secs(15 * 60);
+/// The longest pause between two abort attempts.
+const ABORT_RETRY_MAX_PAUSE: Duration = Duration::from_secs(30);
+
 /// Aborts a multipart upload once its part uploads have ended: a part still arriving after
-/// the abort would be kept by some stores (and billed).
+/// the abort would be kept by some stores (and billed). The first attempt is awaited; when
+/// the store is unreachable (the usual reason the upload failed), the abort is retried in
+/// the background, with backoff, for up to [`ABORT_RETRY_FOR`]: an upload abandoned while
+/// the store was down would otherwise stay open (and billed) forever.
 async fn abort_upload(
     client: Client,
     bucket: String,
@@ -747,19 +755,95 @@ async fn abort_upload(
     mut tasks: JoinSet<Result<CompletedPart, StoreError>>,
 ) {
     while tasks.join_next().await.is_some() {}
-    let result = client
-        .abort_multipart_upload()
-        .bucket(&bucket)
-        .key(&key)
-        .upload_id(&upload_id)
-        .send()
-        .await;
-    match result {
-        Ok(_) => tracing::debug!(%key, %upload_id, "multipart upload aborted"),
-        Err(e) => {
-            let err = sdk_error("AbortMultipartUpload", e);
-            tracing::warn!(%key, %upload_id, error = %err, "could not abort multipart upload");
+    let abort = PendingAbort {
+        client,
+        bucket,
+        key,
+        upload_id,
+    };
+    if abort.attempt().await.is_settled() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(abort.retry());
         }
+        Err(_) => tracing::warn!(
+            key = %abort.key,
+            upload_id = %abort.upload_id,
+            "could not abort multipart upload, and cannot retry outside a runtime"
+        ),
+    }
+}
+
+/// A multipart upload to abort.
+struct PendingAbort {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+}
+
+/// What one abort attempt achieved.
+enum AbortOutcome {
+    Done,
+    /// The store refused it (the upload is gone, permissions…): retrying will not help.
+    Refused,
+    /// The store could not be reached: worth trying again.
+    Unreachable,
+}
+
+impl AbortOutcome {
+    fn is_settled(&self) -> bool {
+        !matches!(self, AbortOutcome::Unreachable)
+    }
+}
+
+impl PendingAbort {
+    async fn attempt(&self) -> AbortOutcome {
+        let (key, upload_id) = (&self.key, &self.upload_id);
+        let result = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::debug!(%key, %upload_id, "multipart upload aborted");
+                AbortOutcome::Done
+            }
+            Err(e) => match sdk_error("AbortMultipartUpload", e) {
+                err @ StoreError::Unavailable(_) => {
+                    tracing::warn!(%key, %upload_id, error = %err, "could not abort multipart upload yet; retrying");
+                    AbortOutcome::Unreachable
+                }
+                err => {
+                    tracing::warn!(%key, %upload_id, error = %err, "could not abort multipart upload");
+                    AbortOutcome::Refused
+                }
+            },
+        }
+    }
+
+    /// Tries again with a doubling pause until the abort settles or time runs out.
+    async fn retry(self) {
+        let give_up = tokio::time::Instant::now() + ABORT_RETRY_FOR;
+        let mut pause = Duration::from_millis(500);
+        while tokio::time::Instant::now() + pause < give_up {
+            tokio::time::sleep(pause).await;
+            if self.attempt().await.is_settled() {
+                return;
+            }
+            pause = (pause * 2).min(ABORT_RETRY_MAX_PAUSE);
+        }
+        tracing::error!(
+            key = %self.key,
+            upload_id = %self.upload_id,
+            "gave up aborting a multipart upload: remove it with a lifecycle rule"
+        );
     }
 }
 

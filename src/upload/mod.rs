@@ -49,7 +49,7 @@ use http_body_util::BodyExt;
 
 pub(crate) use error::json_response;
 pub use error::{UploadConfigError, UploadError};
-pub use policy::{sanitize_filename, stored_disposition};
+pub use policy::{download_disposition, sanitize_filename};
 pub use routes::{UploadRoute, UploadRoutes};
 pub use sink::StoredFile;
 

@@ -116,6 +116,14 @@ impl Policy {
     }
 }
 
+/// `Content-Disposition: attachment` for a type a browser would run (HTML, SVG, XML,
+/// JavaScript), `None` for any other: what every object stored without an upload route's
+/// decision (origin pull, mirror copies of the app's files) gets, so that the store never
+/// serves active content inline in the site's origin.
+pub fn download_disposition(content_type: &str, filename: &str) -> Option<String> {
+    is_active(&essence(content_type)).then(|| attachment(filename))
+}
+
 /// `type/subtype`, lowercase, without parameters.
 fn essence(content_type: &str) -> String {
     content_type
@@ -124,13 +132,6 @@ fn essence(content_type: &str) -> String {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase()
-}
-
-/// The `Content-Disposition` an object of `content_type` gets when it is stored from
-/// anywhere but an upload route (origin pull, mirror copies): `attachment` for types a browser
-/// would run, so a store served on the site's own origin never runs the site's uploads.
-pub fn stored_disposition(content_type: &str, filename: &str) -> Option<String> {
-    is_active(&essence(content_type)).then(|| attachment(filename))
 }
 
 fn is_active(content_type: &str) -> bool {
@@ -225,10 +226,13 @@ pub fn sanitize_filename(raw: &str) -> String {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or_default();
     let mut clean = String::with_capacity(base.len());
     let mut last_space = true; // drops leading whitespace
-    for c in base.nfc() {
-        if c.is_control() || is_bidi_control(c) {
-            continue;
-        }
+    // Controls go before normalising: removed after, they could leave combining marks next
+    // to each other out of canonical order (the result would not be NFC, and a second pass
+    // would change it).
+    let visible = base
+        .chars()
+        .filter(|&c| !c.is_control() && !is_bidi_control(c));
+    for c in visible.nfc() {
         if c.is_whitespace() {
             if !last_space {
                 clean.push(' ');
@@ -243,7 +247,13 @@ pub fn sanitize_filename(raw: &str) -> String {
     if trimmed.is_empty() || trimmed == "." || trimmed.chars().all(|c| c == '.') {
         return "file".to_string();
     }
-    cap_length(trimmed)
+    // The cap may cut the stem just after a dot or a space: trim again.
+    let capped = cap_length(trimmed);
+    let capped = capped.trim_end_matches([' ', '.']);
+    if capped.is_empty() {
+        return "file".to_string();
+    }
+    capped.to_string()
 }
 
 /// Bidi overrides/isolates (U+202A–202E, U+2066–2069) and marks (U+200E/200F), which make
@@ -271,6 +281,42 @@ fn cap_length(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn capped_names_never_end_in_a_dot() {
+        // Found by the `filename` fuzz target: a long name whose cut fell after dots.
+        let raw = format!("{}{}{}", ",".repeat(150), ".".repeat(60), "x".repeat(100));
+        let name = sanitize_filename(&raw);
+        assert!(name.len() <= MAX_FILENAME_BYTES, "{}", name.len());
+        assert!(!name.ends_with(['.', ' ']), "{name:?}");
+        assert_eq!(sanitize_filename(&name), name);
+    }
+
+    #[test]
+    fn sanitized_names_are_nfc_and_stable() {
+        // Found by the `filename` fuzz target: backspaces between two combining marks out of
+        // canonical order.
+        let raw = "\u{11}o \u{611}\u{8}\u{8}\u{8}\u{619}`&";
+        let once = sanitize_filename(raw);
+        assert!(unicode_normalization::is_nfc(&once), "{once:?}");
+        assert_eq!(sanitize_filename(&once), once);
+    }
+
+    #[test]
+    fn active_types_download_others_not() {
+        for ct in [
+            "image/svg+xml",
+            "text/html; charset=utf-8",
+            "TEXT/XML",
+            "application/atom+xml",
+        ] {
+            let cd = download_disposition(ct, "a b.svg").expect(ct);
+            assert!(cd.starts_with("attachment"), "{ct}: {cd}");
+        }
+        for ct in ["image/png", "image/jpeg", "text/css", "application/pdf"] {
+            assert_eq!(download_disposition(ct, "x"), None, "{ct}");
+        }
+    }
+
     use super::*;
 
     fn policy() -> Policy {

@@ -304,6 +304,16 @@ async fn s3_server_stopped_mid_upload_is_unavailable_and_leaves_nothing() {
     server.restart().await;
     let store = server.target().store().await;
     assert!(store.head("stopped.bin").await.unwrap().is_none());
+    // The abort failed while the store was down; it is retried until the store is back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !server.leftover_uploads().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "multipart upload left open: {:?}",
+            server.leftover_uploads()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

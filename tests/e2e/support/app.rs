@@ -3,11 +3,16 @@
 //! - `/sleep/MS`: answers after MS milliseconds;
 //! - `/hop`: answers with hop-by-hop headers the proxy must drop;
 //! - `/ws`: a WebSocket echo;
+//! - `/set-cookie?V`: answers with `Set-Cookie: V` (for log hygiene tests);
+//! - any path registered with [`App::serve_file`]: that file, with its content type;
+//! - `/wp-content/uploads/…` otherwise: `404` (an upload this replica lacks);
 //! - anything else: JSON describing the request (method, raw target, version, headers in
 //!   order, body length and SHA-256), the body read as a stream.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 pub struct App {
     pub addr: SocketAddr,
+    /// Every request the app received, as `METHOD target`, in arrival order.
+    pub seen: Arc<Mutex<Vec<String>>>,
+    /// Files served by path: (content type, bytes).
+    files: Files,
     task: JoinHandle<()>,
     /// Ends every open connection too, so that pooled keep-alive connections die with the app.
     stopped: CancellationToken,
@@ -39,12 +48,24 @@ impl App {
         let addr = listener.local_addr().expect("app address");
         let stopped = CancellationToken::new();
         let token = stopped.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorder = Arc::clone(&seen);
+        let files = Files::default();
+        let served = files.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let token = token.clone();
+                let recorder = Arc::clone(&recorder);
+                let served = served.clone();
                 tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        if let Ok(mut seen) = recorder.lock() {
+                            seen.push(format!("{} {}", req.method(), req.uri()));
+                        }
+                        handle(req, served.clone())
+                    });
                     let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(handle))
+                        .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades();
                     tokio::select! {
                         _ = conn => {}
@@ -55,9 +76,34 @@ impl App {
         });
         App {
             addr,
+            seen,
+            files,
             task,
             stopped,
         }
+    }
+}
+
+type Files = Arc<Mutex<HashMap<String, (String, Bytes)>>>;
+
+impl App {
+    /// Serves `bytes` as `content_type` at `path` from now on.
+    pub fn serve_file(&self, path: &str, content_type: &str, bytes: impl Into<Bytes>) {
+        if let Ok(mut files) = self.files.lock() {
+            files.insert(path.to_string(), (content_type.to_string(), bytes.into()));
+        }
+    }
+
+    /// Stops serving `path`.
+    pub fn remove_file(&self, path: &str) {
+        if let Ok(mut files) = self.files.lock() {
+            files.remove(path);
+        }
+    }
+
+    /// The requests seen so far (`METHOD target`).
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
@@ -68,9 +114,22 @@ impl Drop for App {
     }
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(req: Request<Incoming>, files: Files) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
-    let response = if let Some(n) = path.strip_prefix("/bytes/") {
+    let file = files.lock().ok().and_then(|f| f.get(&path).cloned());
+    let response = if let Some((content_type, bytes)) = file {
+        let mut r = Response::new(body::full(bytes.clone()));
+        if let Ok(ct) = HeaderValue::from_str(&content_type) {
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        r
+    } else if path.starts_with("/wp-content/uploads/") {
+        let mut r = Response::new(body::full("not found"));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
         let chunked = req.uri().query().is_some_and(|q| q.contains("chunked"));
         bytes(n.parse().unwrap_or(0), chunked)
     } else if let Some(ms) = path.strip_prefix("/sleep/") {
@@ -83,6 +142,12 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         h.insert("x-app-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-app-kept", HeaderValue::from_static("1"));
+        r
+    } else if path == "/set-cookie" {
+        let mut r = Response::new(body::full("cookie set"));
+        if let Some(Ok(v)) = req.uri().query().map(HeaderValue::from_str) {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
         r
     } else if path == "/ws" {
         websocket(req)
@@ -105,11 +170,14 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
     let (parts, mut incoming) = req.into_parts();
     let mut hasher = Sha256::new();
     let mut len = 0u64;
+    let mut head = Vec::new();
     while let Some(frame) = incoming.frame().await {
         let Ok(frame) = frame else { break };
         if let Some(data) = frame.data_ref() {
             len += data.len() as u64;
             hasher.update(data);
+            let room = (64 * 1024usize).saturating_sub(head.len());
+            head.extend_from_slice(&data[..data.len().min(room)]);
         }
     }
     let headers: Vec<(String, String)> = parts
@@ -129,6 +197,7 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
         "headers": headers,
         "body_len": len,
         "body_sha256": hex::encode(hasher.finalize()),
+        "body_head": String::from_utf8_lossy(&head),
     });
     let mut r = Response::new(body::full(Bytes::from(json.to_string())));
     r.headers_mut().insert(
@@ -177,6 +246,9 @@ pub struct Echo {
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
     pub body_sha256: String,
+    /// The first 64 KiB of the body, lossily as text.
+    #[serde(default)]
+    pub body_head: String,
 }
 
 impl Echo {

@@ -7,6 +7,8 @@
 pub mod app;
 pub mod data;
 pub mod php;
+pub mod process;
+pub mod raw;
 pub mod s3;
 pub mod site;
 

@@ -1,0 +1,588 @@
+//! Parts failing under the proxy: an app that dies mid-answer, answers garbage or never
+//! answers; a full disk under the fs store; SIGTERM with a request in flight.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use offload::store::{FsStore, PutOptions, Store, StoreError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::data;
+use crate::support::process::OffloadProcess;
+use crate::support::raw::{RawApp, read_head};
+use crate::support::{Proxy, client, config_for};
+
+/// An app that misbehaves by path: `/die-cl` and `/die-chunked` send a head and part of the
+/// body, then close; `/garbage` answers something that is not HTTP; `/huge-head` sends an
+/// endless head; `/close` closes without a word; `/hang` never answers; anything else
+/// answers `hello`.
+async fn bad_app() -> RawApp {
+    RawApp::start(|mut stream, mut head| async move {
+        // Requests on one connection are answered in turn until one of them ends it.
+        loop {
+            let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            if !misbehave(&mut stream, &target).await {
+                return;
+            }
+            match read_head(&mut stream).await {
+                Some(next) => head = next,
+                None => return,
+            }
+        }
+    })
+    .await
+}
+
+/// Answers (or not) one request for `target`; whether the connection lives on.
+async fn misbehave(stream: &mut TcpStream, target: &str) -> bool {
+    match target {
+        "/die-cl" => {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                .await;
+            let _ = stream.write_all(&[b'x'; 65536]).await;
+        }
+        "/die-chunked" => {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await;
+            let _ = stream.write_all(b"10000\r\n").await;
+            let _ = stream.write_all(&[b'x'; 65536]).await;
+            let _ = stream.write_all(b"\r\n100\r\nxx").await;
+        }
+        "/garbage" => {
+            let _ = stream
+                .write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\nnot http at all")
+                .await;
+        }
+        "/bad-length" => {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 12abc\r\n\r\nhello")
+                .await;
+        }
+        "/huge-head" => {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n").await;
+            let line = format!("X-Filler: {}\r\n", "f".repeat(1000));
+            for _ in 0..4096 {
+                if stream.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        }
+        "/close" => {}
+        "/hang" => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        _ => {
+            return stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                .await
+                .is_ok();
+        }
+    }
+    false
+}
+
+async fn proxy_for(app: &RawApp) -> Proxy {
+    let mut config = config_for(app.addr);
+    config.upstream.response_timeout = Duration::from_millis(700);
+    Proxy::start(config).await
+}
+
+async fn assert_serves_hello(proxy: &Proxy) {
+    let resp = client().get(proxy.url("/ok")).send().await.expect("answer");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "hello");
+}
+
+#[tokio::test]
+async fn app_dying_mid_response_truncates_visibly_and_the_proxy_carries_on() {
+    let app = bad_app().await;
+    let proxy = proxy_for(&app).await;
+    for path in ["/die-cl", "/die-chunked"] {
+        let started = Instant::now();
+        let resp = client().get(proxy.url(path)).send().await.expect("head");
+        assert_eq!(resp.status(), 200, "{path}");
+        let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes()).await;
+        let body = body.unwrap_or_else(|_| panic!("{path}: body hangs"));
+        assert!(
+            body.is_err(),
+            "{path}: a truncated body was delivered as complete ({} bytes)",
+            body.map(|b| b.len()).unwrap_or(0)
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_serves_hello(&proxy).await;
+    }
+
+    // Over a raw socket: the chunked answer never gets its terminating chunk.
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /die-chunked HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "connection left open after the app died");
+    assert!(out.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        !out.ends_with(b"0\r\n\r\n"),
+        "the body was terminated cleanly"
+    );
+}
+
+#[tokio::test]
+async fn garbage_from_the_app_is_502_with_a_short_body() {
+    let app = bad_app().await;
+    let proxy = proxy_for(&app).await;
+    for path in ["/garbage", "/bad-length", "/huge-head", "/close"] {
+        let started = Instant::now();
+        let resp = client().get(proxy.url(path)).send().await.expect("answer");
+        assert_eq!(resp.status(), 502, "{path}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "text/plain; charset=utf-8",
+            "{path}"
+        );
+        let body = resp.text().await.expect("body");
+        assert!(body.starts_with("upstream failed: "), "{path}: {body:?}");
+        assert!(body.len() < 200 && body.ends_with('\n'), "{path}: {body:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{path}");
+    }
+    assert_serves_hello(&proxy).await;
+}
+
+#[tokio::test]
+async fn an_app_that_never_answers_is_504_within_the_timeout() {
+    let app = bad_app().await;
+    let proxy = proxy_for(&app).await;
+    let started = Instant::now();
+    let resp = client()
+        .get(proxy.url("/hang"))
+        .send()
+        .await
+        .expect("answer");
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(
+        resp.text().await.expect("body"),
+        "upstream timed out after 700ms\n"
+    );
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_serves_hello(&proxy).await;
+}
+
+/// Unmounts on drop.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` on `dir`, or `None` when not permitted here.
+fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mounted> {
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(Mounted(dir.to_path_buf())),
+        _ => None,
+    }
+}
+
+/// Free bytes on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("path");
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a zeroed struct statvfs that the call fills.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    assert_eq!(rc, 0, "statvfs");
+    stat.f_bavail as u64 * stat.f_frsize as u64
+}
+
+/// Every file under `dir`, with its size.
+fn files_under(dir: &Path) -> Vec<(String, u64)> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            (e.path().display().to_string(), len)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fs_store_on_a_full_disk_fails_whole_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(_mounted) = mount_tmpfs(dir.path(), "8m") else {
+        eprintln!("SKIPPED fs_store_on_a_full_disk…: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let store = FsStore::new(dir.path(), "/_offload/", None).expect("store");
+
+    // Larger than the disk.
+    let (body, _) = data::body(7, 16 << 20, false);
+    let err = store
+        .put("big/too-large.bin", body, PutOptions::default())
+        .await
+        .expect_err("a 16 MiB put on an 8 MiB disk");
+    assert!(
+        matches!(&err, StoreError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC)),
+        "{err:?}"
+    );
+    assert!(
+        store
+            .head("big/too-large.bin")
+            .await
+            .expect("head")
+            .is_none()
+    );
+    assert!(
+        files_under(dir.path()).is_empty(),
+        "{:?}",
+        files_under(dir.path())
+    );
+
+    // The object fits to the last page, its sidecar does not.
+    let free = free_bytes(dir.path());
+    let (body, _) = data::body(8, free, false);
+    let err = store
+        .put("exact/fit.bin", body, PutOptions::default())
+        .await
+        .expect_err("no room left for the sidecar");
+    assert!(
+        matches!(&err, StoreError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC)),
+        "{err:?}"
+    );
+    assert!(store.head("exact/fit.bin").await.expect("head").is_none());
+    assert!(
+        files_under(dir.path()).is_empty(),
+        "{:?}",
+        files_under(dir.path())
+    );
+
+    // Space is back: the store works again.
+    let (body, expected) = data::body(9, 1 << 20, false);
+    let info = store
+        .put("after/ok.bin", body, PutOptions::default())
+        .await
+        .expect("put after the failures");
+    assert_eq!(info.sha256.as_deref(), Some(expected.hex().as_str()));
+    let got = store
+        .get("after/ok.bin", None)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        data::digest(got.body).await.expect("read").1,
+        expected.hex()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_request_finish_refuses_new_ones_and_exits_0() {
+    let app = RawApp::start(|mut stream, _| async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nfinished!")
+            .await;
+    })
+    .await;
+    let mut process =
+        OffloadProcess::start(app.addr, &[], &[("OFFLOAD_SERVER_SHUTDOWN_GRACE", "20s")]).await;
+    let url = format!("http://{}/slow", process.addr);
+    let in_flight = tokio::spawn(async move {
+        let resp = client().get(url).send().await?;
+        let status = resp.status();
+        resp.text().await.map(|body| (status, body))
+    });
+    tokio::time::timeout(Duration::from_secs(10), app.request_seen.notified())
+        .await
+        .expect("the request reached the app");
+    let signalled = Instant::now();
+    process.signal(libc::SIGTERM);
+
+    // New connections are refused once the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(process.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = in_flight.await.expect("task").expect("in-flight request");
+    assert_eq!((status.as_u16(), body.as_str()), (200, "finished!"));
+    let exit = process
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("offload exits after its last request");
+    assert_eq!(exit.code(), Some(0), "{}", process.logs());
+    assert!(signalled.elapsed() < Duration::from_secs(15));
+    assert!(
+        process.logs().contains("shutting down"),
+        "{}",
+        process.logs()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The store failing under the full proxy (the real binary on s3s-fs, or in-process on fs).
+// ---------------------------------------------------------------------------------------
+
+const MIB: u64 = 1 << 20;
+const BOUNDARY: &str = "faultsBoundary7MA4YWxkTrZu0gW";
+
+/// A multipart body with one `file_len`-byte file; when `trigger_at` file bytes are sent it
+/// signals `tx` and pauses 300 ms (so the test can break the store mid-stream).
+fn upload_body(
+    file_len: u64,
+    trigger_at: u64,
+    tx: Option<tokio::sync::oneshot::Sender<()>>,
+) -> reqwest::Body {
+    let head = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nt\r\n\
+         --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let block = crate::support::pattern_block();
+    let state = (0u8, 0u64, tx);
+    let stream = futures_util::stream::unfold(state, move |(phase, sent, mut tx)| {
+        let (head, tail, block) = (head.clone(), tail.clone(), block.clone());
+        async move {
+            match phase {
+                0 => Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(head)),
+                    (1, 0, tx),
+                )),
+                1 if sent < file_len => {
+                    if sent >= trigger_at
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send(());
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let n = (file_len - sent).min(block.len() as u64);
+                    Some((Ok(block.slice(..n as usize)), (1, sent + n, tx)))
+                }
+                1 => Some((Ok(bytes::Bytes::from(tail)), (2, sent, tx))),
+                _ => None,
+            }
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+async fn s3_keys(store: &dyn Store) -> Vec<String> {
+    futures_util::StreamExt::collect::<Vec<_>>(store.list(""))
+        .await
+        .into_iter()
+        .filter_map(|r| r.ok().map(|i| i.key))
+        .collect()
+}
+
+async fn s3_offload(
+    server: &crate::support::s3::S3Server,
+    app: std::net::SocketAddr,
+) -> OffloadProcess {
+    let config = crate::support::process::s3_config(server);
+    let env = crate::support::process::s3_env(server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    OffloadProcess::start_with_config(app, Some(&config), &[], &env).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_stopped_mid_upload_leaves_nothing_in_every_mode() {
+    let mut server = crate::support::s3::start().await;
+    let app = crate::support::App::start().await;
+    let process = s3_offload(&server, app.addr).await;
+    let store = server.target().store().await;
+    let url = |path: &str| format!("http://{}{path}", process.addr);
+    for mode in ["respond", "replace", "mirror"] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = client()
+            .post(url(&format!("/{mode}")))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(upload_body(30 * MIB, 12 * MIB, Some(tx)))
+            .send();
+        let stopper = async {
+            let _ = rx.await;
+            server.stop();
+        };
+        let (resp, ()) = tokio::join!(request, stopper);
+        if let Ok(resp) = resp {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            assert!(status == 502 || status == 503, "{mode}: {status} {text}");
+            assert!(
+                text.contains("\"error\"") && text.len() < 300,
+                "{mode}: {text}"
+            );
+        }
+        server.restart().await;
+        // Rollback deletes and multipart aborts finish once the store is back.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let keys = s3_keys(&store).await;
+            let open = server.leftover_uploads();
+            if keys.is_empty() && open.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode}: left behind: objects {keys:?}, open multipart uploads {open:?}\n{}",
+                process.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if mode != "mirror" {
+            assert!(
+                !app.seen().iter().any(|r| r.contains(&format!("/{mode}"))),
+                "{mode}: the app saw the upload"
+            );
+        }
+        // Still serving: an upload now succeeds and is whole.
+        let resp = client()
+            .post(url("/respond"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(upload_body(MIB + 1, u64::MAX, None))
+            .send()
+            .await
+            .expect("upload after the outage");
+        assert_eq!(resp.status(), 201, "{mode}");
+        let json: serde_json::Value = resp.json().await.expect("json");
+        let key = json["files"][0]["key"].as_str().expect("key").to_string();
+        let got = store.get(&key, None).await.expect("get").expect("stored");
+        assert_eq!(
+            data::digest(got.body).await.expect("read").1,
+            crate::support::pattern_sha256(MIB + 1)
+        );
+        store.delete(&key).await.expect("delete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_while_serving_a_fallback_is_503_with_a_short_body() {
+    let mut server = crate::support::s3::start().await;
+    let app = crate::support::App::start().await;
+    let process = s3_offload(&server, app.addr).await;
+    let store = server.target().store().await;
+    store
+        .put(
+            "wp-content/uploads/x.jpg",
+            data::bytes_body("jpeg bytes"),
+            PutOptions::default(),
+        )
+        .await
+        .expect("put");
+    let url = |path: &str| format!("http://{}{path}", process.addr);
+    let resp = client()
+        .get(url("/wp-content/uploads/x.jpg"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "jpeg bytes");
+
+    server.stop();
+    for path in ["/wp-content/uploads/x.jpg", "/wp-content/uploads/y.jpg"] {
+        let started = Instant::now();
+        let resp = client().get(url(path)).send().await.expect("get");
+        assert_eq!(resp.status(), 503, "{path}");
+        assert_eq!(
+            resp.text().await.expect("body"),
+            "object store unavailable\n"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{path}");
+    }
+    // Pass-through does not need the store.
+    let resp = client().get(url("/ok")).send().await.expect("get");
+    assert_eq!(resp.status(), 200);
+
+    server.restart().await;
+    let resp = client()
+        .get(url("/wp-content/uploads/x.jpg"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn a_full_disk_under_the_fs_store_fails_the_upload_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(_mounted) = mount_tmpfs(dir.path(), "8m") else {
+        eprintln!("SKIPPED a_full_disk…: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let app = crate::support::App::start().await;
+    let mut config = config_for(app.addr);
+    config.store.root = dir.path().to_path_buf();
+    config.uploads = vec![offload::config::UploadRouteConfig {
+        path: "/respond".into(),
+        mode: offload::config::UploadMode::Respond,
+        ..Default::default()
+    }];
+    let proxy = Proxy::start(config).await;
+    let store = FsStore::new(dir.path(), "/_offload/", None).expect("store");
+    store
+        .put(
+            "kept/ok.txt",
+            data::bytes_body("still here"),
+            PutOptions::default(),
+        )
+        .await
+        .expect("put");
+    let before = files_under(dir.path());
+
+    let resp = client()
+        .post(proxy.url("/respond"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(upload_body(16 * MIB, u64::MAX, None))
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(status.is_server_error(), "{status}: {text}");
+        assert!(text.contains("\"error\"") && text.len() < 300, "{text}");
+    }
+    assert_eq!(
+        files_under(dir.path()),
+        before,
+        "a partial object or temp file was left"
+    );
+    // Still serving what it has, and taking uploads that fit.
+    let resp = client()
+        .get(proxy.url("/_offload/kept/ok.txt"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.text().await.expect("body"), "still here");
+    let resp = client()
+        .post(proxy.url("/respond"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(upload_body(MIB, u64::MAX, None))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), 201);
+}

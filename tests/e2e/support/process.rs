@@ -1,0 +1,201 @@
+//! offload's real binary as a subprocess: JSON logs captured to files (to grep them), the
+//! public address read from the `serving` log line, RSS read from /proc, signals sent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub struct OffloadProcess {
+    pub addr: SocketAddr,
+    child: Child,
+    dir: TempDir,
+}
+
+impl OffloadProcess {
+    /// Starts `offload serve` on 127.0.0.1:0 in front of `upstream` (admin off, JSON logs),
+    /// with `args` and `env` added, and waits (up to 30 s) until it serves.
+    pub async fn start(
+        upstream: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> OffloadProcess {
+        OffloadProcess::start_with_config(upstream, None, args, env).await
+    }
+
+    /// As [`OffloadProcess::start`], with `config` (TOML) as `--config`.
+    pub async fn start_with_config(
+        upstream: SocketAddr,
+        config: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> OffloadProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("proxy.toml");
+        if let Some(text) = config {
+            std::fs::write(&config_path, text).expect("write config");
+        }
+        let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
+        let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_offload"));
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--upstream", &format!("http://{upstream}")])
+            .args(["--admin-listen", "off"])
+            .args(["--log-format", "json"])
+            .args(args)
+            .args(
+                config
+                    .map(|_| vec!["--config".to_string(), config_path.display().to_string()])
+                    .unwrap_or_default(),
+            )
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("OFFLOAD_CONFIG")
+            // Credentials only from what the test passes: no profile files, no IMDS.
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn offload");
+        let mut process = OffloadProcess {
+            addr: "127.0.0.1:0".parse().expect("literal"),
+            child,
+            dir,
+        };
+        process.addr = process.wait_serving().await;
+        process
+    }
+
+    async fn wait_serving(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for line in self.logs().lines() {
+                let Ok(json) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if json["message"] == "serving"
+                    && let Some(addr) = json["listen"].as_str().and_then(|a| a.parse().ok())
+                {
+                    return addr;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("offload exited early ({status}): {}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "offload not serving: {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything written to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.path(name)).unwrap_or_default();
+        format!("{}{}", read("stdout"), read("stderr"))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.pid()).expect("pid fits");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for OffloadProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A config for offload on the s3s-fs `server`: three upload routes (`/respond`,
+/// `/replace`, `/mirror`) and `/wp-content/uploads/` managed.
+pub fn s3_config(server: &super::s3::S3Server) -> String {
+    format!(
+        r#"[server]
+shutdown_grace = "2s"
+
+[store]
+kind = "s3"
+bucket = "{bucket}"
+region = "us-east-1"
+endpoint = "{endpoint}"
+path_style = true
+part_size = "5MiB"
+max_attempts = 1
+
+[assets]
+prefixes = ["/wp-content/uploads/"]
+
+[[uploads]]
+path = "/respond"
+mode = "respond"
+
+[[uploads]]
+path = "/replace"
+mode = "replace"
+
+[[uploads]]
+path = "/mirror"
+mode = "mirror"
+"#,
+        bucket = server.bucket,
+        endpoint = server.endpoint(),
+    )
+}
+
+/// The environment giving offload `server`'s credentials.
+pub fn s3_env(server: &super::s3::S3Server) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", server.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", server.secret_key.clone()),
+    ]
+}
