@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
@@ -16,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
 use tokio::sync::oneshot;
+use tracing::debug;
 
 use super::{ProxyError, headers, upgrade};
 use crate::body::{self, Body, BoxError};
@@ -173,20 +174,42 @@ impl Upstream {
         Ok(response.map(body::boxed))
     }
 
-    /// Sends and waits for the response head. The response timeout starts once the request
-    /// body is fully sent: a slow 1 GiB upload is not the app being slow.
+    /// Sends and waits for the response head. A bodiless idempotent request that meets a
+    /// pooled connection the app closed meanwhile (its keep-alive timeout racing our reuse)
+    /// is sent once more, on a fresh connection, as nginx does: the client never sees that
+    /// race as a `502`.
     async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        let Some(replay) = replayable_copy(&req) else {
+            return self
+                .send_once(req)
+                .await
+                .map_err(ProxyError::from_client_or_timeout);
+        };
+        match self.send_once(req).await {
+            Err(SendError::Client(err)) if closed_before_answer(&err) => {
+                debug!(error = %err, "app closed a pooled connection; sending again");
+                self.send_once(replay)
+                    .await
+                    .map_err(ProxyError::from_client_or_timeout)
+            }
+            other => other.map_err(ProxyError::from_client_or_timeout),
+        }
+    }
+
+    /// One attempt. The response timeout starts once the request body is fully sent: a slow
+    /// 1 GiB upload is not the app being slow.
+    async fn send_once(&self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
         let (req, body_sent) = watch_body_end(req);
         let mut response = pin!(self.client.request(req));
         if let Some(body_sent) = body_sent {
             tokio::select! {
-                result = &mut response => return result.map_err(ProxyError::from_client),
+                result = &mut response => return result.map_err(SendError::Client),
                 _ = body_sent => {}
             }
         }
         match tokio::time::timeout(self.response_timeout, response).await {
-            Ok(result) => result.map_err(ProxyError::from_client),
-            Err(_) => Err(ProxyError::Timeout(self.response_timeout)),
+            Ok(result) => result.map_err(SendError::Client),
+            Err(_) => Err(SendError::Timeout(self.response_timeout)),
         }
     }
 
@@ -231,6 +254,50 @@ impl Upstream {
             .build()
             .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
     }
+}
+
+/// Why one attempt to reach the app failed, before it is sorted into a [`ProxyError`].
+enum SendError {
+    Client(hyper_util::client::legacy::Error),
+    Timeout(Duration),
+}
+
+impl ProxyError {
+    fn from_client_or_timeout(err: SendError) -> ProxyError {
+        match err {
+            SendError::Client(err) => ProxyError::from_client(err),
+            SendError::Timeout(after) => ProxyError::Timeout(after),
+        }
+    }
+}
+
+/// A copy of a request that may be sent again: idempotent and without a body.
+fn replayable_copy(req: &Request<Body>) -> Option<Request<Body>> {
+    use http_body::Body as _;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// The app closed the connection before any answer: what a pooled connection that timed out
+/// on the app's side looks like when we reuse it.
+fn closed_before_answer(err: &hyper_util::client::legacy::Error) -> bool {
+    if err.is_connect() {
+        return false;
+    }
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<hyper::Error>())
+        .is_some_and(|e| e.is_incomplete_message() || e.is_canceled())
 }
 
 /// Wraps a request body that has bytes still to come so that its end is signalled; `None`

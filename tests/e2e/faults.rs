@@ -586,3 +586,38 @@ async fn a_full_disk_under_the_fs_store_fails_the_upload_and_nothing_else() {
         .expect("upload");
     assert_eq!(resp.status(), 201);
 }
+
+/// An app whose keep-alive timeout races the proxy's reuse of its connection: it answers the
+/// first request on each connection, then closes the connection when the next one arrives.
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_app_is_retried_for_idempotent_requests() {
+    let app = RawApp::start(|mut stream, _first| async move {
+        let answered = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            .await;
+        if answered.is_ok() {
+            // The next request on this connection meets a closed door.
+            let _ = read_head(&mut stream).await;
+        }
+    })
+    .await;
+    let proxy = proxy_for(&app).await;
+    for round in 0..5 {
+        let resp = client()
+            .get(proxy.url(&format!("/page-{round}")))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200, "round {round}");
+        assert_eq!(resp.text().await.expect("body"), "hello");
+    }
+    // A request with a body is never sent twice (the app may have acted on it): on the
+    // pooled connection the app now closes, it is a 502.
+    let resp = client()
+        .post(proxy.url("/form"))
+        .body("a=1")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 502);
+}
