@@ -42,6 +42,9 @@ if [[ -z "${OFFLOAD_TEST_SKIP_MOTO:-}" ]]; then
   eval "$(scripts/test-servers/moto.sh start)"
 fi
 
+# haproxy, nginx, systemd-analyze and PyYAML for the deploy-file checks.
+scripts/test-tools.sh
+
 log "running the tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"
