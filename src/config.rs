@@ -333,7 +333,7 @@ pub struct UploadRouteConfig {
     pub query: Vec<String>,
     pub methods: Vec<String>,
     pub mode: UploadMode,
-    /// Placeholders: {prefix} {yyyy} {mm} {dd} {uuid} {sha256} {filename} {ext}.
+    /// Placeholders: {prefix} {yyyy} {mm} {dd} {uuid} {filename} {ext}.
     pub key_template: String,
     pub max_file_size: ByteSize,
     pub max_body_size: ByteSize,
@@ -612,11 +612,13 @@ impl UploadRouteConfig {
             http::Method::from_bytes(m.as_bytes())
                 .with_context(|| format!("methods: {m:?} is not an HTTP method"))?;
         }
-        if !self.key_template.contains("{filename}")
-            && !self.key_template.contains("{uuid}")
-            && !self.key_template.contains("{sha256}")
-        {
-            bail!("key_template: needs {{filename}}, {{uuid}} or {{sha256}} so keys differ");
+        if self.key_template.contains("{sha256}") {
+            bail!(
+                "key_template: {{sha256}} is not supported: the key must exist before the bytes stream in"
+            );
+        }
+        if !self.key_template.contains("{filename}") && !self.key_template.contains("{uuid}") {
+            bail!("key_template: needs {{filename}} or {{uuid}} so keys differ");
         }
         if self.max_parts == 0 {
             bail!("max_parts: must be at least 1");
@@ -819,6 +821,10 @@ mod tests {
             (
                 "[[uploads]]\npath = \"/u\"\nmethods = [\"GE T\"]",
                 "methods",
+            ),
+            (
+                "[[uploads]]\npath = \"/u\"\nkey_template = \"{sha256}\"",
+                "key_template",
             ),
             ("[store]\nsse = \"rot13\"", "store.sse"),
             ("[server\nlisten = 1", "TOML"),
