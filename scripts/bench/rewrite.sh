@@ -27,35 +27,8 @@ NGINX_PORT=$((BASE_PORT + 2))
 OFFLOAD_PORT=$((BASE_PORT + 3))
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-target_dir=${CARGO_TARGET_DIR:-$repo/target}
-offload_bin=$target_dir/release/offload
-
-need_apt=()
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx-light)
-command -v wrk >/dev/null || need_apt+=(wrk)
-if ((${#need_apt[@]})); then
-    echo "installing ${need_apt[*]}" >&2
-    apt-get install -y -qq "${need_apt[@]}" >/dev/null || {
-        apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
-    }
-fi
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-
-(cd "$repo" && cargo build --release --quiet --bin offload)
-
-work=$(mktemp -d /tmp/offload-bench.XXXXXX)
-chmod 755 "$work"
-# A private copy: a shared target directory may get another build's binary any moment.
-cp "$offload_bin" "$work/offload"
-offload_bin=$work/offload
-"$offload_bin" --help | grep -q check-config || { echo "$offload_bin is not this offload" >&2; exit 1; }
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=scripts/bench/lib.sh
+. "$repo/scripts/bench/lib.sh"
 
 mkdir -p "$work/www" "$work/upstream" "$work/proxy" "$work/store"
 # The page: the same shape as benches/rewrite.rs.
