@@ -96,8 +96,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The carry-over of the raw-text element being scanned. Only one raw-text element is open at a
-/// time, so every text handler shares one; the bail-out handler flushes it.
+/// The carry-over of the text node being scanned, shared by every text handler; the bail-out
+/// handler flushes it.
+///
+/// One is enough: lol_html hands out text chunks in document order and ends each text node
+/// (`last_in_text_node`) before the next one starts. But a chunk reaches the text handler of
+/// every matching element open around it, not just the innermost, so [`text_handler`] scans
+/// each chunk once, in whichever handler sees it first. Matching elements do nest: lol_html
+/// parses what follows a start tag ending in an empty unquoted attribute (`<script type=>`) as
+/// markup rather than raw text, so `<script type=><script>...</script>` is a script inside a
+/// script.
 #[derive(Default)]
 struct TextState {
     scanner: Scanner,
@@ -226,6 +234,12 @@ fn text_handler(
 ) -> ElementContentHandlers<'static> {
     let (ctx, state) = (ctx.clone(), state.clone());
     ElementContentHandlers::default().text(move |chunk: &mut TextChunk<'_>| {
+        // Already scanned by the handler of another matching element around this text (only
+        // these handlers touch text chunks, and they always replace them): feeding it again
+        // would duplicate it in the carry-over and interleave the two outputs.
+        if chunk.removed() {
+            return Ok(());
+        }
         let mut guard = lock(&state);
         let TextState { scanner, out } = &mut *guard;
         out.clear();

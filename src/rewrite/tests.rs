@@ -1178,3 +1178,79 @@ fn other_charsets_pass_untouched() {
         assert_eq!(answer(ct), None, "{ct}");
     }
 }
+
+// ---- regressions ----
+
+/// Every asset is in the store (as in the fuzz targets).
+struct Everything;
+
+impl AssetMap for Everything {
+    fn public_url(&self, path: &str) -> Option<String> {
+        Some(format!("https://cdn.example.com{path}"))
+    }
+}
+
+/// Runs `input` through the HTML engine (JavaScript on, every asset in the store) whole, in
+/// 1-byte and in 2-byte chunks; the three outputs must agree.
+fn html_chunking_independent(input: &str) -> String {
+    let run = |chunks: &[&[u8]]| {
+        let ctx = Arc::new(Context {
+            rules: rules(),
+            origin: Origin::from_url(&request_origin()),
+            map: Arc::new(Everything),
+        });
+        let mut engine = HtmlEngine::new(&ctx, true);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend_from_slice(&engine.write(chunk).unwrap());
+        }
+        out.extend_from_slice(&engine.end().unwrap());
+        String::from_utf8(out).unwrap()
+    };
+    let bytes = input.as_bytes();
+    let whole = run(&[bytes]);
+    for size in [1, 2] {
+        let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+        assert_eq!(run(&chunks), whole, "{size}-byte chunks of {input:?}");
+    }
+    whole
+}
+
+/// fuzz/seeds/rewrite_html/crash-305d1412dc6f5d03a4a536e7cc56fe9ba3e7430e (its body).
+const CRASH_305D1412: &str = "\x03\x0cdoctype html><html><head><meta property=\"og:image\" contevt=\"https://example.com/wp-content/uploa^s/og.jpg\"><style>.h{background:url(/wp-content/uploads/h.webp)}</style><link rel=\"preload\" href=\"//site.test:8&quomedia/f.woff2\"></head><body><img src=\"/wp-content/uploads/2024ent/uploa^s/og.jpg\"><style>.h{background:url(/wp-content/uploads/h.webp)}</style><link rel=\"preload\" href=\"//site.test:8&quomedia/f.woff2\"></head><body><img src=\"/wp-content/uploads/2024/05/a.jpg\" srcset=\"/wp-content/uploads/a-300x200.jpg 300w, https://example.com/wp-content/uploads/a.jpp-content/uploads/p.jpg\"></video><script type=><script>var u=\"/wp-content/uploads/js.png\";</script><noscript><img src=\"/wp-content/uploads/n.jpg\"></noscript><p>/wp-content/uploads/text-node.jpg</p></body></html>";
+
+#[test]
+fn crash_305d1412_script_text_is_chunking_independent() {
+    let out = html_chunking_independent(CRASH_305D1412);
+    assert!(
+        out.contains(&format!(
+            "<script type=><script>var u=\"{CDN}/js.png\";</script>"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("<noscript><img src=\"{CDN}/n.jpg\"></noscript>")),
+        "{out}"
+    );
+}
+
+/// lol_html parses what follows `<script type=>` (an empty unquoted attribute) as markup, so a
+/// `<script>` in its text opens a second matching element inside the first: the text must
+/// still be scanned once, whatever the chunking.
+#[test]
+fn nested_raw_text_elements_scan_their_text_once() {
+    let script = r#"<script type=><script>var u="/wp-content/uploads/a.jpg";</script>"#;
+    assert_eq!(
+        html_chunking_independent(script),
+        format!(r#"<script type=><script>var u="{CDN}/a.jpg";</script>"#)
+    );
+    let style = "<noscript a=><style>.a{background:url(/wp-content/uploads/a.jpg)}</style>\
+                 <p>'/wp-content/uploads/b.jpg'</p></noscript>";
+    assert_eq!(
+        html_chunking_independent(style),
+        format!(
+            "<noscript a=><style>.a{{background:url({CDN}/a.jpg)}}</style>\
+             <p>'{CDN}/b.jpg'</p></noscript>"
+        )
+    );
+}
