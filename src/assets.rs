@@ -280,7 +280,7 @@ impl OriginPull {
         path: &str,
         key: &str,
     ) -> Result<Option<ObjectInfo>, PullError> {
-        let request_path = encode_path(path);
+        let request_path = store::encode_key(path);
         let response = self
             .upstream
             .get(&request_path, HeaderMap::new())
@@ -380,22 +380,6 @@ fn type_allowed(allowed: &[String], content_type: Option<&str>) -> bool {
             essence == *a
         }
     })
-}
-
-/// Re-encodes a decoded managed path for a request line.
-fn encode_path(path: &str) -> String {
-    const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-        .add(b' ')
-        .add(b'"')
-        .add(b'#')
-        .add(b'%')
-        .add(b'<')
-        .add(b'>')
-        .add(b'?')
-        .add(b'`')
-        .add(b'{')
-        .add(b'}');
-    percent_encoding::utf8_percent_encode(path, PATH).to_string()
 }
 
 /// `GET`/`HEAD` of a managed asset: the app first; on its `404`, the store.
@@ -656,7 +640,7 @@ mod tests {
 
     #[test]
     fn paths_are_encoded_for_the_request_line() {
-        assert_eq!(encode_path("/u/a b%.jpg"), "/u/a%20b%25.jpg");
-        assert_eq!(encode_path("/u/名.jpg"), "/u/%E5%90%8D.jpg");
+        assert_eq!(store::encode_key("/u/a b%.jpg"), "/u/a%20b%25.jpg");
+        assert_eq!(store::encode_key("/u/名.jpg"), "/u/%E5%90%8D.jpg");
     }
 }
