@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As `offload` itself does at start-up.
+    offload::memory::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("app") => app(args[1].parse()?).await,

@@ -9,6 +9,7 @@ pub mod assets;
 pub mod body;
 pub mod config;
 pub mod demo;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;

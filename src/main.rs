@@ -87,6 +87,7 @@ enum LogFormatArg {
 }
 
 fn main() -> ExitCode {
+    offload::memory::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         None => serve(cli.serve),
