@@ -31,3 +31,56 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
+
+wait_port() { # port
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "port $1 never opened" >&2
+    [[ -f $work/offload.log ]] && cat "$work/offload.log" >&2
+    exit 1
+}
+
+# wrk prints latencies as 812.00us / 1.52ms / 1.01s: normalise to ms.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
+        printf "%.3f", n }'
+}
+
+# CPU time (clock ticks) a server has used so far: the process and its children (nginx's
+# workers). Requests/s depend on what else the shared machine runs; CPU per request much less.
+cpu_ticks() { # pid
+    local total=0 pid stat
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        # Fields after the command name ("(nginx)"): state is 3rd, utime 14th, stime 15th.
+        read -r -a f <<<"${stat##*) }"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+clock_ticks=$(getconf CLK_TCK)
+
+# Runs wrk against a URL served by the process `pid`; fills rps, p50, p99 (ms) and cpu_us
+# (the server's CPU microseconds per request) under `key`.
+declare -A rps p50 p99 cpu_us
+wrk_run() { # key url pid
+    local out before after requests
+    # A short warm-up fills the pools and the caches.
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$2" >/dev/null
+    before=$(cpu_ticks "$3")
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$2")
+    after=$(cpu_ticks "$3")
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps[$1]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    cpu_us[$1]=$(awk -v t=$((after - before)) -v hz="$clock_ticks" -v n="$requests" \
+        'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+    if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
+        echo "warning: $1: $(grep "Non-2xx\|Socket errors" <<<"$out")" >&2
+    fi
+}

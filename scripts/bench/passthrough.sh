@@ -84,60 +84,34 @@ url = "http://127.0.0.1:$UPSTREAM_PORT"
 level = "warn"
 CONF
 
+declare -A pid_of port_of=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [offload]=$OFFLOAD_PORT)
 "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf" &
-pids+=($!)
+pid_of[direct]=$!
 "$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf" &
-pids+=($!)
+pid_of[nginx]=$!
 "$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1 &
-pids+=($!)
+pid_of[offload]=$!
+pids+=("${pid_of[@]}")
 
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2
-    exit 1
-}
 for port in $UPSTREAM_PORT $NGINX_PORT $OFFLOAD_PORT; do wait_port "$port"; done
 for port in $UPSTREAM_PORT $NGINX_PORT $OFFLOAD_PORT; do
     curl -fsS -o /dev/null "http://127.0.0.1:$port/1k.bin" || { echo "port $port does not serve"; exit 1; }
 done
 
-# wrk prints latencies as 812.00us / 1.52ms / 1.01s: normalise to ms.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
-        printf "%.3f", n }'
-}
-
-declare -A rps p50 p99
-run() { # name port file
-    local out
-    # A short warm-up fills the pools and the caches.
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$2/$3" >/dev/null
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/$3")
-    rps[$1/$3]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    p50[$1/$3]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-    p99[$1/$3]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
-        echo "warning: $1 $3: $(grep "Non-2xx\|Socket errors" <<<"$out")" >&2
-    fi
-}
-
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; nginx proxy workers: $PROXY_WORKERS, upstream workers: $UPSTREAM_WORKERS, $(nproc) cores"
 for file in 1k.bin 200k.bin; do
-    run direct "$UPSTREAM_PORT" "$file"
-    run nginx "$NGINX_PORT" "$file"
-    run offload "$OFFLOAD_PORT" "$file"
+    for name in direct nginx offload; do
+        wrk_run "$name/$file" "http://127.0.0.1:${port_of[$name]}/$file" "${pid_of[$name]}"
+    done
 done
 
-printf '\n%-9s %-8s %12s %10s %10s\n' size target "requests/s" "p50 ms" "p99 ms"
+printf '\n%-9s %-8s %12s %10s %10s %12s\n' size target "requests/s" "p50 ms" "p99 ms" "CPU us/req"
 for file in 1k.bin 200k.bin; do
     for name in direct nginx offload; do
-        printf '%-9s %-8s %12s %10s %10s\n' "$file" "$name" "${rps[$name/$file]}" "${p50[$name/$file]}" "${p99[$name/$file]}"
+        k=$name/$file
+        printf '%-9s %-8s %12s %10s %10s %12s\n' "$file" "$name" "${rps[$k]}" "${p50[$k]}" "${p99[$k]}" "${cpu_us[$k]}"
     done
-    awk -v o="${rps[offload/$file]}" -v n="${rps[nginx/$file]}" -v op="${p99[offload/$file]}" -v np="${p99[nginx/$file]}" -v f="$file" \
-        'BEGIN { printf "%-9s offload/nginx: requests/s %.2fx, p99 %.2fx\n", f, o / n, op / np }'
+    awk -v o="${rps[offload/$file]}" -v n="${rps[nginx/$file]}" -v op="${p99[offload/$file]}" \
+        -v np="${p99[nginx/$file]}" -v oc="${cpu_us[offload/$file]}" -v nc="${cpu_us[nginx/$file]}" -v f="$file" \
+        'BEGIN { printf "%-9s offload/nginx: requests/s %.2fx, p99 %.2fx, CPU/request %.2fx\n", f, o / n, op / np, oc / nc }'
 done

@@ -118,22 +118,15 @@ assume_present = true
 level = "warn"
 CONF
 
+declare -A pid_of port_of=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [offload]=$OFFLOAD_PORT)
 "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf" &
-pids+=($!)
+pid_of[direct]=$!
 "$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf" &
-pids+=($!)
+pid_of[nginx]=$!
 "$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1 &
-pids+=($!)
+pid_of[offload]=$!
+pids+=("${pid_of[@]}")
 
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2
-    cat "$work/offload.log" >&2
-    exit 1
-}
 for port in $UPSTREAM_PORT $NGINX_PORT $OFFLOAD_PORT; do wait_port "$port"; done
 # Both proxies must answer the same rewritten page.
 curl -fsS "http://127.0.0.1:$NGINX_PORT/page.html" >"$work/nginx.out"
@@ -144,37 +137,17 @@ if ! cmp -s "$work/nginx.out" "$work/offload.out"; then
 fi
 [[ $left == 0 ]] || { echo "offload left $left URLs unrewritten" >&2; exit 1; }
 
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
-        printf "%.3f", n }'
-}
-
-declare -A rps p50 p99
-run() { # name port
-    local out
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$2/page.html" >/dev/null
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/page.html")
-    rps[$1]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    p50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-    p99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
-        echo "warning: $1: $(grep "Non-2xx\|Socket errors" <<<"$out")" >&2
-    fi
-}
-
 page_kib=$(($(stat -c %s "$work/www/page.html") / 1024))
 echo "page: ${page_kib} KiB, $urls upload URLs; wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency;" \
     "nginx workers: $PROXY_WORKERS, upstream workers: $UPSTREAM_WORKERS, $(nproc) cores"
 for name in direct nginx offload; do
-    case $name in direct) port=$UPSTREAM_PORT ;; nginx) port=$NGINX_PORT ;; offload) port=$OFFLOAD_PORT ;; esac
-    run "$name" "$port"
+    wrk_run "$name" "http://127.0.0.1:${port_of[$name]}/page.html" "${pid_of[$name]}"
 done
-printf '\n%-8s %12s %10s %10s %10s\n' target "requests/s" "MB/s" "p50 ms" "p99 ms"
+printf '\n%-8s %12s %10s %10s %10s %12s\n' target "requests/s" "MB/s" "p50 ms" "p99 ms" "CPU us/req"
 for name in direct nginx offload; do
     mbs=$(awk -v r="${rps[$name]}" -v k="$page_kib" 'BEGIN { printf "%.0f", r * k * 1024 / 1e6 }')
-    printf '%-8s %12s %10s %10s %10s\n' "$name" "${rps[$name]}" "$mbs" "${p50[$name]}" "${p99[$name]}"
+    printf '%-8s %12s %10s %10s %10s %12s\n' "$name" "${rps[$name]}" "$mbs" "${p50[$name]}" "${p99[$name]}" "${cpu_us[$name]}"
 done
 awk -v o="${rps[offload]}" -v n="${rps[nginx]}" -v op="${p99[offload]}" -v np="${p99[nginx]}" \
-    'BEGIN { printf "offload/nginx sub_filter: requests/s %.2fx, p99 %.2fx\n", o / n, op / np }'
+    -v oc="${cpu_us[offload]}" -v nc="${cpu_us[nginx]}" \
+    'BEGIN { printf "offload/nginx sub_filter: requests/s %.2fx, p99 %.2fx, CPU/request %.2fx\n", o / n, op / np, oc / nc }'
