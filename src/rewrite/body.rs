@@ -22,14 +22,14 @@ pub(crate) enum Engine {
 impl Engine {
     pub(crate) fn write(&mut self, chunk: &[u8]) -> io::Result<Bytes> {
         match self {
-            Engine::Html(html) => html.write(chunk).map_err(io::Error::other),
+            Engine::Html(html) => Ok(html.write(chunk)),
             Engine::Text(text) => Ok(text.write(chunk)),
         }
     }
 
     pub(crate) fn end(&mut self) -> io::Result<Bytes> {
         match self {
-            Engine::Html(html) => html.end().map_err(io::Error::other),
+            Engine::Html(html) => Ok(html.end()),
             Engine::Text(text) => Ok(text.end()),
         }
     }

@@ -6,12 +6,13 @@
 //! percent-encoded. For each, an [`AssetMap`] decides whether the object is in the store (then
 //! the URL is replaced by its public URL, keeping query and fragment) or not (it stays local).
 //!
-//! * [`Rules`] are built once per configuration: the prefix automaton, origins, selectors.
+//! * [`Rules`] are built once per configuration: the prefix automaton and finders, origins.
 //! * [`plan`] decides whether a response is rewritten, [`prepare_headers`] fixes its headers.
 //! * A [`Rewriter`] per response rewrites headers ([`Rewriter::header`]) and streams the body
 //!   ([`Rewriter::body`]), decoding and re-encoding gzip, deflate, br and zstd on the way.
 //!
-//! HTML goes through lol_html: URL attributes (`src`, `srcset`, `href`, `poster`, `data-src`,
+//! HTML goes through a streaming tokenizer of its own (see `html.rs` for why not lol_html): URL
+//! attributes (`src`, `srcset`, `href`, `poster`, `data-src`,
 //! lazy-loading variants, `style`, `og:image`/`twitter:image` metas) and the raw text of
 //! `<style>`, `<noscript>`, JSON `<script>`s and, when enabled, inline JavaScript. Text nodes are
 //! prose and never touched. Other kinds go through a streaming scanner with a bounded carry-over

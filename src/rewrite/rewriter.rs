@@ -16,7 +16,7 @@ use super::rules::{Origin, Rules};
 use super::scan::{self, Scratch, Site};
 use crate::body::Body;
 
-/// Decides, synchronously (it is called from inside lol_html handlers), whether a managed asset
+/// Decides, synchronously (it is called in the middle of tokenizing a chunk), whether a managed asset
 /// should point at the store.
 ///
 /// `path` is the normalised, percent-decoded URL path starting with a managed prefix (e.g.

@@ -8,8 +8,6 @@ use memchr::memmem;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use url::Url;
 
-use super::html::Selectors;
-
 /// A configuration that [`Rules::new`] refuses.
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
@@ -28,9 +26,6 @@ pub enum RulesError {
     /// The prefix automaton could not be built (too many or too long prefixes).
     #[error("building the prefix matcher: {0}")]
     Matcher(#[from] aho_corasick::BuildError),
-    /// A built-in HTML selector did not parse (a bug, reported rather than panicking).
-    #[error("html selector: {0}")]
-    Selector(#[from] lol_html::errors::SelectorError),
 }
 
 /// Characters that a prefix must not contain: they would make it ambiguous once written in a URL.
@@ -181,7 +176,6 @@ pub struct Rules {
     prefixes: Vec<String>,
     origins: Vec<Origin>,
     public_base: Url,
-    pub(crate) selectors: Selectors,
 }
 
 impl Rules {
@@ -229,7 +223,6 @@ impl Rules {
             prefixes,
             origins,
             public_base,
-            selectors: Selectors::new()?,
         })
     }
 

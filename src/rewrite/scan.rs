@@ -404,8 +404,8 @@ fn origin_start(buf: &[u8], pos: usize, before: usize) -> usize {
     at
 }
 
-/// Moves `at` back (not below `min`) to a UTF-8 character boundary, so text handed to lol_html
-/// in pieces stays valid UTF-8.
+/// Moves `at` back (not below `min`) to a UTF-8 character boundary, so that every chunk of
+/// output is valid UTF-8 on its own when the input was.
 fn char_floor(buf: &[u8], min: usize, mut at: usize) -> usize {
     while at > min && at < buf.len() && (buf[at] & 0xC0) == 0x80 {
         at -= 1;
@@ -477,14 +477,6 @@ impl Scanner {
         self.pass(site, decide, true, out);
         self.buf.clear();
         (self.emitted, self.resume, self.trimmed) = (0, 0, false);
-    }
-
-    /// The bytes taken in but not yet written out (for a bail-out, which writes them raw).
-    pub(crate) fn take_pending(&mut self) -> Vec<u8> {
-        let pending = self.buf.split_off(self.emitted);
-        self.buf.clear();
-        (self.emitted, self.resume, self.trimmed) = (0, 0, false);
-        pending
     }
 
     fn pass(&mut self, site: Site<'_>, decide: &mut Decide<'_>, eof: bool, out: &mut impl Out) {
