@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 
 use super::rewriter::Context;
-use super::scan::{Out, Scanner, Scratch, rewrite_once};
+use super::scan::{Out, Scanner, Scratch, rewrite_into};
 use tag::{Attr, Tag, is_space};
 
 /// The longest tag held while waiting for its end (a `data:` URL in a `src` can be long);
@@ -157,6 +157,8 @@ pub(crate) struct HtmlEngine {
     text: Scanner,
     scratch: Scratch,
     attrs: Vec<Attr>,
+    /// The rewritten value of the attribute at hand.
+    value: Vec<u8>,
     /// Open `<svg>` and `<math>` elements (foreign content: no raw-text elements, CDATA).
     foreign: u32,
     /// Gave up on a tag over [`MAX_TAG`]: the rest passes unchanged.
@@ -174,6 +176,7 @@ impl HtmlEngine {
             text: Scanner::default(),
             scratch: Scratch::default(),
             attrs: Vec::new(),
+            value: Vec::new(),
             foreign: 0,
             passthrough: false,
             out: BytesMut::new(),
@@ -429,15 +432,10 @@ impl HtmlEngine {
             }
             let ctx = &self.ctx;
             let mut decide = |path: &str| ctx.map.public_url(path);
-            let Some(new) = rewrite_once(
-                ctx.site(),
-                &mut decide,
-                &mut self.scratch,
-                &buf[value.clone()],
-            ) else {
-                continue;
-            };
-            written = put_value(&mut self.out, buf, written, attr, &new);
+            let new = &mut self.value;
+            if rewrite_into(ctx.site(), &mut decide, &mut self.scratch, &buf[value], new) {
+                written = put_value(&mut self.out, buf, written, attr, new);
+            }
         }
         self.out.put(&buf[written..tag.end]);
         self.enter(buf, name, tag, attrs);

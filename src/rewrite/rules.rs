@@ -344,6 +344,11 @@ fn spellings(prefixes: &[String]) -> (Vec<String>, Vec<Pattern>) {
 
 /// JSON-unescapes (`\/`) and percent-decodes `raw` into `out`, refusing encoded separators.
 fn decode_path(raw: &[u8], escaped: bool, out: &mut Vec<u8>) -> bool {
+    // Nearly every real path has nothing to decode: check it in one pass and copy it whole.
+    if memchr::memchr2(b'%', b'\\', raw).is_none() {
+        out.extend_from_slice(raw);
+        return !raw.iter().any(|&b| is_control(b));
+    }
     let mut i = 0;
     while i < raw.len() {
         let b = raw[i];
@@ -391,7 +396,8 @@ fn resolve_dots(path: &str, out: &mut String) -> bool {
         return false;
     };
     // Nearly every real path has no dot segment and no empty one: copy it as it is.
-    if !path.contains("/.") && !path.contains("//") {
+    let dot_or_empty = |w: &[u8]| w[0] == b'/' && matches!(w[1], b'.' | b'/');
+    if !path.as_bytes().windows(2).any(dot_or_empty) {
         out.push_str(path);
         return true;
     }

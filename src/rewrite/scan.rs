@@ -434,17 +434,30 @@ pub(crate) fn rewrite_once(
     scratch: &mut Scratch,
     text: &[u8],
 ) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    rewrite_into(site, decide, scratch, text, &mut out).then_some(out)
+}
+
+/// [`rewrite_once`] into a reused buffer (cleared first); false when nothing changed.
+pub(crate) fn rewrite_into(
+    site: Site<'_>,
+    decide: &mut Decide<'_>,
+    scratch: &mut Scratch,
+    text: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
     if !site.rules.mentions(text) {
-        return None;
+        return false;
     }
-    let mut out = Vec::with_capacity(text.len() + 64);
+    out.reserve(text.len() + 64);
     let step = Pass {
         site,
         decide,
         scratch,
     }
-    .run(text, 0, 0, true, true, &mut out);
-    (step.replaced > 0).then_some(out)
+    .run(text, 0, 0, true, true, out);
+    step.replaced > 0
 }
 
 /// A streaming scanner: feed chunks, then finish.

@@ -150,7 +150,11 @@ pub trait Store: Send + Sync + 'static {
 /// The key of the managed asset at URL path `path` (decoded): `prefix + path without its
 /// leading '/'`. Any replica computes the same key; nothing is looked up.
 pub fn asset_key(prefix: &str, path: &str) -> String {
-    format!("{prefix}{}", path.trim_start_matches('/'))
+    let path = path.trim_start_matches('/');
+    let mut key = String::with_capacity(prefix.len() + path.len());
+    key.push_str(prefix);
+    key.push_str(path);
+    key
 }
 
 /// The store `cfg` asks for: S3 (credentials from the standard AWS chain) or a folder.
@@ -220,12 +224,22 @@ const KEY_PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERI
 
 /// `key` percent-encoded for use as a URL path (slashes kept).
 pub fn encode_key(key: &str) -> String {
-    percent_encoding::utf8_percent_encode(key, KEY_PATH).to_string()
+    let mut encoded = String::with_capacity(key.len());
+    encoded.extend(percent_encoding::utf8_percent_encode(key, KEY_PATH));
+    encoded
 }
 
 /// `base` joined with the encoded `key`, with exactly one '/' between them.
+///
+/// Built piece by piece rather than with `format!`: rewriting calls this for every asset URL
+/// of every page.
 fn join_url(base: &str, key: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), encode_key(key))
+    let base = base.trim_end_matches('/');
+    let mut url = String::with_capacity(base.len() + 1 + key.len() + 8);
+    url.push_str(base);
+    url.push('/');
+    url.extend(percent_encoding::utf8_percent_encode(key, KEY_PATH));
+    url
 }
 
 #[cfg(test)]
