@@ -297,6 +297,8 @@ pub(crate) struct Pass<'a, 'b> {
     pub(crate) site: Site<'a>,
     pub(crate) decide: &'b mut Decide<'a>,
     pub(crate) scratch: &'b mut Scratch,
+    /// Over `buf`; it remembers the hits it found, so it may have been asked before the pass.
+    pub(crate) search: Search<'a>,
 }
 
 impl Pass<'_, '_> {
@@ -313,8 +315,7 @@ impl Pass<'_, '_> {
     ) -> Step {
         let rules = self.site.rules;
         let (mut pos, mut from, mut replaced) = (start, from, 0);
-        let mut search = Search::new(rules);
-        while let Some(m) = search.find(buf, from) {
+        while let Some(m) = self.search.find(buf, from) {
             let (p, escaped) = (m.start, rules.patterns[m.pattern].escaped);
             let (path_end, url_end) = match find_end(buf, p, m.end, escaped, eof) {
                 End::Found { path, url } => (path, url),
@@ -447,7 +448,8 @@ pub(crate) fn rewrite_into(
     out: &mut Vec<u8>,
 ) -> bool {
     out.clear();
-    if !site.rules.mentions(text) {
+    let mut search = Search::new(site.rules);
+    if search.find(text, 0).is_none() {
         return false;
     }
     out.reserve(text.len() + 64);
@@ -455,6 +457,7 @@ pub(crate) fn rewrite_into(
         site,
         decide,
         scratch,
+        search,
     }
     .run(text, 0, 0, true, true, out);
     step.replaced > 0
@@ -497,6 +500,7 @@ impl Scanner {
             site,
             decide,
             scratch: &mut self.scratch,
+            search: Search::new(site.rules),
         };
         let step = pass.run(
             &self.buf,
@@ -528,6 +532,7 @@ pub(crate) fn collect(site: Site<'_>, text: &[u8]) -> Vec<String> {
         site,
         decide: &mut decide,
         scratch: &mut Scratch::default(),
+        search: Search::new(site.rules),
     }
     .run(text, 0, 0, true, true, &mut sink);
     found

@@ -222,11 +222,32 @@ const KEY_PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERI
     .remove(b'~')
     .remove(b'/');
 
+/// The bytes [`KEY_PATH`] keeps, as a table: most keys need no encoding at all, and one
+/// table lookup per byte tells.
+const KEY_PATH_KEPT: [bool; 256] = {
+    let mut kept = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        kept[b] = (b as u8).is_ascii_alphanumeric()
+            || matches!(b as u8, b'-' | b'.' | b'_' | b'~' | b'/');
+        b += 1;
+    }
+    kept
+};
+
 /// `key` percent-encoded for use as a URL path (slashes kept).
 pub fn encode_key(key: &str) -> String {
     let mut encoded = String::with_capacity(key.len());
-    encoded.extend(percent_encoding::utf8_percent_encode(key, KEY_PATH));
+    push_encoded_key(&mut encoded, key);
     encoded
+}
+
+fn push_encoded_key(out: &mut String, key: &str) {
+    if key.bytes().all(|b| KEY_PATH_KEPT[usize::from(b)]) {
+        out.push_str(key);
+    } else {
+        out.extend(percent_encoding::utf8_percent_encode(key, KEY_PATH));
+    }
 }
 
 /// `base` joined with the encoded `key`, with exactly one '/' between them.
@@ -238,7 +259,7 @@ fn join_url(base: &str, key: &str) -> String {
     let mut url = String::with_capacity(base.len() + 1 + key.len() + 8);
     url.push_str(base);
     url.push('/');
-    url.extend(percent_encoding::utf8_percent_encode(key, KEY_PATH));
+    push_encoded_key(&mut url, key);
     url
 }
 
@@ -272,5 +293,21 @@ mod tests {
         assert_eq!(encode_key("a b/ü?.jpg"), "a%20b/%C3%BC%3F.jpg");
         assert_eq!(join_url("https://cdn/x/", "k/1"), "https://cdn/x/k/1");
         assert_eq!(join_url("/_offload/", "k"), "/_offload/k");
+    }
+
+    #[test]
+    fn the_fast_path_keeps_what_the_encode_set_keeps() {
+        for b in 0..=127u8 {
+            let one = char::from(b).to_string();
+            let kept = percent_encoding::utf8_percent_encode(&one, KEY_PATH).to_string() == one;
+            assert_eq!(KEY_PATH_KEPT[usize::from(b)], kept, "byte {b}");
+            assert_eq!(
+                encode_key(&format!("a{one}b")),
+                format!(
+                    "a{}b",
+                    percent_encoding::utf8_percent_encode(&one, KEY_PATH)
+                )
+            );
+        }
     }
 }

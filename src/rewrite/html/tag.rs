@@ -31,16 +31,44 @@ pub(crate) fn is_space(b: u8) -> bool {
     matches!(b, b'\t' | b'\n' | b'\x0c' | b'\r' | b' ')
 }
 
+/// Bytes that end a tag name, an attribute name and an unquoted value, as lookup tables.
+const TAG_NAME_END: [bool; 256] = table(b"\t\n\x0c\r />");
+const ATTR_NAME_END: [bool; 256] = table(b"\t\n\x0c\r />=");
+const UNQUOTED_END: [bool; 256] = table(b"\t\n\x0c\r >");
+
+const fn table(bytes: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// The first position from `i` on whose byte is in `end`; None if the input ends first.
+fn find(buf: &[u8], i: usize, end: &[bool; 256]) -> Option<usize> {
+    buf.get(i..)?
+        .iter()
+        .position(|&b| end[usize::from(b)])
+        .map(|at| i + at)
+}
+
+/// The first position from `i` on that is not whitespace.
+fn skip_space(buf: &[u8], i: usize) -> Option<usize> {
+    buf.get(i..)?
+        .iter()
+        .position(|&b| !is_space(b))
+        .map(|at| i + at)
+}
+
 /// Splits the tag starting at `buf[lt] == b'<'` (followed by a letter, or by `/` and a
 /// letter), filling `attrs`. None when the tag does not end within `buf`.
 pub(crate) fn parse(buf: &[u8], lt: usize, attrs: &mut Vec<Attr>) -> Option<Tag> {
     attrs.clear();
     let end_tag = buf.get(lt + 1) == Some(&b'/');
     let name_start = lt + 1 + usize::from(end_tag);
-    let mut i = name_start;
-    while i < buf.len() && !is_space(buf[i]) && buf[i] != b'/' && buf[i] != b'>' {
-        i += 1;
-    }
+    let mut i = find(buf, name_start, &TAG_NAME_END)?;
     let name = name_start..i;
     let tag = |end, self_closing| Tag {
         name: name.clone(),
@@ -50,11 +78,8 @@ pub(crate) fn parse(buf: &[u8], lt: usize, attrs: &mut Vec<Attr>) -> Option<Tag>
     };
     loop {
         // Before attribute name.
-        match *buf.get(i)? {
-            b if is_space(b) => {
-                i += 1;
-                continue;
-            }
+        i = skip_space(buf, i)?;
+        match buf[i] {
             b'/' => {
                 if *buf.get(i + 1)? == b'>' {
                     return Some(tag(i + 2, true));
@@ -67,15 +92,10 @@ pub(crate) fn parse(buf: &[u8], lt: usize, attrs: &mut Vec<Attr>) -> Option<Tag>
         }
         // Attribute name: its first byte may be anything else, '=' included.
         let name_start = i;
-        i += 1;
-        while !matches!(*buf.get(i)?, b'/' | b'>' | b'=') && !is_space(buf[i]) {
-            i += 1;
-        }
+        i = find(buf, i + 1, &ATTR_NAME_END)?;
         let name = name_start..i;
         // After attribute name.
-        while is_space(*buf.get(i)?) {
-            i += 1;
-        }
+        i = skip_space(buf, i)?;
         if buf[i] != b'=' {
             // '/', '>' or the next attribute: the loop takes it from here.
             attrs.push(Attr {
@@ -85,11 +105,8 @@ pub(crate) fn parse(buf: &[u8], lt: usize, attrs: &mut Vec<Attr>) -> Option<Tag>
             });
             continue;
         }
-        i += 1;
         // Before attribute value.
-        while is_space(*buf.get(i)?) {
-            i += 1;
-        }
+        i = skip_space(buf, i + 1)?;
         match buf[i] {
             quote @ (b'"' | b'\'') => {
                 let close = i + 1 + memchr::memchr(quote, &buf[i + 1..])?;
@@ -111,9 +128,7 @@ pub(crate) fn parse(buf: &[u8], lt: usize, attrs: &mut Vec<Attr>) -> Option<Tag>
             }
             _ => {
                 let start = i;
-                while !is_space(*buf.get(i)?) && buf[i] != b'>' {
-                    i += 1;
-                }
+                i = find(buf, i, &UNQUOTED_END)?;
                 attrs.push(Attr {
                     name,
                     value: Some(start..i),
