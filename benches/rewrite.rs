@@ -12,8 +12,10 @@ use offload::rewrite::{AssetMap, ContentKind, Rewriter, Rules};
 struct AllPresent;
 
 impl AssetMap for AllPresent {
-    fn public_url(&self, path: &str) -> Option<String> {
-        Some(format!("https://cdn.example.com{path}"))
+    fn public_url(&self, path: &str, url: &mut String) -> bool {
+        url.push_str("https://cdn.example.com");
+        url.push_str(path);
+        true
     }
 }
 

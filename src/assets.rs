@@ -10,6 +10,7 @@
 //! - [`MirrorCopy`] is what mirror-mode uploads run on the app's `2xx` answer: every managed
 //!   asset the answer names is copied into the store before the answer is released.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -180,18 +181,26 @@ pub struct AssetIndex {
 }
 
 impl AssetMap for AssetIndex {
-    fn public_url(&self, path: &str) -> Option<String> {
-        let key = store::asset_key(&self.key_prefix, path);
+    fn public_url(&self, path: &str, url: &mut String) -> bool {
+        // The key without a copy in the usual case of no key prefix.
+        let key = match self.key_prefix.is_empty() {
+            true => Cow::Borrowed(path.trim_start_matches('/')),
+            false => Cow::Owned(store::asset_key(&self.key_prefix, path)),
+        };
         if self.assume_present {
-            return Some(self.store.public_url(&key));
+            self.store.push_public_url(&key, url);
+            return true;
         }
         match self.presence.cached(&key) {
-            Some(true) => Some(self.store.public_url(&key)),
+            Some(true) => {
+                self.store.push_public_url(&key, url);
+                true
+            }
             // Known absent: a pull is (or was just) under way; stay local meanwhile.
-            Some(false) => None,
+            Some(false) => false,
             None => {
-                self.pull.enqueue(path.to_string(), key);
-                None
+                self.pull.enqueue(path.to_string(), key.into_owned());
+                false
             }
         }
     }

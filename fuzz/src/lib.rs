@@ -39,8 +39,10 @@ pub fn rules() -> Arc<Rules> {
 pub struct Everything;
 
 impl AssetMap for Everything {
-    fn public_url(&self, path: &str) -> Option<String> {
-        Some(format!("https://cdn.example.net/base{path}"))
+    fn public_url(&self, path: &str, url: &mut String) -> bool {
+        url.push_str("https://cdn.example.net/base");
+        url.push_str(path);
+        true
     }
 }
 
@@ -48,8 +50,8 @@ impl AssetMap for Everything {
 pub struct Nothing;
 
 impl AssetMap for Nothing {
-    fn public_url(&self, _path: &str) -> Option<String> {
-        None
+    fn public_url(&self, _path: &str, _url: &mut String) -> bool {
+        false
     }
 }
 

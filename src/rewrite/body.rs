@@ -53,7 +53,7 @@ impl TextEngine {
 
     pub(crate) fn write(&mut self, chunk: &[u8]) -> Bytes {
         let ctx = &self.ctx;
-        let mut decide = |path: &str| ctx.map.public_url(path);
+        let mut decide = |path: &str, url: &mut String| ctx.map.public_url(path, url);
         self.scanner
             .feed(ctx.site(), &mut decide, chunk, &mut self.out);
         self.out.split().freeze()
@@ -61,7 +61,7 @@ impl TextEngine {
 
     pub(crate) fn end(&mut self) -> Bytes {
         let ctx = &self.ctx;
-        let mut decide = |path: &str| ctx.map.public_url(path);
+        let mut decide = |path: &str, url: &mut String| ctx.map.public_url(path, url);
         self.scanner.finish(ctx.site(), &mut decide, &mut self.out);
         self.out.split().freeze()
     }

@@ -189,17 +189,38 @@ impl HtmlEngine {
         self.out.reserve(chunk.len() + chunk.len() / 4 + 256);
         if self.passthrough {
             self.out.extend_from_slice(chunk);
-        } else if self.pending.is_empty() {
-            let done = self.run(chunk, false);
-            self.pending.extend_from_slice(&chunk[done..]);
-        } else {
-            let mut buf = std::mem::take(&mut self.pending);
-            buf.extend_from_slice(chunk);
-            let done = self.run(&buf, false);
-            buf.drain(..done);
-            self.pending = buf;
+            return self.out.split().freeze();
+        }
+        let rest = self.settle_pending(chunk);
+        if self.pending.is_empty() {
+            let done = self.run(rest, false);
+            self.pending.extend_from_slice(&rest[done..]);
         }
         self.out.split().freeze()
+    }
+
+    /// Completes the held input (usually a tag cut by the end of the last chunk) with as
+    /// little of `chunk` as it takes, rather than copying the whole chunk behind it; returns
+    /// the part of `chunk` still to tokenize (all of it is held when the held input still
+    /// cannot settle).
+    fn settle_pending<'c>(&mut self, mut chunk: &'c [u8]) -> &'c [u8] {
+        while !self.pending.is_empty() && !chunk.is_empty() {
+            let held = self.pending.len();
+            let take = chunk.len().min(held.max(256));
+            let mut buf = std::mem::take(&mut self.pending);
+            buf.extend_from_slice(&chunk[..take]);
+            let done = self.run(&buf, false);
+            if done >= held {
+                // Settled into the new bytes: go on from there in the chunk itself.
+                buf.clear();
+                self.pending = buf;
+                return &chunk[done - held..];
+            }
+            buf.drain(..done);
+            self.pending = buf;
+            chunk = &chunk[take..];
+        }
+        chunk
     }
 
     /// Ends the document; returns the last output.
@@ -215,7 +236,7 @@ impl HtmlEngine {
                 State::RawText { scan: true, .. } | State::Script { scan: true, .. }
             ) {
                 let ctx = &self.ctx;
-                let mut decide = |path: &str| ctx.map.public_url(path);
+                let mut decide = |path: &str, url: &mut String| ctx.map.public_url(path, url);
                 self.text.finish(ctx.site(), &mut decide, &mut self.out);
             }
         }
@@ -253,12 +274,16 @@ impl HtmlEngine {
             self.out.put(&buf[pos..]);
             return Some(buf.len());
         };
-        if lt > pos {
-            // The markup comes next round: a handler that waits for more input must not have
-            // written anything.
-            self.out.put(&buf[pos..lt]);
-            return Some(lt);
+        self.out.put(&buf[pos..lt]);
+        match self.markup_at(buf, lt, eof) {
+            // The text before it is settled even when the markup needs more input.
+            None if lt > pos => Some(lt),
+            next => next,
         }
+    }
+
+    /// The markup at `buf[lt] == b'<'`.
+    fn markup_at(&mut self, buf: &[u8], lt: usize, eof: bool) -> Option<usize> {
         let rest = &buf[lt..];
         let Some(&next) = rest.get(1) else {
             return self.wait(buf, lt, eof);
@@ -431,7 +456,7 @@ impl HtmlEngine {
                 continue;
             }
             let ctx = &self.ctx;
-            let mut decide = |path: &str| ctx.map.public_url(path);
+            let mut decide = |path: &str, url: &mut String| ctx.map.public_url(path, url);
             let new = &mut self.value;
             if rewrite_into(ctx.site(), &mut decide, &mut self.scratch, &buf[value], new) {
                 written = put_value(&mut self.out, buf, written, attr, new);
@@ -453,6 +478,14 @@ impl HtmlEngine {
                 return;
             }
             self.foreign = 0;
+        }
+        // Only these elements change the tokenizer's state: a quick test of the first letter
+        // spares the comparisons for every other tag.
+        if !matches!(
+            name.first().map(u8::to_ascii_lowercase),
+            Some(b'i' | b'm' | b'n' | b'p' | b's' | b't' | b'x')
+        ) {
+            return;
         }
         self.state = match name.len() {
             3 | 4 if (is(name, b"svg") || is(name, b"math")) => {
@@ -611,7 +644,7 @@ impl HtmlEngine {
             return;
         }
         let ctx = &self.ctx;
-        let mut decide = |path: &str| ctx.map.public_url(path);
+        let mut decide = |path: &str, url: &mut String| ctx.map.public_url(path, url);
         if to > pos {
             self.text
                 .feed(ctx.site(), &mut decide, &buf[pos..to], &mut self.out);
@@ -690,7 +723,19 @@ fn is(name: &[u8], want: &[u8]) -> bool {
 }
 
 fn is_url_attribute(name: &[u8]) -> bool {
-    URL_ATTRIBUTES.iter().any(|a| is(name, a))
+    // Most attributes are not URL attributes: their length alone tells.
+    const LENGTHS: u32 = {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < URL_ATTRIBUTES.len() {
+            bits |= 1 << URL_ATTRIBUTES[i].len();
+            i += 1;
+        }
+        bits
+    };
+    name.len() < 32
+        && LENGTHS & (1 << name.len()) != 0
+        && URL_ATTRIBUTES.iter().any(|a| is(name, a))
 }
 
 /// The value of the first attribute called `name` (later duplicates are ignored, as browsers

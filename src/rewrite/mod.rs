@@ -25,8 +25,10 @@
 //!
 //! struct Everything;
 //! impl AssetMap for Everything {
-//!     fn public_url(&self, path: &str) -> Option<String> {
-//!         Some(format!("https://cdn.example.com{path}"))
+//!     fn public_url(&self, path: &str, url: &mut String) -> bool {
+//!         url.push_str("https://cdn.example.com");
+//!         url.push_str(path);
+//!         true
 //!     }
 //! }
 //!

@@ -20,11 +20,13 @@ use crate::body::Body;
 /// should point at the store.
 ///
 /// `path` is the normalised, percent-decoded URL path starting with a managed prefix (e.g.
-/// `/wp-content/uploads/2024/05/a b.jpg`). Return the full public URL (already percent-encoded)
-/// to rewrite, or None to leave the URL local (the implementor may queue an origin pull then).
+/// `/wp-content/uploads/2024/05/a b.jpg`). Append the full public URL (already
+/// percent-encoded) to `url` and return true to rewrite, or return false to leave the URL
+/// local (the implementor may queue an origin pull then). Appending to a buffer the caller
+/// reuses keeps a page's thousands of URLs from costing an allocation each.
 pub trait AssetMap: Send + Sync {
-    /// The public URL of the asset at `path`, if it should be served from there.
-    fn public_url(&self, path: &str) -> Option<String>;
+    /// Whether the asset at `path` is served from its public URL, which goes into `url`.
+    fn public_url(&self, path: &str, url: &mut String) -> bool;
 }
 
 /// A body cannot be rewritten; the caller passes it through untouched.
@@ -101,7 +103,7 @@ impl Rewriter {
     }
 
     fn once(&self, text: &[u8]) -> Option<Vec<u8>> {
-        let mut decide = |path: &str| self.ctx.map.public_url(path);
+        let mut decide = |path: &str, url: &mut String| self.ctx.map.public_url(path, url);
         scan::rewrite_once(self.ctx.site(), &mut decide, &mut Scratch::default(), text)
     }
 

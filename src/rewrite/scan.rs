@@ -29,8 +29,9 @@ impl Out for bytes::BytesMut {
     }
 }
 
-/// Decides whether a managed path (decoded, normalised) is replaced, and by what URL.
-pub(crate) type Decide<'a> = dyn FnMut(&str) -> Option<String> + 'a;
+/// Decides whether a managed path (decoded, normalised) is replaced; if so, appends the URL
+/// that replaces it to the `String` (see [`super::AssetMap`]).
+pub(crate) type Decide<'a> = dyn FnMut(&str, &mut String) -> bool + 'a;
 
 /// The site a response belongs to: the rules plus the request's own origin.
 #[derive(Clone, Copy)]
@@ -45,11 +46,12 @@ impl Site<'_> {
     }
 }
 
-/// Reusable buffers for path decoding, so a match allocates nothing but the decision's answer.
+/// Reusable buffers for path decoding and the decision's answer, so a match allocates nothing.
 #[derive(Default)]
 pub(crate) struct Scratch {
     bytes: Vec<u8>,
     path: String,
+    url: String,
 }
 
 /// Byte classes for the forward scan to the end of a URL.
@@ -338,14 +340,14 @@ impl Pass<'_, '_> {
                 }
             };
             from = url_end;
-            let Some((o, url)) = self.replacement(buf, p, path_end, escaped, at_start) else {
+            let Some(o) = self.replacement(buf, p, path_end, escaped, at_start) else {
                 continue;
             };
             if o < pos {
                 continue;
             }
             out.put(&buf[pos..o]);
-            put_url(out, &url, escaped);
+            put_url(out, &self.scratch.url, escaped);
             pos = path_end;
             replaced += 1;
         }
@@ -365,7 +367,8 @@ impl Pass<'_, '_> {
         }
     }
 
-    /// The start of the URL found at prefix `p` and the public URL to put there, if any.
+    /// The start of the URL found at prefix `p`, if it is replaced; the public URL to put
+    /// there is then in `self.scratch.url`.
     fn replacement(
         &mut self,
         buf: &[u8],
@@ -373,7 +376,7 @@ impl Pass<'_, '_> {
         path_end: usize,
         escaped: bool,
         at_start: bool,
-    ) -> Option<(usize, String)> {
+    ) -> Option<usize> {
         let rules = self.site.rules;
         let start = match find_lead(buf, p, escaped, at_start)? {
             Lead::Root => p,
@@ -386,11 +389,12 @@ impl Pass<'_, '_> {
                 start
             }
         };
-        let Scratch { bytes, path } = &mut *self.scratch;
+        let Scratch { bytes, path, url } = &mut *self.scratch;
         if !rules.normalise(&buf[p..path_end], escaped, bytes, path) {
             return None;
         }
-        (self.decide)(path).map(|url| (start, url))
+        url.clear();
+        (self.decide)(path, url).then_some(start)
     }
 }
 
@@ -521,11 +525,11 @@ impl Scanner {
 /// Every managed path mentioned in `text`, in order of first mention.
 pub(crate) fn collect(site: Site<'_>, text: &[u8]) -> Vec<String> {
     let mut found: Vec<String> = Vec::new();
-    let mut decide = |path: &str| {
+    let mut decide = |path: &str, _: &mut String| {
         if !found.iter().any(|f| f == path) {
             found.push(path.to_owned());
         }
-        None
+        false
     };
     let mut sink = Discard;
     Pass {

@@ -28,14 +28,13 @@ const ENCODE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'?').add(
 struct Present(HashSet<String>);
 
 impl AssetMap for Present {
-    fn public_url(&self, path: &str) -> Option<String> {
+    fn public_url(&self, path: &str, url: &mut String) -> bool {
         let present = self.0.contains(path);
-        present.then(|| {
-            format!(
-                "https://cdn.example.com{}",
-                utf8_percent_encode(path, ENCODE)
-            )
-        })
+        if present {
+            url.push_str("https://cdn.example.com");
+            url.extend(utf8_percent_encode(path, ENCODE));
+        }
+        present
     }
 }
 
@@ -901,7 +900,7 @@ fn lol_html_reference(page: &str, javascript: bool) -> String {
         let handler = ElementContentHandlers::default().element(
             move |el: &mut lol_html::html_content::Element<'_, '_>| {
                 if let Some(value) = el.get_attribute(name) {
-                    let mut decide = |path: &str| ctx.map.public_url(path);
+                    let mut decide = |path: &str, url: &mut String| ctx.map.public_url(path, url);
                     if let Some(new) =
                         rewrite_once(ctx.site(), &mut decide, &mut scratch, value.as_bytes())
                     {
@@ -935,7 +934,7 @@ fn lol_html_reference(page: &str, javascript: bool) -> String {
         let handler = ElementContentHandlers::default().text(
             move |chunk: &mut lol_html::html_content::TextChunk<'_>| {
                 let mut out = Vec::new();
-                let mut decide = |path: &str| ctx.map.public_url(path);
+                let mut decide = |path: &str, url: &mut String| ctx.map.public_url(path, url);
                 let mut scanner = scanner.borrow_mut();
                 scanner.feed(ctx.site(), &mut decide, chunk.as_str().as_bytes(), &mut out);
                 if chunk.last_in_text_node() {
@@ -1478,8 +1477,10 @@ fn other_charsets_pass_untouched() {
 struct Everything;
 
 impl AssetMap for Everything {
-    fn public_url(&self, path: &str) -> Option<String> {
-        Some(format!("https://cdn.example.com{path}"))
+    fn public_url(&self, path: &str, url: &mut String) -> bool {
+        url.push_str("https://cdn.example.com");
+        url.push_str(path);
+        true
     }
 }
 

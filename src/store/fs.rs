@@ -33,6 +33,7 @@ use url::Url;
 
 use super::{
     ByteRange, ByteStream, GetObject, ObjectInfo, PutOptions, Store, StoreError, join_url,
+    push_joined_url,
 };
 
 /// Temp files start with this; no key segment may.
@@ -444,10 +445,11 @@ impl Store for FsStore {
     }
 
     fn public_url(&self, key: &str) -> String {
-        match &self.public_url {
-            Some(base) => join_url(base.as_str(), key),
-            None => join_url(&self.serve_prefix, key),
-        }
+        join_url(self.public_base(), key)
+    }
+
+    fn push_public_url(&self, key: &str, url: &mut String) {
+        push_joined_url(url, self.public_base(), key);
     }
 
     async fn presign_get(&self, _key: &str, _expires: Duration) -> Result<String, StoreError> {
@@ -456,6 +458,14 @@ impl Store for FsStore {
 }
 
 impl FsStore {
+    /// Where public URLs point: `public_url` if set, else this proxy's serve prefix.
+    fn public_base(&self) -> &str {
+        match &self.public_url {
+            Some(base) => base.as_str(),
+            None => &self.serve_prefix,
+        }
+    }
+
     /// Sends every object under `prefix` to `tx` (in directory order), until done or the
     /// receiver is gone.
     fn walk(&self, prefix: &str, tx: &tokio::sync::mpsc::Sender<Result<ObjectInfo, StoreError>>) {

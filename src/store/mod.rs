@@ -143,6 +143,12 @@ pub trait Store: Send + Sync + 'static {
     /// The public URL of `key` (CDN, bucket or this proxy's serve prefix), percent-encoded.
     fn public_url(&self, key: &str) -> String;
 
+    /// [`Store::public_url`] appended to `url`: rewriting asks for one per asset URL of every
+    /// page, and the stores build it without an allocation of its own.
+    fn push_public_url(&self, key: &str, url: &mut String) {
+        url.push_str(&self.public_url(key));
+    }
+
     /// A presigned GET URL valid for `expires`.
     async fn presign_get(&self, key: &str, expires: Duration) -> Result<String, StoreError>;
 }
@@ -252,15 +258,17 @@ fn push_encoded_key(out: &mut String, key: &str) {
 
 /// `base` joined with the encoded `key`, with exactly one '/' between them.
 ///
-/// Built piece by piece rather than with `format!`: rewriting calls this for every asset URL
-/// of every page.
 fn join_url(base: &str, key: &str) -> String {
-    let base = base.trim_end_matches('/');
-    let mut url = String::with_capacity(base.len() + 1 + key.len() + 8);
-    url.push_str(base);
-    url.push('/');
-    push_encoded_key(&mut url, key);
+    let mut url = String::with_capacity(base.len() + key.len() + 8);
+    push_joined_url(&mut url, base, key);
     url
+}
+
+/// [`join_url`] appended to `url`.
+fn push_joined_url(url: &mut String, base: &str, key: &str) {
+    url.push_str(base.trim_end_matches('/'));
+    url.push('/');
+    push_encoded_key(url, key);
 }
 
 #[cfg(test)]

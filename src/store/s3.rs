@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 
 use super::{
     ByteRange, ByteStream, GetObject, ObjectInfo, PutOptions, Store, StoreError, encode_key,
-    join_url,
+    join_url, push_joined_url,
 };
 use crate::config::StoreConfig;
 
@@ -392,6 +392,10 @@ impl Store for S3Store {
 
     fn public_url(&self, key: &str) -> String {
         join_url(&self.public_base, key)
+    }
+
+    fn push_public_url(&self, key: &str, url: &mut String) {
+        push_joined_url(url, &self.public_base, key);
     }
 
     async fn presign_get(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
