@@ -136,9 +136,26 @@ enum End {
     Poison { at: usize },
 }
 
+/// Bytes that simply continue a URL ([`Class::Go`]), as a table for the fast inner loop.
+const GO: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = matches!(CLASS[b], Class::Go);
+        b += 1;
+    }
+    t
+};
+
 fn find_end(buf: &[u8], p: usize, mut i: usize, escaped: bool, eof: bool) -> End {
     let mut path = None;
     loop {
+        // Skip plain URL bytes in a tight loop; only the others need a decision.
+        let limit = buf.len().min(p + MAX_URL + 1);
+        i = buf
+            .get(i..limit)
+            .and_then(|rest| rest.iter().position(|&b| !GO[usize::from(b)]))
+            .map_or(limit.max(i), |at| i + at);
         if i - p > MAX_URL {
             return End::TooLong;
         }
@@ -212,8 +229,18 @@ enum Lead<'b> {
 }
 
 fn is_host_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'.' || b == b'-'
+    HOST_CHAR[usize::from(b)]
 }
+
+const HOST_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        t[b] = (b as u8).is_ascii_alphanumeric() || b == b'.' as usize || b == b'-' as usize;
+        b += 1;
+    }
+    t
+};
 
 /// Looks back from the prefix at `p` for an origin, then checks the URL starts at a boundary.
 /// `at_start`: `buf[0]` is the first byte of the whole text.
