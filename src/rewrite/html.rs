@@ -192,7 +192,9 @@ impl HtmlEngine {
             return self.out.split().freeze();
         }
         let rest = self.settle_pending(chunk);
-        if self.pending.is_empty() {
+        if self.passthrough {
+            self.out.extend_from_slice(rest);
+        } else if self.pending.is_empty() {
             let done = self.run(rest, false);
             self.pending.extend_from_slice(&rest[done..]);
         }

@@ -988,6 +988,29 @@ fn split<'a>(bytes: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
     chunks
 }
 
+/// A tag longer than the engine holds while waiting for its end (4 MiB) makes it give up:
+/// that tag and the rest of the page pass unchanged. A tag that arrives whole in one chunk
+/// is never held, and is rewritten.
+#[test]
+fn a_tag_over_the_limit_passes_the_rest_through() {
+    let before = r#"<img src="/wp-content/uploads/a.jpg">"#;
+    let after = r#"<img src="/wp-content/uploads/b.jpg"><style>.a{background:url(/wp-content/uploads/a.jpg)}</style>"#;
+    let alt = "x".repeat(5 << 20);
+    let huge = format!(r#"<img alt="{alt}" src="/wp-content/uploads/a.jpg">"#);
+    let page = format!("{before}{huge}{after}");
+    let whole = run(Html, false, &[page.as_bytes()]);
+    let rewritten = format!(
+        r#"<img src="{CDN}/a.jpg"><img alt="{alt}" src="{CDN}/a.jpg"><img src="{CDN}/b.jpg"><style>.a{{background:url({CDN}/a.jpg)}}</style>"#
+    );
+    assert!(whole == rewritten, "one chunk");
+    for chunk in [64 * 1024, 1000] {
+        let chunks: Vec<&[u8]> = page.as_bytes().chunks(chunk).collect();
+        let out = run(Html, false, &chunks);
+        let want = format!(r#"<img src="{CDN}/a.jpg">{huge}{after}"#);
+        assert!(out == want, "chunks of {chunk}");
+    }
+}
+
 #[test]
 fn inline_scripts_only_with_javascript() {
     let html = r#"<script>var u="/wp-content/uploads/a.jpg";</script><script type="module">import "/wp-content/uploads/x.css";</script>"#;
