@@ -8,8 +8,9 @@
 #   SIZE_MIB=256 scripts/bench/upload.sh
 #
 # Needs: s3s-fs (cargo install s3s-fs@0.14.1 --features binary --locked), Debian's awscli
-# (/usr/bin/aws), GNU time, curl. offload runs as examples/upload_bench.rs, which wires
-# `UploadRoutes` + `upload::handle` the way the router does.
+# (/usr/bin/aws), GNU time, curl. offload is the release binary (`offload serve` with an
+# s3 store and one [[uploads]] route); the app is examples/upload_bench.rs, which discards
+# bodies.
 # Note: the s3s-fs binary does not set TCP_NODELAY (see TESTING.md); both offload's and the
 # CLI's PUTs go through the same server, so the comparison stays fair.
 set -euo pipefail
@@ -25,8 +26,9 @@ S3SFS=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
 [ -x /usr/bin/aws ] || { echo "install the CLI: apt-get install -y awscli" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "install GNU time: apt-get install -y time" >&2; exit 1; }
 
-cargo build --quiet --release --example upload_bench
+cargo build --quiet --release --example upload_bench --bin offload
 BIN=$CARGO_TARGET_DIR/release/examples/upload_bench
+OFFLOAD=$CARGO_TARGET_DIR/release/offload
 
 rm -rf "$WORK" && mkdir -p "$WORK/data/bench"
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$WORK/file"
@@ -52,8 +54,28 @@ now() { date +%s.%N; }
 # One offload process per mode, under GNU time for its peak RSS.
 run_mode() {
     local mode=$1
-    /usr/bin/time -v -o "$WORK/time-$mode.txt" "$BIN" proxy "127.0.0.1:$PROXY_PORT" \
-        "127.0.0.1:$APP_PORT" "$ENDPOINT" bench "$mode" &
+    cat >"$WORK/offload-$mode.toml" <<CONF
+[server]
+listen = "127.0.0.1:$PROXY_PORT"
+admin_listen = "off"
+[upstream]
+url = "http://127.0.0.1:$APP_PORT"
+[store]
+kind = "s3"
+bucket = "bench"
+region = "us-east-1"
+endpoint = "$ENDPOINT"
+path_style = true
+[[uploads]]
+path = "/upload"
+mode = "$mode"
+max_file_size = "2GiB"
+max_body_size = "2GiB"
+[log]
+level = "warn"
+CONF
+    /usr/bin/time -v -o "$WORK/time-$mode.txt" "$OFFLOAD" serve --config "$WORK/offload-$mode.toml" \
+        >"$WORK/offload-$mode.log" 2>&1 &
     local pid=$!
     wait_port "$PROXY_PORT"
     local t0 t1
