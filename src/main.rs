@@ -11,11 +11,6 @@ use offload::ops::cli as ops;
 use tracing_subscriber::EnvFilter;
 use url::Url;
 
-/// mimalloc rather than glibc's malloc: the proxy allocates on one worker thread and frees on
-/// another all the time (a task moves, a buffer crosses a channel), and glibc then serialises
-/// on its arena locks; under load that contention cost more CPU than the rewriting it served.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A reverse proxy that shares a web app's uploaded assets across servers through S3.
 #[derive(Debug, Parser)]
