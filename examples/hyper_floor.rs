@@ -42,7 +42,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(listen: String, upstream: String, paired: bool) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&listen).await.context("bind")?;
-    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Incoming> =
+        Client::builder(TokioExecutor::new()).build_http();
     loop {
         let (socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
@@ -116,8 +117,8 @@ async fn paired_connection(socket: TcpStream, upstream: &str) -> anyhow::Result<
             Ok::<_, Infallible>(answer)
         }
     });
-    let server = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(socket), service);
+    let server =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(socket), service);
     // Both connections in this one task: no hand-off between tasks per request.
     tokio::select! {
         served = server => served?,

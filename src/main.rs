@@ -11,7 +11,6 @@ use offload::ops::cli as ops;
 use tracing_subscriber::EnvFilter;
 use url::Url;
 
-
 /// A reverse proxy that shares a web app's uploaded assets across servers through S3.
 #[derive(Debug, Parser)]
 #[command(
