@@ -25,24 +25,13 @@ cp "${CARGO_TARGET_DIR:-$repo/target}/release/examples/hyper_floor" "$work/hyper
 
 declare -A port_of=([direct]=$((BASE_PORT + 1)) [nginx]=$((BASE_PORT + 2)) [offload]=$((BASE_PORT + 3))
     [hyper-pooled]=$((BASE_PORT + 4)) [hyper-paired]=$((BASE_PORT + 5)))
-declare -A pid_of
 names=(direct nginx hyper-pooled hyper-paired offload)
 
 mkdir -p "$work/www" "$work/upstream" "$work/proxy"
 head -c 1024 /dev/urandom >"$work/www/1k.bin"
 chmod 644 "$work/www/1k.bin"
 common="daemon off; pid PREFIX/nginx.pid; error_log PREFIX/error.log warn; user root;"
-cat >"$work/upstream/nginx.conf" <<CONF
-${common//PREFIX/$work/upstream}
-worker_processes 1;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    sendfile on; tcp_nopush on; tcp_nodelay on;
-    keepalive_requests 1000000; keepalive_timeout 75s;
-    server { listen 127.0.0.1:${port_of[direct]}; root $work/www; }
-}
-CONF
+upstream_conf "${port_of[direct]}" 1
 cat >"$work/proxy/nginx.conf" <<CONF
 ${common//PREFIX/$work/proxy}
 worker_processes 1;
@@ -77,17 +66,12 @@ url = "http://127.0.0.1:${port_of[direct]}"
 level = "warn"
 CONF
 
-"$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf" &
-pid_of[direct]=$!
-"$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf" &
-pid_of[nginx]=$!
-"$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1 &
-pid_of[offload]=$!
+start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
+start nginx "$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf"
+start offload "$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1
 for mode in pooled paired; do
-    "$work/hyper_floor" "$mode" "127.0.0.1:${port_of[hyper-$mode]}" "127.0.0.1:${port_of[direct]}" &
-    pid_of[hyper-$mode]=$!
+    start "hyper-$mode" "$work/hyper_floor" "$mode" "127.0.0.1:${port_of[hyper-$mode]}" "127.0.0.1:${port_of[direct]}"
 done
-pids+=("${pid_of[@]}")
 for name in "${names[@]}"; do wait_port "${port_of[$name]}"; done
 
 echo "1k.bin; wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; one worker each, $(nproc) cores"

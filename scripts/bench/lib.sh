@@ -84,3 +84,31 @@ wrk_run() { # key url pid
         echo "warning: $1: $(grep "Non-2xx\|Socket errors" <<<"$out")" >&2
     fi
 }
+
+# Writes the static upstream's nginx.conf into $work/upstream: $work/www on 127.0.0.1:port.
+upstream_conf() { # port workers
+    mkdir -p "$work/upstream"
+    cat >"$work/upstream/nginx.conf" <<CONF
+daemon off; pid $work/upstream/nginx.pid; error_log $work/upstream/error.log warn; user root;
+worker_processes $2;
+events { worker_connections 4096; }
+http {
+    include /etc/nginx/mime.types;
+    access_log off;
+    sendfile on; tcp_nopush on; tcp_nodelay on;
+    keepalive_requests 1000000; keepalive_timeout 75s;
+    server { listen 127.0.0.1:$1; root $work/www; etag off; }
+}
+CONF
+}
+
+# Starts a server in the background as `name`: its PID goes to pid_of[name] and it is
+# stopped when the script ends.
+declare -A pid_of
+start() { # name command...
+    local name=$1
+    shift
+    "$@" &
+    pid_of[$name]=$!
+    pids+=($!)
+}

@@ -35,17 +35,7 @@ head -c $((200 * 1024)) /dev/urandom >"$work/www/200k.bin"
 chmod 644 "$work/www/"*
 
 common="daemon off; pid PREFIX/nginx.pid; error_log PREFIX/error.log warn; user root;"
-cat >"$work/upstream/nginx.conf" <<CONF
-${common//PREFIX/$work/upstream}
-worker_processes $UPSTREAM_WORKERS;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    sendfile on; tcp_nopush on; tcp_nodelay on;
-    keepalive_requests 1000000; keepalive_timeout 75s;
-    server { listen 127.0.0.1:$UPSTREAM_PORT; root $work/www; }
-}
-CONF
+upstream_conf "$UPSTREAM_PORT" "$UPSTREAM_WORKERS"
 cat >"$work/proxy/nginx.conf" <<CONF
 ${common//PREFIX/$work/proxy}
 worker_processes $PROXY_WORKERS;
@@ -84,14 +74,10 @@ url = "http://127.0.0.1:$UPSTREAM_PORT"
 level = "warn"
 CONF
 
-declare -A pid_of port_of=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [offload]=$OFFLOAD_PORT)
-"$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf" &
-pid_of[direct]=$!
-"$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf" &
-pid_of[nginx]=$!
-"$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1 &
-pid_of[offload]=$!
-pids+=("${pid_of[@]}")
+declare -A port_of=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [offload]=$OFFLOAD_PORT)
+start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
+start nginx "$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf"
+start offload "$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1
 
 for port in $UPSTREAM_PORT $NGINX_PORT $OFFLOAD_PORT; do wait_port "$port"; done
 for port in $UPSTREAM_PORT $NGINX_PORT $OFFLOAD_PORT; do
