@@ -30,31 +30,8 @@ names=(direct nginx hyper-pooled hyper-paired offload)
 mkdir -p "$work/www" "$work/upstream" "$work/proxy"
 head -c 1024 /dev/urandom >"$work/www/1k.bin"
 chmod 644 "$work/www/1k.bin"
-common="daemon off; pid PREFIX/nginx.pid; error_log PREFIX/error.log warn; user root;"
 upstream_conf "${port_of[direct]}" 1
-cat >"$work/proxy/nginx.conf" <<CONF
-${common//PREFIX/$work/proxy}
-worker_processes 1;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    tcp_nodelay on;
-    keepalive_requests 1000000; keepalive_timeout 75s;
-    upstream app { server 127.0.0.1:${port_of[direct]}; keepalive 256; keepalive_requests 1000000; }
-    server {
-        listen 127.0.0.1:${port_of[nginx]};
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$host;
-        }
-    }
-}
-CONF
+proxy_conf "${port_of[nginx]}" "${port_of[direct]}" 1
 cat >"$work/offload.toml" <<CONF
 [server]
 listen = "127.0.0.1:${port_of[offload]}"

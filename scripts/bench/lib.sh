@@ -112,3 +112,36 @@ start() { # name command...
     pid_of[$name]=$!
     pids+=($!)
 }
+
+# Writes nginx-as-proxy's config into $work/proxy: 127.0.0.1:port to the upstream on
+# upstream_port through a keep-alive pool, setting the forwarding headers offload sets;
+# `extra` (directives) goes into its location block.
+proxy_conf() { # port upstream_port workers [extra]
+    mkdir -p "$work/proxy"
+    cat >"$work/proxy/nginx.conf" <<CONF
+daemon off; pid $work/proxy/nginx.pid; error_log $work/proxy/error.log warn; user root;
+worker_processes $3;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    tcp_nodelay on;
+    keepalive_requests 1000000; keepalive_timeout 75s;
+    upstream app { server 127.0.0.1:$2; keepalive 256; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$1;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_buffers 32 8k;
+            proxy_busy_buffers_size 64k;
+            ${4:-}
+        }
+    }
+}
+CONF
+}

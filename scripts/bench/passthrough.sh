@@ -34,33 +34,8 @@ head -c 1024 /dev/urandom >"$work/www/1k.bin"
 head -c $((200 * 1024)) /dev/urandom >"$work/www/200k.bin"
 chmod 644 "$work/www/"*
 
-common="daemon off; pid PREFIX/nginx.pid; error_log PREFIX/error.log warn; user root;"
 upstream_conf "$UPSTREAM_PORT" "$UPSTREAM_WORKERS"
-cat >"$work/proxy/nginx.conf" <<CONF
-${common//PREFIX/$work/proxy}
-worker_processes $PROXY_WORKERS;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    tcp_nodelay on;
-    keepalive_requests 1000000; keepalive_timeout 75s;
-    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; keepalive_requests 1000000; }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$host;
-            proxy_buffers 32 8k;
-            proxy_busy_buffers_size 64k;
-        }
-    }
-}
-CONF
+proxy_conf "$NGINX_PORT" "$UPSTREAM_PORT" "$PROXY_WORKERS"
 offload_threads=$PROXY_WORKERS
 [[ $offload_threads == auto ]] && offload_threads=0
 cat >"$work/offload.toml" <<CONF

@@ -61,34 +61,18 @@ PY
 chmod 644 "$work/www/"*
 urls=$(grep -o 'example.com[\\/]*wp-content[\\/]*uploads' "$work/www/page.html" | wc -l)
 
-common="daemon off; pid PREFIX/nginx.pid; error_log PREFIX/error.log warn; user root;"
 upstream_conf "$UPSTREAM_PORT" "$UPSTREAM_WORKERS"
-cat >"$work/proxy/nginx.conf" <<CONF
-${common//PREFIX/$work/proxy}
-worker_processes $PROXY_WORKERS;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    tcp_nodelay on;
-    keepalive_requests 1000000; keepalive_timeout 75s;
-    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; keepalive_requests 1000000; }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header Accept-Encoding "";
-            proxy_buffers 32 8k;
-            proxy_busy_buffers_size 64k;
+# nginx's side of the comparison: the plain and the JSON-escaped spelling of the origin's
+# upload URLs, on an uncompressed answer.
+sub_filter=$(
+    cat <<'NGINX'
+proxy_set_header Accept-Encoding "";
             sub_filter_once off;
             sub_filter 'https://example.com/wp-content/uploads/' 'https://cdn.example.com/wp-content/uploads/';
-            sub_filter 'https:\\/\\/example.com\\/wp-content\\/uploads\\/' 'https:\\/\\/cdn.example.com\\/wp-content\\/uploads\\/';
-        }
-    }
-}
-CONF
+            sub_filter 'https:\/\/example.com\/wp-content\/uploads\/' 'https:\/\/cdn.example.com\/wp-content\/uploads\/';
+NGINX
+)
+proxy_conf "$NGINX_PORT" "$UPSTREAM_PORT" "$PROXY_WORKERS" "$sub_filter"
 cat >"$work/offload.toml" <<CONF
 [server]
 listen = "127.0.0.1:$OFFLOAD_PORT"
