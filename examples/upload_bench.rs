@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("app") => app(args[1].parse()?).await,
+        Some("app") if args.len() == 2 => app(args[1].parse()?).await,
         _ => anyhow::bail!("usage: upload_bench app ADDR"),
     }
 }

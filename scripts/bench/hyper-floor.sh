@@ -43,9 +43,7 @@ url = "http://127.0.0.1:${port_of[direct]}"
 level = "warn"
 CONF
 
-start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
-start nginx "$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf"
-start offload "$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1
+start_servers
 for mode in pooled paired; do
     start "hyper-$mode" "$work/hyper_floor" "$mode" "127.0.0.1:${port_of[hyper-$mode]}" "127.0.0.1:${port_of[direct]}"
 done

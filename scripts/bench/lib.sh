@@ -145,3 +145,11 @@ http {
 }
 CONF
 }
+
+# Starts the upstream nginx, nginx as proxy and offload, from the configs the caller wrote
+# ($work/upstream, $work/proxy, $work/offload.toml), as direct, nginx and offload.
+start_servers() {
+    start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
+    start nginx "$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf"
+    start offload "$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1
+}

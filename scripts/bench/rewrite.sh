@@ -92,9 +92,7 @@ level = "warn"
 CONF
 
 declare -A port_of=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [offload]=$OFFLOAD_PORT)
-start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
-start nginx "$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf"
-start offload "$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1
+start_servers
 
 for port in $UPSTREAM_PORT $NGINX_PORT $OFFLOAD_PORT; do wait_port "$port"; done
 # Both proxies must answer the same rewritten page.
