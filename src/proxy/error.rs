@@ -65,31 +65,20 @@ impl ProxyError {
         response
     }
 
-    /// Sorts a client error from hyper-util by side, keeping the innermost causes as text
-    /// (hyper's own messages are terse: "client error (Connect)").
-    pub(crate) fn from_client(err: hyper_util::client::legacy::Error) -> ProxyError {
-        let detail = causes(&err);
-        if err.is_connect() {
-            ProxyError::Connect(detail)
-        } else {
-            ProxyError::Upstream(detail)
-        }
+    /// An exchange with the app that failed after it was reached, with hyper's causes as
+    /// text.
+    pub(crate) fn from_hyper(err: &hyper::Error) -> ProxyError {
+        ProxyError::Upstream(chain(err))
     }
 }
 
-/// The error's sources joined with ": ", skipping the outermost wrapper.
-fn causes(err: &(dyn StdError + 'static)) -> String {
-    let mut text = String::new();
+/// The error and its sources joined with ": " (hyper's own messages are terse).
+pub(super) fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        let _ = write!(text, "{cause}");
+        let _ = write!(text, ": {cause}");
         source = cause.source();
-    }
-    if text.is_empty() {
-        text = err.to_string();
     }
     text
 }

@@ -11,6 +11,7 @@
 
 mod error;
 mod headers;
+mod pool;
 mod upgrade;
 mod upstream;
 

@@ -1,7 +1,8 @@
 //! The pooled client to the app and the forwarding of one request.
 
 use std::net::{IpAddr, SocketAddr};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -11,14 +12,13 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::{ProxyError, headers, upgrade};
+use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
+use super::{ProxyError, error, headers, upgrade};
 use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
 
@@ -38,8 +38,9 @@ pub struct UpstreamTiming(pub Duration);
 /// Built once, shared by every connection.
 #[derive(Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
-    scheme: Scheme,
+    pool: Arc<Pool>,
+    /// `http://host:port/`: where the pool connects.
+    target: Uri,
     authority: Authority,
     /// The upstream authority as a `Host` value (used when the client's is not kept).
     host: HeaderValue,
@@ -77,15 +78,17 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let pool = Pool::new(connector, cfg.pool_max_idle, cfg.pool_idle_timeout);
+        let target = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| ProxyError::Config(format!("upstream.url: {e}")))?;
 
         Ok(Upstream {
-            client,
-            scheme: Scheme::HTTP,
+            pool: Arc::new(pool),
+            target,
             authority,
             host,
             base_path,
@@ -143,15 +146,27 @@ impl Upstream {
         parts.extensions = http::Extensions::new();
 
         let started = Instant::now();
-        let mut response = self.send(Request::from_parts(parts, body)).await?;
-        let elapsed = started.elapsed();
-        response.extensions_mut().insert(UpstreamTiming(elapsed));
-
+        let req = Request::from_parts(parts, body);
+        let mut response = match (tunnel, client_upgrade) {
+            (true, Some(client_upgrade)) => {
+                let response = Box::pin(self.send_upgradable(req)).await?;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return self.switch_protocols(response, client_upgrade);
+                }
+                response.map(body::boxed)
+            }
+            _ => self.send(req).await?,
+        };
+        response
+            .extensions_mut()
+            .insert(UpstreamTiming(started.elapsed()));
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return self.switch_protocols(response, tunnel.then_some(client_upgrade).flatten());
+            return Err(ProxyError::Upstream(
+                "switched protocols without an upgrade request".into(),
+            ));
         }
         headers::strip_hop_by_hop(response.headers_mut(), false);
-        Ok(response.map(body::boxed))
+        Ok(response)
     }
 
     /// A plain GET to the app for `path_and_query`, with `headers` as given (e.g. Host,
@@ -171,46 +186,55 @@ impl Upstream {
         }
         let mut response = self.send(req).await?;
         headers::strip_hop_by_hop(response.headers_mut(), false);
-        Ok(response.map(body::boxed))
+        Ok(response)
     }
 
-    /// Sends and waits for the response head. A bodiless idempotent request that meets a
-    /// pooled connection the app closed meanwhile (its keep-alive timeout racing our reuse)
-    /// is sent once more, on a fresh connection, as nginx does: the client never sees that
-    /// race as a `502`.
-    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        let Some(replay) = replayable_copy(&req) else {
-            return self
-                .send_once(req)
-                .await
-                .map_err(ProxyError::from_client_or_timeout);
-        };
-        match self.send_once(req).await {
-            Err(SendError::Client(err)) if closed_before_answer(&err) => {
-                debug!(error = %err, "app closed a pooled connection; sending again");
-                self.send_once(replay)
-                    .await
-                    .map_err(ProxyError::from_client_or_timeout)
-            }
-            other => other.map_err(ProxyError::from_client_or_timeout),
-        }
-    }
-
-    /// One attempt. The response timeout starts once the request body is fully sent: a slow
-    /// 1 GiB upload is not the app being slow.
-    async fn send_once(&self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+    /// Sends `req` and waits for the response head. A request that meets a pooled connection
+    /// the app closed meanwhile (its keep-alive timeout racing our reuse) is sent once more,
+    /// on a fresh connection, as nginx does, when that is safe: hyper had not begun sending
+    /// it, or it is idempotent and bodiless. The client never sees that race as a `502`.
+    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let replay = replayable_copy(&req);
+        let conn = self.pool.checkout(&self.target).await?;
+        let reused = conn.reused();
         let (req, body_sent) = watch_body_end(req);
-        let mut response = pin!(self.client.request(req));
-        if let Some(body_sent) = body_sent {
-            tokio::select! {
-                result = &mut response => return result.map_err(SendError::Client),
-                _ = body_sent => {}
-            }
-        }
-        match tokio::time::timeout(self.response_timeout, response).await {
-            Ok(result) => result.map_err(SendError::Client),
-            Err(_) => Err(SendError::Timeout(self.response_timeout)),
-        }
+        let failure = match conn.exchange(req, body_sent, self.response_timeout).await {
+            Ok((response, conn)) => return Ok(self.leased(response, conn)),
+            Err(SendError::Failed(failure)) if reused => failure,
+            Err(other) => return Err(other.into()),
+        };
+        let retry = match failure.request {
+            Some(unsent) => unsent,
+            None => match replay.filter(|_| closed_before_answer(&failure.error)) {
+                Some(copy) => copy,
+                None => return Err(ProxyError::from_hyper(&failure.error)),
+            },
+        };
+        debug!(error = %failure.error, "app closed a pooled connection; sending again");
+        // Boxed: rare, and every request's future would otherwise carry its state.
+        Box::pin(self.send_again(retry)).await
+    }
+
+    /// The retry of [`Upstream::send`], on a new connection.
+    async fn send_again(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let conn = self.pool.connect(&self.target).await?;
+        let (req, body_sent) = watch_body_end(req);
+        let (response, conn) = conn.exchange(req, body_sent, self.response_timeout).await?;
+        Ok(self.leased(response, conn))
+    }
+
+    /// The response with its body carrying the connection back to the pool when read.
+    fn leased(&self, response: Response<Incoming>, conn: Conn) -> Response<Body> {
+        let pool = Arc::clone(&self.pool);
+        response.map(|body| body::boxed(LeasedBody::new(body, conn, pool)))
+    }
+
+    /// Sends an upgrade request on a connection of its own, for a tunnel if the app agrees.
+    async fn send_upgradable(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        let conn = self.pool.connect_upgradable(&self.target).await?;
+        let (req, body_sent) = watch_body_end(req);
+        let (response, _) = conn.exchange(req, body_sent, self.response_timeout).await?;
+        Ok(response)
     }
 
     /// Answers a `101` from the app: tunnels when the client asked to upgrade, refuses
@@ -218,12 +242,11 @@ impl Upstream {
     fn switch_protocols(
         &self,
         mut response: Response<Incoming>,
-        client_upgrade: Option<OnUpgrade>,
+        client_upgrade: OnUpgrade,
     ) -> Result<Response<Body>, ProxyError> {
-        let app_upgrade = response.extensions_mut().remove::<OnUpgrade>();
-        let (Some(client_upgrade), Some(app_upgrade)) = (client_upgrade, app_upgrade) else {
+        let Some(app_upgrade) = response.extensions_mut().remove::<OnUpgrade>() else {
             return Err(ProxyError::Upstream(
-                "switched protocols without an upgrade request".into(),
+                "switched protocols without a connection".into(),
             ));
         };
         upgrade::tunnel(client_upgrade, app_upgrade);
@@ -236,7 +259,7 @@ impl Upstream {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
-    /// The app's URI for a request's path and query, kept byte for byte.
+    /// The app's request target for a request's path and query, kept byte for byte.
     fn uri_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
         let pq = match (&self.base_path, pq) {
             (None, Some(pq)) => pq.clone(),
@@ -247,27 +270,23 @@ impl Upstream {
                     .map_err(|e| ProxyError::BadRequest(e.to_string()))?
             }
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+        // Origin form (`/path?query`): what an HTTP/1.1 request to the app carries.
+        Ok(Uri::from(pq))
     }
 }
 
-/// Why one attempt to reach the app failed, before it is sorted into a [`ProxyError`].
-enum SendError {
-    Client(hyper_util::client::legacy::Error),
-    Timeout(Duration),
-}
-
-impl ProxyError {
-    fn from_client_or_timeout(err: SendError) -> ProxyError {
+impl From<SendError> for ProxyError {
+    fn from(err: SendError) -> ProxyError {
         match err {
-            SendError::Client(err) => ProxyError::from_client(err),
+            SendError::Failed(failure) => ProxyError::from_hyper(&failure.error),
             SendError::Timeout(after) => ProxyError::Timeout(after),
         }
+    }
+}
+
+impl From<ConnectError> for ProxyError {
+    fn from(err: ConnectError) -> ProxyError {
+        ProxyError::Connect(error::chain(&*err.0))
     }
 }
 
@@ -291,13 +310,8 @@ fn replayable_copy(req: &Request<Body>) -> Option<Request<Body>> {
 
 /// The app closed the connection before any answer: what a pooled connection that timed out
 /// on the app's side looks like when we reuse it.
-fn closed_before_answer(err: &hyper_util::client::legacy::Error) -> bool {
-    if err.is_connect() {
-        return false;
-    }
-    std::error::Error::source(err)
-        .and_then(|source| source.downcast_ref::<hyper::Error>())
-        .is_some_and(|e| e.is_incomplete_message() || e.is_canceled())
+fn closed_before_answer(err: &hyper::Error) -> bool {
+    err.is_incomplete_message() || err.is_canceled()
 }
 
 /// Wraps a request body that has bytes still to come so that its end is signalled; `None`
@@ -368,8 +382,8 @@ mod tests {
         for target in ["/a%2Fb/%20?x=%41&&y", "//double", "/%E2%9C%93?q=%C3%A9"] {
             let pq = PathAndQuery::try_from(target).unwrap();
             let uri = u.uri_for(Some(&pq)).unwrap();
-            assert_eq!(uri.path_and_query().unwrap().as_str(), target);
-            assert_eq!(uri.authority().unwrap(), "127.0.0.1:8000");
+            assert_eq!(uri.to_string(), target);
+            assert!(uri.authority().is_none(), "origin form");
         }
     }
 
@@ -377,10 +391,8 @@ mod tests {
     fn base_path_is_prefixed() {
         let u = upstream("http://app:81/base/");
         let pq = PathAndQuery::from_static("/x?y");
-        assert_eq!(
-            u.uri_for(Some(&pq)).unwrap().to_string(),
-            "http://app:81/base/x?y"
-        );
+        assert_eq!(u.uri_for(Some(&pq)).unwrap().to_string(), "/base/x?y");
+        assert_eq!(u.target.to_string(), "http://app:81/");
     }
 
     #[test]

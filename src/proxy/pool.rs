@@ -1,0 +1,375 @@
+//! The keep-alive pool of HTTP/1.1 connections to the app.
+//!
+//! hyper-util's pooled client gives every connection a task of its own and hands each request
+//! and response between that task and the client's through channels: two extra task switches
+//! per request, which measured as the largest cost of a small pass-through request after the
+//! kernel's. Here a connection has no task: whoever holds it polls it. The request's task
+//! polls it while the request goes out and the response head comes back; then the response
+//! body ([`LeasedBody`]) carries it and polls it whenever the body is read, so the upstream
+//! socket is read exactly as fast as the client takes the answer (back-pressure for free).
+//! When the body has ended, the connection goes back to the pool, as nginx's `keepalive`
+//! cache does; a body dropped half-read closes it (its rest would still be in the socket).
+//!
+//! Idle connections are not polled, so an app closing one is noticed when it is next taken
+//! (each is polled once then, and a closed one is dropped) or by the sweep that also closes
+//! those idle longer than `upstream.pool_idle_timeout`. A request that still meets a
+//! connection the app has just closed is retried by [`super::Upstream`].
+
+use std::error::Error as StdError;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tower::ServiceExt;
+use tracing::debug;
+
+use crate::body::Body;
+
+type AppIo = TokioIo<TcpStream>;
+
+/// One HTTP/1.1 connection to the app: the sending half and the connection future that does
+/// its I/O, which must be polled for anything to happen.
+pub(super) struct Conn {
+    sender: http1::SendRequest<Body>,
+    /// Boxed so that the futures and bodies a connection moves through stay small (they are
+    /// moved by value at each step of a request). `None`: the I/O runs in a task of its own
+    /// (a connection that may be upgraded); such a connection is never pooled.
+    io: Option<Box<AppConnection>>,
+    /// Taken from the pool (it served a request before), as opposed to freshly opened.
+    reused: bool,
+}
+
+type AppConnection = http1::Connection<AppIo, Body>;
+
+/// Why an exchange with the app failed.
+pub(super) enum SendError {
+    /// Boxed: failures are rare, and this travels in every request's `Result`.
+    Failed(Box<SendFailure>),
+    /// No response head within the response timeout.
+    Timeout(Duration),
+}
+
+/// Why a connection could not be had.
+#[derive(Debug)]
+pub(super) struct ConnectError(pub(super) Box<dyn StdError + Send + Sync>);
+
+/// Why an exchange on a connection failed; `request` is the request back when hyper had not
+/// begun to send it (it may be sent elsewhere as it is).
+pub(super) struct SendFailure {
+    pub(super) error: hyper::Error,
+    pub(super) request: Option<Request<Body>>,
+}
+
+/// The keep-alive pool: idle connections, most recently used last.
+pub(super) struct Pool {
+    connector: HttpConnector,
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    sweeping: std::sync::Once,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle", &self.idle().len())
+            .field("max_idle", &self.max_idle)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+impl Pool {
+    pub(super) fn new(connector: HttpConnector, max_idle: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            connector,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+            sweeping: std::sync::Once::new(),
+        }
+    }
+
+    /// A connection to `target` (the app's `http://host:port`): an idle one that is still
+    /// open, else a new one.
+    pub(super) async fn checkout(self: &Arc<Pool>, target: &Uri) -> Result<Conn, ConnectError> {
+        while let Some(mut conn) = self.pop_idle() {
+            // Polling it once tells whether the app closed it while it sat idle.
+            if poll_fn(|cx| Poll::Ready(conn.usable(cx))).await {
+                return Ok(conn);
+            }
+            debug!("dropping an idle app connection the app closed");
+        }
+        // Boxed: connecting's state is large and rare; every request's future would carry it.
+        Box::pin(self.connect(target)).await
+    }
+
+    /// A new connection, never one from the pool.
+    pub(super) async fn connect(&self, target: &Uri) -> Result<Conn, ConnectError> {
+        let (sender, io) = self.handshake(target).await?;
+        Ok(Conn {
+            sender,
+            io: Some(Box::new(io)),
+            reused: false,
+        })
+    }
+
+    /// A new connection that may switch protocols: its I/O runs in a task of its own, as an
+    /// upgraded connection outlives the request (and it is never pooled).
+    pub(super) async fn connect_upgradable(&self, target: &Uri) -> Result<Conn, ConnectError> {
+        let (sender, io) = self.handshake(target).await?;
+        tokio::spawn(async move {
+            if let Err(e) = io.with_upgrades().await {
+                debug!(error = %e, "app connection ended with an error");
+            }
+        });
+        Ok(Conn {
+            sender,
+            io: None,
+            reused: false,
+        })
+    }
+
+    async fn handshake(
+        &self,
+        target: &Uri,
+    ) -> Result<(http1::SendRequest<Body>, AppConnection), ConnectError> {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(target.clone())
+            .await
+            .map_err(|e| ConnectError(e.into()))?;
+        http1::handshake(io)
+            .await
+            .map_err(|e| ConnectError(e.into()))
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+        // A panic elsewhere while holding the lock leaves a plain Vec: still consistent.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn pop_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle();
+        let now = Instant::now();
+        while let Some(entry) = idle.pop() {
+            if now.duration_since(entry.since) < self.idle_timeout {
+                return Some(entry.conn);
+            }
+            // The most recent is too old: all the others are older still.
+            idle.clear();
+        }
+        None
+    }
+
+    /// Takes a connection back after its response ended.
+    fn checkin(self: &Arc<Pool>, mut conn: Conn) {
+        if conn.io.is_none() || conn.sender.is_closed() {
+            return;
+        }
+        conn.reused = true;
+        {
+            let mut idle = self.idle();
+            if idle.len() >= self.max_idle {
+                // Full: the oldest goes (closed when dropped).
+                idle.remove(0);
+            }
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+        self.sweeping.call_once(|| self.start_sweeping());
+    }
+
+    /// Closes, every so often, the idle connections past the idle timeout and those the app
+    /// closed. Runs while the pool exists.
+    fn start_sweeping(self: &Arc<Pool>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let every = self
+            .idle_timeout
+            .clamp(Duration::from_secs(1), Duration::from_secs(5));
+        runtime.spawn(sweep(pool, every));
+    }
+}
+
+async fn sweep(pool: Weak<Pool>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        poll_fn(|cx| {
+            let now = Instant::now();
+            pool.idle().retain_mut(|entry| {
+                now.duration_since(entry.since) < pool.idle_timeout && entry.conn.usable(cx)
+            });
+            Poll::Ready(())
+        })
+        .await;
+    }
+}
+
+impl Conn {
+    /// Whether this connection served a request before (taken from the pool).
+    pub(super) fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Whether a request can go out on this connection: it has not closed or failed, and is
+    /// waiting for a request. Polls its I/O once (which notices an app's close).
+    fn usable(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.poll_io(cx).is_ready() {
+            return false;
+        }
+        self.sender.is_ready()
+    }
+
+    /// Drives the connection's I/O; ready when it has closed or failed (the exchange's
+    /// futures report how), and never when its I/O runs elsewhere.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.io {
+            Some(io) => Pin::new(io.as_mut()).poll(cx).map(|_| ()),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Sends `req` and waits for the response head, driving the connection meanwhile; the
+    /// connection comes back with the response, for [`LeasedBody`].
+    ///
+    /// The response timeout starts once the request body is fully sent (`body_sent`
+    /// resolves; `None`: there is no body): a slow 1 GiB upload is not the app being slow.
+    /// One flat future on purpose: futures are moved by value at each `.await` level, and
+    /// this one runs for every request.
+    pub(super) async fn exchange(
+        mut self,
+        req: Request<Body>,
+        mut body_sent: Option<oneshot::Receiver<()>>,
+        response_timeout: Duration,
+    ) -> Result<(Response<Incoming>, Conn), SendError> {
+        let mut response = std::pin::pin!(self.sender.try_send_request(req));
+        let deadline = std::pin::pin!(tokio::time::sleep(response_timeout));
+        let mut deadline = deadline;
+        let mut io_done = false;
+        let result = poll_fn(|cx| {
+            if !io_done && self.poll_io(cx).is_ready() {
+                // Closed or failed: the response future reports how.
+                io_done = true;
+            }
+            if let Poll::Ready(result) = response.as_mut().poll(cx) {
+                return Poll::Ready(Ok(result));
+            }
+            if let Some(sent) = &mut body_sent {
+                if Pin::new(sent).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                body_sent = None;
+                deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + response_timeout);
+            }
+            deadline.as_mut().poll(cx).map(|()| Err(()))
+        })
+        .await;
+        match result {
+            Ok(Ok(response)) => Ok((response, self)),
+            Ok(Err(mut failed)) => Err(SendError::Failed(Box::new(SendFailure {
+                request: failed.take_message(),
+                error: failed.into_error(),
+            }))),
+            Err(()) => Err(SendError::Timeout(response_timeout)),
+        }
+    }
+}
+
+/// A response body from the app that carries its connection: reading the body drives the
+/// connection, and the connection returns to the pool when the body has ended.
+pub(super) struct LeasedBody {
+    body: Incoming,
+    conn: Option<Conn>,
+    pool: Arc<Pool>,
+}
+
+impl LeasedBody {
+    pub(super) fn new(body: Incoming, conn: Conn, pool: Arc<Pool>) -> LeasedBody {
+        LeasedBody {
+            body,
+            conn: Some(conn),
+            pool,
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.checkin(conn);
+        }
+    }
+}
+
+impl http_body::Body for LeasedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
+        // The body asked for more (the connection reads only what is wanted): let the
+        // connection read it now rather than on the next wake-up.
+        if polled.is_pending()
+            && let Some(conn) = &mut this.conn
+        {
+            if conn.poll_io(cx).is_ready() {
+                // Closed or failed: the body has what was read and reports the rest.
+                this.conn = None;
+            }
+            polled = Pin::new(&mut this.body).poll_frame(cx);
+        }
+        if let Poll::Ready(None) = polled {
+            this.release();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for LeasedBody {
+    fn drop(&mut self) {
+        // A body with nothing to read (HEAD, 204, 304, empty) is never polled; one dropped
+        // half-read leaves bytes in the socket, and its connection is closed with it.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
