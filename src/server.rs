@@ -206,7 +206,13 @@ pub async fn route(
     // The fs store, served by offload itself under its own prefix.
     if is_read && let Some(key) = store_key(&state, req.uri().path()) {
         let head_only = req.method() == Method::HEAD;
-        let response = store::serve_object(&*state.store, &key, req.headers(), head_only).await;
+        let response = Box::pin(store::serve_object(
+            &*state.store,
+            &key,
+            req.headers(),
+            head_only,
+        ))
+        .await;
         return mark(response, RequestKind::Store);
     }
     // Upload routes: caught before anything reaches the app.
@@ -218,7 +224,7 @@ pub async fn route(
             client,
             after_app: state.after_app.clone(),
         };
-        let response = upload::handle(&upload_route, req, &ctx).await;
+        let response = Box::pin(upload::handle(&upload_route, req, &ctx)).await;
         return mark(response, RequestKind::Upload);
     }
     // Managed assets: the app first, the store on its 404.
@@ -226,13 +232,18 @@ pub async fn route(
         && let Some(assets) = &state.assets
         && let Some(path) = assets.managed_path(req.uri().path())
     {
-        let response = assets::handle_request(assets, &path, req, &client).await;
+        let response = Box::pin(assets::handle_request(assets, &path, req, &client)).await;
         return mark(response, RequestKind::Asset);
     }
     // Everything else: forwarded as it is, asset URLs in the answer rewritten.
     let method = req.method().clone();
     let response = passthrough(&state, req, &client).await;
-    rewrite_response(&state, &method, &origin, response).await
+    match &state.assets {
+        Some(assets) if state.config.rewrite.enabled => {
+            Box::pin(rewrite_response(&state, assets, &method, &origin, response)).await
+        }
+        _ => response,
+    }
 }
 
 /// The key of a request under the fs store's serve prefix; `None` for any other path. A
@@ -260,14 +271,12 @@ fn mark(mut response: Response<Body>, kind: RequestKind) -> Response<Body> {
 /// or compressed bodies stream, rewritten from the presence cache alone.
 async fn rewrite_response(
     state: &AppState,
+    assets: &Assets,
     method: &Method,
     origin: &OriginParts,
     response: Response<Body>,
 ) -> Response<Body> {
     let cfg = &state.config.rewrite;
-    let Some(assets) = state.assets.as_ref().filter(|_| cfg.enabled) else {
-        return response;
-    };
     let (mut parts, body) = response.into_parts();
     let opts = PlanOptions {
         javascript: cfg.javascript,
