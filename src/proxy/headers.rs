@@ -48,6 +48,14 @@ fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// (an upgrade is being passed on), `Upgrade` stays and `Connection: upgrade` is re-added,
 /// as the next hop needs both to switch protocols.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
+    // One pass over the names first: most messages carry none of these, or just
+    // `Connection: keep-alive`, and a lookup per name would cost more than the pass.
+    let present = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || fixed_hop_by_hop().contains(&name));
+    if !present && !tunnel {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = connection_options(headers)
             .filter_map(|o| HeaderName::from_bytes(o.as_bytes()).ok())
@@ -107,13 +115,19 @@ pub(super) fn strip_proxy_credentials(headers: &mut HeaderMap) {
 /// Claims about the client that only a proxy may make and that offload does not set itself
 /// (apps behind trusted proxies read them: Symfony and Laravel take the port and prefix,
 /// many apps the real IP). From an untrusted peer they are dropped.
-const UNSET_CLAIMS: [&str; 3] = ["x-forwarded-port", "x-forwarded-prefix", "x-real-ip"];
+static UNSET_CLAIMS: [HeaderName; 3] = [
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-real-ip"),
+];
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for a request from `client` whose
 /// original host (Host header or URI authority) was `host`. From a trusted peer the
 /// headers it sent are kept and extended; from anyone else they are replaced, and the
 /// claims offload does not make (`X-Forwarded-Port/-Prefix`, `X-Real-IP`) removed, so a
 /// client cannot forge its address.
+///
+/// Runs for every forwarded request: the values are built as bytes, without `format!`.
 pub(super) fn set_forwarding(
     headers: &mut HeaderMap,
     client: &ClientInfo,
@@ -121,9 +135,11 @@ pub(super) fn set_forwarding(
     host: Option<&HeaderValue>,
 ) {
     let ip = canonical_ip(client.peer.ip());
+    let mut ip_text = IpText::new();
+    ip_text.write(ip);
     let proto = if client.tls { "https" } else { "http" };
     if !trusted {
-        for name in UNSET_CLAIMS {
+        for name in &UNSET_CLAIMS {
             headers.remove(name);
         }
     }
@@ -131,13 +147,13 @@ pub(super) fn set_forwarding(
     let mut xff = if trusted {
         joined(headers, &X_FORWARDED_FOR)
     } else {
-        String::new()
+        Vec::new()
     };
     if !xff.is_empty() {
-        xff.push_str(", ");
+        xff.extend_from_slice(b", ");
     }
-    let _ = write!(xff, "{ip}");
-    insert_text(headers, &X_FORWARDED_FOR, &xff);
+    xff.extend_from_slice(ip_text.as_bytes());
+    insert_bytes(headers, &X_FORWARDED_FOR, xff);
 
     if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -152,60 +168,129 @@ pub(super) fn set_forwarding(
     let mut forwarded = if trusted {
         joined(headers, &header::FORWARDED)
     } else {
-        String::new()
+        Vec::with_capacity(64)
     };
     if !forwarded.is_empty() {
-        forwarded.push_str(", ");
+        forwarded.extend_from_slice(b", ");
     }
-    forwarded_element(&mut forwarded, ip, host, proto);
-    insert_text(headers, &header::FORWARDED, &forwarded);
+    forwarded_element(
+        &mut forwarded,
+        ip.is_ipv6(),
+        ip_text.as_bytes(),
+        host,
+        proto,
+    );
+    insert_bytes(headers, &header::FORWARDED, forwarded);
 }
 
 /// One RFC 7239 element: `for=…;host="…";proto=…`. IPv6 nodes and hosts are quoted (":"
 /// and "[" are not token characters).
-fn forwarded_element(out: &mut String, ip: IpAddr, host: Option<&HeaderValue>, proto: &str) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let _ = write!(out, "for={v4}");
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "for=\"[{v6}]\"");
-        }
+fn forwarded_element(
+    out: &mut Vec<u8>,
+    ipv6: bool,
+    ip: &[u8],
+    host: Option<&HeaderValue>,
+    proto: &str,
+) {
+    out.extend_from_slice(b"for=");
+    if ipv6 {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(ip);
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(ip);
     }
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        out.push_str(";host=\"");
-        for c in host.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
+    if let Some(host) = host {
+        out.extend_from_slice(b";host=\"");
+        for &b in host.as_bytes() {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
             }
-            out.push(c);
+            out.push(b);
         }
-        out.push('"');
+        out.push(b'"');
     }
-    out.push_str(";proto=");
-    out.push_str(proto);
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
+}
+
+/// An IP address as text, written without the formatting machinery for IPv4 (every request
+/// writes its client's address twice).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new() -> IpText {
+        IpText {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+
+    fn write(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b'.');
+                    }
+                    if octet >= 100 {
+                        self.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        self.push(b'0' + octet / 10 % 10);
+                    }
+                    self.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                // At most 45 characters ("ffff:…:255.255.255.255"): always fits.
+                let _ = write!(self, "{v6}");
+            }
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        s.bytes().for_each(|b| self.push(b));
+        Ok(())
+    }
 }
 
 /// Every value of `name`, joined with ", " (how a list header's values combine).
-fn joined(headers: &HeaderMap, name: &HeaderName) -> String {
-    let mut out = String::new();
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Vec<u8> {
+    let mut out = Vec::new();
     for value in headers.get_all(name) {
-        let Ok(text) = value.to_str() else { continue };
-        let text = text.trim();
+        let text = value.as_bytes().trim_ascii();
         if text.is_empty() {
             continue;
         }
         if !out.is_empty() {
-            out.push_str(", ");
+            out.extend_from_slice(b", ");
         }
-        out.push_str(text);
+        out.extend_from_slice(text);
     }
     out
 }
 
-/// Replaces every `name` header with one value; text we built is always a valid value.
-fn insert_text(headers: &mut HeaderMap, name: &HeaderName, text: &str) {
-    if let Ok(value) = HeaderValue::from_str(text) {
+/// Replaces every `name` header with one value (the bytes are moved, not copied); bytes we
+/// built from valid values are always a valid value.
+fn insert_bytes(headers: &mut HeaderMap, name: &HeaderName, bytes: Vec<u8>) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)) {
         headers.insert(name.clone(), value);
     } else {
         headers.remove(name);
@@ -290,7 +375,7 @@ mod tests {
             h["forwarded"],
             "for=192.0.2.1;host=\"example.com:8080\";proto=http"
         );
-        for claim in UNSET_CLAIMS {
+        for claim in &UNSET_CLAIMS {
             assert!(!h.contains_key(claim), "{claim} kept");
         }
     }
@@ -333,6 +418,25 @@ mod tests {
             names,
             ["x-forwarded-for", "x-forwarded-for-not", "x_kept_header"]
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "192.0.2.1",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut written = IpText::new();
+            written.write(ip);
+            assert_eq!(written.as_bytes(), ip.to_string().as_bytes());
+        }
     }
 
     #[test]
