@@ -40,7 +40,7 @@ use crate::rewrite::{self, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use idle::{Activity, ActivityCounter};
-use observe::{RequestRecord, count_request, observe};
+use observe::{Logged, RequestRecord, count_request, observe};
 
 /// What every request handler shares: built once at start-up.
 pub struct AppState {
@@ -373,14 +373,12 @@ async fn handle(
     client: ClientInfo,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let target = req.uri().path_and_query().cloned();
+    let logged = Logged::of(&req);
     let (req, bytes_in) = count_request(req);
     let response = route(Arc::clone(&state), req, client).await;
     let record = RequestRecord {
         state,
-        method,
-        target,
+        logged,
         peer: client.peer,
         started,
         bytes_in,

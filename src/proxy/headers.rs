@@ -47,31 +47,42 @@ fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes hop-by-hop headers and every header named in `Connection`. When `tunnel` is set
 /// (an upgrade is being passed on), `Upgrade` stays and `Connection: upgrade` is re-added,
 /// as the next hop needs both to switch protocols.
+///
+/// Runs twice per forwarded request, and nearly every message carries nothing to remove but
+/// `Connection: keep-alive`: one pass over the names finds what is there, and only that is
+/// looked up and removed.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
-    // One pass over the names first: most messages carry none of these, or just
-    // `Connection: keep-alive`, and a lookup per name would cost more than the pass.
-    let present = headers
-        .keys()
-        .any(|name| name == header::UPGRADE || fixed_hop_by_hop().contains(&name));
-    if !present && !tunnel {
-        return;
+    let fixed = fixed_hop_by_hop();
+    let mut present = [false; 5];
+    let mut upgrade = false;
+    for name in headers.keys() {
+        if let Some(i) = fixed.iter().position(|f| *f == name) {
+            present[i] = true;
+        } else if name == header::UPGRADE {
+            upgrade = true;
+        }
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present[0] {
+        // Options that name another header; `close`, `keep-alive` and `upgrade` are handled
+        // by the fixed list (and the tunnel) already.
         let named: Vec<HeaderName> = connection_options(headers)
+            .filter(|o| {
+                !["close", "keep-alive", "upgrade"]
+                    .iter()
+                    .any(|k| o.eq_ignore_ascii_case(k))
+            })
             .filter_map(|o| HeaderName::from_bytes(o.as_bytes()).ok())
             .collect();
         for name in named {
-            if !(tunnel && name == header::UPGRADE) {
-                headers.remove(&name);
-            }
+            headers.remove(&name);
         }
     }
-    for name in fixed_hop_by_hop() {
-        headers.remove(name);
+    for (name, _) in fixed.iter().zip(present).filter(|(_, here)| *here) {
+        headers.remove(*name);
     }
     if tunnel {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
 }

@@ -72,11 +72,28 @@ impl http_body::Body for Counted {
 /// What the request looked like, kept until the response is done.
 pub(super) struct RequestRecord {
     pub state: Arc<AppState>,
-    pub method: Method,
-    pub target: Option<PathAndQuery>,
+    /// What the access log line names; `None` when that line is filtered out.
+    pub logged: Option<Logged>,
     pub peer: SocketAddr,
     pub started: Instant,
     pub bytes_in: Option<Arc<AtomicU64>>,
+}
+
+/// The request's method and target, kept for its access log line.
+pub(super) struct Logged {
+    method: Method,
+    target: Option<PathAndQuery>,
+}
+
+impl Logged {
+    /// What `req`'s access log line needs, if that line is logged at all (the log level
+    /// lets it through).
+    pub(super) fn of<B>(req: &Request<B>) -> Option<Logged> {
+        tracing::enabled!(target: "offload::access", tracing::Level::INFO).then(|| Logged {
+            method: req.method().clone(),
+            target: req.uri().path_and_query().cloned(),
+        })
+    }
 }
 
 /// Wraps the response so that its end is logged and counted.
@@ -127,16 +144,17 @@ impl Observed {
         if let Some(upstream) = done.upstream {
             metrics.upstream_response(upstream);
         }
+        let Some(logged) = &r.logged else { return };
         // Queries can carry one-time secrets (reset keys, signatures): logged only when
         // `log.query` says so. Header values are never logged.
-        let path = match &r.target {
+        let path = match &logged.target {
             Some(t) if r.state.config.log.query => t.as_str(),
             Some(t) => t.path(),
             None => "",
         };
         info!(
             target: "offload::access",
-            method = %r.method,
+            method = %logged.method,
             path,
             status = done.status.as_u16(),
             kind = done.kind.as_str(),

@@ -1,14 +1,19 @@
 //! Pass-through: bodies, paths, headers, forwarding headers, Expect, upgrades, errors.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::app::Echo;
+use crate::support::raw::{RawApp, read_head};
 use crate::support::{
-    app_and_proxy, client, hash_body, pattern_sha256, pattern_stream, raw_body, raw_exchange,
+    Proxy, app_and_proxy, client, config_for, hash_body, pattern_sha256, pattern_stream, raw_body,
+    raw_exchange,
 };
 
 const SIZES: [u64; 5] = [0, 1, 64 * 1024, 8 * 1024 * 1024, 256 * 1024 * 1024];
@@ -387,4 +392,123 @@ async fn a_slow_upload_is_not_an_app_timeout() {
         .expect("answer");
     assert_eq!(resp.status(), 200);
     assert_eq!(Echo::parse(&resp.text().await.expect("body")).body_len, 50);
+}
+
+/// An app that keeps connections alive and answers every request on them (after `delay`),
+/// counting the connections open right now and all it ever accepted.
+struct KeepAliveApp {
+    app: RawApp,
+    open: Arc<AtomicUsize>,
+}
+
+impl KeepAliveApp {
+    async fn start(delay: Duration) -> KeepAliveApp {
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&open);
+        let app = RawApp::start(move |mut stream, _head| {
+            let open = Arc::clone(&counted);
+            async move {
+                open.fetch_add(1, Ordering::SeqCst);
+                loop {
+                    tokio::time::sleep(delay).await;
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err()
+                        || read_head(&mut stream).await.is_none()
+                    {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            }
+        })
+        .await;
+        KeepAliveApp { app, open }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to 5 s for the open connections to drop to `most`.
+    async fn wait_open_at_most(&self, most: usize) -> usize {
+        for _ in 0..50 {
+            if self.open() <= most {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.open()
+    }
+}
+
+async fn get_ok(proxy: &Proxy, path: &str) {
+    let resp = client().get(proxy.url(path)).send().await.expect("answer");
+    assert_eq!(resp.status(), 200, "{path}");
+    assert_eq!(resp.text().await.expect("body"), "ok", "{path}");
+}
+
+#[tokio::test]
+async fn app_connections_are_reused_one_after_another() {
+    let app = KeepAliveApp::start(Duration::ZERO).await;
+    let proxy = Proxy::start(config_for(app.app.addr)).await;
+    for round in 0..20 {
+        get_ok(&proxy, &format!("/page-{round}")).await;
+    }
+    assert_eq!(
+        app.app.connections(),
+        1,
+        "one kept-alive connection serves them all"
+    );
+}
+
+#[tokio::test]
+async fn idle_app_connections_beyond_pool_max_idle_are_closed() {
+    let app = KeepAliveApp::start(Duration::from_millis(300)).await;
+    let mut config = config_for(app.app.addr);
+    config.upstream.pool_max_idle = 2;
+    let proxy = Arc::new(Proxy::start(config).await);
+    let burst: Vec<_> = (0..8)
+        .map(|i| {
+            let proxy = Arc::clone(&proxy);
+            tokio::spawn(async move { get_ok(&proxy, &format!("/burst-{i}")).await })
+        })
+        .collect();
+    for request in burst {
+        request.await.expect("request task");
+    }
+    assert_eq!(
+        app.app.connections(),
+        8,
+        "concurrent requests, one connection each"
+    );
+    assert_eq!(
+        app.wait_open_at_most(2).await,
+        2,
+        "two stay idle, the rest close"
+    );
+    // The two kept are used again.
+    get_ok(&proxy, "/again").await;
+    assert_eq!(app.app.connections(), 8);
+}
+
+#[tokio::test]
+async fn idle_app_connections_close_after_pool_idle_timeout() {
+    let app = KeepAliveApp::start(Duration::ZERO).await;
+    let mut config = config_for(app.app.addr);
+    config.upstream.pool_idle_timeout = Duration::from_secs(1);
+    let proxy = Proxy::start(config).await;
+    get_ok(&proxy, "/first").await;
+    assert_eq!(app.open(), 1, "kept alive after the answer");
+    // Swept within a second or two of turning stale.
+    assert_eq!(
+        app.wait_open_at_most(0).await,
+        0,
+        "closed once idle too long"
+    );
+    get_ok(&proxy, "/second").await;
+    assert_eq!(
+        app.app.connections(),
+        2,
+        "a new connection after the old one was closed"
+    );
 }
