@@ -44,7 +44,7 @@ pub(super) struct Conn {
     sender: http1::SendRequest<Body>,
     /// Boxed so that the futures and bodies a connection moves through stay small (they are
     /// moved by value at each step of a request). `None`: the I/O runs in a task of its own
-    /// (a connection that may be upgraded); such a connection is never pooled.
+    /// (a connection that may be upgraded), or has finished; either is never pooled.
     io: Option<Box<AppConnection>>,
     /// Taken from the pool (it served a request before), as opposed to freshly opened.
     reused: bool,
@@ -272,11 +272,11 @@ impl Conn {
         let mut response = std::pin::pin!(self.sender.try_send_request(req));
         let deadline = std::pin::pin!(tokio::time::sleep(response_timeout));
         let mut deadline = deadline;
-        let mut io_done = false;
         let result = poll_fn(|cx| {
-            if !io_done && self.poll_io(cx).is_ready() {
-                // Closed or failed: the response future reports how.
-                io_done = true;
+            if self.poll_io(cx).is_ready() {
+                // Closed or failed: the response future reports how. A finished connection
+                // is not polled again (nor pooled: `checkin` drops connections without I/O).
+                self.io = None;
             }
             if let Poll::Ready(result) = response.as_mut().poll(cx) {
                 return Poll::Ready(Ok(result));
