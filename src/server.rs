@@ -39,7 +39,7 @@ use crate::proxy::{ClientInfo, Upstream};
 use crate::rewrite::{self, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
-use idle::{Activity, ActivityCounter};
+use idle::{Activity, ConnectionState, Verdict, Watchdog};
 use observe::{Logged, RequestRecord, count_request, observe};
 
 /// What every request handler shares: built once at start-up.
@@ -371,13 +371,16 @@ async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
     client: ClientInfo,
+    connection: Arc<ConnectionState>,
 ) -> Result<Response<Body>, Infallible> {
+    let in_flight = connection.begin(req.version() == http::Version::HTTP_2);
     let started = Instant::now();
     let logged = Logged::of(&req);
     let (req, bytes_in) = count_request(req);
     let response = route(Arc::clone(&state), req, client).await;
     let record = RequestRecord {
         state,
+        _in_flight: in_flight,
         logged,
         peer: client.peer,
         started,
@@ -555,11 +558,10 @@ fn upstream_check(config: &Config) -> UpstreamReachable {
 fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let max_head = usize::try_from(cfg.max_header_size.as_u64()).unwrap_or(usize::MAX);
+    // No hyper header read timeout: the connection's watchdog (server/idle.rs) enforces
+    // `server.header_read_timeout` without a timer per request.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        // Slowloris: the whole head within this time; also bounds idle keep-alive waits.
-        .header_read_timeout(cfg.header_read_timeout)
         // hyper refuses buffers under 8 KiB (config validation guarantees it; stay safe).
         .max_buf_size(max_head.max(8192))
         .max_headers(cfg.max_headers)
@@ -581,6 +583,7 @@ struct Shared {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     idle_timeout: Duration,
+    /// `server.header_read_timeout`: bounds the TLS handshake and each request head.
     handshake_timeout: Duration,
     cancel: CancellationToken,
 }
@@ -605,20 +608,21 @@ async fn accept(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     }
 }
 
-/// Serves HTTP on one connection until it ends, it idles past `server.idle_timeout`, or
-/// the server shuts down (then in-flight requests finish first).
+/// Serves HTTP on one connection until it ends, its watchdog finds it idle past
+/// `server.idle_timeout` (closed gracefully) or slow to send a request head (dropped), or the
+/// server shuts down (then in-flight requests finish first).
 async fn serve_connection<I>(io: I, client: ClientInfo, shared: Arc<Shared>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = ActivityCounter::default();
-    let io = TokioIo::new(Activity::new(io, activity.clone()));
+    let connection = Arc::new(ConnectionState::default());
+    let io = TokioIo::new(Activity::new(io, Arc::clone(&connection)));
     let state = Arc::clone(&shared.state);
-    let service = service_fn(move |req| handle(Arc::clone(&state), req, client));
+    let requests = Arc::clone(&connection);
+    let service =
+        service_fn(move |req| handle(Arc::clone(&state), req, client, Arc::clone(&requests)));
     let mut conn = pin!(shared.builder.serve_connection_with_upgrades(io, service));
-    let idle = shared.idle_timeout;
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
-    let mut last_seen = activity.get();
+    let mut watchdog = Watchdog::new(connection, shared.idle_timeout, shared.handshake_timeout);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -632,14 +636,17 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = ticks.tick(), if !closing => {
-                let seen = activity.get();
-                if seen == last_seen {
+            verdict = watchdog.tick(), if !closing => match verdict {
+                Verdict::Fine => {}
+                Verdict::Idle => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                last_seen = seen;
-            }
+                Verdict::SlowHead => {
+                    debug!(peer = %client.peer, "request head too slow; dropping the connection");
+                    return;
+                }
+            },
         }
     }
 }

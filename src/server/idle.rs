@@ -1,39 +1,157 @@
-//! Connection activity, for the idle timeout: the I/O is wrapped so that each read or write
-//! that moves bytes bumps a counter; a connection whose counter did not move for a whole
-//! `server.idle_timeout` is closed gracefully.
+//! The watch kept over each client connection, for its two timeouts.
+//!
+//! - `server.idle_timeout`: the I/O is wrapped so that each read or write that moves bytes
+//!   bumps a counter; a connection whose counter did not move for that long is closed
+//!   gracefully (this also ends a transfer that stalled).
+//! - `server.header_read_timeout` (slowloris): an HTTP/1 connection with no request in flight
+//!   must complete its next request head within that time, or it is dropped.
+//!
+//! hyper has a header read timeout of its own, but it arms a fresh timer for every request
+//! (an allocation and two trips through the timer wheel: 3% of a small pass-through request's
+//! CPU). Here the requests only bump counters, and one ticker per connection, a quarter of
+//! the shorter timeout apart, looks at them: a timeout fires between 1 and 1.5 times its
+//! length after the wait began.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Interval};
 
-/// Counts reads and writes that moved bytes.
-#[derive(Debug, Clone, Default)]
-pub(super) struct ActivityCounter(Arc<AtomicU64>);
+/// What the connection's requests and I/O report; shared by the I/O wrapper, the requests
+/// and the [`Watchdog`].
+#[derive(Debug, Default)]
+pub(super) struct ConnectionState {
+    /// Reads and writes that moved bytes.
+    activity: AtomicU64,
+    /// Requests whose head was read.
+    begun: AtomicU64,
+    /// Requests whose response ended (or was dropped).
+    ended: AtomicU64,
+    /// HTTP/2: requests are streams, and there is no head to wait for between them.
+    multiplexed: AtomicBool,
+}
 
-impl ActivityCounter {
-    pub(super) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+impl ConnectionState {
+    fn bump(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn bump(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+    /// A request's head has been read; the returned guard marks its end when dropped (keep
+    /// it until the response body is done).
+    pub(super) fn begin(self: &Arc<Self>, http2: bool) -> RequestInFlight {
+        if http2 {
+            self.multiplexed.store(true, Ordering::Relaxed);
+        }
+        self.begun.fetch_add(1, Ordering::Relaxed);
+        RequestInFlight(Arc::clone(self))
     }
 }
 
-/// I/O that reports its activity to an [`ActivityCounter`].
+/// A request being answered on the connection; its drop ends it.
+#[derive(Debug)]
+pub(super) struct RequestInFlight(Arc<ConnectionState>);
+
+impl Drop for RequestInFlight {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a tick of the [`Watchdog`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Fine,
+    /// No bytes moved for `idle_timeout`: close gracefully.
+    Idle,
+    /// No request head completed within `header_read_timeout` while none was in flight:
+    /// drop the connection.
+    SlowHead,
+}
+
+/// Looks at a connection's [`ConnectionState`] at every tick.
+pub(super) struct Watchdog {
+    state: Arc<ConnectionState>,
+    ticks: Interval,
+    idle_timeout: Duration,
+    header_timeout: Duration,
+    last_activity: u64,
+    active_at: Instant,
+    /// Since when no request has been in flight, with the count of requests begun then.
+    waiting: Option<(u64, Instant)>,
+}
+
+impl Watchdog {
+    pub(super) fn new(
+        state: Arc<ConnectionState>,
+        idle_timeout: Duration,
+        header_timeout: Duration,
+    ) -> Watchdog {
+        let every = (idle_timeout.min(header_timeout) / 4).max(Duration::from_millis(10));
+        let now = Instant::now();
+        let mut ticks = tokio::time::interval_at(now + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watchdog {
+            state,
+            ticks,
+            idle_timeout,
+            header_timeout,
+            last_activity: 0,
+            active_at: now,
+            // A new connection waits for its first head from the start.
+            waiting: Some((0, now)),
+        }
+    }
+
+    /// Waits for the next tick and judges the connection.
+    pub(super) async fn tick(&mut self) -> Verdict {
+        let now = self.ticks.tick().await;
+        self.judge(now)
+    }
+
+    fn judge(&mut self, now: Instant) -> Verdict {
+        let state = &self.state;
+        let activity = state.activity.load(Ordering::Relaxed);
+        if activity != self.last_activity {
+            self.last_activity = activity;
+            self.active_at = now;
+        }
+        if now.duration_since(self.active_at) >= self.idle_timeout {
+            return Verdict::Idle;
+        }
+        let begun = state.begun.load(Ordering::Relaxed);
+        let in_flight = begun != state.ended.load(Ordering::Relaxed);
+        if in_flight || state.multiplexed.load(Ordering::Relaxed) {
+            self.waiting = None;
+            return Verdict::Fine;
+        }
+        match self.waiting {
+            Some((count, since)) if count == begun => {
+                if now.duration_since(since) >= self.header_timeout {
+                    return Verdict::SlowHead;
+                }
+            }
+            // Requests came and went since the last look: the wait starts now.
+            _ => self.waiting = Some((begun, now)),
+        }
+        Verdict::Fine
+    }
+}
+
+/// I/O that reports its activity to a [`ConnectionState`].
 #[derive(Debug)]
 pub(super) struct Activity<S> {
     inner: S,
-    counter: ActivityCounter,
+    state: Arc<ConnectionState>,
 }
 
 impl<S> Activity<S> {
-    pub(super) fn new(inner: S, counter: ActivityCounter) -> Self {
-        Activity { inner, counter }
+    pub(super) fn new(inner: S, state: Arc<ConnectionState>) -> Self {
+        Activity { inner, state }
     }
 }
 
@@ -46,7 +164,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.counter.bump();
+            self.state.bump();
         }
         polled
     }
@@ -60,7 +178,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.counter.bump();
+            self.state.bump();
         }
         polled
     }
@@ -72,7 +190,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.counter.bump();
+            self.state.bump();
         }
         polled
     }
@@ -87,5 +205,69 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(60);
+    const HEAD: Duration = Duration::from_secs(10);
+    const S: Duration = Duration::from_secs(1);
+
+    fn watchdog() -> (Arc<ConnectionState>, Watchdog, Instant) {
+        let state = Arc::new(ConnectionState::default());
+        let dog = Watchdog::new(Arc::clone(&state), IDLE, HEAD);
+        let start = dog.active_at;
+        (state, dog, start)
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_must_send_a_head_in_time() {
+        let (state, mut dog, start) = watchdog();
+        state.bump();
+        assert_eq!(dog.judge(start + 3 * S), Verdict::Fine);
+        state.bump();
+        assert_eq!(dog.judge(start + 9 * S), Verdict::Fine);
+        // Bytes trickle in, but no head completes.
+        state.bump();
+        assert_eq!(dog.judge(start + 10 * S), Verdict::SlowHead);
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_is_never_a_slow_head() {
+        let (state, mut dog, start) = watchdog();
+        let request = state.begin(false);
+        for second in [5, 15, 30, 50] {
+            state.bump();
+            assert_eq!(dog.judge(start + second * S), Verdict::Fine, "{second}s");
+        }
+        drop(request);
+        // The wait for the next head starts when the watchdog sees the request ended.
+        assert_eq!(dog.judge(start + 55 * S), Verdict::Fine);
+        state.bump();
+        assert_eq!(dog.judge(start + 64 * S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 65 * S), Verdict::SlowHead);
+    }
+
+    #[tokio::test]
+    async fn no_bytes_for_the_idle_timeout_is_idle() {
+        let (state, mut dog, start) = watchdog();
+        let _request = state.begin(false);
+        state.bump();
+        assert_eq!(dog.judge(start + S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 60 * S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 61 * S), Verdict::Idle);
+    }
+
+    #[tokio::test]
+    async fn http2_connections_wait_for_no_head() {
+        let (state, mut dog, start) = watchdog();
+        drop(state.begin(true));
+        state.bump();
+        assert_eq!(dog.judge(start + 30 * S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 89 * S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 90 * S), Verdict::Idle);
     }
 }

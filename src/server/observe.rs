@@ -17,6 +17,7 @@ use hyper::body::{Frame, Incoming};
 use tracing::info;
 
 use super::AppState;
+use super::idle::RequestInFlight;
 use crate::body::{Body, BoxError};
 use crate::metrics::RequestKind;
 use crate::proxy::UpstreamTiming;
@@ -72,6 +73,8 @@ impl http_body::Body for Counted {
 /// What the request looked like, kept until the response is done.
 pub(super) struct RequestRecord {
     pub state: Arc<AppState>,
+    /// Ends the request on its connection when the record is dropped with the response.
+    pub _in_flight: RequestInFlight,
     /// What the access log line names; `None` when that line is filtered out.
     pub logged: Option<Logged>,
     pub peer: SocketAddr,

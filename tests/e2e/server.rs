@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::app::Echo;
-use crate::support::{App, Proxy, app_and_proxy, client, config_for};
+use crate::support::{App, Proxy, app_and_proxy, client, config_for, raw_body};
 
 #[tokio::test]
 async fn tls_with_alpn_h2_and_http1() {
@@ -77,6 +77,91 @@ async fn a_partial_request_head_is_cut_off() {
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
     );
+}
+
+/// Reads one response with a `Content-Length` body off a kept-alive connection.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.expect("response bytes");
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_partial_second_head_on_a_kept_alive_connection_is_cut_off() {
+    let (_app, proxy) =
+        app_and_proxy(|c| c.server.header_read_timeout = Duration::from_millis(400)).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /bytes/3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // The next head starts, then trickles: one byte every 100 ms never completes it.
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in b"GET /bytes/3 HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+    {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut rest = Vec::new();
+    closed = closed
+        || stream
+            .read_to_end(&mut rest)
+            .await
+            .is_ok_and(|_| rest.is_empty());
+    assert!(closed, "still open: {:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_request_body_is_not_a_slow_head() {
+    let (_app, proxy) =
+        app_and_proxy(|c| c.server.header_read_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
+        .await
+        .expect("head");
+    // The body takes 1.2 s, four times the header timeout.
+    for part in [b"abc", b"def", b"ghi", b"jkl"] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.write_all(part).await.expect("body part");
+    }
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.body_len, 12);
 }
 
 #[tokio::test]
