@@ -25,7 +25,8 @@ use crate::proxy::UpstreamTiming;
 /// Boxes the request body, counting its bytes when it has any.
 pub(super) fn count_request(req: Request<Incoming>) -> (Request<Body>, Option<Arc<AtomicU64>>) {
     if req.body().is_end_stream() {
-        return (req.map(crate::body::boxed), None);
+        // Nothing to count or read: an empty body needs no allocation, a boxed one would.
+        return (req.map(|_| crate::body::empty()), None);
     }
     let count = Arc::new(AtomicU64::new(0));
     let counted = Arc::clone(&count);
