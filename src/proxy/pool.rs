@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tracing::debug;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 
 type AppIo = TokioIo<TcpStream>;
 
@@ -74,6 +74,8 @@ pub(super) struct SendFailure {
 /// The keep-alive pool: idle connections, most recently used last.
 pub(super) struct Pool {
     connector: HttpConnector,
+    /// `http://host:port/`: where the connector connects.
+    target: Uri,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -96,9 +98,15 @@ struct Idle {
 }
 
 impl Pool {
-    pub(super) fn new(connector: HttpConnector, max_idle: usize, idle_timeout: Duration) -> Pool {
+    pub(super) fn new(
+        connector: HttpConnector,
+        target: Uri,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Pool {
         Pool {
             connector,
+            target,
             idle: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
@@ -106,9 +114,14 @@ impl Pool {
         }
     }
 
-    /// A connection to `target` (the app's `http://host:port`): an idle one that is still
-    /// open, else a new one.
-    pub(super) async fn checkout(self: &Arc<Pool>, target: &Uri) -> Result<Conn, ConnectError> {
+    /// Where the pool connects.
+    #[cfg(test)]
+    pub(super) fn target(&self) -> &Uri {
+        &self.target
+    }
+
+    /// A connection to the app: an idle one that is still open, else a new one.
+    pub(super) async fn checkout(&self) -> Result<Conn, ConnectError> {
         while let Some(mut conn) = self.pop_idle() {
             // Polling it once tells whether the app closed it while it sat idle.
             if poll_fn(|cx| Poll::Ready(conn.usable(cx))).await {
@@ -117,12 +130,12 @@ impl Pool {
             debug!("dropping an idle app connection the app closed");
         }
         // Boxed: connecting's state is large and rare; every request's future would carry it.
-        Box::pin(self.connect(target)).await
+        Box::pin(self.connect()).await
     }
 
     /// A new connection, never one from the pool.
-    pub(super) async fn connect(&self, target: &Uri) -> Result<Conn, ConnectError> {
-        let (sender, io) = self.handshake(target).await?;
+    pub(super) async fn connect(&self) -> Result<Conn, ConnectError> {
+        let (sender, io) = self.handshake().await?;
         Ok(Conn {
             sender,
             io: Some(Box::new(io)),
@@ -132,8 +145,8 @@ impl Pool {
 
     /// A new connection that may switch protocols: its I/O runs in a task of its own, as an
     /// upgraded connection outlives the request (and it is never pooled).
-    pub(super) async fn connect_upgradable(&self, target: &Uri) -> Result<Conn, ConnectError> {
-        let (sender, io) = self.handshake(target).await?;
+    pub(super) async fn connect_upgradable(&self) -> Result<Conn, ConnectError> {
+        let (sender, io) = self.handshake().await?;
         tokio::spawn(async move {
             if let Err(e) = io.with_upgrades().await {
                 debug!(error = %e, "app connection ended with an error");
@@ -146,14 +159,11 @@ impl Pool {
         })
     }
 
-    async fn handshake(
-        &self,
-        target: &Uri,
-    ) -> Result<(http1::SendRequest<Body>, AppConnection), ConnectError> {
+    async fn handshake(&self) -> Result<(http1::SendRequest<Body>, AppConnection), ConnectError> {
         let io = self
             .connector
             .clone()
-            .oneshot(target.clone())
+            .oneshot(self.target.clone())
             .await
             .map_err(|e| ConnectError(e.into()))?;
         http1::handshake(io)
@@ -170,14 +180,12 @@ impl Pool {
 
     fn pop_idle(&self) -> Option<Conn> {
         let mut idle = self.idle();
-        let now = Instant::now();
-        while let Some(entry) = idle.pop() {
-            if now.duration_since(entry.since) < self.idle_timeout {
-                return Some(entry.conn);
-            }
-            // The most recent is too old: all the others are older still.
-            idle.clear();
+        let entry = idle.pop()?;
+        if entry.since.elapsed() < self.idle_timeout {
+            return Some(entry.conn);
         }
+        // The most recent is too old: all the others are older still.
+        idle.clear();
         None
     }
 
@@ -259,16 +267,15 @@ impl Conn {
     /// Sends `req` and waits for the response head, driving the connection meanwhile; the
     /// connection comes back with the response, for [`LeasedBody`].
     ///
-    /// The response timeout starts once the request body is fully sent (`body_sent`
-    /// resolves; `None`: there is no body): a slow 1 GiB upload is not the app being slow.
-    /// One flat future on purpose: futures are moved by value at each `.await` level, and
-    /// this one runs for every request.
+    /// The response timeout starts once the request body is fully sent: a slow 1 GiB upload
+    /// is not the app being slow. One flat future on purpose: futures are moved by value at
+    /// each `.await` level, and this one runs for every request.
     pub(super) async fn exchange(
         mut self,
         req: Request<Body>,
-        mut body_sent: Option<oneshot::Receiver<()>>,
         response_timeout: Duration,
     ) -> Result<(Response<Incoming>, Conn), SendError> {
+        let (req, mut body_sent) = watch_body_end(req);
         let mut response = std::pin::pin!(self.sender.try_send_request(req));
         let deadline = std::pin::pin!(tokio::time::sleep(response_timeout));
         let mut deadline = deadline;
@@ -301,6 +308,56 @@ impl Conn {
             }))),
             Err(()) => Err(SendError::Timeout(response_timeout)),
         }
+    }
+}
+
+/// Wraps a request body that has bytes still to come so that its end is signalled; `None`
+/// when there is nothing to send.
+fn watch_body_end(req: Request<Body>) -> (Request<Body>, Option<oneshot::Receiver<()>>) {
+    use http_body::Body as _;
+    if req.body().is_end_stream() {
+        return (req, None);
+    }
+    let (tx, rx) = oneshot::channel();
+    let req = req.map(|inner| {
+        http_body_util::BodyExt::boxed(EndSignal {
+            inner,
+            done: Some(tx),
+        })
+    });
+    (req, Some(rx))
+}
+
+/// A body that reports, once, that it has ended (or failed, or was dropped: the receiver
+/// then sees the sender gone, which counts as ended too).
+struct EndSignal {
+    inner: Body,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl http_body::Body for EndSignal {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            && let Some(done) = self.done.take()
+        {
+            let _ = done.send(());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -1,25 +1,22 @@
-//! The pooled client to the app and the forwarding of one request.
+//! Forwarding one request to the app: header hygiene, retries, upgrades (the connections
+//! come from [`super::pool`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use ipnet::IpNet;
-use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
 use super::{ProxyError, error, headers, upgrade};
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
 
 /// Who sent a request: the peer address and whether it came over TLS.
@@ -39,8 +36,6 @@ pub struct UpstreamTiming(pub Duration);
 #[derive(Debug)]
 pub struct Upstream {
     pool: Arc<Pool>,
-    /// `http://host:port/`: where the pool connects.
-    target: Uri,
     authority: Authority,
     /// The upstream authority as a `Host` value (used when the client's is not kept).
     host: HeaderValue,
@@ -78,17 +73,16 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout));
-        let pool = Pool::new(connector, cfg.pool_max_idle, cfg.pool_idle_timeout);
         let target = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(authority.clone())
             .path_and_query("/")
             .build()
             .map_err(|e| ProxyError::Config(format!("upstream.url: {e}")))?;
+        let pool = Pool::new(connector, target, cfg.pool_max_idle, cfg.pool_idle_timeout);
 
         Ok(Upstream {
             pool: Arc::new(pool),
-            target,
             authority,
             host,
             base_path,
@@ -195,10 +189,9 @@ impl Upstream {
     /// it, or it is idempotent and bodiless. The client never sees that race as a `502`.
     async fn send(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let replay = replayable_copy(&req);
-        let conn = self.pool.checkout(&self.target).await?;
+        let conn = self.pool.checkout().await?;
         let reused = conn.reused();
-        let (req, body_sent) = watch_body_end(req);
-        let failure = match conn.exchange(req, body_sent, self.response_timeout).await {
+        let failure = match conn.exchange(req, self.response_timeout).await {
             Ok((response, conn)) => return Ok(self.leased(response, conn)),
             Err(SendError::Failed(failure)) if reused => failure,
             Err(other) => return Err(other.into()),
@@ -217,9 +210,8 @@ impl Upstream {
 
     /// The retry of [`Upstream::send`], on a new connection.
     async fn send_again(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        let conn = self.pool.connect(&self.target).await?;
-        let (req, body_sent) = watch_body_end(req);
-        let (response, conn) = conn.exchange(req, body_sent, self.response_timeout).await?;
+        let conn = self.pool.connect().await?;
+        let (response, conn) = conn.exchange(req, self.response_timeout).await?;
         Ok(self.leased(response, conn))
     }
 
@@ -231,9 +223,8 @@ impl Upstream {
 
     /// Sends an upgrade request on a connection of its own, for a tunnel if the app agrees.
     async fn send_upgradable(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        let conn = self.pool.connect_upgradable(&self.target).await?;
-        let (req, body_sent) = watch_body_end(req);
-        let (response, _) = conn.exchange(req, body_sent, self.response_timeout).await?;
+        let conn = self.pool.connect_upgradable().await?;
+        let (response, _) = conn.exchange(req, self.response_timeout).await?;
         Ok(response)
     }
 
@@ -314,56 +305,6 @@ fn closed_before_answer(err: &hyper::Error) -> bool {
     err.is_incomplete_message() || err.is_canceled()
 }
 
-/// Wraps a request body that has bytes still to come so that its end is signalled; `None`
-/// when there is nothing to send.
-fn watch_body_end(req: Request<Body>) -> (Request<Body>, Option<oneshot::Receiver<()>>) {
-    use http_body::Body as _;
-    if req.body().is_end_stream() {
-        return (req, None);
-    }
-    let (tx, rx) = oneshot::channel();
-    let req = req.map(|inner| {
-        http_body_util::BodyExt::boxed(EndSignal {
-            inner,
-            done: Some(tx),
-        })
-    });
-    (req, Some(rx))
-}
-
-/// A body that reports, once, that it has ended (or failed, or was dropped: the receiver
-/// then sees the sender gone, which counts as ended too).
-struct EndSignal {
-    inner: Body,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl http_body::Body for EndSignal {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
-            && let Some(done) = self.done.take()
-        {
-            let _ = done.send(());
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,7 +333,7 @@ mod tests {
         let u = upstream("http://app:81/base/");
         let pq = PathAndQuery::from_static("/x?y");
         assert_eq!(u.uri_for(Some(&pq)).unwrap().to_string(), "/base/x?y");
-        assert_eq!(u.target.to_string(), "http://app:81/");
+        assert_eq!(u.pool.target().to_string(), "http://app:81/");
     }
 
     #[test]
