@@ -554,18 +554,25 @@ fn upstream_check(config: &Config) -> UpstreamReachable {
     UpstreamReachable::new(format!("{host}:{port}"), timeout)
 }
 
+/// The request-head header limit hyper applies when none is configured.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// The HTTP/1.1 + HTTP/2 connection builder, set up from `[server]`.
 fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let max_head = usize::try_from(cfg.max_header_size.as_u64()).unwrap_or(usize::MAX);
     // No hyper header read timeout: the connection's watchdog (server/idle.rs) enforces
     // `server.header_read_timeout` without a timer per request.
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         // hyper refuses buffers under 8 KiB (config validation guarantees it; stay safe).
         .max_buf_size(max_head.max(8192))
-        .max_headers(cfg.max_headers)
         .keep_alive(true);
+    // hyper parses into a fixed array of its default size (100) unless a limit is set, and
+    // then builds a vector of that many slots per request head: set only a different limit.
+    if cfg.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        http1.max_headers(cfg.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -626,6 +633,8 @@ where
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first: it is what wakes the task almost every time.
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     debug!(peer = %client.peer, error = %e, "connection ended with an error");

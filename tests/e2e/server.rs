@@ -201,6 +201,30 @@ async fn oversized_heads_are_refused() {
     );
 }
 
+/// The default limit (100, hyper's own) is applied without being configured explicitly.
+#[tokio::test]
+async fn the_default_header_limit_is_one_hundred() {
+    let (app, proxy) = app_and_proxy(|_| {}).await;
+    let head = |count: usize| {
+        let extra: String = (1..count).map(|i| format!("X-H{i}: v\r\n")).collect();
+        format!("GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n")
+    };
+    // Host and Connection plus 98 more: 100 headers, all of which reach the app.
+    let response =
+        crate::support::raw_exchange(proxy.addr, head(99).as_bytes(), Duration::from_secs(5)).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(app.seen(), ["GET /ok"]);
+    let response =
+        crate::support::raw_exchange(proxy.addr, head(100).as_bytes(), Duration::from_secs(5))
+            .await;
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    assert_eq!(
+        app.seen().len(),
+        1,
+        "the refused head never reached the app"
+    );
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let (_app, proxy) = app_and_proxy(|c| c.server.idle_timeout = Duration::from_millis(300)).await;

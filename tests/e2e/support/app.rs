@@ -64,7 +64,10 @@ impl App {
                         }
                         handle(req, served.clone())
                     });
+                    // Real apps (nginx, PHP) take far more than hyper's default of 100
+                    // headers; the proxy's own limit is what tests look at.
                     let conn = hyper::server::conn::http1::Builder::new()
+                        .max_headers(400)
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades();
                     tokio::select! {
