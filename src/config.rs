@@ -117,6 +117,9 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     /// Send the client's `Host` to the app (true) or the upstream URL's host (false).
     pub preserve_host: bool,
+    /// PEM certificates trusted for an `https://` app, besides the system's roots (a private
+    /// CA, or the app's own self-signed certificate).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -128,6 +131,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle: 256,
             preserve_host: true,
+            tls_ca_file: None,
         }
     }
 }
@@ -529,6 +533,9 @@ impl Config {
         if self.upstream.url.host().is_none() {
             bail!("upstream.url: needs a host");
         }
+        if self.upstream.tls_ca_file.is_some() && self.upstream.url.scheme() != "https" {
+            bail!("upstream.tls_ca_file: only used with an https:// upstream.url");
+        }
         // hyper's HTTP/1 reader cannot work with a buffer below 8 KiB.
         if self.server.max_header_size < ByteSize::kib(8) {
             bail!("server.max_header_size: must be at least 8KiB");
@@ -833,6 +840,10 @@ mod tests {
                 "server.max_header_size",
             ),
             ("[upstream]\npool_max_idle = 0", "upstream.pool_max_idle"),
+            (
+                "[upstream]\nurl = \"http://app\"\ntls_ca_file = \"/ca.pem\"",
+                "upstream.tls_ca_file: only used with an https://",
+            ),
         ] {
             let err = load(text).unwrap_err();
             let msg = format!("{err:#}");

@@ -1,4 +1,5 @@
-//! Forwarding to the app: the pooled client, header hygiene, upgrades.
+//! Forwarding to the app: the pooled client (TLS to an `https://` app), header hygiene,
+//! upgrades.
 //!
 //! [`Upstream`] is built once from `[upstream]` and shared; [`Upstream::forward`] sends a
 //! client's request on with hop-by-hop headers dropped and `X-Forwarded-*`/`Forwarded` set,
@@ -12,6 +13,7 @@
 mod error;
 mod headers;
 mod pool;
+mod tls;
 mod upgrade;
 mod upstream;
 

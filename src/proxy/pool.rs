@@ -27,16 +27,17 @@ use http::{Request, Response, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tracing::debug;
 
+use super::tls::AppConnector;
 use crate::body::{Body, BoxError};
 
-type AppIo = TokioIo<TcpStream>;
+type AppIo = MaybeHttpsStream<TokioIo<TcpStream>>;
 
 /// One HTTP/1.1 connection to the app: the sending half and the connection future that does
 /// its I/O, which must be polled for anything to happen.
@@ -73,8 +74,8 @@ pub(super) struct SendFailure {
 
 /// The keep-alive pool: idle connections, most recently used last.
 pub(super) struct Pool {
-    connector: HttpConnector,
-    /// `http://host:port/`: where the connector connects.
+    connector: AppConnector,
+    /// `http://host:port/` or `https://…`: where the connector connects.
     target: Uri,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
@@ -99,7 +100,7 @@ struct Idle {
 
 impl Pool {
     pub(super) fn new(
-        connector: HttpConnector,
+        connector: AppConnector,
         target: Uri,
         max_idle: usize,
         idle_timeout: Duration,
@@ -165,7 +166,7 @@ impl Pool {
             .clone()
             .oneshot(self.target.clone())
             .await
-            .map_err(|e| ConnectError(e.into()))?;
+            .map_err(ConnectError)?;
         http1::handshake(io)
             .await
             .map_err(|e| ConnectError(e.into()))

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use tracing::debug;
 
 use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
-use super::{ProxyError, error, headers, upgrade};
+use super::{ProxyError, error, headers, tls, upgrade};
 use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
 
@@ -50,12 +50,7 @@ impl Upstream {
     /// Builds the client pool for `cfg`. Nothing is connected yet.
     pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, ProxyError> {
         let url = &cfg.url;
-        if url.scheme() != "http" {
-            return Err(ProxyError::Config(format!(
-                "upstream.url: only http:// apps are supported, not {}://",
-                url.scheme()
-            )));
-        }
+        let https = url.scheme() == "https";
         let host = url
             .host_str()
             .ok_or_else(|| ProxyError::Config("upstream.url: needs a host".into()))?;
@@ -70,11 +65,12 @@ impl Upstream {
         let path = url.path().trim_end_matches('/');
         let base_path = (!path.is_empty()).then(|| path.to_string());
 
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(cfg.connect_timeout));
+        let connector = tls::connector(tcp, https, cfg.tls_ca_file.as_deref())?;
         let target = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(if https { Scheme::HTTPS } else { Scheme::HTTP })
             .authority(authority.clone())
             .path_and_query("/")
             .build()
@@ -337,12 +333,40 @@ mod tests {
     }
 
     #[test]
-    fn https_upstream_is_refused_clearly() {
+    fn https_upstream_connects_with_tls_to_the_default_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["app".to_string()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
         let cfg = UpstreamConfig {
             url: "https://app".parse().unwrap(),
+            tls_ca_file: Some(ca),
             ..UpstreamConfig::default()
         };
-        let err = Upstream::new(&cfg).unwrap_err();
-        assert!(err.to_string().contains("upstream.url"), "{err}");
+        let u = Upstream::new(&cfg).unwrap();
+        assert_eq!(u.pool.target().to_string(), "https://app/");
+        assert_eq!(u.host, "app");
+    }
+
+    #[test]
+    fn an_unusable_tls_ca_file_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for (path, reason) in [
+            (dir.path().join("missing.pem"), "reading"),
+            (empty, "no certificate"),
+        ] {
+            let cfg = UpstreamConfig {
+                url: "https://app".parse().unwrap(),
+                tls_ca_file: Some(path),
+                ..UpstreamConfig::default()
+            };
+            let err = Upstream::new(&cfg).unwrap_err().to_string();
+            assert!(
+                err.contains("upstream.tls_ca_file") && err.contains(reason),
+                "{err}"
+            );
+        }
     }
 }

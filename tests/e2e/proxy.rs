@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::app::Echo;
 use crate::support::raw::{RawApp, read_head};
 use crate::support::{
-    Proxy, app_and_proxy, client, config_for, hash_body, pattern_sha256, pattern_stream, raw_body,
-    raw_exchange,
+    App, Proxy, app_and_proxy, client, config_for, hash_body, pattern_sha256, pattern_stream,
+    raw_body, raw_exchange,
 };
 
 const SIZES: [u64; 5] = [0, 1, 64 * 1024, 8 * 1024 * 1024, 256 * 1024 * 1024];
@@ -512,5 +512,75 @@ async fn idle_app_connections_close_after_pool_idle_timeout() {
         app.app.connections(),
         2,
         "a new connection after the old one was closed"
+    );
+}
+
+/// An `https://` app: reached over TLS with its certificate checked against
+/// `upstream.tls_ca_file`, bodies intact both ways, WebSockets tunnelled; without the
+/// certificate trusted, a 502 that says why.
+#[tokio::test]
+async fn an_https_app_is_reached_over_verified_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let ca_file = dir.path().join("app.pem");
+    std::fs::write(&ca_file, cert.cert.pem()).expect("write cert");
+    let app = App::start_tls(&cert.cert.pem(), &cert.key_pair.serialize_pem()).await;
+    let https_url = format!("https://localhost:{}", app.addr.port());
+
+    let mut config = config_for(app.addr);
+    config.upstream.url = https_url.parse().expect("app URL");
+    config.upstream.tls_ca_file = Some(ca_file);
+    let proxy = Proxy::start(config).await;
+    let http = client();
+    for _ in 0..2 {
+        let size = 3_000_000;
+        let resp = http
+            .post(proxy.url("/upload?tls"))
+            .body(reqwest::Body::wrap_stream(pattern_stream(size)))
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(resp.status(), 200);
+        let echo = Echo::parse(&resp.text().await.expect("echo"));
+        assert_eq!(
+            (echo.body_len, echo.body_sha256),
+            (size, pattern_sha256(size))
+        );
+        assert_eq!(echo.target, "/upload?tls");
+        let resp = http
+            .get(proxy.url(&format!("/bytes/{size}")))
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(hash_body(resp).await, (size, pattern_sha256(size)));
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr))
+        .await
+        .expect("websocket through a TLS app connection");
+    ws.send(Message::text("over tls")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("frame"),
+        Message::text("over tls")
+    );
+
+    // Not trusted: the system's roots do not include the app's self-signed certificate.
+    let mut untrusted = config_for(app.addr);
+    untrusted.upstream.url = https_url.parse().expect("app URL");
+    let untrusted = Proxy::start(untrusted).await;
+    let resp = client()
+        .get(untrusted.url("/x"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.expect("body");
+    assert!(
+        text.starts_with("upstream unreachable:") && text.contains("certificate"),
+        "{text}"
+    );
+    assert!(
+        !app.seen().iter().any(|s| s == "GET /x"),
+        "{:?}",
+        app.seen()
     );
 }

@@ -26,6 +26,7 @@ use offload::body::{self, Body};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -44,6 +45,28 @@ pub struct App {
 
 impl App {
     pub async fn start() -> App {
+        App::start_with(None).await
+    }
+
+    /// The same app over TLS (HTTP/1.1), with the certificate and key given as PEM.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> App {
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("app certificate");
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .expect("app key")
+            .expect("a key in the PEM");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("certificate and key");
+        App::start_with(Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<TlsAcceptor>) -> App {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("app binds");
         let addr = listener.local_addr().expect("app address");
         let stopped = CancellationToken::new();
@@ -57,6 +80,7 @@ impl App {
                 let token = token.clone();
                 let recorder = Arc::clone(&recorder);
                 let served = served.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         if let Ok(mut seen) = recorder.lock() {
@@ -64,14 +88,18 @@ impl App {
                         }
                         handle(req, served.clone())
                     });
-                    // Real apps (nginx, PHP) take far more than hyper's default of 100
-                    // headers; the proxy's own limit is what tests look at.
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .max_headers(400)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades();
+                    let served = async {
+                        match tls {
+                            None => serve_connection(stream, service).await,
+                            Some(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    serve_connection(stream, service).await;
+                                }
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = conn => {}
+                        _ = served => {}
                         _ = token.cancelled() => {}
                     }
                 });
@@ -85,6 +113,21 @@ impl App {
             stopped,
         }
     }
+}
+
+async fn serve_connection<I, S>(io: I, service: S)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // Real apps (nginx, PHP) take far more than hyper's default of 100 headers; the
+    // proxy's own limit is what tests look at.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .max_headers(400)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
 }
 
 type Files = Arc<Mutex<HashMap<String, (String, Bytes)>>>;
