@@ -36,6 +36,7 @@ use tracing::debug;
 
 use super::tls::AppConnector;
 use crate::body::{Body, BoxError};
+use crate::config::UpstreamConfig;
 
 type AppIo = MaybeHttpsStream<TokioIo<TcpStream>>;
 
@@ -77,6 +78,8 @@ pub(super) struct Pool {
     connector: AppConnector,
     /// `http://host:port/` or `https://…`: where the connector connects.
     target: Uri,
+    /// Bounds opening a connection: TCP connect, TLS handshake and all.
+    connect_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -99,18 +102,16 @@ struct Idle {
 }
 
 impl Pool {
-    pub(super) fn new(
-        connector: AppConnector,
-        target: Uri,
-        max_idle: usize,
-        idle_timeout: Duration,
-    ) -> Pool {
+    /// A pool of connections to `target`, bounded by `[upstream]`'s `connect_timeout`,
+    /// `pool_max_idle` and `pool_idle_timeout`.
+    pub(super) fn new(connector: AppConnector, target: Uri, cfg: &UpstreamConfig) -> Pool {
         Pool {
             connector,
             target,
+            connect_timeout: cfg.connect_timeout,
             idle: Mutex::new(Vec::new()),
-            max_idle,
-            idle_timeout,
+            max_idle: cfg.pool_max_idle,
+            idle_timeout: cfg.pool_idle_timeout,
             sweeping: std::sync::Once::new(),
         }
     }
@@ -161,11 +162,20 @@ impl Pool {
     }
 
     async fn handshake(&self) -> Result<(http1::SendRequest<Body>, AppConnection), ConnectError> {
-        let io = self
-            .connector
-            .clone()
-            .oneshot(self.target.clone())
+        // The TCP connector has its own timeout, but a TLS handshake the app never finishes
+        // must not hang the request either (nginx bounds both by proxy_connect_timeout too).
+        let connecting = self.connector.clone().oneshot(self.target.clone());
+        let io = tokio::time::timeout(self.connect_timeout, connecting)
             .await
+            .map_err(|_| {
+                ConnectError(
+                    format!(
+                        "connecting timed out after {}",
+                        humantime::format_duration(self.connect_timeout)
+                    )
+                    .into(),
+                )
+            })?
             .map_err(ConnectError)?;
         http1::handshake(io)
             .await

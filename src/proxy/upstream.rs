@@ -75,7 +75,7 @@ impl Upstream {
             .path_and_query("/")
             .build()
             .map_err(|e| ProxyError::Config(format!("upstream.url: {e}")))?;
-        let pool = Pool::new(connector, target, cfg.pool_max_idle, cfg.pool_idle_timeout);
+        let pool = Pool::new(connector, target, cfg);
 
         Ok(Upstream {
             pool: Arc::new(pool),

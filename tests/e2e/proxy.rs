@@ -584,3 +584,45 @@ async fn an_https_app_is_reached_over_verified_tls() {
         app.seen()
     );
 }
+
+/// An app that accepts the TCP connection but never answers the TLS handshake gets
+/// `upstream.connect_timeout`, then a 502 saying so: never a hang.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_bounded_by_the_connect_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let ca_file = dir.path().join("app.pem");
+    std::fs::write(&ca_file, cert.cert.pem()).expect("write cert");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("address");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+
+    let mut config = config_for(silent_addr);
+    config.upstream.url = format!("https://localhost:{}", silent_addr.port())
+        .parse()
+        .expect("app URL");
+    config.upstream.tls_ca_file = Some(ca_file);
+    config.upstream.connect_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(config).await;
+    let started = std::time::Instant::now();
+    let resp = client()
+        .get(proxy.url("/x"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        resp.text().await.expect("body"),
+        "upstream unreachable: connecting timed out after 300ms\n"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    held.abort();
+}
