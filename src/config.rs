@@ -55,7 +55,8 @@ pub struct ServerConfig {
     /// A client must send its whole request head within this time (slowloris defence).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// A keep-alive connection with no request for this long is closed.
+    /// A connection with no bytes moving for this long is closed (gracefully between
+    /// requests, dropped mid-request unless the request waits for the app's answer).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// On SIGTERM/SIGINT, requests in flight get this long to finish.

@@ -40,7 +40,7 @@ use crate::rewrite::{self, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use idle::{Activity, ConnectionState, Verdict, Watchdog};
-use observe::{Logged, RequestRecord, count_request, observe};
+use observe::{Logged, RequestRecord, observe, track_request_body};
 
 /// What every request handler shares: built once at start-up.
 pub struct AppState {
@@ -373,18 +373,19 @@ async fn handle(
     client: ClientInfo,
     connection: Arc<ConnectionState>,
 ) -> Result<Response<Body>, Infallible> {
-    let in_flight = connection.begin(req.version() == http::Version::HTTP_2);
     let started = Instant::now();
+    let http2 = req.version() == http::Version::HTTP_2;
     let logged = Logged::of(&req);
-    let (req, bytes_in) = count_request(req);
+    let (req, body) = track_request_body(req, &connection);
+    let mut in_flight = connection.begin(http2, body);
     let response = route(Arc::clone(&state), req, client).await;
+    in_flight.answered();
     let record = RequestRecord {
         state,
-        _in_flight: in_flight,
+        in_flight,
         logged,
         peer: client.peer,
         started,
-        bytes_in,
     };
     Ok(observe(response, record))
 }
@@ -653,6 +654,10 @@ where
                 }
                 Verdict::SlowHead => {
                     debug!(peer = %client.peer, "request head too slow; dropping the connection");
+                    return;
+                }
+                Verdict::Stalled => {
+                    debug!(peer = %client.peer, "request stalled mid-way; dropping the connection");
                     return;
                 }
             },

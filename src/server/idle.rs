@@ -1,8 +1,12 @@
 //! The watch kept over each client connection, for its two timeouts.
 //!
 //! - `server.idle_timeout`: the I/O is wrapped so that each read or write that moves bytes
-//!   bumps a counter; a connection whose counter did not move for that long is closed
-//!   gracefully (this also ends a transfer that stalled).
+//!   bumps a counter. A connection whose counter did not move for that long is closed
+//!   gracefully when no request is in flight, and dropped when one stalled mid-way: a client
+//!   that stopped sending its body or reading the answer, an app (or store) that stopped
+//!   sending it — nginx's `client_body_timeout`, `send_timeout` and `proxy_read_timeout`.
+//!   A request whose body is in and whose answer has not begun is waiting for the app, which
+//!   `upstream.response_timeout` bounds instead (it may be set longer).
 //! - `server.header_read_timeout` (slowloris): an HTTP/1 connection with no request in flight
 //!   must complete its next request head within that time, or it is dropped.
 //!
@@ -15,7 +19,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,6 +36,8 @@ pub(super) struct ConnectionState {
     begun: AtomicU64,
     /// Requests whose response ended (or was dropped).
     ended: AtomicU64,
+    /// Requests whose body is in and whose answer has not begun: waiting for the app.
+    awaiting_answer: AtomicU64,
     /// HTTP/2: requests are streams, and there is no head to wait for between them.
     multiplexed: AtomicBool,
 }
@@ -41,24 +47,118 @@ impl ConnectionState {
         self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A request's head has been read; the returned guard marks its end when dropped (keep
-    /// it until the response body is done).
-    pub(super) fn begin(self: &Arc<Self>, http2: bool) -> RequestInFlight {
+    /// A request's head has been read; `body` is its body's progress, `None` when it has
+    /// none. The returned guard marks its end when dropped (keep it until the response body
+    /// is done).
+    pub(super) fn begin(
+        self: &Arc<Self>,
+        http2: bool,
+        body: Option<Arc<RequestBody>>,
+    ) -> RequestInFlight {
         if http2 {
             self.multiplexed.store(true, Ordering::Relaxed);
         }
         self.begun.fetch_add(1, Ordering::Relaxed);
-        RequestInFlight(Arc::clone(self))
+        let awaiting = body.is_none();
+        if awaiting {
+            self.awaiting_answer.fetch_add(1, Ordering::Relaxed);
+        }
+        RequestInFlight {
+            connection: Arc::clone(self),
+            body,
+            awaiting,
+        }
+    }
+}
+
+/// How far a request's body has come: its bytes, and whether it has ended (the wait for the
+/// app's answer begins then). Shared by the body's reader and the [`RequestInFlight`].
+#[derive(Debug)]
+pub(super) struct RequestBody {
+    connection: Arc<ConnectionState>,
+    bytes: AtomicU64,
+    phase: AtomicU8,
+}
+
+const READING: u8 = 0;
+const AWAITING_ANSWER: u8 = 1;
+const ANSWERED: u8 = 2;
+
+impl RequestBody {
+    pub(super) fn new(connection: &Arc<ConnectionState>) -> Arc<RequestBody> {
+        Arc::new(RequestBody {
+            connection: Arc::clone(connection),
+            bytes: AtomicU64::new(0),
+            phase: AtomicU8::new(READING),
+        })
+    }
+
+    pub(super) fn add_bytes(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The body has been read to its end (an answer that came first is not waited for).
+    pub(super) fn ended(&self) {
+        let phase = &self.phase;
+        if phase
+            .compare_exchange(
+                READING,
+                AWAITING_ANSWER,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            self.connection
+                .awaiting_answer
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn answered(&self) {
+        if self.phase.swap(ANSWERED, Ordering::Relaxed) == AWAITING_ANSWER {
+            self.connection
+                .awaiting_answer
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// A request being answered on the connection; its drop ends it.
 #[derive(Debug)]
-pub(super) struct RequestInFlight(Arc<ConnectionState>);
+pub(super) struct RequestInFlight {
+    connection: Arc<ConnectionState>,
+    body: Option<Arc<RequestBody>>,
+    /// A request without a body: waiting for the answer from the start.
+    awaiting: bool,
+}
+
+impl RequestInFlight {
+    /// The answer's head is ready: from now on the answer is streaming.
+    pub(super) fn answered(&mut self) {
+        match &self.body {
+            Some(body) => body.answered(),
+            None if std::mem::take(&mut self.awaiting) => {
+                self.connection
+                    .awaiting_answer
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+    }
+
+    /// The request body's bytes read so far.
+    pub(super) fn bytes_in(&self) -> u64 {
+        self.body
+            .as_ref()
+            .map_or(0, |b| b.bytes.load(Ordering::Relaxed))
+    }
+}
 
 impl Drop for RequestInFlight {
     fn drop(&mut self) {
-        self.0.ended.fetch_add(1, Ordering::Relaxed);
+        self.answered();
+        self.connection.ended.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -66,8 +166,11 @@ impl Drop for RequestInFlight {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Verdict {
     Fine,
-    /// No bytes moved for `idle_timeout`: close gracefully.
+    /// No bytes moved for `idle_timeout` and no request in flight: close gracefully.
     Idle,
+    /// No bytes moved for `idle_timeout` with a request in flight that is not waiting for the
+    /// app: drop the connection (the answer, if begun, is cut short).
+    Stalled,
     /// No request head completed within `header_read_timeout` while none was in flight:
     /// drop the connection.
     SlowHead,
@@ -120,11 +223,16 @@ impl Watchdog {
             self.last_activity = activity;
             self.active_at = now;
         }
-        if now.duration_since(self.active_at) >= self.idle_timeout {
-            return Verdict::Idle;
-        }
         let begun = state.begun.load(Ordering::Relaxed);
         let in_flight = begun != state.ended.load(Ordering::Relaxed);
+        if now.duration_since(self.active_at) >= self.idle_timeout {
+            if !in_flight {
+                return Verdict::Idle;
+            }
+            if state.awaiting_answer.load(Ordering::Relaxed) == 0 {
+                return Verdict::Stalled;
+            }
+        }
         if in_flight || state.multiplexed.load(Ordering::Relaxed) {
             self.waiting = None;
             return Verdict::Fine;
@@ -238,7 +346,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_in_flight_is_never_a_slow_head() {
         let (state, mut dog, start) = watchdog();
-        let request = state.begin(false);
+        let request = state.begin(false, None);
         for second in [5, 15, 30, 50] {
             state.bump();
             assert_eq!(dog.judge(start + second * S), Verdict::Fine, "{second}s");
@@ -252,9 +360,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_bytes_for_the_idle_timeout_is_idle() {
-        let (state, mut dog, start) = watchdog();
-        let _request = state.begin(false);
+    async fn no_bytes_for_the_idle_timeout_between_requests_is_idle() {
+        // A head timeout longer than the idle one, so that the idle one is what fires.
+        let state = Arc::new(ConnectionState::default());
+        let mut dog = Watchdog::new(Arc::clone(&state), IDLE, IDLE * 2);
+        let start = dog.active_at;
+        drop(state.begin(false, None));
         state.bump();
         assert_eq!(dog.judge(start + S), Verdict::Fine);
         assert_eq!(dog.judge(start + 60 * S), Verdict::Fine);
@@ -262,9 +373,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn waiting_for_the_answer_is_never_a_stall() {
+        let (state, mut dog, start) = watchdog();
+        let mut request = state.begin(false, None);
+        state.bump();
+        assert_eq!(dog.judge(start + S), Verdict::Fine);
+        // The response timeout's business, however long it is.
+        assert_eq!(dog.judge(start + 600 * S), Verdict::Fine);
+        request.answered();
+        // Now streaming the answer: no bytes for the idle timeout is a stall.
+        assert_eq!(dog.judge(start + 601 * S), Verdict::Stalled);
+    }
+
+    #[tokio::test]
+    async fn a_request_body_that_stops_coming_is_a_stall() {
+        let (state, mut dog, start) = watchdog();
+        let body = RequestBody::new(&state);
+        let mut request = state.begin(false, Some(Arc::clone(&body)));
+        body.add_bytes(10);
+        state.bump();
+        assert_eq!(dog.judge(start + S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 61 * S), Verdict::Stalled);
+
+        // Once the body is in, the wait for the answer is not judged, until it begins.
+        body.ended();
+        assert_eq!(dog.judge(start + 62 * S), Verdict::Fine);
+        request.answered();
+        assert_eq!(dog.judge(start + 63 * S), Verdict::Stalled);
+        assert_eq!(request.bytes_in(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_body_still_coming_after_an_early_answer_is_not_waited_for() {
+        let (state, mut dog, start) = watchdog();
+        let body = RequestBody::new(&state);
+        let mut request = state.begin(false, Some(Arc::clone(&body)));
+        request.answered();
+        body.ended();
+        state.bump();
+        assert_eq!(dog.judge(start + S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 61 * S), Verdict::Stalled);
+        drop(request);
+        assert_eq!(state.awaiting_answer.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
     async fn http2_connections_wait_for_no_head() {
         let (state, mut dog, start) = watchdog();
-        drop(state.begin(true));
+        drop(state.begin(true, None));
         state.bump();
         assert_eq!(dog.judge(start + 30 * S), Verdict::Fine);
         assert_eq!(dog.judge(start + 89 * S), Verdict::Fine);

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -17,32 +16,35 @@ use hyper::body::{Frame, Incoming};
 use tracing::info;
 
 use super::AppState;
-use super::idle::RequestInFlight;
+use super::idle::{ConnectionState, RequestBody, RequestInFlight};
 use crate::body::{Body, BoxError};
 use crate::metrics::RequestKind;
 use crate::proxy::UpstreamTiming;
 
-/// Boxes the request body, counting its bytes when it has any.
-pub(super) fn count_request(req: Request<Incoming>) -> (Request<Body>, Option<Arc<AtomicU64>>) {
+/// Boxes the request body, following its progress (bytes, end) when it has any.
+pub(super) fn track_request_body(
+    req: Request<Incoming>,
+    connection: &Arc<ConnectionState>,
+) -> (Request<Body>, Option<Arc<RequestBody>>) {
     if req.body().is_end_stream() {
         // Nothing to count or read: an empty body needs no allocation, a boxed one would.
         return (req.map(|_| crate::body::empty()), None);
     }
-    let count = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&count);
+    let progress = RequestBody::new(connection);
+    let tracked = Arc::clone(&progress);
     let req = req.map(|inner| {
         Counted {
             inner,
-            count: counted,
+            progress: tracked,
         }
         .boxed()
     });
-    (req, Some(count))
+    (req, Some(progress))
 }
 
 struct Counted {
     inner: Incoming,
-    count: Arc<AtomicU64>,
+    progress: Arc<RequestBody>,
 }
 
 impl http_body::Body for Counted {
@@ -54,10 +56,18 @@ impl http_body::Body for Counted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.progress.add_bytes(data.len());
+                }
+                // Readers stop at the last frame of a body of known length.
+                if self.inner.is_end_stream() {
+                    self.progress.ended();
+                }
+            }
+            Poll::Ready(None) => self.progress.ended(),
+            _ => {}
         }
         polled.map_err(Into::into)
     }
@@ -74,13 +84,13 @@ impl http_body::Body for Counted {
 /// What the request looked like, kept until the response is done.
 pub(super) struct RequestRecord {
     pub state: Arc<AppState>,
-    /// Ends the request on its connection when the record is dropped with the response.
-    pub _in_flight: RequestInFlight,
+    /// Ends the request on its connection when the record is dropped with the response;
+    /// knows the request body's byte count.
+    pub in_flight: RequestInFlight,
     /// What the access log line names; `None` when that line is filtered out.
     pub logged: Option<Logged>,
     pub peer: SocketAddr,
     pub started: Instant,
-    pub bytes_in: Option<Arc<AtomicU64>>,
 }
 
 /// The request's method and target, kept for its access log line.
@@ -142,7 +152,7 @@ impl Observed {
         let Some(done) = self.done.take() else { return };
         let r = &done.request;
         let took = r.started.elapsed();
-        let bytes_in = r.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
+        let bytes_in = r.in_flight.bytes_in();
         let metrics = &r.state.metrics;
         metrics.request(done.kind, done.status, took, bytes_in, self.sent);
         if let Some(upstream) = done.upstream {

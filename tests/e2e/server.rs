@@ -4,8 +4,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use crate::support::app::Echo;
+use crate::support::raw::RawApp;
 use crate::support::{App, Proxy, app_and_proxy, client, config_for, raw_body};
 
 #[tokio::test]
@@ -301,4 +303,107 @@ async fn a_cold_replica_rewrites_its_first_answer_to_objects_already_in_the_buck
         answer.contains("\"http://cdn.test.invalid/bucket/wp-content/uploads/2026/01/there.jpg\""),
         "{answer}"
     );
+}
+
+/// A proxy with `server.idle_timeout` = 300 ms in front of `app`.
+async fn proxy_with_short_idle_timeout(app: std::net::SocketAddr) -> Proxy {
+    let mut config = config_for(app);
+    config.server.idle_timeout = Duration::from_millis(300);
+    Proxy::start(config).await
+}
+
+/// A raw app that runs `answer` on each request, then reports when the proxy closes its end
+/// of the connection.
+async fn app_reporting_close<F, Fut>(answer: F) -> (RawApp, mpsc::UnboundedReceiver<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = TcpStream> + Send + 'static,
+{
+    let (closed, closes) = mpsc::unbounded_channel();
+    let app = RawApp::start(move |stream, _head| {
+        let closed = closed.clone();
+        async move {
+            let mut stream = answer(stream).await;
+            let mut sink = [0u8; 1024];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            let _ = closed.send(());
+        }
+    })
+    .await;
+    (app, closes)
+}
+
+/// nginx's `proxy_read_timeout`: an app that stops sending mid-answer does not hold the
+/// client forever; the client's connection is dropped (the answer cut short) and so is the
+/// app's.
+#[tokio::test]
+async fn an_app_that_stalls_mid_answer_is_cut_off_after_the_idle_timeout() {
+    let (app, mut app_closed) = app_reporting_close(|mut stream| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+            .await;
+        stream
+    })
+    .await;
+    let proxy = proxy_with_short_idle_timeout(app.addr).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the proxy closes the stalled connection")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nhalf"), "cut short: {answer}");
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the app's connection is closed too");
+}
+
+/// nginx's `client_body_timeout`: a client that stops sending its request body does not hold
+/// the proxy and the app forever.
+#[tokio::test]
+async fn a_client_that_stalls_its_body_is_cut_off_after_the_idle_timeout() {
+    let (app, mut app_closed) = app_reporting_close(|stream| async move { stream }).await;
+    let proxy = proxy_with_short_idle_timeout(app.addr).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the proxy closes the stalled connection")
+        .expect("read");
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the app's connection is closed too");
+}
+
+/// Waiting for the app's answer is `upstream.response_timeout`'s business, even when it is
+/// longer than `server.idle_timeout`.
+#[tokio::test]
+async fn waiting_for_an_answer_longer_than_the_idle_timeout_is_fine() {
+    let app = App::start().await;
+    let proxy = proxy_with_short_idle_timeout(app.addr).await;
+    for path in ["/sleep/1200", "/echo"] {
+        let resp = client()
+            .post(proxy.url(path))
+            .body("some body")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let resp = client()
+        .get(proxy.url("/sleep/1200"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
 }
