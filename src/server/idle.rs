@@ -53,7 +53,7 @@ impl ConnectionState {
     pub(super) fn begin(
         self: &Arc<Self>,
         http2: bool,
-        body: Option<Arc<RequestBody>>,
+        body: Option<Arc<BodyProgress>>,
     ) -> RequestInFlight {
         if http2 {
             self.multiplexed.store(true, Ordering::Relaxed);
@@ -74,7 +74,7 @@ impl ConnectionState {
 /// How far a request's body has come: its bytes, and whether it has ended (the wait for the
 /// app's answer begins then). Shared by the body's reader and the [`RequestInFlight`].
 #[derive(Debug)]
-pub(super) struct RequestBody {
+pub(super) struct BodyProgress {
     connection: Arc<ConnectionState>,
     bytes: AtomicU64,
     phase: AtomicU8,
@@ -84,9 +84,9 @@ const READING: u8 = 0;
 const AWAITING_ANSWER: u8 = 1;
 const ANSWERED: u8 = 2;
 
-impl RequestBody {
-    pub(super) fn new(connection: &Arc<ConnectionState>) -> Arc<RequestBody> {
-        Arc::new(RequestBody {
+impl BodyProgress {
+    pub(super) fn new(connection: &Arc<ConnectionState>) -> Arc<BodyProgress> {
+        Arc::new(BodyProgress {
             connection: Arc::clone(connection),
             bytes: AtomicU64::new(0),
             phase: AtomicU8::new(READING),
@@ -99,8 +99,8 @@ impl RequestBody {
 
     /// The body has been read to its end (an answer that came first is not waited for).
     pub(super) fn ended(&self) {
-        let phase = &self.phase;
-        if phase
+        if self
+            .phase
             .compare_exchange(
                 READING,
                 AWAITING_ANSWER,
@@ -128,7 +128,7 @@ impl RequestBody {
 #[derive(Debug)]
 pub(super) struct RequestInFlight {
     connection: Arc<ConnectionState>,
-    body: Option<Arc<RequestBody>>,
+    body: Option<Arc<BodyProgress>>,
     /// A request without a body: waiting for the answer from the start.
     awaiting: bool,
 }
@@ -388,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_body_that_stops_coming_is_a_stall() {
         let (state, mut dog, start) = watchdog();
-        let body = RequestBody::new(&state);
+        let body = BodyProgress::new(&state);
         let mut request = state.begin(false, Some(Arc::clone(&body)));
         body.add_bytes(10);
         state.bump();
@@ -406,7 +406,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_still_coming_after_an_early_answer_is_not_waited_for() {
         let (state, mut dog, start) = watchdog();
-        let body = RequestBody::new(&state);
+        let body = BodyProgress::new(&state);
         let mut request = state.begin(false, Some(Arc::clone(&body)));
         request.answered();
         body.ended();

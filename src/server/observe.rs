@@ -16,7 +16,7 @@ use hyper::body::{Frame, Incoming};
 use tracing::info;
 
 use super::AppState;
-use super::idle::{ConnectionState, RequestBody, RequestInFlight};
+use super::idle::{BodyProgress, ConnectionState, RequestInFlight};
 use crate::body::{Body, BoxError};
 use crate::metrics::RequestKind;
 use crate::proxy::UpstreamTiming;
@@ -25,12 +25,12 @@ use crate::proxy::UpstreamTiming;
 pub(super) fn track_request_body(
     req: Request<Incoming>,
     connection: &Arc<ConnectionState>,
-) -> (Request<Body>, Option<Arc<RequestBody>>) {
+) -> (Request<Body>, Option<Arc<BodyProgress>>) {
     if req.body().is_end_stream() {
         // Nothing to count or read: an empty body needs no allocation, a boxed one would.
         return (req.map(|_| crate::body::empty()), None);
     }
-    let progress = RequestBody::new(connection);
+    let progress = BodyProgress::new(connection);
     let tracked = Arc::clone(&progress);
     let req = req.map(|inner| {
         Counted {
@@ -44,7 +44,7 @@ pub(super) fn track_request_body(
 
 struct Counted {
     inner: Incoming,
-    progress: Arc<RequestBody>,
+    progress: Arc<BodyProgress>,
 }
 
 impl http_body::Body for Counted {
