@@ -515,15 +515,21 @@ async fn idle_app_connections_close_after_pool_idle_timeout() {
     );
 }
 
+/// A self-signed certificate for `localhost`, and the PEM file (in `dir`) that trusts it.
+fn app_certificate(dir: &std::path::Path) -> (rcgen::CertifiedKey, std::path::PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let ca_file = dir.join("app.pem");
+    std::fs::write(&ca_file, cert.cert.pem()).expect("write cert");
+    (cert, ca_file)
+}
+
 /// An `https://` app: reached over TLS with its certificate checked against
 /// `upstream.tls_ca_file`, bodies intact both ways, WebSockets tunnelled; without the
 /// certificate trusted, a 502 that says why.
 #[tokio::test]
 async fn an_https_app_is_reached_over_verified_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
-    let ca_file = dir.path().join("app.pem");
-    std::fs::write(&ca_file, cert.cert.pem()).expect("write cert");
+    let (cert, ca_file) = app_certificate(dir.path());
     let app = App::start_tls(&cert.cert.pem(), &cert.key_pair.serialize_pem()).await;
     let https_url = format!("https://localhost:{}", app.addr.port());
 
@@ -590,9 +596,7 @@ async fn an_https_app_is_reached_over_verified_tls() {
 #[tokio::test]
 async fn a_stalled_tls_handshake_is_bounded_by_the_connect_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
-    let ca_file = dir.path().join("app.pem");
-    std::fs::write(&ca_file, cert.cert.pem()).expect("write cert");
+    let (_, ca_file) = app_certificate(dir.path());
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -333,6 +333,18 @@ where
     (app, closes)
 }
 
+/// Sends `request` and reads until the proxy closes the connection (at most 5 s).
+async fn send_until_closed(proxy: &Proxy, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream.write_all(request).await.expect("request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the proxy closes the stalled connection")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// nginx's `proxy_read_timeout`: an app that stops sending mid-answer does not hold the
 /// client forever; the client's connection is dropped (the answer cut short) and so is the
 /// app's.
@@ -346,17 +358,7 @@ async fn an_app_that_stalls_mid_answer_is_cut_off_after_the_idle_timeout() {
     })
     .await;
     let proxy = proxy_with_short_idle_timeout(app.addr).await;
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    stream
-        .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("request");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .expect("the proxy closes the stalled connection")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = send_until_closed(&proxy, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nhalf"), "cut short: {answer}");
     tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
@@ -370,16 +372,9 @@ async fn an_app_that_stalls_mid_answer_is_cut_off_after_the_idle_timeout() {
 async fn a_client_that_stalls_its_body_is_cut_off_after_the_idle_timeout() {
     let (app, mut app_closed) = app_reporting_close(|stream| async move { stream }).await;
     let proxy = proxy_with_short_idle_timeout(app.addr).await;
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    stream
-        .write_all(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
-        .await
-        .expect("request");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .expect("the proxy closes the stalled connection")
-        .expect("read");
+    let request = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf";
+    let answer = send_until_closed(&proxy, request).await;
+    assert_eq!(answer, "", "nothing was answered");
     tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
         .await
         .expect("the app's connection is closed too");
