@@ -40,7 +40,7 @@ use crate::rewrite::{self, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use idle::{Activity, ConnectionState, Verdict, Watchdog};
-use observe::{Logged, RequestRecord, observe, track_request_body};
+use observe::{Logged, Observed, RequestRecord, observe, track_request_body};
 
 /// What every request handler shares: built once at start-up.
 pub struct AppState {
@@ -372,7 +372,7 @@ async fn handle(
     req: Request<Incoming>,
     client: ClientInfo,
     connection: Arc<ConnectionState>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Observed>, Infallible> {
     let started = Instant::now();
     let http2 = req.version() == http::Version::HTTP_2;
     let logged = Logged::of(&req);

@@ -111,7 +111,7 @@ impl Logged {
 }
 
 /// Wraps the response so that its end is logged and counted.
-pub(super) fn observe(response: Response<Body>, request: RequestRecord) -> Response<Body> {
+pub(super) fn observe(response: Response<Body>, request: RequestRecord) -> Response<Observed> {
     let kind = response
         .extensions()
         .get::<RequestKind>()
@@ -130,7 +130,6 @@ pub(super) fn observe(response: Response<Body>, request: RequestRecord) -> Respo
                 upstream,
             }),
         }
-        .boxed()
     })
 }
 
@@ -141,7 +140,9 @@ struct Done {
     upstream: Option<Duration>,
 }
 
-struct Observed {
+/// The response body as the client gets it: the body, counted and logged when it ends.
+/// (Handed to hyper as it is: boxing it again would cost an allocation per request.)
+pub(super) struct Observed {
     inner: Body,
     sent: u64,
     done: Option<Done>,
