@@ -119,17 +119,15 @@ pub(super) fn observe(response: Response<Body>, request: RequestRecord) -> Respo
         .unwrap_or_default();
     let upstream = response.extensions().get::<UpstreamTiming>().map(|t| t.0);
     let status = response.status();
-    response.map(|inner| {
-        Observed {
-            inner,
-            sent: 0,
-            done: Some(Done {
-                request,
-                kind,
-                status,
-                upstream,
-            }),
-        }
+    response.map(|inner| Observed {
+        inner,
+        sent: 0,
+        done: Some(Done {
+            request,
+            kind,
+            status,
+            upstream,
+        }),
     })
 }
 
