@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
+use crate::proxy::Upstream;
 
 /// Something `/readyz` asks before saying the proxy can take traffic.
 #[async_trait]
@@ -30,20 +31,16 @@ pub trait ReadinessCheck: Send + Sync {
     async fn check(&self) -> Result<(), String>;
 }
 
-/// Ready when a TCP connection to the app opens within `timeout`.
-#[derive(Debug, Clone)]
+/// Ready when a connection to the app opens within `timeout`: the TCP connect and, for an
+/// `https://` app, the TLS handshake with its certificate verified (the way requests go).
 pub struct UpstreamReachable {
-    authority: String,
+    upstream: Arc<Upstream>,
     timeout: Duration,
 }
 
 impl UpstreamReachable {
-    /// `authority` is the app's `host:port`.
-    pub fn new(authority: impl Into<String>, timeout: Duration) -> Self {
-        UpstreamReachable {
-            authority: authority.into(),
-            timeout,
-        }
+    pub fn new(upstream: Arc<Upstream>, timeout: Duration) -> Self {
+        UpstreamReachable { upstream, timeout }
     }
 }
 
@@ -54,9 +51,9 @@ impl ReadinessCheck for UpstreamReachable {
     }
 
     async fn check(&self) -> Result<(), String> {
-        let authority = self.authority.as_str();
-        match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(authority)).await {
-            Ok(Ok(_)) => Ok(()),
+        let authority = self.upstream.authority();
+        match tokio::time::timeout(self.timeout, self.upstream.probe()).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("{authority}: {e}")),
             Err(_) => Err(format!(
                 "{authority}: no connection within {}",

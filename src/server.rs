@@ -433,7 +433,7 @@ impl Server {
             None => None,
         };
         let admin = Admin::new(state.metrics.clone())
-            .with_check(Arc::new(upstream_check(&config)))
+            .with_check(Arc::new(upstream_check(&config, &state)))
             .with_check(Arc::new(StoreReachable::new(state.store.clone())));
         Ok(Server {
             state,
@@ -546,13 +546,11 @@ pub async fn shutdown_signal() {
     info!("shutdown signal received");
 }
 
-/// `/readyz`'s check of the app: a TCP connect within the connect timeout (at most 2 s).
-fn upstream_check(config: &Config) -> UpstreamReachable {
-    let url = &config.upstream.url;
-    let host = url.host_str().unwrap_or("127.0.0.1");
-    let port = url.port_or_known_default().unwrap_or(80);
+/// `/readyz`'s check of the app: a connection opened within the connect timeout (at most
+/// 2 s).
+fn upstream_check(config: &Config, state: &AppState) -> UpstreamReachable {
     let timeout = config.upstream.connect_timeout.min(Duration::from_secs(2));
-    UpstreamReachable::new(format!("{host}:{port}"), timeout)
+    UpstreamReachable::new(Arc::clone(&state.upstream), timeout)
 }
 
 /// The request-head header limit hyper applies when none is configured.

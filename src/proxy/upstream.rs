@@ -100,6 +100,13 @@ impl Upstream {
         &self.authority
     }
 
+    /// Opens a connection to the app (TCP, and TLS for `https://`) and closes it: whether
+    /// requests could reach it now.
+    pub async fn probe(&self) -> Result<(), ProxyError> {
+        self.pool.connect().await?;
+        Ok(())
+    }
+
     /// Forwards `req` to the app with header hygiene and forwarding headers applied,
     /// streaming both ways. An upgrade the app accepts (`101`) is tunnelled in the
     /// background.

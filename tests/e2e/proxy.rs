@@ -568,6 +568,12 @@ async fn an_https_app_is_reached_over_verified_tls() {
         ws.next().await.expect("reply").expect("frame"),
         Message::text("over tls")
     );
+    let ready = http
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
 
     // Not trusted: the system's roots do not include the app's self-signed certificate.
     let mut untrusted = config_for(app.addr);
@@ -588,6 +594,18 @@ async fn an_https_app_is_reached_over_verified_tls() {
         !app.seen().iter().any(|s| s == "GET /x"),
         "{:?}",
         app.seen()
+    );
+    // /readyz checks the way requests go: TLS and all.
+    let ready = client()
+        .get(untrusted.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let text = ready.text().await.expect("body");
+    assert!(
+        text.starts_with("not ready: upstream:") && text.contains("certificate"),
+        "{text}"
     );
 }
 
