@@ -361,7 +361,12 @@ fn rewrite_headers(rewriter: &Rewriter, headers: &mut http::HeaderMap) {
 
 /// The answer when way 1 (forwarding as it is) failed; logged and counted.
 fn forwarding_failed(state: &AppState, e: ProxyError, client: &ClientInfo) -> Response<Body> {
-    warn!(error = %e, peer = %client.peer, "forwarding failed");
+    // A client that cancels an upload is common and not the operator's concern.
+    if e.is_clients() {
+        debug!(error = %e, peer = %client.peer, "forwarding failed on the client's side");
+    } else {
+        warn!(error = %e, peer = %client.peer, "forwarding failed");
+    }
     state.metrics.upstream_error(e.cause());
     e.into_response()
 }
@@ -376,7 +381,9 @@ async fn handle(
     let started = Instant::now();
     let http2 = req.version() == http::Version::HTTP_2;
     let logged = Logged::of(&req);
-    let (req, body) = track_request_body(req, &connection);
+    // HTTP/2 streams share their connection's watchdog: each bounds its own stalls.
+    let stall_limit = http2.then_some(state.config.server.idle_timeout);
+    let (req, body) = track_request_body(req, &connection, stall_limit);
     let mut in_flight = connection.begin(http2, body);
     let response = route(Arc::clone(&state), req, client).await;
     in_flight.answered();
@@ -387,7 +394,7 @@ async fn handle(
         peer: client.peer,
         started,
     };
-    Ok(observe(response, record))
+    Ok(observe(response, record, stall_limit))
 }
 
 /// A bound, not yet running server.

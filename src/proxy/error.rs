@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{Response, StatusCode, header};
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, Stalled};
 
 /// A forwarding failure. The variant picks the status; the message is the short body the
 /// client sees (lowercase, no secrets, no trailing period).
@@ -24,6 +24,14 @@ pub enum ProxyError {
     /// The client's request cannot be forwarded as it is: `400`.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client's request body failed while it was being forwarded (the client went away
+    /// or sent a malformed body): `400`, and not the app's fault.
+    #[error("request body failed: {0}")]
+    ClientBody(String),
+    /// The client's request body stopped coming for this long (HTTP/2; on HTTP/1 the
+    /// connection is dropped instead): `408`.
+    #[error("request body stalled: {}", Stalled(*.0))]
+    ClientStalled(Duration),
     /// The upstream configuration cannot be used (found when building [`super::Upstream`]).
     #[error("upstream config: {0}")]
     Config(String),
@@ -35,9 +43,18 @@ impl ProxyError {
         match self {
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// The client's side failed (its request or its body), not the app.
+    pub fn is_clients(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) | ProxyError::ClientStalled(_)
+        )
     }
 
     /// A stable label for metrics (`offload_upstream_errors_total{cause}`).
@@ -47,6 +64,8 @@ impl ProxyError {
             ProxyError::Timeout(_) => "timeout",
             ProxyError::Upstream(_) => "upstream",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ClientBody(_) => "client_body",
+            ProxyError::ClientStalled(_) => "client_stalled",
             ProxyError::Config(_) => "config",
         }
     }
@@ -66,8 +85,19 @@ impl ProxyError {
     }
 
     /// An exchange with the app that failed after it was reached, with hyper's causes as
-    /// text.
+    /// text; a failure of the request body the client was sending is the client's.
     pub(crate) fn from_hyper(err: &hyper::Error) -> ProxyError {
+        let mut source = err.source();
+        while let Some(cause) = source {
+            if let Some(Stalled(limit)) = cause.downcast_ref::<Stalled>() {
+                return ProxyError::ClientStalled(*limit);
+            }
+            source = cause.source();
+        }
+        // hyper's only user error that carries a cause is the request body's own.
+        if err.is_user() && err.source().is_some() {
+            return ProxyError::ClientBody(chain(err));
+        }
         ProxyError::Upstream(chain(err))
     }
 }
@@ -101,6 +131,16 @@ mod tests {
             ProxyError::BadRequest("x".into()).status(),
             StatusCode::BAD_REQUEST
         );
+        assert_eq!(
+            ProxyError::ClientBody("x".into()).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ProxyError::ClientStalled(Duration::from_secs(1)).status(),
+            StatusCode::REQUEST_TIMEOUT
+        );
+        assert!(ProxyError::ClientBody("x".into()).is_clients());
+        assert!(!ProxyError::Upstream("x".into()).is_clients());
     }
 
     #[test]
@@ -109,5 +149,7 @@ mod tests {
         assert_eq!(e.to_string(), "upstream timed out after 1s 500ms");
         let e = ProxyError::Connect("connection refused".into());
         assert_eq!(e.to_string(), "upstream unreachable: connection refused");
+        let e = ProxyError::ClientStalled(Duration::from_secs(60));
+        assert_eq!(e.to_string(), "request body stalled: no data for 1m");
     }
 }

@@ -7,6 +7,9 @@
 //!   sending it — nginx's `client_body_timeout`, `send_timeout` and `proxy_read_timeout`.
 //!   A request whose body is in and whose answer has not begun is waiting for the app, which
 //!   `upstream.response_timeout` bounds instead (it may be set longer).
+//!   On HTTP/2 the connection carries many requests, and bytes moving for one says nothing
+//!   of another: there each stream's bodies carry a [`StallTimer`] instead (a timer per
+//!   stream, which HTTP/1's requests do without).
 //! - `server.header_read_timeout` (slowloris): an HTTP/1 connection with no request in flight
 //!   must complete its next request head within that time, or it is dropped.
 //!
@@ -16,6 +19,7 @@
 //! the shorter timeout apart, looks at them: a timeout fires between 1 and 1.5 times its
 //! length after the wait began.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +28,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Interval};
+use tokio::time::{Instant, Interval, Sleep};
+
+use crate::body::Stalled;
 
 /// What the connection's requests and I/O report; shared by the I/O wrapper, the requests
 /// and the [`Watchdog`].
@@ -247,6 +253,51 @@ impl Watchdog {
             _ => self.waiting = Some((begun, now)),
         }
         Verdict::Fine
+    }
+}
+
+/// Whether a body polled while it has nothing to give has gone `limit` without progress.
+/// One per HTTP/2 request or response body that is waited on.
+#[derive(Debug)]
+pub(super) struct StallTimer {
+    limit: Duration,
+    /// Armed at the first wait, moved on after each progress; never freed in between.
+    deadline: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+}
+
+impl StallTimer {
+    pub(super) fn new(limit: Duration) -> StallTimer {
+        StallTimer {
+            limit,
+            deadline: None,
+            progressed: false,
+        }
+    }
+
+    /// The body gave something: the next wait starts anew.
+    pub(super) fn progressed(&mut self) {
+        self.progressed = true;
+    }
+
+    /// The body has nothing to give now: `Err` once that has lasted `limit` since it last
+    /// gave something (or since it was first waited on).
+    pub(super) fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Result<(), Stalled> {
+        let limit = self.limit;
+        let progressed = std::mem::take(&mut self.progressed);
+        let deadline = match &mut self.deadline {
+            Some(deadline) => {
+                if progressed {
+                    deadline.as_mut().reset(Instant::now() + limit);
+                }
+                deadline
+            }
+            None => self.deadline.insert(Box::pin(tokio::time::sleep(limit))),
+        };
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(Stalled(limit)),
+            Poll::Pending => Ok(()),
+        }
     }
 }
 

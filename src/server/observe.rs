@@ -16,15 +16,18 @@ use hyper::body::{Frame, Incoming};
 use tracing::info;
 
 use super::AppState;
-use super::idle::{BodyProgress, ConnectionState, RequestInFlight};
+use super::idle::{BodyProgress, ConnectionState, RequestInFlight, StallTimer};
 use crate::body::{Body, BoxError};
 use crate::metrics::RequestKind;
 use crate::proxy::UpstreamTiming;
 
 /// Boxes the request body, following its progress (bytes, end) when it has any.
+/// `stall_limit`: an HTTP/2 request's own bound on a body that stops coming (see
+/// [`StallTimer`]); `None` on HTTP/1, where the connection's watchdog does it.
 pub(super) fn track_request_body(
     req: Request<Incoming>,
     connection: &Arc<ConnectionState>,
+    stall_limit: Option<Duration>,
 ) -> (Request<Body>, Option<Arc<BodyProgress>>) {
     if req.body().is_end_stream() {
         // Nothing to count or read: an empty body needs no allocation, a boxed one would.
@@ -36,6 +39,7 @@ pub(super) fn track_request_body(
         Counted {
             inner,
             progress: tracked,
+            stall: stall_limit.map(StallTimer::new),
         }
         .boxed()
     });
@@ -45,6 +49,7 @@ pub(super) fn track_request_body(
 struct Counted {
     inner: Incoming,
     progress: Arc<BodyProgress>,
+    stall: Option<StallTimer>,
 }
 
 impl http_body::Body for Counted {
@@ -65,9 +70,17 @@ impl http_body::Body for Counted {
                 if self.inner.is_end_stream() {
                     self.progress.ended();
                 }
+                if let Some(stall) = &mut self.stall {
+                    stall.progressed();
+                }
             }
             Poll::Ready(None) => self.progress.ended(),
-            _ => {}
+            Poll::Pending => {
+                if let Some(Err(stalled)) = self.stall.as_mut().map(|s| s.poll_waiting(cx)) {
+                    return Poll::Ready(Some(Err(stalled.into())));
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {}
         }
         polled.map_err(Into::into)
     }
@@ -111,7 +124,12 @@ impl Logged {
 }
 
 /// Wraps the response so that its end is logged and counted.
-pub(super) fn observe(response: Response<Body>, request: RequestRecord) -> Response<Observed> {
+/// `stall_limit` as for [`track_request_body`], for an answer that stops coming.
+pub(super) fn observe(
+    response: Response<Body>,
+    request: RequestRecord,
+    stall_limit: Option<Duration>,
+) -> Response<Observed> {
     let kind = response
         .extensions()
         .get::<RequestKind>()
@@ -122,6 +140,7 @@ pub(super) fn observe(response: Response<Body>, request: RequestRecord) -> Respo
     response.map(|inner| Observed {
         inner,
         sent: 0,
+        stall: stall_limit.map(StallTimer::new),
         done: Some(Done {
             request,
             kind,
@@ -143,6 +162,7 @@ struct Done {
 pub(super) struct Observed {
     inner: Body,
     sent: u64,
+    stall: Option<StallTimer>,
     done: Option<Done>,
 }
 
@@ -199,10 +219,18 @@ impl http_body::Body for Observed {
                 if let Some(data) = frame.data_ref() {
                     self.sent += data.len() as u64;
                 }
+                if let Some(stall) = &mut self.stall {
+                    stall.progressed();
+                }
             }
             Poll::Ready(None) => self.finish(true),
             Poll::Ready(Some(Err(_))) => self.finish(false),
-            Poll::Pending => {}
+            Poll::Pending => {
+                if let Some(Err(stalled)) = self.stall.as_mut().map(|s| s.poll_waiting(cx)) {
+                    self.finish(false);
+                    return Poll::Ready(Some(Err(stalled.into())));
+                }
+            }
         }
         polled
     }

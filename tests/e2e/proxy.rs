@@ -648,3 +648,40 @@ async fn a_stalled_tls_handshake_is_bounded_by_the_connect_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     held.abort();
 }
+
+/// A client that goes away mid-upload is the client's failure, not the app's: counted under
+/// its own cause, never as an upstream error.
+#[tokio::test]
+async fn a_client_leaving_mid_body_is_not_an_upstream_error() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nsome")
+        .await
+        .expect("request");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    let metrics = proxy.admin_url("/metrics");
+    let mut text = String::new();
+    for _ in 0..40 {
+        text = client()
+            .get(&metrics)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        if text.contains("offload_upstream_errors_total{cause=\"client_body\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("offload_upstream_errors_total{cause=\"client_body\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("cause=\"upstream\""), "{text}");
+}

@@ -312,18 +312,20 @@ async fn proxy_with_short_idle_timeout(app: std::net::SocketAddr) -> Proxy {
     Proxy::start(config).await
 }
 
-/// A raw app that runs `answer` on each request, then reports when the proxy closes its end
-/// of the connection.
+/// A raw app that runs `answer` on each request (given its head), then, when `answer` hands
+/// the connection back, reports when the proxy closes its end of it.
 async fn app_reporting_close<F, Fut>(answer: F) -> (RawApp, mpsc::UnboundedReceiver<()>)
 where
-    F: Fn(TcpStream) -> Fut + Send + Sync + Copy + 'static,
-    Fut: std::future::Future<Output = TcpStream> + Send + 'static,
+    F: Fn(TcpStream, String) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = Option<TcpStream>> + Send + 'static,
 {
     let (closed, closes) = mpsc::unbounded_channel();
-    let app = RawApp::start(move |stream, _head| {
+    let app = RawApp::start(move |stream, head| {
         let closed = closed.clone();
         async move {
-            let mut stream = answer(stream).await;
+            let Some(mut stream) = answer(stream, head).await else {
+                return;
+            };
             let mut sink = [0u8; 1024];
             while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
             let _ = closed.send(());
@@ -350,13 +352,7 @@ async fn send_until_closed(proxy: &Proxy, request: &[u8]) -> String {
 /// app's.
 #[tokio::test]
 async fn an_app_that_stalls_mid_answer_is_cut_off_after_the_idle_timeout() {
-    let (app, mut app_closed) = app_reporting_close(|mut stream| async move {
-        let _ = stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
-            .await;
-        stream
-    })
-    .await;
+    let (app, mut app_closed) = app_reporting_close(|stream, _| answer_half(stream)).await;
     let proxy = proxy_with_short_idle_timeout(app.addr).await;
     let answer = send_until_closed(&proxy, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -370,7 +366,7 @@ async fn an_app_that_stalls_mid_answer_is_cut_off_after_the_idle_timeout() {
 /// the proxy and the app forever.
 #[tokio::test]
 async fn a_client_that_stalls_its_body_is_cut_off_after_the_idle_timeout() {
-    let (app, mut app_closed) = app_reporting_close(|stream| async move { stream }).await;
+    let (app, mut app_closed) = app_reporting_close(|stream, _| async move { Some(stream) }).await;
     let proxy = proxy_with_short_idle_timeout(app.addr).await;
     let request = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf";
     let answer = send_until_closed(&proxy, request).await;
@@ -401,4 +397,108 @@ async fn waiting_for_an_answer_longer_than_the_idle_timeout_is_fine() {
         .await
         .expect("answer");
     assert_eq!(resp.status(), 200);
+}
+
+/// Sends half of a 100-byte answer and keeps the connection.
+async fn answer_half(mut stream: TcpStream) -> Option<TcpStream> {
+    let _ = stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+        .await;
+    Some(stream)
+}
+
+/// `GET /ping` gets a short answer at once (and its connection is not watched); anything
+/// else gets `then`.
+async fn ping_or<Fut>(
+    stream: TcpStream,
+    head: String,
+    then: fn(TcpStream) -> Fut,
+) -> Option<TcpStream>
+where
+    Fut: std::future::Future<Output = Option<TcpStream>>,
+{
+    let mut stream = stream;
+    if head.starts_with("GET /ping ") {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .await;
+        return None;
+    }
+    then(stream).await
+}
+
+/// An HTTP/2 client and a proxy (`idle_timeout` = 300 ms) in front of `app`, and a task that
+/// keeps the connection busy with `GET /ping` every 50 ms until it is aborted.
+async fn busy_http2_connection(
+    app: std::net::SocketAddr,
+) -> (Proxy, reqwest::Client, tokio::task::JoinHandle<()>) {
+    let proxy = proxy_with_short_idle_timeout(app).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let ping = proxy.url("/ping");
+    let pinger = h2.clone();
+    let busy = tokio::spawn(async move {
+        loop {
+            let resp = pinger.get(&ping).send().await.expect("ping");
+            assert_eq!(resp.status(), 200);
+            let _ = resp.bytes().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    (proxy, h2, busy)
+}
+
+/// On HTTP/2 the connection keeps moving for the other streams: a stream whose request body
+/// stops coming gets its own `idle_timeout` and a 408, and the app's connection is closed.
+#[tokio::test]
+async fn an_http2_stream_whose_body_stalls_gets_408_while_others_go_on() {
+    let (app, mut app_closed) =
+        app_reporting_close(|stream, head| ping_or(stream, head, |s| async move { Some(s) })).await;
+    let (proxy, h2, busy) = busy_http2_connection(app.addr).await;
+    use futures_util::StreamExt as _;
+    let stalling = futures_util::stream::iter([Ok::<_, std::io::Error>("half")])
+        .chain(futures_util::stream::pending());
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        h2.post(proxy.url("/upload"))
+            .body(reqwest::Body::wrap_stream(stalling))
+            .send(),
+    )
+    .await
+    .expect("an answer within the timeout")
+    .expect("answer");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 408);
+    assert_eq!(
+        resp.text().await.expect("body"),
+        "request body stalled: no data for 300ms\n"
+    );
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the app's connection is closed");
+    assert!(!busy.is_finished(), "the other streams went on");
+    busy.abort();
+}
+
+/// On HTTP/2, an app that stops sending one stream's answer gets that stream reset after
+/// `idle_timeout`, while the connection's other streams go on.
+#[tokio::test]
+async fn an_http2_stream_whose_answer_stalls_is_reset_while_others_go_on() {
+    let (app, mut app_closed) =
+        app_reporting_close(|stream, head| ping_or(stream, head, answer_half)).await;
+    let (proxy, h2, busy) = busy_http2_connection(app.addr).await;
+    let resp = h2.get(proxy.url("/stall")).send().await.expect("head");
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.bytes())
+        .await
+        .expect("the stream ends within the timeout");
+    assert!(body.is_err(), "the stalled answer is cut short: {body:?}");
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the app's connection is closed");
+    assert!(!busy.is_finished(), "the other streams went on");
+    busy.abort();
 }
