@@ -410,14 +410,13 @@ async fn answer_half(mut stream: TcpStream) -> Option<TcpStream> {
 /// `GET /ping` gets a short answer at once (and its connection is not watched); anything
 /// else gets `then`.
 async fn ping_or<Fut>(
-    stream: TcpStream,
+    mut stream: TcpStream,
     head: String,
     then: fn(TcpStream) -> Fut,
 ) -> Option<TcpStream>
 where
     Fut: std::future::Future<Output = Option<TcpStream>>,
 {
-    let mut stream = stream;
     if head.starts_with("GET /ping ") {
         let _ = stream
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
