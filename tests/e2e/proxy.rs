@@ -579,13 +579,8 @@ async fn an_https_app_is_reached_over_verified_tls() {
     let mut untrusted = config_for(app.addr);
     untrusted.upstream.url = https_url.parse().expect("app URL");
     let untrusted = Proxy::start(untrusted).await;
-    let resp = client()
-        .get(untrusted.url("/x"))
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(resp.status(), 502);
-    let text = resp.text().await.expect("body");
+    let (status, text) = get_text(&untrusted.url("/x")).await;
+    assert_eq!(status, 502);
     assert!(
         text.starts_with("upstream unreachable:") && text.contains("certificate"),
         "{text}"
@@ -596,17 +591,19 @@ async fn an_https_app_is_reached_over_verified_tls() {
         app.seen()
     );
     // /readyz checks the way requests go: TLS and all.
-    let ready = client()
-        .get(untrusted.admin_url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), 503);
-    let text = ready.text().await.expect("body");
+    let (status, text) = get_text(&untrusted.admin_url("/readyz")).await;
+    assert_eq!(status, 503);
     assert!(
         text.starts_with("not ready: upstream:") && text.contains("certificate"),
         "{text}"
     );
+}
+
+/// A GET's status and body text.
+async fn get_text(url: &str) -> (StatusCode, String) {
+    let resp = client().get(url).send().await.expect("answer");
+    let status = resp.status();
+    (status, resp.text().await.expect("body"))
 }
 
 /// An app that accepts the TCP connection but never answers the TLS handshake gets
