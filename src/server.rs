@@ -35,7 +35,7 @@ use crate::assets::{self, Assets, MirrorCopy};
 use crate::body::Body;
 use crate::config::{Config, ServerConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
-use crate::proxy::{ClientInfo, ProxyError, Upstream};
+use crate::proxy::{ClientInfo, ProxyError, Upstream, host_problem};
 use crate::rewrite::{self, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
@@ -201,6 +201,9 @@ pub async fn route(
     mut req: Request<Body>,
     client: ClientInfo,
 ) -> Response<Body> {
+    if let Some(problem) = host_problem(&req) {
+        return ProxyError::BadRequest(problem.into()).into_response();
+    }
     let origin = OriginParts::of(&req, &client);
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
     // The fs store, served by offload itself under its own prefix.

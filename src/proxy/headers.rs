@@ -1,10 +1,11 @@
-//! Header hygiene: hop-by-hop removal (RFC 9110 §7.6.1) and the forwarding headers
-//! (`X-Forwarded-For/-Proto/-Host`, RFC 7239 `Forwarded`).
+//! Header hygiene: the `Host` check (RFC 9112 §3.2), hop-by-hop removal (RFC 9110 §7.6.1)
+//! and the forwarding headers (`X-Forwarded-For/-Proto/-Host`, RFC 7239 `Forwarded`).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
 
 use super::ClientInfo;
 
@@ -24,6 +25,53 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 5] {
         &header::TE,
         &header::TRANSFER_ENCODING,
     ]
+}
+
+/// What is wrong with a request's `Host`, if anything; RFC 9112 §3.2 asks a server to
+/// answer `400` to an HTTP/1.1 request without one, to any with more than one, and to an
+/// invalid one (the app would pick one Host and a cache or a log another).
+pub fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some("more than one Host header"),
+        (Some(host), None) if !is_host(host.as_bytes()) => Some("invalid Host header"),
+        (Some(_), None) => None,
+        // The absolute form (and HTTP/2's :authority) names the host in the target itself.
+        (None, _) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            Some("HTTP/1.1 request without a Host header")
+        }
+        (None, _) => None,
+    }
+}
+
+/// `uri-host [ ":" port ]`: a registered name, an IPv4 address or a bracketed IP literal;
+/// never anything that would end the authority in a URL (`/ ? # @`), nor spaces or controls.
+fn is_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'['
+                        | b']'
+                )
+        })
 }
 
 /// Whether the message asks to switch protocols: an `Upgrade` header and the `upgrade`
@@ -454,5 +502,51 @@ mod tests {
     fn mapped_ipv4_is_reported_as_ipv4() {
         let ip: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(canonical_ip(ip).to_string(), "192.0.2.7");
+    }
+
+    #[test]
+    fn host_is_required_once_and_well_formed() {
+        let req = |version, target: &str, hosts: &[&str]| {
+            let mut builder = Request::builder().version(version).uri(target);
+            for h in hosts {
+                builder = builder.header(header::HOST, *h);
+            }
+            builder.body(()).unwrap()
+        };
+        let v11 = Version::HTTP_11;
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "xn--bcher-kva.example",
+        ] {
+            assert_eq!(host_problem(&req(v11, "/", &[good])), None, "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "evil.com/x",
+            "user@evil.com",
+            "a?b",
+            "a#b",
+            "a\tb",
+        ] {
+            assert_eq!(
+                host_problem(&req(v11, "/", &[bad])),
+                Some("invalid Host header"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            host_problem(&req(v11, "/", &["a", "b"])),
+            Some("more than one Host header")
+        );
+        assert_eq!(
+            host_problem(&req(v11, "/", &[])),
+            Some("HTTP/1.1 request without a Host header")
+        );
+        assert_eq!(host_problem(&req(Version::HTTP_10, "/", &[])), None);
+        assert_eq!(host_problem(&req(v11, "http://example.com/", &[])), None);
     }
 }

@@ -682,3 +682,45 @@ async fn a_client_leaving_mid_body_is_not_an_upstream_error() {
     );
     assert!(!text.contains("cause=\"upstream\""), "{text}");
 }
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, with two, or with a malformed one gets
+/// `400` from the proxy and never reaches the app (which might pick another Host than a
+/// cache or a log did); HTTP/1.0 without Host and the absolute form are fine.
+#[tokio::test]
+async fn requests_with_a_missing_double_or_bad_host_get_400() {
+    let (app, proxy) = app_and_proxy(|_| {}).await;
+    for (request, problem) in [
+        (
+            "GET /h1 HTTP/1.1\r\n",
+            "HTTP/1.1 request without a Host header",
+        ),
+        (
+            "GET /h2 HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n",
+            "more than one Host header",
+        ),
+        (
+            "GET /h3 HTTP/1.1\r\nHost: evil.test/x\r\n",
+            "invalid Host header",
+        ),
+        (
+            "GET /h4 HTTP/1.1\r\nHost: user@evil.test\r\n",
+            "invalid Host header",
+        ),
+    ] {
+        let request = format!("{request}Connection: close\r\n\r\n");
+        let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(
+            response.starts_with("HTTP/1.1 400"),
+            "{request:?}: {response}"
+        );
+        assert_eq!(raw_body(&response), format!("bad request: {problem}\n"));
+    }
+    for request in [
+        "GET /ok1 HTTP/1.0\r\n\r\n",
+        "GET http://site.test/ok2 HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(response.contains(" 200 OK"), "{request:?}: {response}");
+    }
+    assert_eq!(app.seen(), ["GET /ok1", "GET /ok2"]);
+}
