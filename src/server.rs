@@ -443,7 +443,7 @@ impl Server {
             None => None,
         };
         let admin = Admin::new(state.metrics.clone())
-            .with_check(Arc::new(upstream_check(&config, &state)))
+            .with_check(Arc::new(upstream_check(&state)))
             .with_check(Arc::new(StoreReachable::new(state.store.clone())));
         Ok(Server {
             state,
@@ -558,8 +558,12 @@ pub async fn shutdown_signal() {
 
 /// `/readyz`'s check of the app: a connection opened within the connect timeout (at most
 /// 2 s).
-fn upstream_check(config: &Config, state: &AppState) -> UpstreamReachable {
-    let timeout = config.upstream.connect_timeout.min(Duration::from_secs(2));
+fn upstream_check(state: &AppState) -> UpstreamReachable {
+    let timeout = state
+        .config
+        .upstream
+        .connect_timeout
+        .min(Duration::from_secs(2));
     UpstreamReachable::new(Arc::clone(&state.upstream), timeout)
 }
 

@@ -288,8 +288,7 @@ impl Conn {
     ) -> Result<(Response<Incoming>, Conn), SendError> {
         let (req, mut body_sent) = watch_body_end(req);
         let mut response = std::pin::pin!(self.sender.try_send_request(req));
-        let deadline = std::pin::pin!(tokio::time::sleep(response_timeout));
-        let mut deadline = deadline;
+        let mut deadline = std::pin::pin!(tokio::time::sleep(response_timeout));
         let result = poll_fn(|cx| {
             if self.poll_io(cx).is_ready() {
                 // Closed or failed: the response future reports how. A finished connection
@@ -325,7 +324,6 @@ impl Conn {
 /// Wraps a request body that has bytes still to come so that its end is signalled; `None`
 /// when there is nothing to send.
 fn watch_body_end(req: Request<Body>) -> (Request<Body>, Option<oneshot::Receiver<()>>) {
-    use http_body::Body as _;
     if req.body().is_end_stream() {
         return (req, None);
     }

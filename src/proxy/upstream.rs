@@ -191,9 +191,10 @@ impl Upstream {
     /// on a fresh connection, as nginx does, when that is safe: hyper had not begun sending
     /// it, or it is idempotent and bodiless. The client never sees that race as a `502`.
     async fn send(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        let replay = replayable_copy(&req);
         let conn = self.pool.checkout().await?;
         let reused = conn.reused();
+        // Only a reused connection can meet that race: a fresh one needs no copy.
+        let replay = if reused { replayable_copy(&req) } else { None };
         let failure = match conn.exchange(req, self.response_timeout).await {
             Ok((response, conn)) => return Ok(self.leased(response, conn)),
             Err(SendError::Failed(failure)) if reused => failure,
