@@ -124,7 +124,20 @@ class WP:
             return Response(e.code, e.headers, e.read() if e.fp else b"", self.url(path))
 
     # ------------------------------------------------------------------ session
-    def login(self):
+    def login(self, attempts=3):
+        """Logs in and checks the session took: concurrent logins of one user race on its
+        session tokens in the database (a WordPress read-modify-write), so a login can come
+        back with cookies whose session another login has just overwritten."""
+        for attempt in range(1, attempts + 1):
+            self.sign_on()
+            r = self.fetch_rest_nonce()
+            if r.status == 200:
+                return
+            eprint(f"login {attempt}: the session is gone (rest-nonce HTTP {r.status}); "
+                   "logging in again")
+        raise SystemExit(f"login failed: the session never held ({attempts} attempts)")
+
+    def sign_on(self):
         self.request("GET", "/wp-login.php")  # sets wordpress_test_cookie
         form = urllib.parse.urlencode({
             "log": self.user, "pwd": self.password, "wp-submit": "Log In",
@@ -135,7 +148,6 @@ class WP:
         names = [c.name for c in self.jar]
         if r.status != 302 or not any(n.startswith("wordpress_logged_in_") for n in names):
             raise SystemExit(f"login failed: HTTP {r.status}, cookies {names}: {r.text()[:500]}")
-        return r
 
     def media_form_nonce(self):
         r = self.request("GET", "/wp-admin/media-new.php")
@@ -154,13 +166,22 @@ class WP:
             raise SystemExit(f"no _wpnonce in media-new.php (HTTP {r.status})")
         return m.group(1)
 
+    def fetch_rest_nonce(self):
+        """admin-ajax answers 400 "0" when the session is not (or no longer) logged in."""
+        self.rest_nonce = None
+        r = self.request("GET", "/wp-admin/admin-ajax.php?action=rest-nonce")
+        nonce = r.text().strip()
+        if r.status == 200:
+            if not re.fullmatch(r"[0-9a-f]{10}", nonce):
+                raise SystemExit(f"rest-nonce: not a nonce: {nonce[:200]}")
+            self.rest_nonce = nonce
+        return r
+
     def get_rest_nonce(self):
         if not self.rest_nonce:
-            r = self.request("GET", "/wp-admin/admin-ajax.php?action=rest-nonce")
-            nonce = r.text().strip()
-            if r.status != 200 or not re.fullmatch(r"[0-9a-f]{10}", nonce):
-                raise SystemExit(f"rest-nonce failed: HTTP {r.status}: {nonce[:200]}")
-            self.rest_nonce = nonce
+            r = self.fetch_rest_nonce()
+            if r.status != 200:
+                raise SystemExit(f"rest-nonce failed: HTTP {r.status}: {r.text()[:200]}")
         return self.rest_nonce
 
     def rest(self, method, path, body=None, headers=None):
