@@ -387,8 +387,20 @@ async fn handle(
     // HTTP/2 streams share their connection's watchdog: each bounds its own stalls.
     let stall_limit = http2.then_some(state.config.server.idle_timeout);
     let (req, body) = track_request_body(req, &connection, stall_limit);
-    let mut in_flight = connection.begin(http2, body);
-    let response = route(Arc::clone(&state), req, client).await;
+    let mut in_flight = connection.begin(http2, body.clone());
+    let routed = route(Arc::clone(&state), req, client);
+    let response = match (stall_limit, &body) {
+        (Some(limit), Some(body)) => {
+            tokio::select! {
+                response = routed => response,
+                () = idle::left_unread(body, limit) => {
+                    // Dropping the route drops its app connection (or store upload) too.
+                    forwarding_failed(&state, ProxyError::BodyNotTaken(limit), &client)
+                }
+            }
+        }
+        _ => routed.await,
+    };
     in_flight.answered();
     let record = RequestRecord {
         state,

@@ -18,6 +18,11 @@ pub enum ProxyError {
     /// The app did not start answering within `upstream.response_timeout`: `504`.
     #[error("upstream timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// The request body stopped being taken (the app, or the store, stopped reading it) for
+    /// this long while the client was still sending it (HTTP/2; on HTTP/1 the connection is
+    /// dropped instead): `504`, as nginx's `proxy_send_timeout`.
+    #[error("upstream stopped reading the request body: none taken for {}", humantime::format_duration(*.0))]
+    BodyNotTaken(Duration),
     /// The app was reached but the exchange failed (reset, malformed answer): `502`.
     #[error("upstream failed: {0}")]
     Upstream(String),
@@ -42,7 +47,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout(_) | ProxyError::BodyNotTaken(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -62,6 +67,7 @@ impl ProxyError {
         match self {
             ProxyError::Connect(_) => "connect",
             ProxyError::Timeout(_) => "timeout",
+            ProxyError::BodyNotTaken(_) => "body_not_taken",
             ProxyError::Upstream(_) => "upstream",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientBody(_) => "client_body",
@@ -149,6 +155,12 @@ mod tests {
         assert_eq!(e.to_string(), "upstream timed out after 1s 500ms");
         let e = ProxyError::Connect("connection refused".into());
         assert_eq!(e.to_string(), "upstream unreachable: connection refused");
+        let e = ProxyError::BodyNotTaken(Duration::from_secs(60));
+        assert_eq!(
+            e.to_string(),
+            "upstream stopped reading the request body: none taken for 1m"
+        );
+        assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
         let e = ProxyError::ClientStalled(Duration::from_secs(60));
         assert_eq!(e.to_string(), "request body stalled: no data for 1m");
     }

@@ -9,7 +9,8 @@
 //!   `upstream.response_timeout` bounds instead (it may be set longer).
 //!   On HTTP/2 the connection carries many requests, and bytes moving for one says nothing
 //!   of another: there each stream's bodies carry a [`StallTimer`] instead (a timer per
-//!   stream, which HTTP/1's requests do without).
+//!   stream, which HTTP/1's requests do without), and a request body its reader stopped
+//!   taking is found by [`left_unread`].
 //! - `server.header_read_timeout` (slowloris): an HTTP/1 connection with no request in flight
 //!   must complete its next request head within that time, or it is dropped.
 //!
@@ -84,6 +85,9 @@ pub(super) struct BodyProgress {
     connection: Arc<ConnectionState>,
     bytes: AtomicU64,
     phase: AtomicU8,
+    /// Its reader asked for more and the client has not sent it yet (HTTP/2 only: what
+    /// tells a slow client from a reader that stopped reading, see [`left_unread`]).
+    waited_on: AtomicBool,
 }
 
 const READING: u8 = 0;
@@ -96,7 +100,13 @@ impl BodyProgress {
             connection: Arc::clone(connection),
             bytes: AtomicU64::new(0),
             phase: AtomicU8::new(READING),
+            waited_on: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the body's reader is waiting for the client's next bytes.
+    pub(super) fn set_waited_on(&self, waiting: bool) {
+        self.waited_on.store(waiting, Ordering::Relaxed);
     }
 
     pub(super) fn add_bytes(&self, n: usize) {
@@ -301,6 +311,34 @@ impl StallTimer {
     }
 }
 
+/// HTTP/2: resolves once the request body, still coming, has gone `limit` without being
+/// read: its reader (the app's connection, the store) stopped taking it, nginx's
+/// `proxy_send_timeout`. A client that stopped sending is its [`StallTimer`]'s business
+/// instead: there the reader is waiting. Never resolves once the body is in.
+///
+/// Needed because a body nobody polls runs no timer of its own; on HTTP/1 the connection's
+/// watchdog sees the bytes stop.
+pub(super) async fn left_unread(body: &BodyProgress, limit: Duration) {
+    let every = (limit / 4).max(Duration::from_millis(10));
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = body.bytes.load(Ordering::Relaxed);
+    let mut since = Instant::now();
+    loop {
+        let now = ticks.tick().await;
+        if body.phase.load(Ordering::Relaxed) != READING {
+            return std::future::pending().await;
+        }
+        let bytes = body.bytes.load(Ordering::Relaxed);
+        if bytes != seen || body.waited_on.load(Ordering::Relaxed) {
+            seen = bytes;
+            since = now;
+        } else if now.duration_since(since) >= limit {
+            return;
+        }
+    }
+}
+
 /// I/O that reports its activity to a [`ConnectionState`].
 #[derive(Debug)]
 pub(super) struct Activity<S> {
@@ -466,6 +504,44 @@ mod tests {
         assert_eq!(dog.judge(start + 61 * S), Verdict::Stalled);
         drop(request);
         assert_eq!(state.awaiting_answer.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_nobody_reads_is_left_unread_after_the_limit() {
+        let state = Arc::new(ConnectionState::default());
+        let body = BodyProgress::new(&state);
+        let watch = left_unread(&body, S);
+        tokio::pin!(watch);
+        // Taken bit by bit for 4 s: fine.
+        let mut last_taken = Instant::now();
+        for _ in 0..8 {
+            body.add_bytes(1);
+            last_taken = Instant::now();
+            let fired = tokio::time::timeout(S / 2, watch.as_mut()).await;
+            assert!(fired.is_err(), "the body is being read");
+        }
+        tokio::time::timeout(2 * S, watch.as_mut())
+            .await
+            .expect("no bytes taken for the limit");
+        let quiet = last_taken.elapsed();
+        assert!(quiet >= S && quiet <= S + S / 2, "{quiet:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_waiting_on_its_client_or_already_in_is_never_left_unread() {
+        let state = Arc::new(ConnectionState::default());
+        let body = BodyProgress::new(&state);
+        // The reader asked for more: a slow client, the stall timer's business.
+        body.set_waited_on(true);
+        let fired = tokio::time::timeout(10 * S, left_unread(&body, S)).await;
+        assert!(fired.is_err(), "a slow client is not a reader that stopped");
+        body.set_waited_on(false);
+        body.ended();
+        let fired = tokio::time::timeout(10 * S, left_unread(&body, S)).await;
+        assert!(
+            fired.is_err(),
+            "the body is in: the wait for the answer is not judged"
+        );
     }
 
     #[tokio::test]

@@ -72,12 +72,14 @@ impl http_body::Body for Counted {
                 }
                 if let Some(stall) = &mut self.stall {
                     stall.progressed();
+                    self.progress.set_waited_on(false);
                 }
             }
             Poll::Ready(None) => self.progress.ended(),
             Poll::Pending => {
-                if let Some(Err(stalled)) = self.stall.as_mut().map(|s| s.poll_waiting(cx)) {
-                    return Poll::Ready(Some(Err(stalled.into())));
+                if let Some(stall) = &mut self.stall {
+                    stall.poll_waiting(cx)?;
+                    self.progress.set_waited_on(true);
                 }
             }
             Poll::Ready(Some(Err(_))) => {}

@@ -482,6 +482,48 @@ async fn an_http2_stream_whose_body_stalls_gets_408_while_others_go_on() {
     busy.abort();
 }
 
+/// A raw app's answer: reads nothing for a second (the request body piles up in front of
+/// it), then hands the connection back.
+async fn stop_reading(stream: TcpStream) -> Option<TcpStream> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Some(stream)
+}
+
+/// nginx's `proxy_send_timeout` on HTTP/2: an app that stops reading a stream's request body
+/// while the client keeps sending gets the stream a 504 after `idle_timeout` (nothing polls
+/// that body, so its own stall timer never runs); the app's connection is closed and the
+/// connection's other streams go on.
+#[tokio::test]
+async fn an_http2_stream_whose_body_the_app_stops_reading_gets_504_while_others_go_on() {
+    let (app, mut app_closed) =
+        app_reporting_close(|stream, head| ping_or(stream, head, stop_reading)).await;
+    let (proxy, h2, busy) = busy_http2_connection(app.addr).await;
+    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let endless = futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        h2.post(proxy.url("/upload"))
+            .body(reqwest::Body::wrap_stream(endless))
+            .send(),
+    )
+    .await
+    .expect("an answer within the timeout")
+    .expect("answer");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 504);
+    assert_eq!(
+        resp.text().await.expect("body"),
+        "upstream stopped reading the request body: none taken for 300ms\n"
+    );
+    // The app reads again after a second: it must find its connection closed, not an
+    // endless body.
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the app's connection is closed");
+    assert!(!busy.is_finished(), "the other streams went on");
+    busy.abort();
+}
+
 /// On HTTP/2, an app that stops sending one stream's answer gets that stream reset after
 /// `idle_timeout`, while the connection's other streams go on.
 #[tokio::test]
