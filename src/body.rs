@@ -15,8 +15,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A streaming HTTP body.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// A body that made no progress for this long while it was waited on (an HTTP/2 stream's
-/// stand-in for the connection watchdog: see `server::idle`).
+/// A body that made no progress for this long while it was waited on (`server.idle_timeout`
+/// for a request body: see `server::idle`).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("no data for {}", humantime::format_duration(*.0))]
 pub struct Stalled(pub std::time::Duration);

@@ -55,8 +55,9 @@ pub struct ServerConfig {
     /// A client must send its whole request head within this time (slowloris defence).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// A connection with no bytes moving for this long is closed (gracefully between
-    /// requests, dropped mid-request unless the request waits for the app's answer).
+    /// How long a request body, an answer or an idle connection may stand still: 408 for a
+    /// body the client stops sending, 504 for one the app stops reading, a cut for an
+    /// answer, a graceful close between requests (see `server::idle`).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// On SIGTERM/SIGINT, requests in flight get this long to finish.

@@ -384,22 +384,21 @@ async fn handle(
     let started = Instant::now();
     let http2 = req.version() == http::Version::HTTP_2;
     let logged = Logged::of(&req);
-    // HTTP/2 streams share their connection's watchdog: each bounds its own stalls.
-    let stall_limit = http2.then_some(state.config.server.idle_timeout);
-    let (req, body) = track_request_body(req, &connection, stall_limit);
+    let idle_timeout = state.config.server.idle_timeout;
+    let (req, body) = track_request_body(req, idle_timeout);
     let mut in_flight = connection.begin(http2, body.clone());
     let routed = route(Arc::clone(&state), req, client);
-    let response = match (stall_limit, &body) {
-        (Some(limit), Some(body)) => {
+    let response = match &body {
+        Some(body) => {
             tokio::select! {
                 response = routed => response,
-                () = idle::left_unread(body, limit) => {
+                () = idle::left_unread(body, idle_timeout) => {
                     // Dropping the route drops its app connection (or store upload) too.
-                    forwarding_failed(&state, ProxyError::BodyNotTaken(limit), &client)
+                    forwarding_failed(&state, ProxyError::BodyNotTaken(idle_timeout), &client)
                 }
             }
         }
-        _ => routed.await,
+        None => routed.await,
     };
     in_flight.answered();
     let record = RequestRecord {
@@ -409,7 +408,8 @@ async fn handle(
         peer: client.peer,
         started,
     };
-    Ok(observe(response, record, stall_limit))
+    // HTTP/2 streams share their connection's watchdog: each answer bounds its own stalls.
+    Ok(observe(response, record, http2.then_some(idle_timeout)))
 }
 
 /// A bound, not yet running server.

@@ -19,8 +19,8 @@ pub enum ProxyError {
     #[error("upstream timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     /// The request body stopped being taken (the app, or the store, stopped reading it) for
-    /// this long while the client was still sending it (HTTP/2; on HTTP/1 the connection is
-    /// dropped instead): `504`, as nginx's `proxy_send_timeout`.
+    /// this long while the client was still sending it: `504`, as nginx's
+    /// `proxy_send_timeout`.
     #[error("upstream stopped reading the request body: none taken for {}", humantime::format_duration(*.0))]
     BodyNotTaken(Duration),
     /// The app was reached but the exchange failed (reset, malformed answer): `502`.
@@ -33,8 +33,8 @@ pub enum ProxyError {
     /// or sent a malformed body): `400`, and not the app's fault.
     #[error("request body failed: {0}")]
     ClientBody(String),
-    /// The client's request body stopped coming for this long (HTTP/2; on HTTP/1 the
-    /// connection is dropped instead): `408`.
+    /// The client's request body stopped coming for this long: `408`, as nginx's
+    /// `client_body_timeout`.
     #[error("request body stalled: {}", Stalled(*.0))]
     ClientStalled(Duration),
     /// The upstream configuration cannot be used (found when building [`super::Upstream`]).

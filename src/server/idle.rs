@@ -1,16 +1,18 @@
 //! The watch kept over each client connection, for its two timeouts.
 //!
-//! - `server.idle_timeout`: the I/O is wrapped so that each read or write that moves bytes
-//!   bumps a counter. A connection whose counter did not move for that long is closed
-//!   gracefully when no request is in flight, and dropped when one stalled mid-way: a client
-//!   that stopped sending its body or reading the answer, an app (or store) that stopped
-//!   sending it — nginx's `client_body_timeout`, `send_timeout` and `proxy_read_timeout`.
-//!   A request whose body is in and whose answer has not begun is waiting for the app, which
-//!   `upstream.response_timeout` bounds instead (it may be set longer).
-//!   On HTTP/2 the connection carries many requests, and bytes moving for one says nothing
-//!   of another: there each stream's bodies carry a [`StallTimer`] instead (a timer per
-//!   stream, which HTTP/1's requests do without), and a request body its reader stopped
-//!   taking is found by [`left_unread`].
+//! - `server.idle_timeout`, as nginx's `client_body_timeout`, `proxy_send_timeout`,
+//!   `send_timeout` and `proxy_read_timeout`, by the phase of the request:
+//!   - while a request body comes in, the body watches itself: a client that stops sending
+//!     it trips the body's [`StallTimer`] (the request fails with 408), a reader (the app,
+//!     the store) that stops taking it is found by [`left_unread`] (504);
+//!   - while the request waits for the app's answer to begin, `upstream.response_timeout`
+//!     bounds the wait (it may be set longer);
+//!   - while answers stream, and between requests, the I/O is wrapped so that each read or
+//!     write that moves bytes bumps a counter. A connection whose counter did not move for
+//!     that long is closed gracefully when no request is in flight, and dropped when an
+//!     answer stalled (the client stopped reading it, the app stopped sending it). On
+//!     HTTP/2, where bytes moving for one stream say nothing of another, each answer
+//!     carries a [`StallTimer`] instead (a timer per answer, which HTTP/1 does without).
 //! - `server.header_read_timeout` (slowloris): an HTTP/1 connection with no request in flight
 //!   must complete its next request head within that time, or it is dropped.
 //!
@@ -24,7 +26,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,8 +45,10 @@ pub(super) struct ConnectionState {
     begun: AtomicU64,
     /// Requests whose response ended (or was dropped).
     ended: AtomicU64,
-    /// Requests whose body is in and whose answer has not begun: waiting for the app.
-    awaiting_answer: AtomicU64,
+    /// Requests whose answer has not begun: their body is still coming, which the body
+    /// watches itself ([`StallTimer`], [`left_unread`]), or they wait for the app, which
+    /// `upstream.response_timeout` bounds.
+    unanswered: AtomicU64,
     /// HTTP/2: requests are streams, and there is no head to wait for between them.
     multiplexed: AtomicBool,
 }
@@ -66,77 +70,40 @@ impl ConnectionState {
             self.multiplexed.store(true, Ordering::Relaxed);
         }
         self.begun.fetch_add(1, Ordering::Relaxed);
-        let awaiting = body.is_none();
-        if awaiting {
-            self.awaiting_answer.fetch_add(1, Ordering::Relaxed);
-        }
+        self.unanswered.fetch_add(1, Ordering::Relaxed);
         RequestInFlight {
             connection: Arc::clone(self),
             body,
-            awaiting,
+            answered: false,
         }
     }
 }
 
-/// How far a request's body has come: its bytes, and whether it has ended (the wait for the
-/// app's answer begins then). Shared by the body's reader and the [`RequestInFlight`].
-#[derive(Debug)]
+/// How far a request's body has come: its bytes, whether it has ended, and whether its
+/// reader is waiting for the client. Shared by the body's reader, the [`RequestInFlight`]
+/// and [`left_unread`].
+#[derive(Debug, Default)]
 pub(super) struct BodyProgress {
-    connection: Arc<ConnectionState>,
     bytes: AtomicU64,
-    phase: AtomicU8,
-    /// Its reader asked for more and the client has not sent it yet (HTTP/2 only: what
-    /// tells a slow client from a reader that stopped reading, see [`left_unread`]).
+    ended: AtomicBool,
+    /// Its reader asked for more and the client has not sent it yet: what tells a slow
+    /// client from a reader that stopped reading.
     waited_on: AtomicBool,
 }
 
-const READING: u8 = 0;
-const AWAITING_ANSWER: u8 = 1;
-const ANSWERED: u8 = 2;
-
 impl BodyProgress {
-    pub(super) fn new(connection: &Arc<ConnectionState>) -> Arc<BodyProgress> {
-        Arc::new(BodyProgress {
-            connection: Arc::clone(connection),
-            bytes: AtomicU64::new(0),
-            phase: AtomicU8::new(READING),
-            waited_on: AtomicBool::new(false),
-        })
+    pub(super) fn add_bytes(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The body has been read to its end.
+    pub(super) fn ended(&self) {
+        self.ended.store(true, Ordering::Relaxed);
     }
 
     /// Whether the body's reader is waiting for the client's next bytes.
     pub(super) fn set_waited_on(&self, waiting: bool) {
         self.waited_on.store(waiting, Ordering::Relaxed);
-    }
-
-    pub(super) fn add_bytes(&self, n: usize) {
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    /// The body has been read to its end (an answer that came first is not waited for).
-    pub(super) fn ended(&self) {
-        if self
-            .phase
-            .compare_exchange(
-                READING,
-                AWAITING_ANSWER,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-        {
-            self.connection
-                .awaiting_answer
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn answered(&self) {
-        if self.phase.swap(ANSWERED, Ordering::Relaxed) == AWAITING_ANSWER {
-            self.connection
-                .awaiting_answer
-                .fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 
@@ -145,21 +112,14 @@ impl BodyProgress {
 pub(super) struct RequestInFlight {
     connection: Arc<ConnectionState>,
     body: Option<Arc<BodyProgress>>,
-    /// A request without a body: waiting for the answer from the start.
-    awaiting: bool,
+    answered: bool,
 }
 
 impl RequestInFlight {
     /// The answer's head is ready: from now on the answer is streaming.
     pub(super) fn answered(&mut self) {
-        match &self.body {
-            Some(body) => body.answered(),
-            None if std::mem::take(&mut self.awaiting) => {
-                self.connection
-                    .awaiting_answer
-                    .fetch_sub(1, Ordering::Relaxed);
-            }
-            None => {}
+        if !std::mem::replace(&mut self.answered, true) {
+            self.connection.unanswered.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -184,8 +144,8 @@ pub(super) enum Verdict {
     Fine,
     /// No bytes moved for `idle_timeout` and no request in flight: close gracefully.
     Idle,
-    /// No bytes moved for `idle_timeout` with a request in flight that is not waiting for the
-    /// app: drop the connection (the answer, if begun, is cut short).
+    /// No bytes moved for `idle_timeout` while the answers in flight stream: drop the
+    /// connection (the answer is cut short).
     Stalled,
     /// No request head completed within `header_read_timeout` while none was in flight:
     /// drop the connection.
@@ -245,7 +205,7 @@ impl Watchdog {
             if !in_flight {
                 return Verdict::Idle;
             }
-            if state.awaiting_answer.load(Ordering::Relaxed) == 0 {
+            if state.unanswered.load(Ordering::Relaxed) == 0 {
                 return Verdict::Stalled;
             }
         }
@@ -267,7 +227,7 @@ impl Watchdog {
 }
 
 /// Whether a body polled while it has nothing to give has gone `limit` without progress.
-/// One per HTTP/2 request or response body that is waited on.
+/// One per request body, and per HTTP/2 response body, that is waited on.
 #[derive(Debug)]
 pub(super) struct StallTimer {
     limit: Duration,
@@ -311,13 +271,12 @@ impl StallTimer {
     }
 }
 
-/// HTTP/2: resolves once the request body, still coming, has gone `limit` without being
-/// read: its reader (the app's connection, the store) stopped taking it, nginx's
+/// Resolves once the request body, still coming, has gone `limit` without being read: its
+/// reader (the app's connection, the store) stopped taking it, nginx's
 /// `proxy_send_timeout`. A client that stopped sending is its [`StallTimer`]'s business
 /// instead: there the reader is waiting. Never resolves once the body is in.
 ///
-/// Needed because a body nobody polls runs no timer of its own; on HTTP/1 the connection's
-/// watchdog sees the bytes stop.
+/// Needed because a body nobody polls runs no timer of its own.
 pub(super) async fn left_unread(body: &BodyProgress, limit: Duration) {
     let every = (limit / 4).max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
@@ -326,7 +285,7 @@ pub(super) async fn left_unread(body: &BodyProgress, limit: Duration) {
     let mut since = Instant::now();
     loop {
         let now = ticks.tick().await;
-        if body.phase.load(Ordering::Relaxed) != READING {
+        if body.ended.load(Ordering::Relaxed) {
             return std::future::pending().await;
         }
         let bytes = body.bytes.load(Ordering::Relaxed);
@@ -475,18 +434,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_body_that_stops_coming_is_a_stall() {
+    async fn a_request_body_coming_in_is_left_to_its_own_timers() {
         let (state, mut dog, start) = watchdog();
-        let body = BodyProgress::new(&state);
+        let body = Arc::new(BodyProgress::default());
         let mut request = state.begin(false, Some(Arc::clone(&body)));
         body.add_bytes(10);
         state.bump();
         assert_eq!(dog.judge(start + S), Verdict::Fine);
-        assert_eq!(dog.judge(start + 61 * S), Verdict::Stalled);
-
-        // Once the body is in, the wait for the answer is not judged, until it begins.
+        // No bytes: the body's stall timer or `left_unread` answers it, with a status.
+        assert_eq!(dog.judge(start + 61 * S), Verdict::Fine);
         body.ended();
         assert_eq!(dog.judge(start + 62 * S), Verdict::Fine);
+        // The answer streams: no bytes for the idle timeout is the watchdog's stall.
         request.answered();
         assert_eq!(dog.judge(start + 63 * S), Verdict::Stalled);
         assert_eq!(request.bytes_in(), 10);
@@ -495,21 +454,19 @@ mod tests {
     #[tokio::test]
     async fn a_body_still_coming_after_an_early_answer_is_not_waited_for() {
         let (state, mut dog, start) = watchdog();
-        let body = BodyProgress::new(&state);
+        let body = Arc::new(BodyProgress::default());
         let mut request = state.begin(false, Some(Arc::clone(&body)));
         request.answered();
-        body.ended();
         state.bump();
         assert_eq!(dog.judge(start + S), Verdict::Fine);
         assert_eq!(dog.judge(start + 61 * S), Verdict::Stalled);
         drop(request);
-        assert_eq!(state.awaiting_answer.load(Ordering::Relaxed), 0);
+        assert_eq!(state.unanswered.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_nobody_reads_is_left_unread_after_the_limit() {
-        let state = Arc::new(ConnectionState::default());
-        let body = BodyProgress::new(&state);
+        let body = BodyProgress::default();
         let watch = left_unread(&body, S);
         tokio::pin!(watch);
         // Taken bit by bit for 4 s: fine.
@@ -529,8 +486,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_waiting_on_its_client_or_already_in_is_never_left_unread() {
-        let state = Arc::new(ConnectionState::default());
-        let body = BodyProgress::new(&state);
+        let body = BodyProgress::default();
         // The reader asked for more: a slow client, the stall timer's business.
         body.set_waited_on(true);
         let fired = tokio::time::timeout(10 * S, left_unread(&body, S)).await;

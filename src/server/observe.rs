@@ -16,30 +16,29 @@ use hyper::body::{Frame, Incoming};
 use tracing::info;
 
 use super::AppState;
-use super::idle::{BodyProgress, ConnectionState, RequestInFlight, StallTimer};
+use super::idle::{BodyProgress, RequestInFlight, StallTimer};
 use crate::body::{Body, BoxError};
 use crate::metrics::RequestKind;
 use crate::proxy::UpstreamTiming;
 
-/// Boxes the request body, following its progress (bytes, end) when it has any.
-/// `stall_limit`: an HTTP/2 request's own bound on a body that stops coming (see
-/// [`StallTimer`]); `None` on HTTP/1, where the connection's watchdog does it.
+/// Boxes the request body, following its progress (bytes, end, whether it is waited on)
+/// when it has any. `stall_limit`: how long the body may keep its reader waiting (see
+/// [`StallTimer`]).
 pub(super) fn track_request_body(
     req: Request<Incoming>,
-    connection: &Arc<ConnectionState>,
-    stall_limit: Option<Duration>,
+    stall_limit: Duration,
 ) -> (Request<Body>, Option<Arc<BodyProgress>>) {
     if req.body().is_end_stream() {
         // Nothing to count or read: an empty body needs no allocation, a boxed one would.
         return (req.map(|_| crate::body::empty()), None);
     }
-    let progress = BodyProgress::new(connection);
+    let progress = Arc::new(BodyProgress::default());
     let tracked = Arc::clone(&progress);
     let req = req.map(|inner| {
         Counted {
             inner,
             progress: tracked,
-            stall: stall_limit.map(StallTimer::new),
+            stall: StallTimer::new(stall_limit),
         }
         .boxed()
     });
@@ -49,7 +48,7 @@ pub(super) fn track_request_body(
 struct Counted {
     inner: Incoming,
     progress: Arc<BodyProgress>,
-    stall: Option<StallTimer>,
+    stall: StallTimer,
 }
 
 impl http_body::Body for Counted {
@@ -70,17 +69,13 @@ impl http_body::Body for Counted {
                 if self.inner.is_end_stream() {
                     self.progress.ended();
                 }
-                if let Some(stall) = &mut self.stall {
-                    stall.progressed();
-                    self.progress.set_waited_on(false);
-                }
+                self.stall.progressed();
+                self.progress.set_waited_on(false);
             }
             Poll::Ready(None) => self.progress.ended(),
             Poll::Pending => {
-                if let Some(stall) = &mut self.stall {
-                    stall.poll_waiting(cx)?;
-                    self.progress.set_waited_on(true);
-                }
+                self.stall.poll_waiting(cx)?;
+                self.progress.set_waited_on(true);
             }
             Poll::Ready(Some(Err(_))) => {}
         }
@@ -126,7 +121,8 @@ impl Logged {
 }
 
 /// Wraps the response so that its end is logged and counted.
-/// `stall_limit` as for [`track_request_body`], for an answer that stops coming.
+/// `stall_limit`: an HTTP/2 answer's own bound on stopping (see [`StallTimer`]); `None` on
+/// HTTP/1, where the connection's watchdog does it.
 pub(super) fn observe(
     response: Response<Body>,
     request: RequestRecord,

@@ -4,7 +4,7 @@
 use http::{Response, StatusCode, header};
 use serde_json::json;
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, Stalled};
 use crate::proxy::ProxyError;
 use crate::store::StoreError;
 
@@ -36,6 +36,9 @@ pub enum UploadError {
     /// The client's body stream failed (disconnect, reset): nobody is listening any more.
     #[error("client body failed: {0}")]
     ClientBody(String),
+    /// The client's body stopped coming for `server.idle_timeout`: `408`.
+    #[error("request body stalled: {0}")]
+    ClientStalled(Stalled),
 
     // --- the store's side (502/503) ---
     #[error("store failed: {0}")]
@@ -84,10 +87,12 @@ impl UploadError {
             | Boundary(_)
             | Malformed(_)
             | ClientBody(_) => StatusCode::BAD_REQUEST,
+            ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Store(StoreError::Body(_)) => StatusCode::BAD_REQUEST,
             Store(_) | StoreIntegrity(_) => StatusCode::BAD_GATEWAY,
-            App(_) | AppStoppedReading => StatusCode::BAD_GATEWAY,
+            App(e) => e.status(),
+            AppStoppedReading => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -204,5 +209,14 @@ mod tests {
             }
             .is_client_side()
         );
+        let stalled = UploadError::ClientStalled(Stalled(std::time::Duration::from_secs(60)));
+        assert_eq!(stalled.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(stalled.to_string(), "request body stalled: no data for 1m");
+        // The app's failures answer as the proxy answers them, and are sorted the same way.
+        let app_slow = UploadError::App(ProxyError::Timeout(std::time::Duration::from_secs(1)));
+        assert_eq!(app_slow.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(!app_slow.is_client_side());
+        let client_gone = UploadError::App(ProxyError::ClientBody("reset".into()));
+        assert!(client_gone.is_client_side());
     }
 }

@@ -53,7 +53,7 @@ pub use policy::{download_disposition, sanitize_filename};
 pub use routes::{UploadRoute, UploadRoutes};
 pub use sink::StoredFile;
 
-use crate::body::Body;
+use crate::body::{Body, Stalled};
 use crate::config::UploadMode;
 use crate::proxy::{ClientInfo, Upstream};
 use crate::store::Store;
@@ -134,5 +134,8 @@ fn error_response(e: UploadError) -> Response<Body> {
 /// The client's body as a stream of chunks; its failures are the client's.
 fn client_stream(body: Body) -> impl Stream<Item = Result<Bytes, UploadError>> + Send + Unpin {
     body.into_data_stream()
-        .map_err(|e| UploadError::ClientBody(e.to_string()))
+        .map_err(|e| match e.downcast::<Stalled>() {
+            Ok(stalled) => UploadError::ClientStalled(*stalled),
+            Err(e) => UploadError::ClientBody(e.to_string()),
+        })
 }

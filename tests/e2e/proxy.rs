@@ -660,26 +660,9 @@ async fn a_client_leaving_mid_body_is_not_an_upstream_error() {
         .expect("request");
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(stream);
-    let metrics = proxy.admin_url("/metrics");
-    let mut text = String::new();
-    for _ in 0..40 {
-        text = client()
-            .get(&metrics)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("body");
-        if text.contains("offload_upstream_errors_total{cause=\"client_body\"} 1") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        text.contains("offload_upstream_errors_total{cause=\"client_body\"} 1"),
-        "{text}"
-    );
+    let counted = "offload_upstream_errors_total{cause=\"client_body\"} 1";
+    let text = proxy.metrics_until(counted).await;
+    assert!(text.contains(counted), "{text}");
     assert!(!text.contains("cause=\"upstream\""), "{text}");
 }
 

@@ -363,17 +363,62 @@ async fn an_app_that_stalls_mid_answer_is_cut_off_after_the_idle_timeout() {
 }
 
 /// nginx's `client_body_timeout`: a client that stops sending its request body does not hold
-/// the proxy and the app forever.
+/// the proxy and the app forever; it gets 408 and the connection is closed.
 #[tokio::test]
-async fn a_client_that_stalls_its_body_is_cut_off_after_the_idle_timeout() {
+async fn a_client_that_stalls_its_body_gets_408_after_the_idle_timeout() {
     let (app, mut app_closed) = app_reporting_close(|stream, _| async move { Some(stream) }).await;
     let proxy = proxy_with_short_idle_timeout(app.addr).await;
     let request = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf";
     let answer = send_until_closed(&proxy, request).await;
-    assert_eq!(answer, "", "nothing was answered");
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer}"
+    );
+    assert_eq!(
+        raw_body(&answer),
+        "request body stalled: no data for 300ms\n"
+    );
     tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
         .await
         .expect("the app's connection is closed too");
+}
+
+/// nginx's `proxy_send_timeout`: an app that stops reading the request body while the client
+/// keeps sending does not hold either forever. The request ends with 504 (counted and
+/// logged) and both connections are closed; the client may not get to read the 504, as it
+/// is still sending when the proxy closes (as with nginx without lingering close).
+#[tokio::test]
+async fn an_app_that_stops_reading_the_body_is_cut_off_after_the_idle_timeout() {
+    let (app, mut app_closed) = app_reporting_close(|stream, _| stop_reading(stream)).await;
+    let proxy = proxy_with_short_idle_timeout(app.addr).await;
+    let (mut from_proxy, mut to_proxy) = TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let sending = tokio::spawn(async move {
+        let head = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n";
+        let chunk = vec![b'x'; 64 * 1024];
+        if to_proxy.write_all(head).await.is_ok() {
+            while to_proxy.write_all(&chunk).await.is_ok() {}
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), from_proxy.read_to_end(&mut answer))
+        .await
+        .expect("the proxy closes the connection");
+    let answer = String::from_utf8_lossy(&answer);
+    // Read in full, or cut by the reset the unread request bytes cause.
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+        "{read:?} {answer}"
+    );
+    let counted = "offload_upstream_errors_total{cause=\"body_not_taken\"} 1";
+    let text = proxy.metrics_until(counted).await;
+    assert!(text.contains(counted), "{text}");
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the app's connection is closed too");
+    sending.abort();
 }
 
 /// Waiting for the app's answer is `upstream.response_timeout`'s business, even when it is

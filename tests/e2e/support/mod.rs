@@ -99,6 +99,23 @@ impl Proxy {
         format!("http://{}{path}", self.admin.expect("admin listener on"))
     }
 
+    /// The admin listener's `/metrics` once it contains `needle` (counters are bumped when
+    /// a request's answer ends, which may be just after the client saw it); the last text
+    /// read when it never does within 2 s.
+    pub async fn metrics_until(&self, needle: &str) -> String {
+        let url = self.admin_url("/metrics");
+        let mut text = String::new();
+        for _ in 0..40 {
+            let resp = client().get(&url).send().await.expect("metrics");
+            text = resp.text().await.expect("metrics body");
+            if text.contains(needle) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        text
+    }
+
     /// Starts the graceful shutdown; await `handle` to see it finish.
     pub fn shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
