@@ -389,15 +389,8 @@ async fn handle(
     let mut in_flight = connection.begin(http2, body.clone());
     let routed = route(Arc::clone(&state), req, client);
     let response = match &body {
-        Some(body) => {
-            tokio::select! {
-                response = routed => response,
-                () = idle::left_unread(body, idle_timeout) => {
-                    // Dropping the route drops its app connection (or store upload) too.
-                    forwarding_failed(&state, ProxyError::BodyNotTaken(idle_timeout), &client)
-                }
-            }
-        }
+        // Boxed: only requests with a body are watched, and a GET's future stays as small.
+        Some(body) => Box::pin(unless_left_unread(routed, body, &state, &client)).await,
         None => routed.await,
     };
     in_flight.answered();
@@ -410,6 +403,24 @@ async fn handle(
     };
     // HTTP/2 streams share their connection's watchdog: each answer bounds its own stalls.
     Ok(observe(response, record, http2.then_some(idle_timeout)))
+}
+
+/// `routed`, unless its request body goes `server.idle_timeout` without being read (the app
+/// or the store stopped taking it): then 504, and dropping `routed` drops its app connection
+/// (or store upload) too.
+async fn unless_left_unread(
+    routed: impl Future<Output = Response<Body>>,
+    body: &idle::BodyProgress,
+    state: &AppState,
+    client: &ClientInfo,
+) -> Response<Body> {
+    let limit = state.config.server.idle_timeout;
+    tokio::select! {
+        response = routed => response,
+        () = idle::left_unread(body, limit) => {
+            forwarding_failed(state, ProxyError::BodyNotTaken(limit), client)
+        }
+    }
 }
 
 /// A bound, not yet running server.
