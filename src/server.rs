@@ -6,6 +6,7 @@
 //! Every request goes through [`route`], the one place that knows all the ways through.
 
 mod idle;
+mod linger;
 mod observe;
 mod tls;
 

@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Interval, Sleep};
 
+use super::linger::Linger;
 use crate::body::Stalled;
 
 /// What the connection's requests and I/O report; shared by the I/O wrapper, the requests
@@ -51,6 +52,9 @@ pub(super) struct ConnectionState {
     unanswered: AtomicU64,
     /// HTTP/2: requests are streams, and there is no head to wait for between them.
     multiplexed: AtomicBool,
+    /// A request ended before its body was read to the end: the client may still be
+    /// sending it, so the connection closes lingering ([`Linger`]).
+    body_left_unread: AtomicBool,
 }
 
 impl ConnectionState {
@@ -134,6 +138,13 @@ impl RequestInFlight {
 impl Drop for RequestInFlight {
     fn drop(&mut self) {
         self.answered();
+        if let Some(body) = &self.body
+            && !body.ended.load(Ordering::Relaxed)
+        {
+            self.connection
+                .body_left_unread
+                .store(true, Ordering::Relaxed);
+        }
         self.connection.ended.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -298,16 +309,22 @@ pub(super) async fn left_unread(body: &BodyProgress, limit: Duration) {
     }
 }
 
-/// I/O that reports its activity to a [`ConnectionState`].
+/// I/O that reports its activity to a [`ConnectionState`], and closes lingering when a
+/// request body was left unread.
 #[derive(Debug)]
 pub(super) struct Activity<S> {
     inner: S,
     state: Arc<ConnectionState>,
+    linger: Option<Linger>,
 }
 
 impl<S> Activity<S> {
     pub(super) fn new(inner: S, state: Arc<ConnectionState>) -> Self {
-        Activity { inner, state }
+        Activity {
+            inner,
+            state,
+            linger: None,
+        }
     }
 }
 
@@ -326,7 +343,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -360,7 +377,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if !self.state.body_left_unread.load(Ordering::Relaxed) {
+            return Pin::new(&mut self.inner).poll_shutdown(cx);
+        }
+        let this = &mut *self;
+        this.linger
+            .get_or_insert_with(Linger::new)
+            .poll_close(&mut this.inner, cx)
     }
 }
 

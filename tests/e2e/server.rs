@@ -385,8 +385,8 @@ async fn a_client_that_stalls_its_body_gets_408_after_the_idle_timeout() {
 
 /// nginx's `proxy_send_timeout`: an app that stops reading the request body while the client
 /// keeps sending does not hold either forever. The request ends with 504 (counted and
-/// logged) and both connections are closed; the client may not get to read the 504, as it
-/// is still sending when the proxy closes (as with nginx without lingering close).
+/// logged), which the client reads though it is still sending (the proxy closes lingering),
+/// and the app's connection is closed.
 #[tokio::test]
 async fn an_app_that_stops_reading_the_body_is_cut_off_after_the_idle_timeout() {
     let (app, mut app_closed) = app_reporting_close(|stream, _| stop_reading(stream)).await;
@@ -407,10 +407,14 @@ async fn an_app_that_stops_reading_the_body_is_cut_off_after_the_idle_timeout() 
         .await
         .expect("the proxy closes the connection");
     let answer = String::from_utf8_lossy(&answer);
-    // Read in full, or cut by the reset the unread request bytes cause.
+    assert!(read.is_ok(), "{read:?} {answer}");
     assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
-        "{read:?} {answer}"
+        answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+        "{answer}"
+    );
+    assert_eq!(
+        raw_body(&answer),
+        "upstream stopped reading the request body: none taken for 300ms\n"
     );
     let counted = "offload_upstream_errors_total{cause=\"body_not_taken\"} 1";
     let text = proxy.metrics_until(counted).await;
@@ -419,6 +423,64 @@ async fn an_app_that_stops_reading_the_body_is_cut_off_after_the_idle_timeout() 
         .await
         .expect("the app's connection is closed too");
     sending.abort();
+}
+
+/// nginx's `lingering_close`: a client still sending a body the proxy refused mid-way (a file
+/// over the route's limit, sent without `Expect: 100-continue`) reads the 413, where closing
+/// at once would answer its bytes in flight with a reset that can destroy the 413 (seen
+/// with curl: "Send failure: Broken pipe" and no status, two times in three).
+#[tokio::test]
+async fn a_client_still_sending_a_refused_body_reads_the_answer() {
+    let app = App::start().await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut config = config_for(app.addr);
+    config.store.root = data.path().to_path_buf();
+    config.uploads = vec![offload::config::UploadRouteConfig {
+        path: "/upload".into(),
+        mode: offload::config::UploadMode::Respond,
+        max_file_size: bytesize::ByteSize::kib(64),
+        ..Default::default()
+    }];
+    let proxy = Proxy::start(config).await;
+    let head = "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"big.bin\"\r\n\r\n";
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+         Content-Length: 1000000000\r\n\r\n{head}"
+    );
+    for attempt in 0..5 {
+        let (mut from_proxy, mut to_proxy) = TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect")
+            .into_split();
+        let request = request.clone();
+        // Keeps sending, as an uploader does until it sees the answer or the connection end.
+        let sending = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            if to_proxy.write_all(request.as_bytes()).await.is_ok() {
+                while to_proxy.write_all(&chunk).await.is_ok() {}
+            }
+        });
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), from_proxy.read_to_end(&mut answer))
+                .await
+                .expect("the proxy closes within 5 s");
+        assert!(read.is_ok(), "attempt {attempt}: {read:?}");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "attempt {attempt}: {answer:?}"
+        );
+        assert!(
+            raw_body(&answer).contains("\"limit\":\"max_file_size\""),
+            "{answer}"
+        );
+        // Still being read (and thrown away): an uploader's writes do not fail before it
+        // has noticed the answer, as curl's do when the proxy's socket is already gone.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!sending.is_finished(), "attempt {attempt}: a write failed");
+        sending.abort();
+    }
 }
 
 /// Waiting for the app's answer is `upstream.response_timeout`'s business, even when it is
