@@ -567,21 +567,34 @@ async fn an_http2_stream_whose_body_stalls_gets_408_while_others_go_on() {
     use futures_util::StreamExt as _;
     let stalling = futures_util::stream::iter([Ok::<_, std::io::Error>("half")])
         .chain(futures_util::stream::pending());
-    let resp = tokio::time::timeout(
-        Duration::from_secs(5),
-        h2.post(proxy.url("/upload"))
-            .body(reqwest::Body::wrap_stream(stalling))
-            .send(),
-    )
-    .await
-    .expect("an answer within the timeout")
-    .expect("answer");
+    let (status, text) = post_over_http2(&h2, &proxy, reqwest::Body::wrap_stream(stalling)).await;
+    assert_eq!(status, 408);
+    assert_eq!(text, "request body stalled: no data for 300ms\n");
+    app_closed_while_others_went_on(&mut app_closed, busy).await;
+}
+
+/// POSTs `body` to `/upload` over HTTP/2: the answer's status and text (within 5 s).
+async fn post_over_http2(
+    h2: &reqwest::Client,
+    proxy: &Proxy,
+    body: reqwest::Body,
+) -> (u16, String) {
+    let sent = h2.post(proxy.url("/upload")).body(body).send();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sent)
+        .await
+        .expect("an answer within the timeout")
+        .expect("answer");
     assert_eq!(resp.version(), http::Version::HTTP_2);
-    assert_eq!(resp.status(), 408);
-    assert_eq!(
-        resp.text().await.expect("body"),
-        "request body stalled: no data for 300ms\n"
-    );
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
+
+/// The app's connection is closed (within 5 s), and the pings on the same HTTP/2 connection
+/// (`busy`) went on meanwhile.
+async fn app_closed_while_others_went_on(
+    app_closed: &mut mpsc::UnboundedReceiver<()>,
+    busy: tokio::task::JoinHandle<()>,
+) {
     tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
         .await
         .expect("the app's connection is closed");
@@ -607,28 +620,15 @@ async fn an_http2_stream_whose_body_the_app_stops_reading_gets_504_while_others_
     let (proxy, h2, busy) = busy_http2_connection(app.addr).await;
     let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
     let endless = futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
-    let resp = tokio::time::timeout(
-        Duration::from_secs(5),
-        h2.post(proxy.url("/upload"))
-            .body(reqwest::Body::wrap_stream(endless))
-            .send(),
-    )
-    .await
-    .expect("an answer within the timeout")
-    .expect("answer");
-    assert_eq!(resp.version(), http::Version::HTTP_2);
-    assert_eq!(resp.status(), 504);
+    let (status, text) = post_over_http2(&h2, &proxy, reqwest::Body::wrap_stream(endless)).await;
+    assert_eq!(status, 504);
     assert_eq!(
-        resp.text().await.expect("body"),
+        text,
         "upstream stopped reading the request body: none taken for 300ms\n"
     );
     // The app reads again after a second: it must find its connection closed, not an
     // endless body.
-    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
-        .await
-        .expect("the app's connection is closed");
-    assert!(!busy.is_finished(), "the other streams went on");
-    busy.abort();
+    app_closed_while_others_went_on(&mut app_closed, busy).await;
 }
 
 /// On HTTP/2, an app that stops sending one stream's answer gets that stream reset after
@@ -644,9 +644,5 @@ async fn an_http2_stream_whose_answer_stalls_is_reset_while_others_go_on() {
         .await
         .expect("the stream ends within the timeout");
     assert!(body.is_err(), "the stalled answer is cut short: {body:?}");
-    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
-        .await
-        .expect("the app's connection is closed");
-    assert!(!busy.is_finished(), "the other streams went on");
-    busy.abort();
+    app_closed_while_others_went_on(&mut app_closed, busy).await;
 }
