@@ -26,7 +26,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -86,13 +86,31 @@ impl ConnectionState {
 /// How far a request's body has come: its bytes, whether it has ended, and whether its
 /// reader is waiting for the client. Shared by the body's reader, the [`RequestInFlight`]
 /// and [`left_unread`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct BodyProgress {
     bytes: AtomicU64,
     ended: AtomicBool,
-    /// Its reader asked for more and the client has not sent it yet: what tells a slow
-    /// client from a reader that stopped reading.
-    waited_on: AtomicBool,
+    /// Where its reader is: [`NOT_ASKED`] yet, [`WAITING`] for the client, or [`TOOK`] what
+    /// came and has not asked again. What tells a slow client from a reader that stopped.
+    reader: AtomicU8,
+}
+
+/// The reader has not asked for the body yet (it is connecting to the app, which
+/// `upstream.connect_timeout` bounds).
+const NOT_ASKED: u8 = 0;
+/// The reader asked for more and the client has not sent it yet.
+const WAITING: u8 = 1;
+/// The reader took what came and has not asked again.
+const TOOK: u8 = 2;
+
+impl Default for BodyProgress {
+    fn default() -> Self {
+        BodyProgress {
+            bytes: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            reader: AtomicU8::new(NOT_ASKED),
+        }
+    }
 }
 
 impl BodyProgress {
@@ -105,9 +123,14 @@ impl BodyProgress {
         self.ended.store(true, Ordering::Relaxed);
     }
 
-    /// Whether the body's reader is waiting for the client's next bytes.
-    pub(super) fn set_waited_on(&self, waiting: bool) {
-        self.waited_on.store(waiting, Ordering::Relaxed);
+    /// The body's reader asked for more and has to wait for the client.
+    pub(super) fn reader_waits(&self) {
+        self.reader.store(WAITING, Ordering::Relaxed);
+    }
+
+    /// The body's reader took a frame.
+    pub(super) fn reader_took(&self) {
+        self.reader.store(TOOK, Ordering::Relaxed);
     }
 }
 
@@ -283,9 +306,10 @@ impl StallTimer {
 }
 
 /// Resolves once the request body, still coming, has gone `limit` without being read: its
-/// reader (the app's connection, the store) stopped taking it, nginx's
+/// reader (the app's connection, the store) took some and stopped taking it, nginx's
 /// `proxy_send_timeout`. A client that stopped sending is its [`StallTimer`]'s business
-/// instead: there the reader is waiting. Never resolves once the body is in.
+/// instead: there the reader is waiting. Never resolves before the reader first asks (it
+/// may still be connecting) or once the body is in.
 ///
 /// Needed because a body nobody polls runs no timer of its own.
 pub(super) async fn left_unread(body: &BodyProgress, limit: Duration) {
@@ -300,7 +324,7 @@ pub(super) async fn left_unread(body: &BodyProgress, limit: Duration) {
             return std::future::pending().await;
         }
         let bytes = body.bytes.load(Ordering::Relaxed);
-        if bytes != seen || body.waited_on.load(Ordering::Relaxed) {
+        if bytes != seen || body.reader.load(Ordering::Relaxed) != TOOK {
             seen = bytes;
             since = now;
         } else if now.duration_since(since) >= limit {
@@ -496,6 +520,7 @@ mod tests {
         let mut last_taken = Instant::now();
         for _ in 0..8 {
             body.add_bytes(1);
+            body.reader_took();
             last_taken = Instant::now();
             let fired = tokio::time::timeout(S / 2, watch.as_mut()).await;
             assert!(fired.is_err(), "the body is being read");
@@ -508,13 +533,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_body_waiting_on_its_client_or_already_in_is_never_left_unread() {
+    async fn a_body_not_asked_for_waiting_on_its_client_or_in_is_never_left_unread() {
         let body = BodyProgress::default();
+        // Not asked for yet: the reader may be connecting to the app.
+        let fired = tokio::time::timeout(10 * S, left_unread(&body, S)).await;
+        assert!(
+            fired.is_err(),
+            "a reader that has not begun has not stopped"
+        );
         // The reader asked for more: a slow client, the stall timer's business.
-        body.set_waited_on(true);
+        body.reader_waits();
         let fired = tokio::time::timeout(10 * S, left_unread(&body, S)).await;
         assert!(fired.is_err(), "a slow client is not a reader that stopped");
-        body.set_waited_on(false);
+        body.reader_took();
         body.ended();
         let fired = tokio::time::timeout(10 * S, left_unread(&body, S)).await;
         assert!(

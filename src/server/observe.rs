@@ -70,12 +70,12 @@ impl http_body::Body for Counted {
                     self.progress.ended();
                 }
                 self.stall.progressed();
-                self.progress.set_waited_on(false);
+                self.progress.reader_took();
             }
             Poll::Ready(None) => self.progress.ended(),
             Poll::Pending => {
                 self.stall.poll_waiting(cx)?;
-                self.progress.set_waited_on(true);
+                self.progress.reader_waits();
             }
             Poll::Ready(Some(Err(_))) => {}
         }
