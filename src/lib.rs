@@ -12,6 +12,7 @@ pub mod demo;
 pub mod memory;
 pub mod metrics;
 pub mod ops;
+mod pem;
 pub mod proxy;
 pub mod rewrite;
 pub mod server;

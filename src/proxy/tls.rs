@@ -5,8 +5,6 @@
 //! Unlike nginx's `proxy_ssl_verify off` default there is no switch to skip verification: an
 //! app with a self-signed certificate is trusted by naming that certificate.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -57,7 +55,8 @@ fn trusted_roots(tls_ca_file: Option<&Path>) -> Result<RootCertStore, ProxyError
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
     debug!(added, ignored, "system roots for the app's TLS");
     if let Some(path) = tls_ca_file {
-        let certs = read_pem_certs(path)?;
+        let certs =
+            crate::pem::certificates("upstream.tls_ca_file", path).map_err(ProxyError::Config)?;
         let (_, ignored) = roots.add_parsable_certificates(certs);
         if ignored > 0 {
             return Err(ProxyError::Config(format!(
@@ -74,26 +73,4 @@ fn trusted_roots(tls_ca_file: Option<&Path>) -> Result<RootCertStore, ProxyError
         ));
     }
     Ok(roots)
-}
-
-fn read_pem_certs(
-    path: &Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ProxyError> {
-    let failed = |e: std::io::Error| {
-        ProxyError::Config(format!(
-            "upstream.tls_ca_file: reading {}: {e}",
-            path.display()
-        ))
-    };
-    let file = File::open(path).map_err(failed)?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(failed)?;
-    if certs.is_empty() {
-        return Err(ProxyError::Config(format!(
-            "upstream.tls_ca_file: no certificate in {}",
-            path.display()
-        )));
-    }
-    Ok(certs)
 }

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
@@ -12,16 +12,8 @@ use crate::config::TlsConfig;
 /// Builds the acceptor for `server.tls`; ALPN offers `h2` (when HTTP/2 is on) and
 /// `http/1.1`.
 pub(super) fn acceptor(cfg: &TlsConfig, http2: bool) -> anyhow::Result<TlsAcceptor> {
-    let certs = {
-        let file = File::open(&cfg.cert)
-            .with_context(|| format!("server.tls.cert: opening {}", cfg.cert.display()))?;
-        rustls_pemfile::certs(&mut BufReader::new(file))
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("server.tls.cert: reading {}", cfg.cert.display()))?
-    };
-    if certs.is_empty() {
-        bail!("server.tls.cert: no certificate in {}", cfg.cert.display());
-    }
+    let certs =
+        crate::pem::certificates("server.tls.cert", &cfg.cert).map_err(anyhow::Error::msg)?;
     let key = {
         let file = File::open(&cfg.key)
             .with_context(|| format!("server.tls.key: opening {}", cfg.key.display()))?;
