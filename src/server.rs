@@ -693,7 +693,7 @@ where
                     return;
                 }
                 Verdict::Stalled => {
-                    debug!(peer = %client.peer, "request stalled mid-way; dropping the connection");
+                    debug!(peer = %client.peer, "an answer stalled; dropping the connection");
                     return;
                 }
             },

@@ -50,7 +50,15 @@ impl Upstream {
     /// Builds the client pool for `cfg`. Nothing is connected yet.
     pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, ProxyError> {
         let url = &cfg.url;
-        let https = url.scheme() == "https";
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(ProxyError::Config(format!(
+                    "upstream.url: scheme must be http or https, not {other:?}"
+                )));
+            }
+        };
         let host = url
             .host_str()
             .ok_or_else(|| ProxyError::Config("upstream.url: needs a host".into()))?;
@@ -354,6 +362,16 @@ mod tests {
         let u = Upstream::new(&cfg).unwrap();
         assert_eq!(u.pool.target().to_string(), "https://app/");
         assert_eq!(u.host, "app");
+    }
+
+    #[test]
+    fn other_schemes_are_refused_clearly() {
+        let cfg = UpstreamConfig {
+            url: "ftp://app".parse().unwrap(),
+            ..UpstreamConfig::default()
+        };
+        let err = Upstream::new(&cfg).unwrap_err().to_string();
+        assert!(err.contains("scheme must be http or https"), "{err}");
     }
 
     #[test]
