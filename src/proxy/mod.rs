@@ -19,4 +19,5 @@ mod upstream;
 
 pub use error::ProxyError;
 pub use headers::host_problem;
+pub use pool::set_thread_worker;
 pub use upstream::{ClientInfo, Upstream, UpstreamTiming};

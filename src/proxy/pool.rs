@@ -10,15 +10,22 @@
 //! When the body has ended, the connection goes back to the pool, as nginx's `keepalive`
 //! cache does; a body dropped half-read closes it (its rest would still be in the socket).
 //!
+//! Each worker thread (`server.worker_threads`) keeps idle connections of its own, as each
+//! nginx worker keeps its own `keepalive` cache: a connection's socket is registered with the
+//! runtime of the thread that opened it, and taken up on another thread every readiness event
+//! of it would have to be handed across threads. A thread says which worker it is with
+//! [`set_thread_worker`]; others use the first worker's list.
+//!
 //! Idle connections are not polled, so an app closing one is noticed when it is next taken
 //! (each is polled once then, and a closed one is dropped) or by the sweep that also closes
 //! those idle longer than `upstream.pool_idle_timeout`. A request that still meets a
 //! connection the app has just closed is retried by [`super::Upstream`].
 
+use std::cell::Cell;
 use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -80,16 +87,50 @@ pub(super) struct Pool {
     target: Uri,
     /// Bounds opening a connection: TCP connect, TLS handshake and all.
     connect_timeout: Duration,
-    idle: Mutex<Vec<Idle>>,
+    /// The idle connections of each worker thread.
+    shards: Box<[Shard]>,
+    /// Per worker thread, as nginx's `keepalive` is per worker process.
     max_idle: usize,
     idle_timeout: Duration,
-    sweeping: std::sync::Once,
+}
+
+/// One worker thread's idle connections, most recently used last.
+struct Shard {
+    idle: Mutex<Vec<Idle>>,
+    sweeping: Once,
+}
+
+impl Shard {
+    fn new() -> Shard {
+        Shard {
+            idle: Mutex::new(Vec::new()),
+            sweeping: Once::new(),
+        }
+    }
+}
+
+thread_local! {
+    /// The worker this thread is, which picks its shard of every pool.
+    static THREAD_WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes this thread worker `index`: from now on it takes and returns idle connections of
+/// that worker's own (see the module docs).
+pub fn set_thread_worker(index: usize) {
+    THREAD_WORKER.set(index);
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("idle", &self.idle().len())
+            .field(
+                "idle",
+                &self
+                    .shards
+                    .iter()
+                    .map(|s| lock(&s.idle).len())
+                    .sum::<usize>(),
+            )
             .field("max_idle", &self.max_idle)
             .field("idle_timeout", &self.idle_timeout)
             .finish()
@@ -102,18 +143,28 @@ struct Idle {
 }
 
 impl Pool {
-    /// A pool of connections to `target`, bounded by `[upstream]`'s `connect_timeout`,
-    /// `pool_max_idle` and `pool_idle_timeout`.
-    pub(super) fn new(connector: AppConnector, target: Uri, cfg: &UpstreamConfig) -> Pool {
+    /// A pool of connections to `target` for `workers` worker threads, bounded by
+    /// `[upstream]`'s `connect_timeout`, `pool_max_idle` and `pool_idle_timeout`.
+    pub(super) fn new(
+        connector: AppConnector,
+        target: Uri,
+        cfg: &UpstreamConfig,
+        workers: usize,
+    ) -> Pool {
         Pool {
             connector,
             target,
             connect_timeout: cfg.connect_timeout,
-            idle: Mutex::new(Vec::new()),
+            shards: (0..workers.max(1)).map(|_| Shard::new()).collect(),
             max_idle: cfg.pool_max_idle,
             idle_timeout: cfg.pool_idle_timeout,
-            sweeping: std::sync::Once::new(),
         }
+    }
+
+    /// This thread's shard (a thread numbered past the workers shares one: still correct).
+    fn shard(&self) -> (usize, &Shard) {
+        let index = THREAD_WORKER.get() % self.shards.len();
+        (index, &self.shards[index])
     }
 
     /// Where the pool connects.
@@ -182,15 +233,8 @@ impl Pool {
             .map_err(|e| ConnectError(e.into()))
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
-        // A panic elsewhere while holding the lock leaves a plain Vec: still consistent.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn pop_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle();
+        let mut idle = lock(&self.shard().1.idle);
         let entry = idle.pop()?;
         if entry.since.elapsed() < self.idle_timeout {
             return Some(entry.conn);
@@ -206,8 +250,9 @@ impl Pool {
             return;
         }
         conn.reused = true;
+        let (index, shard) = self.shard();
         {
-            let mut idle = self.idle();
+            let mut idle = lock(&shard.idle);
             if idle.len() >= self.max_idle {
                 // Full: the oldest goes (closed when dropped).
                 idle.remove(0);
@@ -217,12 +262,13 @@ impl Pool {
                 since: Instant::now(),
             });
         }
-        self.sweeping.call_once(|| self.start_sweeping());
+        shard.sweeping.call_once(|| self.start_sweeping(index));
     }
 
-    /// Closes, every so often, the idle connections past the idle timeout and those the app
-    /// closed. Runs while the pool exists.
-    fn start_sweeping(self: &Arc<Pool>) {
+    /// Closes, every so often, the idle connections of shard `index` past the idle timeout
+    /// and those the app closed. Runs while the pool exists, on the runtime of the shard's
+    /// worker (the one returning its first connection).
+    fn start_sweeping(self: &Arc<Pool>, index: usize) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -230,11 +276,16 @@ impl Pool {
         let every = self
             .idle_timeout
             .clamp(Duration::from_secs(1), Duration::from_secs(5));
-        runtime.spawn(sweep(pool, every));
+        runtime.spawn(sweep(pool, index, every));
     }
 }
 
-async fn sweep(pool: Weak<Pool>, every: Duration) {
+fn lock(idle: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
+    // A panic elsewhere while holding the lock leaves a plain Vec: still consistent.
+    idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn sweep(pool: Weak<Pool>, shard: usize, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -242,7 +293,7 @@ async fn sweep(pool: Weak<Pool>, every: Duration) {
         let Some(pool) = pool.upgrade() else { return };
         poll_fn(|cx| {
             let now = Instant::now();
-            pool.idle().retain_mut(|entry| {
+            lock(&pool.shards[shard].idle).retain_mut(|entry| {
                 now.duration_since(entry.since) < pool.idle_timeout && entry.conn.usable(cx)
             });
             Poll::Ready(())

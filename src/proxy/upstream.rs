@@ -47,8 +47,14 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the client pool for `cfg`. Nothing is connected yet.
+    /// Builds the client pool for `cfg`, for one worker thread. Nothing is connected yet.
     pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, ProxyError> {
+        Upstream::for_workers(cfg, 1)
+    }
+
+    /// Builds the client pool for `cfg` with idle connections kept per worker thread, for
+    /// `workers` of them (see [`super::set_thread_worker`]).
+    pub fn for_workers(cfg: &UpstreamConfig, workers: usize) -> Result<Upstream, ProxyError> {
         let url = &cfg.url;
         let https = match url.scheme() {
             "http" => false,
@@ -83,7 +89,7 @@ impl Upstream {
             .path_and_query("/")
             .build()
             .map_err(|e| ProxyError::Config(format!("upstream.url: {e}")))?;
-        let pool = Pool::new(connector, target, cfg);
+        let pool = Pool::new(connector, target, cfg, workers);
 
         Ok(Upstream {
             pool: Arc::new(pool),
