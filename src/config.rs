@@ -70,9 +70,19 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are kept and extended; from anyone else
     /// they are replaced.
     pub trusted_proxies: Vec<IpNet>,
-    /// Threads serving requests: 0 = one per CPU core; 1 = a single-threaded runtime (the
-    /// least overhead per request, like one nginx worker).
+    /// Worker threads serving requests, each with an event loop and app connections of its
+    /// own (like nginx's worker processes): 0 = one per CPU core. See `server::workers`.
     pub worker_threads: usize,
+}
+
+impl ServerConfig {
+    /// How many worker threads serve requests: `worker_threads`, or one per CPU core.
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -116,7 +126,7 @@ pub struct UpstreamConfig {
     /// Idle pooled connections to the app are closed after this long.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
-    /// Most idle keep-alive connections kept to the app.
+    /// Most idle keep-alive connections kept to the app, per worker thread.
     pub pool_max_idle: usize,
     /// Send the client's `Host` to the app (true) or the upstream URL's host (false).
     pub preserve_host: bool,
@@ -774,6 +784,8 @@ mod tests {
         assert_eq!(c.store.kind, StoreKind::Fs);
         assert_eq!(c.store.root, PathBuf::from("./offload-data"));
         assert_eq!(c.store.part_size, ByteSize::mib(8));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.server.workers(), cores, "one worker per core");
     }
 
     #[test]
@@ -799,6 +811,7 @@ mod tests {
         assert_eq!(c.server.max_header_size, ByteSize::kib(16));
         assert_eq!(c.server.trusted_proxies.len(), 2);
         assert_eq!(c.server.worker_threads, 1);
+        assert_eq!(c.server.workers(), 1);
         assert_eq!(c.uploads[0].mode, UploadMode::Respond);
         assert_eq!(c.uploads[0].max_file_size, ByteSize::mib(2));
     }

@@ -144,7 +144,11 @@ fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
 fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     init_logging(&config.log)?;
-    let runtime = runtime(config.server.worker_threads).context("starting the async runtime")?;
+    // Worker 0 of `server::workers`, which starts the other workers' threads itself.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(offload::server::run(
         config,
         offload::server::shutdown_signal(),
@@ -160,24 +164,13 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }))
 }
 
-/// Runs an operation (sync, backup, restore, demo) on a fresh runtime.
+/// Runs an operation (sync, backup, restore, demo) on a fresh runtime, one thread per core.
 fn block_on(op: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    runtime(0)
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
         .context("starting the async runtime")?
         .block_on(op)
-}
-
-/// The async runtime: `threads` workers (0: one per core); a single thread gets the
-/// current-thread scheduler, which skips the work-stealing machinery.
-fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = match threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if threads > 1 {
-        builder.worker_threads(threads);
-    }
-    builder.enable_all().build()
 }
 
 /// One subscriber for the process: `RUST_LOG` when set, `log.level` otherwise.

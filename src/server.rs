@@ -9,6 +9,7 @@ mod idle;
 mod linger;
 mod observe;
 mod tls;
+mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,6 +43,7 @@ use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use idle::{Activity, ConnectionState, Verdict, Watchdog};
 use observe::{Logged, Observed, RequestRecord, observe, track_request_body};
+use workers::Workers;
 
 /// What every request handler shares: built once at start-up.
 pub struct AppState {
@@ -83,7 +85,7 @@ impl AppState {
     /// presence cache, key prefix and serve prefix.
     pub fn with_store(config: Arc<Config>, store: Arc<dyn Store>) -> anyhow::Result<AppState> {
         let upstream = Arc::new(
-            Upstream::new(&config.upstream)?
+            Upstream::for_workers(&config.upstream, config.server.workers())?
                 .with_trusted_proxies(config.server.trusted_proxies.clone()),
         );
         let presence = Arc::new(Presence::new(store.clone(), &config.store));
@@ -502,6 +504,8 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let workers =
+            Workers::start(self.state.config.server.workers()).context("starting the workers")?;
         if let Some(listener) = self.admin_listener {
             tokio::spawn(Arc::clone(&self.admin).serve(listener, cancel.clone()));
         }
@@ -523,7 +527,8 @@ impl Server {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        tracker.spawn(accept(stream, peer, Arc::clone(&shared)));
+                        let shared = Arc::clone(&shared);
+                        workers.serve(stream, &tracker, move |stream| accept(stream, peer, shared));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.

@@ -447,10 +447,17 @@ async fn get_ok(proxy: &Proxy, path: &str) {
     assert_eq!(resp.text().await.expect("body"), "ok", "{path}");
 }
 
+/// One worker: the pool tests below count the app connections of one worker's pool.
+fn one_worker(app: &KeepAliveApp) -> offload::config::Config {
+    let mut config = config_for(app.app.addr);
+    config.server.worker_threads = 1;
+    config
+}
+
 #[tokio::test]
 async fn app_connections_are_reused_one_after_another() {
     let app = KeepAliveApp::start(Duration::ZERO).await;
-    let proxy = Proxy::start(config_for(app.app.addr)).await;
+    let proxy = Proxy::start(one_worker(&app)).await;
     for round in 0..20 {
         get_ok(&proxy, &format!("/page-{round}")).await;
     }
@@ -464,7 +471,7 @@ async fn app_connections_are_reused_one_after_another() {
 #[tokio::test]
 async fn idle_app_connections_beyond_pool_max_idle_are_closed() {
     let app = KeepAliveApp::start(Duration::from_millis(300)).await;
-    let mut config = config_for(app.app.addr);
+    let mut config = one_worker(&app);
     config.upstream.pool_max_idle = 2;
     let proxy = Arc::new(Proxy::start(config).await);
     let burst: Vec<_> = (0..8)
@@ -491,6 +498,31 @@ async fn idle_app_connections_beyond_pool_max_idle_are_closed() {
     // The two kept are used again.
     get_ok(&proxy, "/again").await;
     assert_eq!(app.app.connections(), opened);
+}
+
+/// Each worker thread keeps app connections of its own (as nginx workers do): two client
+/// connections served by two workers, taking turns, use two app connections, each kept alive
+/// throughout; one shared pool would have used one.
+#[tokio::test]
+async fn each_worker_keeps_its_own_app_connections() {
+    let app = KeepAliveApp::start(Duration::ZERO).await;
+    let mut config = config_for(app.app.addr);
+    config.server.worker_threads = 2;
+    let proxy = Proxy::start(config).await;
+    // Each client keeps one connection; the second goes to the worker without one.
+    let (first, second) = (client(), client());
+    for round in 0..10 {
+        for (name, client) in [("first", &first), ("second", &second)] {
+            let resp = client
+                .get(proxy.url(&format!("/{name}-{round}")))
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.text().await.expect("body"), "ok");
+        }
+    }
+    assert_eq!(app.app.connections(), 2, "one app connection per worker");
 }
 
 #[tokio::test]

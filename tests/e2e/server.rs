@@ -268,6 +268,31 @@ async fn graceful_shutdown_lets_a_request_in_flight_finish() {
     );
 }
 
+/// Requests in flight on every worker thread finish before the server exits.
+#[tokio::test]
+async fn graceful_shutdown_waits_for_requests_on_every_worker() {
+    let (_app, mut proxy) = app_and_proxy(|c| {
+        c.server.shutdown_grace = Duration::from_secs(5);
+        c.server.worker_threads = 3;
+    })
+    .await;
+    // Three connections open together: the workers get one each.
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| {
+            let url = proxy.url("/sleep/800");
+            tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.shutdown();
+    for request in in_flight {
+        let status = request.await.expect("task").expect("request completes");
+        assert_eq!(status, 200);
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), &mut proxy.handle).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}
+
 /// A replica that did not handle an upload knows nothing of its files: its first page must
 /// still point at the bucket for objects another replica stored (offload asks the store about
 /// the assets a text answer names before rewriting it).

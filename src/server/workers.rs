@@ -1,0 +1,231 @@
+//! The threads that serve connections: `server.worker_threads` of them, each running a
+//! single-threaded runtime of its own, as nginx runs single-threaded worker processes.
+//!
+//! Why not one work-stealing runtime for all: a small pass-through request is a handful of
+//! wake-ups between the client's connection, the app's connection and the request, and on a
+//! work-stealing runtime those hop between threads (a woken task is queued where its waker
+//! ran, idle threads are woken to steal, each socket's events arrive on whichever thread
+//! polls the I/O driver). Here a connection stays on the worker it was given for its life,
+//! and its requests take app connections from that worker's own keep-alive list
+//! ([`crate::proxy::set_thread_worker`]), so a request's I/O never leaves its thread.
+//! The price is nginx's too: a connection whose request keeps its thread busy (hashing,
+//! rewriting) delays the others on that thread, where work stealing would move them.
+//!
+//! Worker 0 is the runtime that runs the server: it also accepts, and runs the admin
+//! listener and background tasks. The others get a thread each. A new connection goes to
+//! the worker with the fewest open connections.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+/// The running workers; dropping this ends the worker threads (and drops what still runs
+/// on them).
+pub(super) struct Workers {
+    workers: Vec<Worker>,
+    _stop: DropGuard,
+}
+
+struct Worker {
+    runtime: Handle,
+    /// Connections open on this worker.
+    open: Arc<AtomicUsize>,
+}
+
+impl Workers {
+    /// `count` workers: the current runtime and `count - 1` threads.
+    pub(super) fn start(count: usize) -> io::Result<Workers> {
+        let stop = CancellationToken::new();
+        let mut workers = vec![Worker::new(Handle::current())];
+        for index in 1..count {
+            workers.push(Worker::new(start_thread(index, stop.clone())?));
+        }
+        Ok(Workers {
+            workers,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    /// Serves `stream` with `serve` on the worker with the fewest open connections, as a
+    /// task `tracker` tracks.
+    pub(super) fn serve<F, Fut>(&self, stream: TcpStream, tracker: &TaskTracker, serve: F)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (index, worker) = self.least_busy();
+        let open = Open::count(&worker.open);
+        if index == 0 {
+            worker.runtime.spawn(tracker.track_future(async move {
+                let _open = open;
+                serve(stream).await;
+            }));
+            return;
+        }
+        // The socket is registered with this runtime's I/O driver: move it to the worker's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => return warn!(error = %e, "handing a connection to a worker failed"),
+        };
+        worker.runtime.spawn(tracker.track_future(async move {
+            let _open = open;
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve(stream).await,
+                Err(e) => warn!(error = %e, "handing a connection to a worker failed"),
+            }
+        }));
+    }
+
+    fn least_busy(&self) -> (usize, &Worker) {
+        self.workers
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| w.open.load(Ordering::Relaxed))
+            .unwrap_or((0, &self.workers[0]))
+    }
+}
+
+impl Worker {
+    fn new(runtime: Handle) -> Worker {
+        Worker {
+            runtime,
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// Worker `index`'s thread: a single-threaded runtime that runs what is spawned on it until
+/// `stop`.
+fn start_thread(index: usize, stop: CancellationToken) -> io::Result<Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name(format!("offload-worker-{index}"))
+        .spawn(move || {
+            crate::proxy::set_thread_worker(index);
+            runtime.block_on(stop.cancelled());
+        })?;
+    Ok(handle)
+}
+
+/// One open connection in a worker's count, for as long as this lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn count(open: &Arc<AtomicUsize>) -> Open {
+        open.fetch_add(1, Ordering::Relaxed);
+        Open(Arc::clone(open))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// What a served connection reports: the thread it ran on and what it read.
+    type Served = (Option<String>, u8);
+
+    /// Serves a connection by echoing its first byte, reporting where it ran, then holding
+    /// the connection until the task is dropped (which `dropped` hears of).
+    async fn echo_and_hold(
+        mut stream: TcpStream,
+        served: mpsc::UnboundedSender<Served>,
+        dropped: mpsc::UnboundedSender<()>,
+    ) {
+        struct Hold(mpsc::UnboundedSender<()>);
+        impl Drop for Hold {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let _hold = Hold(dropped);
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("a byte");
+        stream.write_all(&byte).await.expect("echo");
+        let name = std::thread::current().name().map(str::to_string);
+        served.send((name, byte[0])).expect("test listening");
+        std::future::pending::<()>().await;
+    }
+
+    #[tokio::test]
+    async fn connections_spread_over_the_workers_and_stop_with_them() {
+        let workers = Workers::start(3).expect("workers start");
+        let tracker = TaskTracker::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (served_tx, mut served) = mpsc::unbounded_channel();
+        let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+        let mut clients = Vec::new();
+        for n in 0..3u8 {
+            let mut client = TcpStream::connect(addr).await.expect("connect");
+            let (stream, _) = listener.accept().await.expect("accept");
+            let (s, d) = (served_tx.clone(), dropped_tx.clone());
+            workers.serve(stream, &tracker, move |stream| echo_and_hold(stream, s, d));
+            // The moved socket works on its worker's own I/O driver.
+            client.write_all(&[b'a' + n]).await.expect("send");
+            let mut echo = [0u8; 1];
+            client.read_exact(&mut echo).await.expect("echo");
+            assert_eq!(echo[0], b'a' + n);
+            clients.push(client);
+        }
+        let mut threads = Vec::new();
+        for _ in 0..3 {
+            threads.push(served.recv().await.expect("served").0);
+        }
+        let here = std::thread::current().name().map(str::to_string);
+        assert!(
+            threads.contains(&here),
+            "worker 0 is this runtime: {threads:?}"
+        );
+        for worker in ["offload-worker-1", "offload-worker-2"] {
+            assert!(
+                threads.contains(&Some(worker.to_string())),
+                "one connection each: {threads:?}"
+            );
+        }
+        // Stopping ends the worker threads, and the connections held on them with them.
+        drop(workers);
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(2), dropped.recv())
+                .await
+                .expect("a worker's connection dropped")
+                .expect("sender alive");
+        }
+        // The tracker lets go of a task just after the task's own state is dropped.
+        for _ in 0..100 {
+            if tracker.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(tracker.len(), 1, "worker 0's connection is still served");
+    }
+
+    #[tokio::test]
+    async fn one_worker_is_the_current_runtime() {
+        let workers = Workers::start(1).expect("workers start");
+        assert_eq!(workers.workers.len(), 1);
+        assert_eq!(workers.least_busy().0, 0);
+    }
+}
