@@ -2,6 +2,7 @@
 //!
 //! [`Server::bind`] opens the public and admin listeners and builds the shared
 //! [`AppState`]; [`Server::run`] accepts connections until the shutdown future resolves,
+//! handing each to a worker thread (`workers`; the runtime it runs on is the first worker),
 //! then stops accepting and gives requests in flight `server.shutdown_grace` to finish.
 //! Every request goes through [`route`], the one place that knows all the ways through.
 
