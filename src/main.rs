@@ -144,12 +144,7 @@ fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
 fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     init_logging(&config.log)?;
-    // Worker 0 of `server::workers`, which starts the other workers' threads itself.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(offload::server::run(
+    server_runtime()?.block_on(offload::server::run(
         config,
         offload::server::shutdown_signal(),
     ))
@@ -157,14 +152,23 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
     init_logging(&LogConfig::default())?;
-    block_on(offload::demo::run(offload::demo::DemoOptions {
+    server_runtime()?.block_on(offload::demo::run(offload::demo::DemoOptions {
         listen: args.listen,
         data: args.data,
         site_dir: args.site_dir,
     }))
 }
 
-/// Runs an operation (sync, backup, restore, demo) on a fresh runtime, one thread per core.
+/// The runtime a server runs on: worker 0 of `server::workers`, single-threaded (the server
+/// starts the other workers' threads itself).
+fn server_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs an operation (sync, backup, restore) on a fresh runtime, one thread per core.
 fn block_on(op: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
