@@ -11,6 +11,7 @@ use http::StatusCode;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -50,6 +51,7 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 type Labels = [(&'static str, &'static str); 2];
 type CauseLabels = [(&'static str, &'static str); 1];
+type WorkerLabels = [(&'static str, String); 1];
 
 /// The proxy's metrics; cloning shares them.
 #[derive(Clone)]
@@ -67,6 +69,7 @@ struct Inner {
     bytes_in: Counter,
     bytes_out: Counter,
     upstream_errors: Family<CauseLabels, Counter>,
+    open_connections: Family<WorkerLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +119,7 @@ impl Metrics {
         let bytes_in = Counter::default();
         let bytes_out = Counter::default();
         let upstream_errors = Family::<CauseLabels, Counter>::default();
+        let open_connections = Family::<WorkerLabels, Gauge>::default();
 
         registry.register(
             "offload_requests",
@@ -147,6 +151,11 @@ impl Metrics {
             "Failures reaching the app, by cause",
             upstream_errors.clone(),
         );
+        registry.register(
+            "offload_open_connections",
+            "Client connections open, by worker thread",
+            open_connections.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -156,6 +165,7 @@ impl Metrics {
                 bytes_in,
                 bytes_out,
                 upstream_errors,
+                open_connections,
             }),
         }
     }
@@ -195,6 +205,14 @@ impl Metrics {
             .upstream_errors
             .get_or_create(&[("cause", cause)])
             .inc();
+    }
+
+    /// The count of client connections open on worker `index` (the server keeps it).
+    pub fn open_connections(&self, worker: usize) -> Gauge {
+        self.inner
+            .open_connections
+            .get_or_create(&[("worker", worker.to_string())])
+            .clone()
     }
 
     /// The registry, for modules that register metrics of their own at start-up.

@@ -505,8 +505,8 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let workers =
-            Workers::start(self.state.config.server.workers()).context("starting the workers")?;
+        let workers = Workers::start(self.state.config.server.workers(), &self.state.metrics)
+            .context("starting the workers")?;
         if let Some(listener) = self.admin_listener {
             tokio::spawn(Arc::clone(&self.admin).serve(listener, cancel.clone()));
         }

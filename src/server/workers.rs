@@ -13,18 +13,18 @@
 //!
 //! Worker 0 is the runtime that runs the server: it also accepts, and runs the admin
 //! listener and background tasks. The others get a thread each. A new connection goes to
-//! the worker with the fewest open connections.
+//! the worker with the fewest open connections (`offload_open_connections{worker}`).
 
+use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::warn;
+
+use crate::metrics::Metrics;
 
 /// The running workers; dropping this ends the worker threads (and drops what still runs
 /// on them).
@@ -35,17 +35,24 @@ pub(super) struct Workers {
 
 struct Worker {
     runtime: Handle,
-    /// Connections open on this worker.
-    open: Arc<AtomicUsize>,
+    /// Connections open on this worker (a metric too).
+    open: Gauge,
 }
 
 impl Workers {
-    /// `count` workers: the current runtime and `count - 1` threads.
-    pub(super) fn start(count: usize) -> io::Result<Workers> {
+    /// `count` workers: the current runtime and `count - 1` threads, counting their open
+    /// connections in `metrics`.
+    pub(super) fn start(count: usize, metrics: &Metrics) -> io::Result<Workers> {
         let stop = CancellationToken::new();
-        let mut workers = vec![Worker::new(Handle::current())];
+        let mut workers = vec![Worker {
+            runtime: Handle::current(),
+            open: metrics.open_connections(0),
+        }];
         for index in 1..count {
-            workers.push(Worker::new(start_thread(index, stop.clone())?));
+            workers.push(Worker {
+                runtime: start_thread(index, stop.clone())?,
+                open: metrics.open_connections(index),
+            });
         }
         Ok(Workers {
             workers,
@@ -87,17 +94,8 @@ impl Workers {
         self.workers
             .iter()
             .enumerate()
-            .min_by_key(|(_, w)| w.open.load(Ordering::Relaxed))
+            .min_by_key(|(_, w)| w.open.get())
             .unwrap_or((0, &self.workers[0]))
-    }
-}
-
-impl Worker {
-    fn new(runtime: Handle) -> Worker {
-        Worker {
-            runtime,
-            open: Arc::new(AtomicUsize::new(0)),
-        }
     }
 }
 
@@ -118,18 +116,18 @@ fn start_thread(index: usize, stop: CancellationToken) -> io::Result<Handle> {
 }
 
 /// One open connection in a worker's count, for as long as this lives.
-struct Open(Arc<AtomicUsize>);
+struct Open(Gauge);
 
 impl Open {
-    fn count(open: &Arc<AtomicUsize>) -> Open {
-        open.fetch_add(1, Ordering::Relaxed);
-        Open(Arc::clone(open))
+    fn count(open: &Gauge) -> Open {
+        open.inc();
+        Open(open.clone())
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
@@ -170,7 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_spread_over_the_workers_and_stop_with_them() {
-        let workers = Workers::start(3).expect("workers start");
+        let workers = Workers::start(3, &Metrics::new()).expect("workers start");
         let tracker = TaskTracker::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
@@ -224,7 +222,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_worker_is_the_current_runtime() {
-        let workers = Workers::start(1).expect("workers start");
+        let workers = Workers::start(1, &Metrics::new()).expect("workers start");
         assert_eq!(workers.workers.len(), 1);
         assert_eq!(workers.least_busy().0, 0);
     }

@@ -74,3 +74,27 @@ async fn healthz_readyz_and_metrics() {
         "{text}"
     );
 }
+
+/// `offload_open_connections` counts client connections per worker thread: two kept-alive
+/// clients are served by the two workers, and the counts fall back when they leave.
+#[tokio::test]
+async fn open_connections_are_counted_per_worker() {
+    let (_app, proxy) = app_and_proxy(|c| c.server.worker_threads = 2).await;
+    let (first, second) = (client(), client());
+    for http in [&first, &second] {
+        let resp = http.get(proxy.url("/open")).send().await.expect("request");
+        assert_eq!(resp.status(), 200);
+        let _ = resp.bytes().await;
+    }
+    let open = |worker: usize, count: usize| {
+        format!("offload_open_connections{{worker=\"{worker}\"}} {count}")
+    };
+    let text = proxy.metrics_until(&open(1, 1)).await;
+    assert!(text.contains(&open(0, 1)), "{text}");
+    assert!(text.contains(&open(1, 1)), "{text}");
+    drop((first, second));
+    proxy.metrics_until(&open(1, 0)).await;
+    let text = proxy.metrics_until(&open(0, 0)).await;
+    assert!(text.contains(&open(0, 0)), "{text}");
+    assert!(text.contains(&open(1, 0)), "{text}");
+}
