@@ -501,9 +501,11 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and waits up to
-    /// `server.shutdown_grace` for connections in flight.
+    /// `server.shutdown_grace` for connections in flight; those still open then are dropped,
+    /// on every worker, before this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
+        let abandon = CancellationToken::new();
         let tracker = TaskTracker::new();
         let workers = Workers::start(self.state.config.server.workers(), &self.state.metrics)
             .context("starting the workers")?;
@@ -518,6 +520,7 @@ impl Server {
             idle_timeout: server_cfg.idle_timeout,
             handshake_timeout: server_cfg.header_read_timeout,
             cancel: cancel.clone(),
+            abandon: abandon.clone(),
             state: self.state,
         });
         info!(listen = %self.listener.local_addr()?, "serving");
@@ -551,10 +554,17 @@ impl Server {
                 connections = tracker.len(),
                 "shutdown grace expired, dropping connections"
             );
+            abandon.cancel();
+            // Each connection drops itself when it is next polled, on its worker; bounded in
+            // case a worker is stuck in a long poll.
+            let _ = tokio::time::timeout(ABANDON_WAIT, tracker.wait()).await;
         }
         Ok(())
     }
 }
+
+/// How long [`Server::run`] waits, after the grace period, for the connections it drops.
+const ABANDON_WAIT: Duration = Duration::from_secs(1);
 
 /// Binds per `config` and serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -635,7 +645,10 @@ struct Shared {
     idle_timeout: Duration,
     /// `server.header_read_timeout`: bounds the TLS handshake and each request head.
     handshake_timeout: Duration,
+    /// Shutdown began: connections close once their requests in flight are answered.
     cancel: CancellationToken,
+    /// The shutdown grace expired: connections still open are dropped.
+    abandon: CancellationToken,
 }
 
 /// Sets up one accepted connection (TLS handshake when configured) and serves it.
@@ -660,7 +673,7 @@ async fn accept(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 
 /// Serves HTTP on one connection until it ends, its watchdog finds it idle past
 /// `server.idle_timeout` (closed gracefully) or slow to send a request head (dropped), or the
-/// server shuts down (then in-flight requests finish first).
+/// server shuts down (then in-flight requests finish first, until the grace expires).
 async fn serve_connection<I>(io: I, client: ClientInfo, shared: Arc<Shared>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -687,6 +700,11 @@ where
             _ = shared.cancel.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            // Watched only once closing: one future fewer polled on every wake-up before.
+            _ = shared.abandon.cancelled(), if closing => {
+                debug!(peer = %client.peer, "shutdown grace expired; dropping the connection");
+                return;
             }
             verdict = watchdog.tick(), if !closing => match verdict {
                 Verdict::Fine => {}

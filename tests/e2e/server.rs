@@ -293,6 +293,34 @@ async fn graceful_shutdown_waits_for_requests_on_every_worker() {
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
 }
 
+/// Requests still running when the shutdown grace expires are cut off on every worker, and
+/// the server returns without waiting for them.
+#[tokio::test]
+async fn shutdown_grace_expiry_drops_the_requests_left_on_every_worker() {
+    let (_app, mut proxy) = app_and_proxy(|c| {
+        c.server.shutdown_grace = Duration::from_millis(300);
+        c.server.worker_threads = 2;
+    })
+    .await;
+    let in_flight: Vec<_> = (0..2)
+        .map(|_| {
+            let url = proxy.url("/sleep/5000");
+            tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(3), &mut proxy.handle).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    for request in in_flight {
+        let outcome = tokio::time::timeout(Duration::from_secs(2), request)
+            .await
+            .expect("cut off, not left to finish")
+            .expect("task");
+        assert!(outcome.is_err(), "a request past the grace got {outcome:?}");
+    }
+}
+
 /// A replica that did not handle an upload knows nothing of its files: its first page must
 /// still point at the bucket for objects another replica stored (offload asks the store about
 /// the assets a text answer names before rewriting it).
