@@ -15,9 +15,10 @@
 //! listener and background tasks. The others get a thread each. A new connection goes to
 //! the worker with the fewest open connections (`offload_open_connections{worker}`).
 
-use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::io;
+
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::sync::{CancellationToken, DropGuard};

@@ -254,11 +254,10 @@ async fn idle_keep_alive_connections_are_closed() {
 async fn graceful_shutdown_lets_a_request_in_flight_finish() {
     let (_app, mut proxy) =
         app_and_proxy(|c| c.server.shutdown_grace = Duration::from_secs(5)).await;
-    let url = proxy.url("/sleep/800");
-    let in_flight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let in_flight = requests_in_flight(&proxy, "/sleep/800", 1).await;
     proxy.shutdown();
-    let status = in_flight.await.expect("task").expect("request completes");
+    let status = in_flight.into_iter().next().expect("one request");
+    let status = status.await.expect("task").expect("request completes");
     assert_eq!(status, 200);
     let ended = tokio::time::timeout(Duration::from_secs(5), &mut proxy.handle).await;
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
@@ -266,6 +265,23 @@ async fn graceful_shutdown_lets_a_request_in_flight_finish() {
         TcpStream::connect(proxy.addr).await.is_err(),
         "still accepting"
     );
+}
+
+/// `count` requests for `path`, each on a connection of its own (opened together, so the
+/// workers get one each), given 200 ms to reach the app.
+async fn requests_in_flight(
+    proxy: &Proxy,
+    path: &str,
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::StatusCode>>> {
+    let in_flight = (0..count)
+        .map(|_| {
+            let url = proxy.url(path);
+            tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    in_flight
 }
 
 /// Requests in flight on every worker thread finish before the server exits.
@@ -276,14 +292,7 @@ async fn graceful_shutdown_waits_for_requests_on_every_worker() {
         c.server.worker_threads = 3;
     })
     .await;
-    // Three connections open together: the workers get one each.
-    let in_flight: Vec<_> = (0..3)
-        .map(|_| {
-            let url = proxy.url("/sleep/800");
-            tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let in_flight = requests_in_flight(&proxy, "/sleep/800", 3).await;
     proxy.shutdown();
     for request in in_flight {
         let status = request.await.expect("task").expect("request completes");
@@ -302,13 +311,7 @@ async fn shutdown_grace_expiry_drops_the_requests_left_on_every_worker() {
         c.server.worker_threads = 2;
     })
     .await;
-    let in_flight: Vec<_> = (0..2)
-        .map(|_| {
-            let url = proxy.url("/sleep/5000");
-            tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let in_flight = requests_in_flight(&proxy, "/sleep/5000", 2).await;
     proxy.shutdown();
     let ended = tokio::time::timeout(Duration::from_secs(3), &mut proxy.handle).await;
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
