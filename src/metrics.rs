@@ -207,7 +207,7 @@ impl Metrics {
             .inc();
     }
 
-    /// The count of client connections open on worker `index` (the server keeps it).
+    /// The count of client connections open on `worker` (the server keeps it).
     pub fn open_connections(&self, worker: usize) -> Gauge {
         self.inner
             .open_connections

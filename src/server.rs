@@ -507,8 +507,9 @@ impl Server {
         let cancel = CancellationToken::new();
         let abandon = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let workers = Workers::start(self.state.config.server.workers(), &self.state.metrics)
-            .context("starting the workers")?;
+        let worker_count = self.state.config.server.workers();
+        let workers =
+            Workers::start(worker_count, &self.state.metrics).context("starting the workers")?;
         if let Some(listener) = self.admin_listener {
             tokio::spawn(Arc::clone(&self.admin).serve(listener, cancel.clone()));
         }
@@ -523,7 +524,7 @@ impl Server {
             abandon: abandon.clone(),
             state: self.state,
         });
-        info!(listen = %self.listener.local_addr()?, "serving");
+        info!(listen = %self.listener.local_addr()?, workers = worker_count, "serving");
         let mut shutdown = pin!(shutdown);
         loop {
             tokio::select! {
