@@ -256,8 +256,8 @@ async fn graceful_shutdown_lets_a_request_in_flight_finish() {
         app_and_proxy(|c| c.server.shutdown_grace = Duration::from_secs(5)).await;
     let in_flight = requests_in_flight(&proxy, "/sleep/800", 1).await;
     proxy.shutdown();
-    let status = in_flight.into_iter().next().expect("one request");
-    let status = status.await.expect("task").expect("request completes");
+    let request = in_flight.into_iter().next().expect("one request");
+    let status = request.await.expect("task").expect("request completes");
     assert_eq!(status, 200);
     let ended = tokio::time::timeout(Duration::from_secs(5), &mut proxy.handle).await;
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
