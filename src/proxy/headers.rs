@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 
@@ -186,7 +187,8 @@ static UNSET_CLAIMS: [HeaderName; 3] = [
 /// claims offload does not make (`X-Forwarded-Port/-Prefix`, `X-Real-IP`) removed, so a
 /// client cannot forge its address.
 ///
-/// Runs for every forwarded request: the values are built as bytes, without `format!`.
+/// Runs for every forwarded request, so it allocates little: the claims are looked up only
+/// when a pass over the names finds one, and both built values share one buffer.
 pub(super) fn set_forwarding(
     headers: &mut HeaderMap,
     client: &ClientInfo,
@@ -198,22 +200,30 @@ pub(super) fn set_forwarding(
     ip_text.write(ip);
     let proto = if client.tls { "https" } else { "http" };
     if !trusted {
-        for name in &UNSET_CLAIMS {
-            headers.remove(name);
-        }
+        remove_present(headers, &UNSET_CLAIMS);
     }
-
-    let mut xff = if trusted {
-        joined(headers, &X_FORWARDED_FOR)
-    } else {
-        Vec::new()
+    let (old_xff, old_forwarded) = match trusted {
+        true => (
+            joined(headers, &X_FORWARDED_FOR),
+            joined(headers, &header::FORWARDED),
+        ),
+        false => (Vec::new(), Vec::new()),
     };
-    if !xff.is_empty() {
-        xff.extend_from_slice(b", ");
-    }
-    xff.extend_from_slice(ip_text.as_bytes());
-    insert_bytes(headers, &X_FORWARDED_FOR, xff);
+    let host_len = host.map_or(0, |h| h.len());
+    let mut buf = BytesMut::with_capacity(
+        old_xff.len() + old_forwarded.len() + 2 * ip_text.len + host_len + 64,
+    );
 
+    list_item(&mut buf, &old_xff);
+    buf.extend_from_slice(ip_text.as_bytes());
+    let xff = buf.split().freeze();
+    list_item(&mut buf, &old_forwarded);
+    forwarded_element(&mut buf, ip.is_ipv6(), ip_text.as_bytes(), host, proto);
+    let forwarded = buf.split().freeze();
+
+    // Up to four new names: one growth of the map at most.
+    headers.reserve(4);
+    insert_bytes(headers, &X_FORWARDED_FOR, xff);
     if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
@@ -223,29 +233,35 @@ pub(super) fn set_forwarding(
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
-
-    let mut forwarded = if trusted {
-        joined(headers, &header::FORWARDED)
-    } else {
-        Vec::with_capacity(64)
-    };
-    if !forwarded.is_empty() {
-        forwarded.extend_from_slice(b", ");
-    }
-    forwarded_element(
-        &mut forwarded,
-        ip.is_ipv6(),
-        ip_text.as_bytes(),
-        host,
-        proto,
-    );
     insert_bytes(headers, &header::FORWARDED, forwarded);
+}
+
+/// Starts a list value with the elements already there, if any (`a, b` then `, `).
+fn list_item(buf: &mut BytesMut, existing: &[u8]) {
+    if !existing.is_empty() {
+        buf.extend_from_slice(existing);
+        buf.extend_from_slice(b", ");
+    }
+}
+
+/// Removes those of `names` that `headers` has: one pass over its names, and a lookup only
+/// for a name found (most requests carry none of them).
+fn remove_present<const N: usize>(headers: &mut HeaderMap, names: &[HeaderName; N]) {
+    let mut found = [false; N];
+    for name in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == name) {
+            found[i] = true;
+        }
+    }
+    for (name, _) in names.iter().zip(found).filter(|(_, here)| *here) {
+        headers.remove(name);
+    }
 }
 
 /// One RFC 7239 element: `for=…;host="…";proto=…`. IPv6 nodes and hosts are quoted (":"
 /// and "[" are not token characters).
 fn forwarded_element(
-    out: &mut Vec<u8>,
+    out: &mut BytesMut,
     ipv6: bool,
     ip: &[u8],
     host: Option<&HeaderValue>,
@@ -263,11 +279,11 @@ fn forwarded_element(
         out.extend_from_slice(b";host=\"");
         for &b in host.as_bytes() {
             if b == b'"' || b == b'\\' {
-                out.push(b'\\');
+                out.put_u8(b'\\');
             }
-            out.push(b);
+            out.put_u8(b);
         }
-        out.push(b'"');
+        out.put_u8(b'"');
     }
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(proto.as_bytes());
@@ -348,8 +364,8 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Vec<u8> {
 
 /// Replaces every `name` header with one value (the bytes are moved, not copied); bytes we
 /// built from valid values are always a valid value.
-fn insert_bytes(headers: &mut HeaderMap, name: &HeaderName, bytes: Vec<u8>) {
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)) {
+fn insert_bytes(headers: &mut HeaderMap, name: &HeaderName, bytes: Bytes) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes) {
         headers.insert(name.clone(), value);
     } else {
         headers.remove(name);
