@@ -15,11 +15,13 @@ mod workers;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use http::{Method, Request, Response, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -686,11 +688,17 @@ where
     let service =
         service_fn(move |req| handle(Arc::clone(&state), req, client, Arc::clone(&requests)));
     let mut conn = pin!(shared.builder.serve_connection_with_upgrades(io, service));
-    let mut watchdog = Watchdog::new(connection, shared.idle_timeout, shared.handshake_timeout);
-    let mut closing = false;
+    let watchdog = Watchdog::new(connection, shared.idle_timeout, shared.handshake_timeout);
+    // The connection wakes this task for nearly every reason; the watchers (shutdown, the
+    // watchdog's timer) are polled only when they were woken themselves. Polled on every
+    // wake-up, a shutdown token and a timer cost ~4% of a small request's CPU.
+    let mut watchers = FuturesUnordered::new();
+    watchers.push(watch(ConnectionEvent::ShutdownBegan, shared.cancel.clone()));
+    watchers.push(Box::pin(async move {
+        ConnectionEvent::Watchdog(watchdog.alarm().await)
+    }));
     loop {
         tokio::select! {
-            // The connection first: it is what wakes the task almost every time.
             biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -698,30 +706,47 @@ where
                 }
                 return;
             }
-            _ = shared.cancel.cancelled(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            // Watched only once closing: one future fewer polled on every wake-up before.
-            _ = shared.abandon.cancelled(), if closing => {
-                debug!(peer = %client.peer, "shutdown grace expired; dropping the connection");
-                return;
-            }
-            verdict = watchdog.tick(), if !closing => match verdict {
-                Verdict::Fine => {}
-                Verdict::Idle => {
-                    closing = true;
+            Some(event) = watchers.next() => match event {
+                ConnectionEvent::ShutdownBegan | ConnectionEvent::Watchdog(Verdict::Idle) => {
                     conn.as_mut().graceful_shutdown();
+                    // Closing: from now on only the end of the shutdown grace is watched.
+                    watchers.clear();
+                    watchers.push(watch(ConnectionEvent::GraceExpired, shared.abandon.clone()));
                 }
-                Verdict::SlowHead => {
+                ConnectionEvent::GraceExpired => {
+                    debug!(peer = %client.peer, "shutdown grace expired; dropping the connection");
+                    return;
+                }
+                ConnectionEvent::Watchdog(Verdict::SlowHead) => {
                     debug!(peer = %client.peer, "request head too slow; dropping the connection");
                     return;
                 }
-                Verdict::Stalled => {
+                ConnectionEvent::Watchdog(Verdict::Stalled) => {
                     debug!(peer = %client.peer, "an answer stalled; dropping the connection");
                     return;
                 }
+                // The watchdog reports only what is wrong.
+                ConnectionEvent::Watchdog(Verdict::Fine) => {}
             },
         }
     }
+}
+
+/// What a connection's watchers report.
+enum ConnectionEvent {
+    /// The server began shutting down: close once the requests in flight are answered.
+    ShutdownBegan,
+    /// The shutdown grace expired: drop the connection.
+    GraceExpired,
+    Watchdog(Verdict),
+}
+
+type Watcher = Pin<Box<dyn Future<Output = ConnectionEvent> + Send>>;
+
+/// A watcher reporting `event` once `token` is cancelled.
+fn watch(event: ConnectionEvent, token: CancellationToken) -> Watcher {
+    Box::pin(async move {
+        token.cancelled().await;
+        event
+    })
 }

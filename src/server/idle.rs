@@ -220,10 +220,16 @@ impl Watchdog {
         }
     }
 
-    /// Waits for the next tick and judges the connection.
-    pub(super) async fn tick(&mut self) -> Verdict {
-        let now = self.ticks.tick().await;
-        self.judge(now)
+    /// Judges the connection at every tick until something is wrong with it, and says what
+    /// (never [`Verdict::Fine`]).
+    pub(super) async fn alarm(mut self) -> Verdict {
+        loop {
+            let now = self.ticks.tick().await;
+            let verdict = self.judge(now);
+            if verdict != Verdict::Fine {
+                return verdict;
+            }
+        }
     }
 
     fn judge(&mut self, now: Instant) -> Verdict {
