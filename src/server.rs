@@ -38,10 +38,10 @@ use url::Url;
 use crate::admin::{Admin, StoreReachable, UpstreamReachable};
 use crate::assets::{self, Assets, MirrorCopy};
 use crate::body::Body;
-use crate::config::{Config, ServerConfig, StoreKind};
+use crate::config::{Config, RewriteConfig, ServerConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
 use crate::proxy::{ClientInfo, ProxyError, Upstream, host_problem};
-use crate::rewrite::{self, PlanOptions, Rewriter, Rules};
+use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use idle::{Activity, ConnectionState, Verdict, Watchdog};
@@ -252,11 +252,15 @@ pub async fn route(
         Ok(response) => response,
         Err(e) => forwarding_failed(&state, e, &client),
     };
-    match &state.assets {
-        Some(assets) if state.config.rewrite.enabled => {
-            Box::pin(rewrite_response(&state, assets, &method, &origin, response)).await
-        }
-        _ => response,
+    let assets = match &state.assets {
+        Some(assets) if state.config.rewrite.enabled => assets,
+        _ => return response,
+    };
+    match rewriting(&state.config.rewrite, &method, &response) {
+        // Most responses (assets, redirect-free API calls): nothing to rewrite, and no
+        // rewriting future is even allocated.
+        Rewriting::None => response,
+        work => Box::pin(rewrite_response(&state, assets, work, &origin, response)).await,
     }
 }
 
@@ -277,7 +281,32 @@ fn mark(mut response: Response<Body>, kind: RequestKind) -> Response<Body> {
     response
 }
 
-/// Way 3: rewrites asset URLs in the URL-valued headers and a rewritable body.
+/// What way 3 has to rewrite in a response.
+enum Rewriting {
+    None,
+    /// URL-valued headers only.
+    Headers,
+    /// The body (of this kind) and the URL-valued headers.
+    Body(ContentKind),
+}
+
+/// What a response needs rewritten: a look at its status and headers.
+fn rewriting(cfg: &RewriteConfig, method: &Method, response: &Response<Body>) -> Rewriting {
+    let opts = PlanOptions {
+        javascript: cfg.javascript,
+        text_plain: false,
+        max_size: cfg.max_size.as_u64(),
+    };
+    let headers = response.headers();
+    match rewrite::plan(method, response.status(), headers, &opts) {
+        Some(kind) => Rewriting::Body(kind),
+        None if URL_HEADERS.iter().any(|h| headers.contains_key(h)) => Rewriting::Headers,
+        None => Rewriting::None,
+    }
+}
+
+/// Way 3: rewrites asset URLs in the URL-valued headers and a rewritable body, as
+/// [`rewriting`] found needed.
 ///
 /// An uncompressed body of at most [`assets::RESOLVE_BODY_LIMIT`] is read whole first and
 /// the store is asked about the assets it names that this replica does not know yet, so a
@@ -286,28 +315,21 @@ fn mark(mut response: Response<Body>, kind: RequestKind) -> Response<Body> {
 async fn rewrite_response(
     state: &AppState,
     assets: &Assets,
-    method: &Method,
+    work: Rewriting,
     origin: &OriginParts,
     response: Response<Body>,
 ) -> Response<Body> {
     let cfg = &state.config.rewrite;
     let (mut parts, body) = response.into_parts();
-    let opts = PlanOptions {
-        javascript: cfg.javascript,
-        text_plain: false,
-        max_size: cfg.max_size.as_u64(),
-    };
-    let plan = rewrite::plan(method, parts.status, &parts.headers, &opts);
-    let url_headers = URL_HEADERS.iter().any(|h| parts.headers.contains_key(h));
-    if plan.is_none() && !url_headers {
-        // Most responses (assets, redirect-free API calls): no rewriter is even built.
-        return Response::from_parts(parts, body);
-    }
     let origin = origin.url();
-    let Some(kind) = plan else {
-        let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone());
-        rewrite_headers(&rewriter, &mut parts.headers);
-        return Response::from_parts(parts, body);
+    let kind = match work {
+        Rewriting::None => return Response::from_parts(parts, body),
+        Rewriting::Headers => {
+            let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone());
+            rewrite_headers(&rewriter, &mut parts.headers);
+            return Response::from_parts(parts, body);
+        }
+        Rewriting::Body(kind) => kind,
     };
     let coding = parts
         .headers

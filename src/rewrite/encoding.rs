@@ -40,15 +40,22 @@ impl Coding {
         let Some(value) = value.map(str::trim) else {
             return Some(Coding::Identity);
         };
-        let coding = match value.to_ascii_lowercase().as_str() {
-            "" | "identity" => Coding::Identity,
-            "gzip" | "x-gzip" => Coding::Gzip,
-            "deflate" => Coding::Deflate,
-            "br" => Coding::Brotli,
-            "zstd" => Coding::Zstd,
-            _ => return None,
-        };
-        Some(coding)
+        // Matched without lowercasing a copy: this runs for every compressed response.
+        const NAMES: [(&str, Coding); 6] = [
+            ("identity", Coding::Identity),
+            ("gzip", Coding::Gzip),
+            ("x-gzip", Coding::Gzip),
+            ("deflate", Coding::Deflate),
+            ("br", Coding::Brotli),
+            ("zstd", Coding::Zstd),
+        ];
+        if value.is_empty() {
+            return Some(Coding::Identity);
+        }
+        NAMES
+            .iter()
+            .find(|(name, _)| value.eq_ignore_ascii_case(name))
+            .map(|(_, coding)| *coding)
     }
 
     pub(crate) fn decode(self, input: ByteStream) -> ByteStream {

@@ -25,24 +25,37 @@ impl ContentKind {
     /// The kind of a `Content-Type` value, or None when it is not rewritten. JavaScript and
     /// plain text are rewritten only when asked for.
     pub fn from_content_type(ct: &str, javascript: bool, text_plain: bool) -> Option<ContentKind> {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        let kind = match essence.as_str() {
-            "text/html" | "application/xhtml+xml" => ContentKind::Html,
-            "text/css" => ContentKind::Css,
-            "application/json" => ContentKind::Json,
-            "application/xml" | "text/xml" | "application/rss+xml" | "application/atom+xml" => {
-                ContentKind::Xml
-            }
-            "application/javascript" | "text/javascript" if javascript => ContentKind::JavaScript,
-            "text/plain" if text_plain => ContentKind::Text,
-            e if e.ends_with("+json") => ContentKind::Json,
-            e if e.ends_with("+xml") => ContentKind::Xml,
-            _ => return None,
+        // Compared without lowercasing a copy: this runs for every response.
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        let is = |names: &[&str]| names.iter().any(|n| essence.eq_ignore_ascii_case(n));
+        let ends_with = |suffix: &str| {
+            let len = essence.len();
+            len >= suffix.len()
+                && essence.as_bytes()[len - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+        };
+        let kind = if is(&["text/html", "application/xhtml+xml"]) {
+            ContentKind::Html
+        } else if is(&["text/css"]) {
+            ContentKind::Css
+        } else if is(&["application/json"]) {
+            ContentKind::Json
+        } else if is(&[
+            "application/xml",
+            "text/xml",
+            "application/rss+xml",
+            "application/atom+xml",
+        ]) {
+            ContentKind::Xml
+        } else if javascript && is(&["application/javascript", "text/javascript"]) {
+            ContentKind::JavaScript
+        } else if text_plain && is(&["text/plain"]) {
+            ContentKind::Text
+        } else if ends_with("+json") {
+            ContentKind::Json
+        } else if ends_with("+xml") {
+            ContentKind::Xml
+        } else {
+            return None;
         };
         Some(kind)
     }

@@ -1412,6 +1412,9 @@ fn content_kinds() {
     assert_eq!(k("TEXT/CSS; charset=utf-8"), Some(Css));
     assert_eq!(k("application/json"), Some(Json));
     assert_eq!(k("application/ld+json"), Some(Json));
+    assert_eq!(k("Application/Problem+JSON"), Some(Json));
+    assert_eq!(k(" Text/HTML ; charset=utf-8"), Some(Html));
+    assert_eq!(k("json"), None);
     for xml in [
         "application/xml",
         "text/xml",
