@@ -40,7 +40,7 @@ use crate::assets::{self, Assets, MirrorCopy};
 use crate::body::Body;
 use crate::config::{Config, RewriteConfig, ServerConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
-use crate::proxy::{ClientInfo, ProxyError, Upstream, host_problem};
+use crate::proxy::{ClientInfo, ProxyError, Upstream, UpstreamTiming, host_problem};
 use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
@@ -199,16 +199,34 @@ impl OriginParts {
     }
 }
 
+/// A request's answer, with what its access log line and metrics need to know.
+pub struct Answer {
+    pub response: Response<Body>,
+    /// The way through the proxy that answered.
+    pub kind: RequestKind,
+    /// How long the app took to send its response head, when it was asked.
+    pub upstream: Option<Duration>,
+}
+
+impl Answer {
+    /// The answer of a way that asks the app (if at all) as part of more work: the app's
+    /// time rides on the response as [`UpstreamTiming`].
+    fn of_way(mut response: Response<Body>, kind: RequestKind) -> Answer {
+        let upstream = response.extensions_mut().remove::<UpstreamTiming>();
+        Answer {
+            response,
+            kind,
+            upstream: upstream.map(|timing| timing.0),
+        }
+    }
+}
+
 /// Answers one request: the dispatch between the ways through the proxy. Infallible:
-/// every failure has already become a response. The answering way marks the response
-/// with its [`RequestKind`] extension (default: pass-through).
-pub async fn route(
-    state: Arc<AppState>,
-    mut req: Request<Body>,
-    client: ClientInfo,
-) -> Response<Body> {
+/// every failure has already become a response.
+pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientInfo) -> Answer {
     if let Some(problem) = host_problem(&req) {
-        return ProxyError::BadRequest(problem.into()).into_response();
+        let response = ProxyError::BadRequest(problem.into()).into_response();
+        return Answer::of_way(response, RequestKind::Passthrough);
     }
     let origin = OriginParts::of(&req, &client);
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -222,7 +240,7 @@ pub async fn route(
             head_only,
         ))
         .await;
-        return mark(response, RequestKind::Store);
+        return Answer::of_way(response, RequestKind::Store);
     }
     // Upload routes: caught before anything reaches the app.
     if let Some(upload_route) = state.uploads.find(req.method(), req.uri()) {
@@ -234,7 +252,7 @@ pub async fn route(
             after_app: state.after_app.clone(),
         };
         let response = Box::pin(upload::handle(&upload_route, req, &ctx)).await;
-        return mark(response, RequestKind::Upload);
+        return Answer::of_way(response, RequestKind::Upload);
     }
     // Managed assets: the app first, the store on its 404.
     if is_read
@@ -242,25 +260,31 @@ pub async fn route(
         && let Some(path) = assets.managed_path(req.uri().path())
     {
         let response = Box::pin(assets::handle_request(assets, &path, req, &client)).await;
-        return mark(response, RequestKind::Asset);
+        return Answer::of_way(response, RequestKind::Asset);
     }
     // Everything else: forwarded as it is, asset URLs in the answer rewritten.
     let method = req.method().clone();
     // Awaited here rather than in a helper: one `.await` level less on every request's
     // future (each level copies the one below it).
-    let response = match state.upstream.forward(req, &client).await {
-        Ok(response) => response,
-        Err(e) => forwarding_failed(&state, e, &client),
+    let (response, upstream) = match state.upstream.forward_timed(req, &client).await {
+        Ok((response, took)) => (response, Some(took)),
+        Err(e) => (forwarding_failed(&state, e, &client), None),
     };
-    let assets = match &state.assets {
-        Some(assets) if state.config.rewrite.enabled => assets,
-        _ => return response,
+    let response = match &state.assets {
+        Some(assets) if state.config.rewrite.enabled => {
+            match rewriting(&state.config.rewrite, &method, &response) {
+                // Most responses (assets, redirect-free API calls): nothing to rewrite, and
+                // no rewriting future is even allocated.
+                Rewriting::None => response,
+                work => Box::pin(rewrite_response(&state, assets, work, &origin, response)).await,
+            }
+        }
+        _ => response,
     };
-    match rewriting(&state.config.rewrite, &method, &response) {
-        // Most responses (assets, redirect-free API calls): nothing to rewrite, and no
-        // rewriting future is even allocated.
-        Rewriting::None => response,
-        work => Box::pin(rewrite_response(&state, assets, work, &origin, response)).await,
+    Answer {
+        response,
+        kind: RequestKind::Passthrough,
+        upstream,
     }
 }
 
@@ -274,11 +298,6 @@ fn store_key(state: &AppState, path: &str) -> Option<String> {
             .decode_utf8_lossy()
             .into_owned(),
     )
-}
-
-fn mark(mut response: Response<Body>, kind: RequestKind) -> Response<Body> {
-    response.extensions_mut().insert(kind);
-    response
 }
 
 /// What way 3 has to rewrite in a response.
@@ -416,7 +435,7 @@ async fn handle(
     let (req, body) = track_request_body(req, idle_timeout);
     let mut in_flight = connection.begin(http2, body.clone());
     let routed = route(Arc::clone(&state), req, client);
-    let response = match &body {
+    let answer = match &body {
         // Boxed: only requests with a body are watched, and a GET's future stays as small.
         Some(body) => Box::pin(unless_left_unread(routed, body, &state, &client)).await,
         None => routed.await,
@@ -430,23 +449,24 @@ async fn handle(
         started,
     };
     // HTTP/2 streams share their connection's watchdog: each answer bounds its own stalls.
-    Ok(observe(response, record, http2.then_some(idle_timeout)))
+    Ok(observe(answer, record, http2.then_some(idle_timeout)))
 }
 
 /// `routed`, unless its request body goes `server.idle_timeout` without being read (the app
 /// or the store stopped taking it): then 504, and dropping `routed` drops its app connection
 /// (or store upload) too.
 async fn unless_left_unread(
-    routed: impl Future<Output = Response<Body>>,
+    routed: impl Future<Output = Answer>,
     body: &idle::BodyProgress,
     state: &AppState,
     client: &ClientInfo,
-) -> Response<Body> {
+) -> Answer {
     let limit = state.config.server.idle_timeout;
     tokio::select! {
-        response = routed => response,
+        answer = routed => answer,
         () = idle::left_unread(body, limit) => {
-            forwarding_failed(state, ProxyError::BodyNotTaken(limit), client)
+            let response = forwarding_failed(state, ProxyError::BodyNotTaken(limit), client);
+            Answer::of_way(response, RequestKind::Passthrough)
         }
     }
 }

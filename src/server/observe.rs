@@ -15,11 +15,10 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use tracing::info;
 
-use super::AppState;
 use super::idle::{BodyProgress, RequestInFlight, StallTimer};
+use super::{Answer, AppState};
 use crate::body::{Body, BoxError};
 use crate::metrics::RequestKind;
-use crate::proxy::UpstreamTiming;
 
 /// Boxes the request body, following its progress (bytes, end, whether it is waited on)
 /// when it has any. `stall_limit`: how long the body may keep its reader waiting (see
@@ -124,16 +123,15 @@ impl Logged {
 /// `stall_limit`: an HTTP/2 answer's own bound on stopping (see [`StallTimer`]); `None` on
 /// HTTP/1, where the connection's watchdog does it.
 pub(super) fn observe(
-    response: Response<Body>,
+    answer: Answer,
     request: RequestRecord,
     stall_limit: Option<Duration>,
 ) -> Response<Observed> {
-    let kind = response
-        .extensions()
-        .get::<RequestKind>()
-        .copied()
-        .unwrap_or_default();
-    let upstream = response.extensions().get::<UpstreamTiming>().map(|t| t.0);
+    let Answer {
+        response,
+        kind,
+        upstream,
+    } = answer;
     let status = response.status();
     response.map(|inner| Observed {
         inner,

@@ -484,6 +484,58 @@ async fn fs_store_serve_prefix_after_a_respond_upload() {
     }
 }
 
+/// Each way through the proxy is counted under its own kind, and the app's time is counted for
+/// the ways that asked the app (the asset, the pass-through) and only those.
+#[tokio::test]
+async fn each_way_is_counted_under_its_kind() {
+    let site = Site::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = config_for(site.addr);
+    config.store.kind = StoreKind::Fs;
+    config.store.root = data.path().to_path_buf();
+    config.assets.prefixes = vec![PREFIX.into()];
+    config.uploads = vec![UploadRouteConfig {
+        path: "/upload".into(),
+        mode: UploadMode::Respond,
+        ..UploadRouteConfig::default()
+    }];
+    let proxy = Proxy::start(config).await;
+    site.set("/page", Page::new(200, "text/plain", "hello"));
+    site.set(
+        "/wp-content/uploads/a.png",
+        Page::new(200, "image/png", image(100, 1)),
+    );
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(image(500, 2).to_vec())
+            .file_name("b.png")
+            .mime_str("image/png")
+            .unwrap(),
+    );
+    let resp = client()
+        .post(proxy.url("/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let json: serde_json::Value = resp.json().await.unwrap();
+    let stored = json["files"][0]["url"].as_str().expect("url").to_string();
+    for path in [stored.as_str(), "/wp-content/uploads/a.png", "/page"] {
+        let (status, _) = get_text(&proxy.url(path)).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    let counted = |kind: &str| format!("offload_requests_total{{kind=\"{kind}\",class=\"2xx\"}} 1");
+    let text = proxy.metrics_until(&counted("passthrough")).await;
+    for kind in ["upload", "store", "asset", "passthrough"] {
+        assert!(text.contains(&counted(kind)), "{kind}: {text}");
+    }
+    assert!(
+        text.contains("offload_upstream_response_seconds_count 2"),
+        "{text}"
+    );
+}
+
 /// `offload demo`, the real binary: upload a picture, see it in the data folder and the gallery
 /// pointing at the store, and the generated banner pulled on a later view.
 #[tokio::test]
