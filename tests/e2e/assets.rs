@@ -428,8 +428,9 @@ async fn traversal_never_reaches_the_store_nor_queues_a_pull() {
     }
 }
 
-#[tokio::test]
-async fn fs_store_serve_prefix_after_a_respond_upload() {
+/// The app, the fs store's folder, and offload with `/wp-content/uploads/` managed and a
+/// respond-mode upload route at `/upload`.
+async fn fs_rig() -> (Site, tempfile::TempDir, Proxy) {
     let site = Site::start().await;
     let data = tempfile::tempdir().unwrap();
     let mut config = config_for(site.addr);
@@ -442,11 +443,15 @@ async fn fs_store_serve_prefix_after_a_respond_upload() {
         ..UploadRouteConfig::default()
     }];
     let proxy = Proxy::start(config).await;
-    let bytes = image(12_345, 10);
+    (site, data, proxy)
+}
+
+/// Uploads `bytes` as the PNG `name` to `/upload`; the JSON answer (201).
+async fn upload_png(proxy: &Proxy, bytes: &[u8], name: &str) -> serde_json::Value {
     let form = reqwest::multipart::Form::new().part(
         "file",
         reqwest::multipart::Part::bytes(bytes.to_vec())
-            .file_name("photo.png")
+            .file_name(name.to_string())
             .mime_str("image/png")
             .unwrap(),
     );
@@ -456,8 +461,15 @@ async fn fs_store_serve_prefix_after_a_respond_upload() {
         .send()
         .await
         .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
-    let json: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn fs_store_serve_prefix_after_a_respond_upload() {
+    let (site, data, proxy) = fs_rig().await;
+    let bytes = image(12_345, 10);
+    let json = upload_png(&proxy, &bytes, "photo.png").await;
     let key = json["files"][0]["key"].as_str().expect("key").to_string();
     let url = json["files"][0]["url"].as_str().expect("url").to_string();
     assert!(key.ends_with("/photo.png"), "{json}");
@@ -488,38 +500,13 @@ async fn fs_store_serve_prefix_after_a_respond_upload() {
 /// the ways that asked the app (the asset, the pass-through) and only those.
 #[tokio::test]
 async fn each_way_is_counted_under_its_kind() {
-    let site = Site::start().await;
-    let data = tempfile::tempdir().unwrap();
-    let mut config = config_for(site.addr);
-    config.store.kind = StoreKind::Fs;
-    config.store.root = data.path().to_path_buf();
-    config.assets.prefixes = vec![PREFIX.into()];
-    config.uploads = vec![UploadRouteConfig {
-        path: "/upload".into(),
-        mode: UploadMode::Respond,
-        ..UploadRouteConfig::default()
-    }];
-    let proxy = Proxy::start(config).await;
+    let (site, _data, proxy) = fs_rig().await;
     site.set("/page", Page::new(200, "text/plain", "hello"));
     site.set(
         "/wp-content/uploads/a.png",
         Page::new(200, "image/png", image(100, 1)),
     );
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(image(500, 2).to_vec())
-            .file_name("b.png")
-            .mime_str("image/png")
-            .unwrap(),
-    );
-    let resp = client()
-        .post(proxy.url("/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let json: serde_json::Value = resp.json().await.unwrap();
+    let json = upload_png(&proxy, &image(500, 2), "b.png").await;
     let stored = json["files"][0]["url"].as_str().expect("url").to_string();
     for path in [stored.as_str(), "/wp-content/uploads/a.png", "/page"] {
         let (status, _) = get_text(&proxy.url(path)).await;
