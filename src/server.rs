@@ -62,6 +62,9 @@ pub struct AppState {
     after_app: Option<Arc<dyn AfterApp>>,
     /// The fs store's own URL prefix, when offload serves the store itself.
     store_prefix: Option<String>,
+    /// How many worker threads serve connections (`server.worker_threads`, resolved once:
+    /// the pool keeps idle app connections per worker).
+    workers: usize,
 }
 
 impl std::fmt::Debug for AppState {
@@ -87,8 +90,9 @@ impl AppState {
     /// whose S3 credentials are not in the environment); `config.store` still sets the
     /// presence cache, key prefix and serve prefix.
     pub fn with_store(config: Arc<Config>, store: Arc<dyn Store>) -> anyhow::Result<AppState> {
+        let workers = config.server.workers();
         let upstream = Arc::new(
-            Upstream::for_workers(&config.upstream, config.server.workers())?
+            Upstream::for_workers(&config.upstream, workers)?
                 .with_trusted_proxies(config.server.trusted_proxies.clone()),
         );
         let presence = Arc::new(Presence::new(store.clone(), &config.store));
@@ -122,6 +126,7 @@ impl AppState {
             assets,
             after_app,
             store_prefix,
+            workers,
         })
     }
 }
@@ -551,7 +556,7 @@ impl Server {
         let cancel = CancellationToken::new();
         let abandon = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let worker_count = self.state.config.server.workers();
+        let worker_count = self.state.workers;
         let workers =
             Workers::start(worker_count, &self.state.metrics).context("starting the workers")?;
         if let Some(listener) = self.admin_listener {
