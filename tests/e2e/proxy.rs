@@ -447,17 +447,18 @@ async fn get_ok(proxy: &Proxy, path: &str) {
     assert_eq!(resp.text().await.expect("body"), "ok", "{path}");
 }
 
-/// One worker: the pool tests below count the app connections of one worker's pool.
-fn one_worker(app: &KeepAliveApp) -> offload::config::Config {
+/// offload in front of `app` with `count` worker threads: the pool tests below count the app
+/// connections of each worker's pool.
+fn workers(app: &KeepAliveApp, count: usize) -> offload::config::Config {
     let mut config = config_for(app.app.addr);
-    config.server.worker_threads = 1;
+    config.server.worker_threads = count;
     config
 }
 
 #[tokio::test]
 async fn app_connections_are_reused_one_after_another() {
     let app = KeepAliveApp::start(Duration::ZERO).await;
-    let proxy = Proxy::start(one_worker(&app)).await;
+    let proxy = Proxy::start(workers(&app, 1)).await;
     for round in 0..20 {
         get_ok(&proxy, &format!("/page-{round}")).await;
     }
@@ -471,7 +472,7 @@ async fn app_connections_are_reused_one_after_another() {
 #[tokio::test]
 async fn idle_app_connections_beyond_pool_max_idle_are_closed() {
     let app = KeepAliveApp::start(Duration::from_millis(300)).await;
-    let mut config = one_worker(&app);
+    let mut config = workers(&app, 1);
     config.upstream.pool_max_idle = 2;
     let proxy = Arc::new(Proxy::start(config).await);
     let burst: Vec<_> = (0..8)
@@ -506,9 +507,7 @@ async fn idle_app_connections_beyond_pool_max_idle_are_closed() {
 #[tokio::test]
 async fn each_worker_keeps_its_own_app_connections() {
     let app = KeepAliveApp::start(Duration::ZERO).await;
-    let mut config = config_for(app.app.addr);
-    config.server.worker_threads = 2;
-    let proxy = Proxy::start(config).await;
+    let proxy = Proxy::start(workers(&app, 2)).await;
     // Each client keeps one connection; the second goes to the worker without one.
     let (first, second) = (client(), client());
     for round in 0..10 {
