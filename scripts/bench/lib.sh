@@ -114,8 +114,9 @@ start() { # name command...
 }
 
 # Writes nginx-as-proxy's config into $work/proxy: 127.0.0.1:port to the upstream on
-# upstream_port through a keep-alive pool, setting the forwarding headers offload sets;
-# `extra` (directives) goes into its location block.
+# upstream_port through a keep-alive pool, setting the forwarding headers offload sets
+# (nginx sets none by default; `Forwarded` is RFC 7239's, which offload sets next to the
+# X-Forwarded ones); `extra` (directives) goes into its location block.
 proxy_conf() { # port upstream_port workers [extra]
     mkdir -p "$work/proxy"
     cat >"$work/proxy/nginx.conf" <<CONF
@@ -137,6 +138,7 @@ http {
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header Forwarded "for=\$remote_addr;host=\"\$host\";proto=\$scheme";
             proxy_buffers 32 8k;
             proxy_busy_buffers_size 64k;
             ${4:-}
