@@ -26,7 +26,7 @@ use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -176,8 +176,7 @@ impl Pool {
     /// A connection to the app: an idle one that is still open, else a new one.
     pub(super) async fn checkout(&self) -> Result<Conn, ConnectError> {
         while let Some(mut conn) = self.pop_idle() {
-            // Polling it once tells whether the app closed it while it sat idle.
-            if poll_fn(|cx| Poll::Ready(conn.usable(cx))).await {
+            if conn.usable() {
                 return Ok(conn);
             }
             debug!("dropping an idle app connection the app closed");
@@ -291,14 +290,10 @@ async fn sweep(pool: Weak<Pool>, shard: usize, every: Duration) {
     loop {
         ticks.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        poll_fn(|cx| {
-            let now = Instant::now();
-            lock(&pool.shards[shard].idle).retain_mut(|entry| {
-                now.duration_since(entry.since) < pool.idle_timeout && entry.conn.usable(cx)
-            });
-            Poll::Ready(())
-        })
-        .await;
+        let now = Instant::now();
+        lock(&pool.shards[shard].idle).retain_mut(|entry| {
+            now.duration_since(entry.since) < pool.idle_timeout && entry.conn.usable()
+        });
     }
 }
 
@@ -308,10 +303,17 @@ impl Conn {
         self.reused
     }
 
-    /// Whether a request can go out on this connection: it has not closed or failed, and is
-    /// waiting for a request. Polls its I/O once (which notices an app's close).
-    fn usable(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.poll_io(cx).is_ready() {
+    /// Whether a request can go out on this idle connection: it has not closed or failed,
+    /// and is waiting for a request. Polls its I/O once (which notices an app's close).
+    ///
+    /// With a waker that wakes nobody: whatever polls the connection is woken when a request
+    /// is later queued on it, and an idle connection is next used by another request (or
+    /// right away, by this one: a task that wakes itself is polled once more for nothing,
+    /// its whole connection's stack of futures with it). Nobody needs to hear of an idle
+    /// connection's events: it is looked at again when it is taken, or by the sweep.
+    fn usable(&mut self) -> bool {
+        let mut idle = Context::from_waker(Waker::noop());
+        if self.poll_io(&mut idle).is_ready() {
             return false;
         }
         self.sender.is_ready()

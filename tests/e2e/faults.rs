@@ -587,6 +587,34 @@ async fn a_full_disk_under_the_fs_store_fails_the_upload_and_nothing_else() {
     assert_eq!(resp.status(), 201);
 }
 
+/// An app that closes each connection right after answering on it (as one whose keep-alive
+/// timeout expired would): a request never goes out on a pooled connection the app has
+/// closed, so even one the proxy never sends twice (a POST) gets through, on a new one.
+#[tokio::test]
+async fn a_pooled_connection_the_app_closed_while_idle_is_not_used() {
+    let app = RawApp::start(|mut stream, _| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            .await;
+        // Dropped here: closed after the answer, while the proxy keeps it as idle.
+    })
+    .await;
+    let proxy = proxy_for(&app).await;
+    assert_serves_hello(&proxy).await;
+    for round in 0..3 {
+        // Time for the app's close to reach the proxy's idle connection.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let resp = client()
+            .post(proxy.url("/form"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200, "round {round}");
+        assert_eq!(resp.text().await.expect("body"), "hello");
+    }
+    assert_eq!(app.connections(), 4, "one connection per request");
+}
+
 /// An app whose keep-alive timeout races the proxy's reuse of its connection: it answers the
 /// first request on each connection, then closes the connection when the next one arrives.
 #[tokio::test]
