@@ -328,6 +328,53 @@ impl Conn {
         }
     }
 
+    /// Polls `progress` (the response head, the response body) and, while it is not ready,
+    /// the I/O it waits on: whoever drives the connection's I/O is the only one feeding it.
+    ///
+    /// Quietly first, with a waker that wakes nobody: hyper wakes whoever polled last as it
+    /// hands a response head or body data over and as they are taken, which would only poll
+    /// this task once more for nothing. Only when that brought nothing is the I/O polled
+    /// again with the task's waker, so that what it waits on next (the app's socket, the
+    /// request body) wakes the task. A connection whose I/O runs in a task of its own (or
+    /// has ended) wakes through `progress` itself.
+    ///
+    /// `quiet_first`: whether the I/O may bring what `progress` waits for right now; not
+    /// when a request has only just been queued (it has to reach the app first), and then
+    /// the I/O is polled once, with the task's waker.
+    fn poll_driving<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        quiet_first: bool,
+        mut progress: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let mut quiet = Context::from_waker(Waker::noop());
+        if self.io.is_none() {
+            return progress(cx);
+        }
+        if quiet_first {
+            if let ready @ Poll::Ready(_) = progress(&mut quiet) {
+                return ready;
+            }
+            self.drive(&mut quiet);
+            if let ready @ Poll::Ready(_) = progress(&mut quiet) {
+                return ready;
+            }
+        }
+        self.drive(cx);
+        match self.io {
+            Some(_) => progress(&mut quiet),
+            None => progress(cx),
+        }
+    }
+
+    /// Polls the I/O; a connection that closed or failed is not polled again (nor pooled:
+    /// `checkin` drops connections without I/O), and what was waiting on it reports how.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if self.poll_io(cx).is_ready() {
+            self.io = None;
+        }
+    }
+
     /// Sends `req` and waits for the response head, driving the connection meanwhile; the
     /// connection comes back with the response, for [`LeasedBody`].
     ///
@@ -342,13 +389,11 @@ impl Conn {
         let (req, mut body_sent) = watch_body_end(req);
         let mut response = std::pin::pin!(self.sender.try_send_request(req));
         let mut deadline = std::pin::pin!(tokio::time::sleep(response_timeout));
+        let mut sending = true;
         let result = poll_fn(|cx| {
-            if self.poll_io(cx).is_ready() {
-                // Closed or failed: the response future reports how. A finished connection
-                // is not polled again (nor pooled: `checkin` drops connections without I/O).
-                self.io = None;
-            }
-            if let Poll::Ready(result) = response.as_mut().poll(cx) {
+            let quiet_first = !std::mem::take(&mut sending);
+            let polled = self.poll_driving(cx, quiet_first, |cx| response.as_mut().poll(cx));
+            if let Poll::Ready(result) = polled {
                 return Poll::Ready(Ok(result));
             }
             if let Some(sent) = &mut body_sent {
@@ -456,18 +501,13 @@ impl http_body::Body for LeasedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
-        // The body asked for more (the connection reads only what is wanted): let the
-        // connection read it now rather than on the next wake-up.
-        if polled.is_pending()
-            && let Some(conn) = &mut this.conn
-        {
-            if conn.poll_io(cx).is_ready() {
-                // Closed or failed: the body has what was read and reports the rest.
-                this.conn = None;
-            }
-            polled = Pin::new(&mut this.body).poll_frame(cx);
-        }
+        let body = &mut this.body;
+        let polled = match &mut this.conn {
+            // The body asks for more (the connection reads only what is wanted), and the
+            // connection reads it now rather than on the next wake-up.
+            Some(conn) => conn.poll_driving(cx, true, |cx| Pin::new(&mut *body).poll_frame(cx)),
+            None => Pin::new(body).poll_frame(cx),
+        };
         if let Poll::Ready(None) = polled {
             this.release();
         }
