@@ -79,18 +79,25 @@ fn is_host(value: &[u8]) -> bool {
 /// option in `Connection`.
 pub(super) fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && connection_options(headers).any(|o| o.eq_ignore_ascii_case("upgrade"))
+        && connection_options(headers).any(|o| o.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// The comma-separated options of every `Connection` header.
-fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|o| !o.is_empty())
+}
+
+/// `Connection` options that name no header: `close`, `keep-alive` (handled by the fixed
+/// hop-by-hop list) and `upgrade` (by the tunnel).
+fn is_connection_keyword(option: &[u8]) -> bool {
+    [&b"keep-alive"[..], b"close", b"upgrade"]
+        .iter()
+        .any(|k| option.eq_ignore_ascii_case(k))
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`. When `tunnel` is set
@@ -111,16 +118,12 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
             upgrade = true;
         }
     }
-    if present[0] {
-        // Options that name another header; `close`, `keep-alive` and `upgrade` are handled
-        // by the fixed list (and the tunnel) already.
+    // Options that name another header, which are rare: nearly every `Connection` says
+    // only `keep-alive` or `close`, and is looked through once without collecting anything.
+    if present[0] && connection_options(headers).any(|o| !is_connection_keyword(o)) {
         let named: Vec<HeaderName> = connection_options(headers)
-            .filter(|o| {
-                !["close", "keep-alive", "upgrade"]
-                    .iter()
-                    .any(|k| o.eq_ignore_ascii_case(k))
-            })
-            .filter_map(|o| HeaderName::from_bytes(o.as_bytes()).ok())
+            .filter(|o| !is_connection_keyword(o))
+            .filter_map(|o| HeaderName::from_bytes(o).ok())
             .collect();
         for name in named {
             headers.remove(&name);
