@@ -233,7 +233,6 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientI
         let response = ProxyError::BadRequest(problem.into()).into_response();
         return Answer::of_way(response, RequestKind::Passthrough);
     }
-    let origin = OriginParts::of(&req, &client);
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
     // The fs store, served by offload itself under its own prefix.
     if is_read && let Some(key) = store_key(&state, req.uri().path()) {
@@ -249,7 +248,8 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientI
     }
     // Upload routes: caught before anything reaches the app.
     if let Some(upload_route) = state.uploads.find(req.method(), req.uri()) {
-        req.extensions_mut().insert(RequestOrigin(origin.url()));
+        let origin = OriginParts::of(&req, &client).url();
+        req.extensions_mut().insert(RequestOrigin(origin));
         let ctx = UploadContext {
             store: state.store.clone(),
             upstream: state.upstream.clone(),
@@ -267,7 +267,14 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientI
         let response = Box::pin(assets::handle_request(assets, &path, req, &client)).await;
         return Answer::of_way(response, RequestKind::Asset);
     }
-    // Everything else: forwarded as it is, asset URLs in the answer rewritten.
+    // Everything else: forwarded as it is, asset URLs in the answer rewritten (where that
+    // is set up: then what the answer is rewritten for is captured before forwarding).
+    let rewrite_with = match &state.assets {
+        Some(assets) if state.config.rewrite.enabled => {
+            Some((assets, OriginParts::of(&req, &client)))
+        }
+        _ => None,
+    };
     let method = req.method().clone();
     // Awaited here rather than in a helper: one `.await` level less on every request's
     // future (each level copies the one below it).
@@ -275,16 +282,14 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientI
         Ok((response, took)) => (response, Some(took)),
         Err(e) => (forwarding_failed(&state, e, &client), None),
     };
-    let response = match &state.assets {
-        Some(assets) if state.config.rewrite.enabled => {
-            match rewriting(&state.config.rewrite, &method, &response) {
-                // Most responses (assets, redirect-free API calls): nothing to rewrite, and
-                // no rewriting future is even allocated.
-                Rewriting::None => response,
-                work => Box::pin(rewrite_response(&state, assets, work, &origin, response)).await,
-            }
-        }
-        _ => response,
+    let response = match rewrite_with {
+        Some((assets, origin)) => match rewriting(&state.config.rewrite, &method, &response) {
+            // Most responses (assets, redirect-free API calls): nothing to rewrite, and no
+            // rewriting future is even allocated.
+            Rewriting::None => response,
+            work => Box::pin(rewrite_response(&state, assets, work, &origin, response)).await,
+        },
+        None => response,
     };
     Answer {
         response,
