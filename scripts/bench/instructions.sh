@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# User-space instructions per 1 KiB pass-through request, counted by valgrind's callgrind:
+# nginx as proxy, the two bare hyper proxies of examples/hyper_floor.rs and offload, each
+# in front of the same static nginx upstream (one worker/thread each, 127.0.0.1 high ports).
+#
+#   scripts/bench/instructions.sh
+#   REQUESTS_FOR=20s scripts/bench/instructions.sh
+#
+# Why next to the wrk benchmarks: on a shared, noisy machine requests/s move by several
+# percent between runs, and a change worth 2% cannot be told from noise. Instructions
+# executed are a count, not a timing: the same binary gives the same count within ~0.5%
+# from run to run, so a change's effect on the proxy's own work shows at once. They are not
+# the whole cost: the kernel's share (sockets, wake-ups) and cache misses are left out, so
+# wrk (scripts/bench/passthrough.sh) has the last word on speed.
+#
+# Each proxy runs under callgrind (~50x slower), so wrk uses 16 connections for
+# REQUESTS_FOR (default 10s) after a warm-up; counters are zeroed after the warm-up and
+# dumped before the proxy stops.
+set -euo pipefail
+
+REQUESTS_FOR=${REQUESTS_FOR:-10s}
+BASE_PORT=${BASE_PORT:-28380}
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=scripts/bench/lib.sh
+. "$repo/scripts/bench/lib.sh"
+if ! command -v valgrind >/dev/null; then
+    echo "installing valgrind" >&2
+    apt-get install -y -qq valgrind >/dev/null || {
+        apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
+    }
+fi
+(cd "$repo" && cargo build --release --quiet --example hyper_floor)
+cp "${CARGO_TARGET_DIR:-$repo/target}/release/examples/hyper_floor" "$work/hyper_floor"
+
+upstream_port=$((BASE_PORT + 1))
+proxy_port=$((BASE_PORT + 2))
+mkdir -p "$work/www" "$work/upstream" "$work/proxy"
+head -c 1024 /dev/urandom >"$work/www/1k.bin"
+chmod 644 "$work/www/1k.bin"
+upstream_conf "$upstream_port" 1
+proxy_conf "$proxy_port" "$upstream_port" 1
+# One process: callgrind follows the process it starts, not nginx's forked worker.
+sed -i 's/^daemon off;/daemon off; master_process off;/' "$work/proxy/nginx.conf"
+cat >"$work/offload.toml" <<CONF
+[server]
+listen = "127.0.0.1:$proxy_port"
+admin_listen = "off"
+worker_threads = 1
+[upstream]
+url = "http://127.0.0.1:$upstream_port"
+[log]
+level = "warn"
+CONF
+
+start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
+wait_port "$upstream_port"
+
+declare -A instructions requests
+# Runs `command...` under callgrind on proxy_port, loads it and records its instructions
+# per request under `name`.
+count() { # name command...
+    local name=$1 out=$work/callgrind.$1 pid n
+    shift
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" 2>"$work/valgrind.$name.log" &
+    pid=$!
+    pids+=("$pid")
+    wait_port "$proxy_port"
+    wrk -t1 -c16 -d3s "http://127.0.0.1:$proxy_port/1k.bin" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    n=$(wrk -t1 -c16 -d"$REQUESTS_FOR" "http://127.0.0.1:$proxy_port/1k.bin" |
+        awk '/requests in/ {print $1}')
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    for _ in $(seq 100); do [[ -s $out.1 ]] && break; sleep 0.1; done
+    [[ -s $out.1 ]] || { echo "$name: callgrind wrote no counts" >&2; exit 1; }
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    requests[$name]=$n
+    instructions[$name]=$(awk -v n="$n" '/^summary:/ { printf "%.0f", $2 / n }' "$out.1")
+}
+
+names=(nginx hyper-paired hyper-pooled offload)
+count nginx "$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf"
+count hyper-paired "$work/hyper_floor" paired "127.0.0.1:$proxy_port" "127.0.0.1:$upstream_port"
+count hyper-pooled "$work/hyper_floor" pooled "127.0.0.1:$proxy_port" "127.0.0.1:$upstream_port"
+count offload "$offload_bin" serve --config "$work/offload.toml"
+
+printf '\n1k.bin through each proxy under callgrind, wrk -t1 -c16 -d%s\n' "$REQUESTS_FOR"
+printf '%-13s %10s %22s %10s\n' target requests "instructions/request" "vs nginx"
+for name in "${names[@]}"; do
+    ratio=$(awk -v a="${instructions[$name]}" -v b="${instructions[nginx]}" 'BEGIN { printf "%.2fx", a / b }')
+    printf '%-13s %10s %22s %10s\n' "$name" "${requests[$name]}" "${instructions[$name]}" "$ratio"
+done
