@@ -76,13 +76,18 @@ async fn misbehave(stream: &mut TcpStream, target: &str) -> bool {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
         _ => {
-            return stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-                .await
-                .is_ok();
+            return answer_hello(stream).await;
         }
     }
     false
+}
+
+/// Answers `200 hello` on a keep-alive connection; whether that was written.
+async fn answer_hello(stream: &mut TcpStream) -> bool {
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .is_ok()
 }
 
 async fn proxy_for(app: &RawApp) -> Proxy {
@@ -593,9 +598,7 @@ async fn a_full_disk_under_the_fs_store_fails_the_upload_and_nothing_else() {
 #[tokio::test]
 async fn a_pooled_connection_the_app_closed_while_idle_is_not_used() {
     let app = RawApp::start(|mut stream, _| async move {
-        let _ = stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-            .await;
+        answer_hello(&mut stream).await;
         // Dropped here: closed after the answer, while the proxy keeps it as idle.
     })
     .await;
@@ -620,10 +623,7 @@ async fn a_pooled_connection_the_app_closed_while_idle_is_not_used() {
 #[tokio::test]
 async fn a_pooled_connection_closed_by_the_app_is_retried_for_idempotent_requests() {
     let app = RawApp::start(|mut stream, _first| async move {
-        let answered = stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-            .await;
-        if answered.is_ok() {
+        if answer_hello(&mut stream).await {
             // The next request on this connection meets a closed door.
             let _ = read_head(&mut stream).await;
         }
