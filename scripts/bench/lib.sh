@@ -64,17 +64,29 @@ cpu_ticks() { # pid
 }
 clock_ticks=$(getconf CLK_TCK)
 
-# Runs wrk against a URL served by the process `pid`; fills rps, p50, p99 (ms) and cpu_us
-# (the server's CPU microseconds per request) under `key`.
-declare -A rps p50 p99 cpu_us
+# CPU time (clock ticks) the whole machine has been busy so far: every process, wrk and the
+# upstream included, and the kernel's interrupt work (/proc/stat's user, nice, system, irq
+# and softirq; not the time the hypervisor gave to other guests).
+machine_ticks() {
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
+}
+
+# Runs wrk against a URL served by the process `pid`; fills rps, p50, p99 (ms), cpu_us
+# (the server's CPU microseconds per request) and machine_us (the whole machine's: where
+# wrk, the upstream and the proxy share the cores, requests/s follow this sum) under `key`.
+declare -A rps p50 p99 cpu_us machine_us
 wrk_run() { # key url pid
-    local out before after requests
+    local out before after machine_before machine_after requests
     # A short warm-up fills the pools and the caches.
     wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$2" >/dev/null
     before=$(cpu_ticks "$3")
+    machine_before=$(machine_ticks)
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$2")
+    machine_after=$(machine_ticks)
     after=$(cpu_ticks "$3")
     requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    machine_us[$1]=$(awk -v t=$((machine_after - machine_before)) -v hz="$clock_ticks" -v n="$requests" \
+        'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
     rps[$1]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
