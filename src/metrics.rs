@@ -16,10 +16,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Which of the ways through the proxy answered a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
     /// Forwarded to the app as it is.
-    #[default]
     Passthrough,
     /// Matched an upload route.
     Upload,
