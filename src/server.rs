@@ -777,8 +777,6 @@ where
                     debug!(peer = %client.peer, "an answer stalled; dropping the connection");
                     return;
                 }
-                // The watchdog reports only what is wrong.
-                ConnectionEvent::Watchdog(Verdict::Fine) => {}
             },
         }
     }

@@ -172,10 +172,9 @@ impl Drop for RequestInFlight {
     }
 }
 
-/// What a tick of the [`Watchdog`] found.
+/// What the [`Watchdog`] found wrong with a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Verdict {
-    Fine,
     /// No bytes moved for `idle_timeout` and no request in flight: close gracefully.
     Idle,
     /// No bytes moved for `idle_timeout` while the answers in flight stream: drop the
@@ -220,19 +219,18 @@ impl Watchdog {
         }
     }
 
-    /// Judges the connection at every tick until something is wrong with it, and says what
-    /// (never [`Verdict::Fine`]).
+    /// Judges the connection at every tick until something is wrong with it, and says what.
     pub(super) async fn alarm(mut self) -> Verdict {
         loop {
             let now = self.ticks.tick().await;
-            let verdict = self.judge(now);
-            if verdict != Verdict::Fine {
+            if let Some(verdict) = self.judge(now) {
                 return verdict;
             }
         }
     }
 
-    fn judge(&mut self, now: Instant) -> Verdict {
+    /// What is wrong with the connection at `now`, if anything.
+    fn judge(&mut self, now: Instant) -> Option<Verdict> {
         let state = &self.state;
         let activity = state.activity.load(Ordering::Relaxed);
         if activity != self.last_activity {
@@ -243,26 +241,26 @@ impl Watchdog {
         let in_flight = begun != state.ended.load(Ordering::Relaxed);
         if now.duration_since(self.active_at) >= self.idle_timeout {
             if !in_flight {
-                return Verdict::Idle;
+                return Some(Verdict::Idle);
             }
             if state.unanswered.load(Ordering::Relaxed) == 0 {
-                return Verdict::Stalled;
+                return Some(Verdict::Stalled);
             }
         }
         if in_flight || state.multiplexed.load(Ordering::Relaxed) {
             self.waiting = None;
-            return Verdict::Fine;
+            return None;
         }
         match self.waiting {
             Some((count, since)) if count == begun => {
                 if now.duration_since(since) >= self.header_timeout {
-                    return Verdict::SlowHead;
+                    return Some(Verdict::SlowHead);
                 }
             }
             // Requests came and went since the last look: the wait starts now.
             _ => self.waiting = Some((begun, now)),
         }
-        Verdict::Fine
+        None
     }
 }
 
@@ -436,12 +434,12 @@ mod tests {
     async fn a_new_connection_must_send_a_head_in_time() {
         let (state, mut dog, start) = watchdog();
         state.bump();
-        assert_eq!(dog.judge(start + 3 * S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 3 * S), None);
         state.bump();
-        assert_eq!(dog.judge(start + 9 * S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 9 * S), None);
         // Bytes trickle in, but no head completes.
         state.bump();
-        assert_eq!(dog.judge(start + 10 * S), Verdict::SlowHead);
+        assert_eq!(dog.judge(start + 10 * S), Some(Verdict::SlowHead));
     }
 
     #[tokio::test]
@@ -450,14 +448,14 @@ mod tests {
         let request = state.begin(false, None);
         for second in [5, 15, 30, 50] {
             state.bump();
-            assert_eq!(dog.judge(start + second * S), Verdict::Fine, "{second}s");
+            assert_eq!(dog.judge(start + second * S), None, "{second}s");
         }
         drop(request);
         // The wait for the next head starts when the watchdog sees the request ended.
-        assert_eq!(dog.judge(start + 55 * S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 55 * S), None);
         state.bump();
-        assert_eq!(dog.judge(start + 64 * S), Verdict::Fine);
-        assert_eq!(dog.judge(start + 65 * S), Verdict::SlowHead);
+        assert_eq!(dog.judge(start + 64 * S), None);
+        assert_eq!(dog.judge(start + 65 * S), Some(Verdict::SlowHead));
     }
 
     #[tokio::test]
@@ -468,9 +466,9 @@ mod tests {
         let start = dog.active_at;
         drop(state.begin(false, None));
         state.bump();
-        assert_eq!(dog.judge(start + S), Verdict::Fine);
-        assert_eq!(dog.judge(start + 60 * S), Verdict::Fine);
-        assert_eq!(dog.judge(start + 61 * S), Verdict::Idle);
+        assert_eq!(dog.judge(start + S), None);
+        assert_eq!(dog.judge(start + 60 * S), None);
+        assert_eq!(dog.judge(start + 61 * S), Some(Verdict::Idle));
     }
 
     #[tokio::test]
@@ -478,12 +476,12 @@ mod tests {
         let (state, mut dog, start) = watchdog();
         let mut request = state.begin(false, None);
         state.bump();
-        assert_eq!(dog.judge(start + S), Verdict::Fine);
+        assert_eq!(dog.judge(start + S), None);
         // The response timeout's business, however long it is.
-        assert_eq!(dog.judge(start + 600 * S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 600 * S), None);
         request.answered();
         // Now streaming the answer: no bytes for the idle timeout is a stall.
-        assert_eq!(dog.judge(start + 601 * S), Verdict::Stalled);
+        assert_eq!(dog.judge(start + 601 * S), Some(Verdict::Stalled));
     }
 
     #[tokio::test]
@@ -493,14 +491,14 @@ mod tests {
         let mut request = state.begin(false, Some(Arc::clone(&body)));
         body.add_bytes(10);
         state.bump();
-        assert_eq!(dog.judge(start + S), Verdict::Fine);
+        assert_eq!(dog.judge(start + S), None);
         // No bytes: the body's stall timer or `left_unread` answers it, with a status.
-        assert_eq!(dog.judge(start + 61 * S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 61 * S), None);
         body.ended();
-        assert_eq!(dog.judge(start + 62 * S), Verdict::Fine);
+        assert_eq!(dog.judge(start + 62 * S), None);
         // The answer streams: no bytes for the idle timeout is the watchdog's stall.
         request.answered();
-        assert_eq!(dog.judge(start + 63 * S), Verdict::Stalled);
+        assert_eq!(dog.judge(start + 63 * S), Some(Verdict::Stalled));
         assert_eq!(request.bytes_in(), 10);
     }
 
@@ -511,8 +509,8 @@ mod tests {
         let mut request = state.begin(false, Some(Arc::clone(&body)));
         request.answered();
         state.bump();
-        assert_eq!(dog.judge(start + S), Verdict::Fine);
-        assert_eq!(dog.judge(start + 61 * S), Verdict::Stalled);
+        assert_eq!(dog.judge(start + S), None);
+        assert_eq!(dog.judge(start + 61 * S), Some(Verdict::Stalled));
         drop(request);
         assert_eq!(state.unanswered.load(Ordering::Relaxed), 0);
     }
@@ -565,8 +563,8 @@ mod tests {
         let (state, mut dog, start) = watchdog();
         drop(state.begin(true, None));
         state.bump();
-        assert_eq!(dog.judge(start + 30 * S), Verdict::Fine);
-        assert_eq!(dog.judge(start + 89 * S), Verdict::Fine);
-        assert_eq!(dog.judge(start + 90 * S), Verdict::Idle);
+        assert_eq!(dog.judge(start + 30 * S), None);
+        assert_eq!(dog.judge(start + 89 * S), None);
+        assert_eq!(dog.judge(start + 90 * S), Some(Verdict::Idle));
     }
 }
