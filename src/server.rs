@@ -284,10 +284,10 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientI
     };
     let response = match rewrite_with {
         Some((assets, origin)) => match rewriting(&state.config.rewrite, &method, &response) {
+            Some(work) => Box::pin(rewrite_response(&state, assets, work, &origin, response)).await,
             // Most responses (assets, redirect-free API calls): nothing to rewrite, and no
             // rewriting future is even allocated.
-            Rewriting::None => response,
-            work => Box::pin(rewrite_response(&state, assets, work, &origin, response)).await,
+            None => response,
         },
         None => response,
     };
@@ -312,15 +312,14 @@ fn store_key(state: &AppState, path: &str) -> Option<String> {
 
 /// What way 3 has to rewrite in a response.
 enum Rewriting {
-    None,
     /// URL-valued headers only.
     Headers,
     /// The body (of this kind) and the URL-valued headers.
     Body(ContentKind),
 }
 
-/// What a response needs rewritten: a look at its status and headers.
-fn rewriting(cfg: &RewriteConfig, method: &Method, response: &Response<Body>) -> Rewriting {
+/// What a response needs rewritten, if anything: a look at its status and headers.
+fn rewriting(cfg: &RewriteConfig, method: &Method, response: &Response<Body>) -> Option<Rewriting> {
     let opts = PlanOptions {
         javascript: cfg.javascript,
         text_plain: false,
@@ -328,9 +327,9 @@ fn rewriting(cfg: &RewriteConfig, method: &Method, response: &Response<Body>) ->
     };
     let headers = response.headers();
     match rewrite::plan(method, response.status(), headers, &opts) {
-        Some(kind) => Rewriting::Body(kind),
-        None if URL_HEADERS.iter().any(|h| headers.contains_key(h)) => Rewriting::Headers,
-        None => Rewriting::None,
+        Some(kind) => Some(Rewriting::Body(kind)),
+        None if URL_HEADERS.iter().any(|h| headers.contains_key(h)) => Some(Rewriting::Headers),
+        None => None,
     }
 }
 
@@ -352,7 +351,6 @@ async fn rewrite_response(
     let (mut parts, body) = response.into_parts();
     let origin = origin.url();
     let kind = match work {
-        Rewriting::None => return Response::from_parts(parts, body),
         Rewriting::Headers => {
             let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone());
             rewrite_headers(&rewriter, &mut parts.headers);
