@@ -17,14 +17,16 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, never the message: RFC 9110 §7.6.1, plus the
-/// obsolete `Proxy-Connection` that old clients still send.
-fn fixed_hop_by_hop() -> [&'static HeaderName; 5] {
+/// obsolete `Proxy-Connection` that old clients still send. `Connection` comes first (the
+/// headers it names go too); `Upgrade` last (it stays when a tunnel is passed on).
+fn hop_by_hop() -> [&'static HeaderName; 6] {
     [
         &header::CONNECTION,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::TE,
         &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
     ]
 }
 
@@ -108,19 +110,11 @@ fn is_connection_keyword(option: &[u8]) -> bool {
 /// `Connection: keep-alive`: one pass over the names finds what is there, and only that is
 /// looked up and removed.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
-    let fixed = fixed_hop_by_hop();
-    let mut present = [false; 5];
-    let mut upgrade = false;
-    for name in headers.keys() {
-        if let Some(i) = fixed.iter().position(|f| *f == name) {
-            present[i] = true;
-        } else if name == header::UPGRADE {
-            upgrade = true;
-        }
-    }
+    let names = hop_by_hop();
+    let found = present(headers, names);
     // Options that name another header, which are rare: nearly every `Connection` says
     // only `keep-alive` or `close`, and is looked through once without collecting anything.
-    if present[0] && connection_options(headers).any(|o| !is_connection_keyword(o)) {
+    if found[0] && connection_options(headers).any(|o| !is_connection_keyword(o)) {
         let named: Vec<HeaderName> = connection_options(headers)
             .filter(|o| !is_connection_keyword(o))
             .filter_map(|o| HeaderName::from_bytes(o).ok())
@@ -129,13 +123,16 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
             headers.remove(&name);
         }
     }
-    for (name, _) in fixed.iter().zip(present).filter(|(_, here)| *here) {
+    let kept = |name: &HeaderName| tunnel && name == header::UPGRADE;
+    for (name, _) in names
+        .iter()
+        .zip(found)
+        .filter(|(name, here)| *here && !kept(name))
+    {
         headers.remove(*name);
     }
     if tunnel {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if upgrade {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -203,7 +200,7 @@ pub(super) fn set_forwarding(
     ip_text.write(ip);
     let proto = if client.tls { "https" } else { "http" };
     if !trusted {
-        remove_present(headers, &UNSET_CLAIMS);
+        remove_present(headers, UNSET_CLAIMS.each_ref());
     }
     let (old_xff, old_forwarded) = match trusted {
         true => (
@@ -247,17 +244,23 @@ fn list_item(buf: &mut BytesMut, existing: &[u8]) {
     }
 }
 
-/// Removes those of `names` that `headers` has: one pass over its names, and a lookup only
-/// for a name found (most requests carry none of them).
-fn remove_present<const N: usize>(headers: &mut HeaderMap, names: &[HeaderName; N]) {
+/// Which of `names` `headers` has, in one pass over its names (a lookup per name would hash
+/// each one, and most messages carry none of them).
+fn present<const N: usize>(headers: &HeaderMap, names: [&HeaderName; N]) -> [bool; N] {
     let mut found = [false; N];
     for name in headers.keys() {
-        if let Some(i) = names.iter().position(|n| n == name) {
+        if let Some(i) = names.iter().position(|n| *n == name) {
             found[i] = true;
         }
     }
+    found
+}
+
+/// Removes those of `names` that `headers` has; only a name found is looked up.
+fn remove_present<const N: usize>(headers: &mut HeaderMap, names: [&HeaderName; N]) {
+    let found = present(headers, names);
     for (name, _) in names.iter().zip(found).filter(|(_, here)| *here) {
-        headers.remove(name);
+        headers.remove(*name);
     }
 }
 
