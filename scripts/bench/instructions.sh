@@ -24,12 +24,7 @@ BASE_PORT=${BASE_PORT:-28380}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=scripts/bench/lib.sh
 . "$repo/scripts/bench/lib.sh"
-if ! command -v valgrind >/dev/null; then
-    echo "installing valgrind" >&2
-    apt-get install -y -qq valgrind >/dev/null || {
-        apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
-    }
-fi
+command -v valgrind >/dev/null || "$repo/scripts/apt-install.sh" valgrind
 (cd "$repo" && cargo build --release --quiet --example hyper_floor)
 cp "${CARGO_TARGET_DIR:-$repo/target}/release/examples/hyper_floor" "$work/hyper_floor"
 

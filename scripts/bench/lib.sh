@@ -7,12 +7,7 @@
 need_apt=()
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx-light)
 command -v wrk >/dev/null || need_apt+=(wrk)
-if ((${#need_apt[@]})); then
-    echo "installing ${need_apt[*]}" >&2
-    apt-get install -y -qq "${need_apt[@]}" >/dev/null || {
-        apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
-    }
-fi
+"$repo/scripts/apt-install.sh" "${need_apt[@]}"
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 (cd "$repo" && cargo build --release --quiet --bin offload)
