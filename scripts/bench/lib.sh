@@ -1,22 +1,28 @@
-# Shared set-up of the wrk benchmarks (sourced, not run): installs nginx and wrk when
-# missing, builds offload --release and copies it into a private work folder ($work), and
-# stops every process whose PID is added to $pids when the script ends.
+# Shared set-up of the wrk benchmarks (sourced, not run): installs nginx, wrk and curl when
+# missing, builds offload as deployed (scripts/build-release.sh) unless OFFLOAD_BIN names the
+# binary to measure, copies it into a private work folder ($work), and stops every process
+# whose PID is added to $pids when the script ends.
 #
 # Callers set `repo` first; afterwards they have `nginx_bin`, `offload_bin`, `work`, `pids`.
 
 need_apt=()
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx-light)
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v curl >/dev/null || need_apt+=(curl)
 "$repo/scripts/apt-install.sh" "${need_apt[@]}"
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
-(cd "$repo" && cargo build --release --quiet --bin offload)
+if [[ -n ${OFFLOAD_BIN:-} ]]; then
+    built_offload=$OFFLOAD_BIN
+else
+    built_offload=$("$repo/scripts/build-release.sh")
+fi
 
 work=$(mktemp -d /tmp/offload-bench.XXXXXX)
 # nginx's workers read the pages from here.
 chmod 755 "$work"
 # A private copy: a shared target directory may get another build's binary any moment.
-cp "${CARGO_TARGET_DIR:-$repo/target}/release/offload" "$work/offload"
+cp "$built_offload" "$work/offload"
 offload_bin=$work/offload
 "$offload_bin" --help | grep -q check-config || { echo "$offload_bin is not this offload" >&2; exit 1; }
 pids=()
@@ -90,6 +96,38 @@ wrk_run() { # key url pid
     if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
         echo "warning: $1: $(grep "Non-2xx\|Socket errors" <<<"$out")" >&2
     fi
+}
+
+# Writes a 200 KiB WordPress-like page, the same shape as benches/rewrite.rs: about 1,700
+# upload URLs of https://example.com/wp-content/uploads/ in src, srcset, href, style, og:image
+# and JSON-escaped ld+json.
+write_page() { # file
+    python3 - "$1" <<'PY'
+import sys
+target = 200 * 1024
+html = ["<!doctype html><html><head><title>Blog</title>"
+        "<meta property=\"og:image\" content=\"https://example.com/wp-content/uploads/2024/05/hero.jpg\">"
+        "<link rel='stylesheet' href='https://example.com/wp-content/themes/t/style.css'>"
+        "<style>.hero{background:url(https://example.com/wp-content/uploads/2024/05/hero.jpg)}</style></head><body>"]
+size, i = len(html[0]), 0
+while size < target:
+    u = f"https://example.com/wp-content/uploads/2024/05/photo-{i}"
+    part = (f"<article class=\"post\"><h2><a href=\"https://example.com/blog/post-{i}/\">Post {i}</a></h2>"
+            "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.</p>"
+            f"<img width=\"1024\" height=\"768\" src=\"{u}.jpg\" alt=\"photo {i}\" "
+            f"srcset=\"{u}.jpg 1024w, {u}-300x225.jpg 300w, {u}-768x576.jpg 768w\" "
+            "sizes=\"(max-width: 1024px) 100vw, 1024px\" loading=\"lazy\">"
+            f"<div class=\"bg\" style=\"background-image:url('{u}-bg.jpg')\"></div></article>\n")
+    if i % 10 == 0:
+        esc = u.replace("/", "\\/")
+        part += ("<script type=\"application/ld+json\">{\"@type\":\"ImageObject\",\"url\":\""
+                 f"{esc}.jpg\",\"width\":1024}}</script>\n")
+    html.append(part)
+    size += len(part)
+    i += 1
+html.append("</body></html>")
+open(sys.argv[1], "w").write("".join(html))
+PY
 }
 
 # Writes the static upstream's nginx.conf into $work/upstream: $work/www on 127.0.0.1:port.

@@ -2,7 +2,7 @@
 # Pass-through benchmark: offload vs nginx as reverse proxies in front of the same static
 # upstream (nginx), 1 KiB and 200 KiB files, all on 127.0.0.1 high ports.
 #
-#   scripts/bench/passthrough.sh            # builds offload --release if needed
+#   scripts/bench/passthrough.sh            # builds offload as deployed (scripts/build-release.sh)
 #   DURATION=30s CONNECTIONS=128 scripts/bench/passthrough.sh
 #
 # Fairness: both proxies keep a keep-alive pool to the upstream, neither writes an access

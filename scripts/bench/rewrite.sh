@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Rewriting benchmark: a 200 KiB WordPress-like page (about 1,700 upload URLs in src, srcset,
 # href, style, og:image and JSON-escaped ld+json) served by nginx, fetched through
-#   - offload (release build, every URL known present: assume_present = true), and
+#   - offload (as deployed, every URL known present: assume_present = true), and
 #   - nginx with sub_filter (two literal rules: the plain and the JSON-escaped spelling of
 #     https://example.com/wp-content/uploads/, sub_filter_once off, Accept-Encoding cleared),
 # in one run, on 127.0.0.1 high ports. Prints requests/s, p50/p99 and offload/nginx.
 #
-#   scripts/bench/rewrite.sh                 # builds offload --release if needed
+#   scripts/bench/rewrite.sh                 # builds offload as deployed (scripts/build-release.sh)
 #   DURATION=30s CONNECTIONS=128 scripts/bench/rewrite.sh
 #
 # Fairness: both proxies keep a keep-alive pool to the upstream and write no access log;
@@ -31,33 +31,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 . "$repo/scripts/bench/lib.sh"
 
 mkdir -p "$work/www" "$work/upstream" "$work/proxy" "$work/store"
-# The page: the same shape as benches/rewrite.rs.
-python3 - "$work/www/page.html" <<'PY'
-import sys
-target = 200 * 1024
-html = ["<!doctype html><html><head><title>Blog</title>"
-        "<meta property=\"og:image\" content=\"https://example.com/wp-content/uploads/2024/05/hero.jpg\">"
-        "<link rel='stylesheet' href='https://example.com/wp-content/themes/t/style.css'>"
-        "<style>.hero{background:url(https://example.com/wp-content/uploads/2024/05/hero.jpg)}</style></head><body>"]
-size, i = len(html[0]), 0
-while size < target:
-    u = f"https://example.com/wp-content/uploads/2024/05/photo-{i}"
-    part = (f"<article class=\"post\"><h2><a href=\"https://example.com/blog/post-{i}/\">Post {i}</a></h2>"
-            "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.</p>"
-            f"<img width=\"1024\" height=\"768\" src=\"{u}.jpg\" alt=\"photo {i}\" "
-            f"srcset=\"{u}.jpg 1024w, {u}-300x225.jpg 300w, {u}-768x576.jpg 768w\" "
-            "sizes=\"(max-width: 1024px) 100vw, 1024px\" loading=\"lazy\">"
-            f"<div class=\"bg\" style=\"background-image:url('{u}-bg.jpg')\"></div></article>\n")
-    if i % 10 == 0:
-        esc = u.replace("/", "\\/")
-        part += ("<script type=\"application/ld+json\">{\"@type\":\"ImageObject\",\"url\":\""
-                 f"{esc}.jpg\",\"width\":1024}}</script>\n")
-    html.append(part)
-    size += len(part)
-    i += 1
-html.append("</body></html>")
-open(sys.argv[1], "w").write("".join(html))
-PY
+write_page "$work/www/page.html"
 chmod 644 "$work/www/"*
 urls=$(grep -o 'example.com[\\/]*wp-content[\\/]*uploads' "$work/www/page.html" | wc -l)
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Upload routes against the AWS CLI: the same 1 GiB file posted with curl through offload
-# (release build) in respond mode and in mirror mode (to an app that discards the body), and
+# in respond mode and in mirror mode (to an app that discards the body), and
 # copied with `aws s3 cp` to the same s3s-fs server, in one run. Prints throughputs, ratios
 # to the direct copy, and offload's peak RSS. Targets: >= 0.85x direct, peak RSS <= 64 MiB.
+# offload is the binary as deployed (scripts/build-release.sh), or OFFLOAD_BIN.
 #
 #   scripts/bench/upload.sh
 #   SIZE_MIB=256 scripts/bench/upload.sh
 #
 # Needs: s3s-fs (cargo install s3s-fs@0.14.1 --features binary --locked), Debian's awscli
-# (/usr/bin/aws), GNU time, curl. offload is the release binary (`offload serve` with an
-# s3 store and one [[uploads]] route); the app is examples/upload_bench.rs, which discards
+# (/usr/bin/aws), GNU time, curl. offload runs `offload serve` with an s3 store and one
+# [[uploads]] route; the app is examples/upload_bench.rs, which discards
 # bodies.
 # Note: the s3s-fs binary does not set TCP_NODELAY (see TESTING.md); both offload's and the
 # CLI's PUTs go through the same server, so the comparison stays fair.
@@ -26,9 +27,13 @@ S3SFS=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
 [ -x /usr/bin/aws ] || { echo "install the CLI: apt-get install -y awscli" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "install GNU time: apt-get install -y time" >&2; exit 1; }
 
-cargo build --quiet --release --example upload_bench --bin offload
+cargo build --quiet --release --example upload_bench
 BIN=$CARGO_TARGET_DIR/release/examples/upload_bench
-OFFLOAD=$CARGO_TARGET_DIR/release/offload
+if [[ -n ${OFFLOAD_BIN:-} ]]; then
+    OFFLOAD=$OFFLOAD_BIN
+else
+    OFFLOAD=$(scripts/build-release.sh)
+fi
 
 rm -rf "$WORK" && mkdir -p "$WORK/data/bench"
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$WORK/file"

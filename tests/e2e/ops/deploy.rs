@@ -61,7 +61,7 @@ fn dockerfile_builds_locked_and_runs_unprivileged() {
     let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
     for needle in [
         "FROM rust:1.95-slim-bookworm AS build",
-        "cargo build --release --locked",
+        "scripts/build-release.sh",
         "FROM debian:bookworm-slim",
         "USER offload",
         "HEALTHCHECK",
@@ -69,6 +69,9 @@ fn dockerfile_builds_locked_and_runs_unprivileged() {
     ] {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle:?}");
     }
+    // The image's binary is the profile-guided build, both of whose builds use Cargo.lock.
+    let build = std::fs::read_to_string(repo().join("scripts/build-release.sh")).unwrap();
+    assert_eq!(build.matches("-- --locked --bin offload").count(), 2);
     // The image's default config must keep admin reachable by the in-container HEALTHCHECK.
     let config = std::fs::read_to_string(repo().join("deploy/compose.toml")).unwrap();
     assert!(config.contains("admin_listen = \"127.0.0.1:9090\""));
