@@ -98,6 +98,35 @@ wrk_run() { # key url pid
     fi
 }
 
+# Prints `label offload/nginx: …`, the ratios of the wrk results under key `ours` to those
+# under `theirs`.
+ratios() { # label ours theirs
+    awk -v l="$1" -v o="${rps[$2]}" -v n="${rps[$3]}" -v op="${p99[$2]}" -v np="${p99[$3]}" \
+        -v oc="${cpu_us[$2]}" -v nc="${cpu_us[$3]}" -v om="${machine_us[$2]}" -v nm="${machine_us[$3]}" \
+        'BEGIN { printf "%-9s offload/nginx: requests/s %.2fx, p99 %.2fx, CPU/request %.2fx (machine %.2fx)\n",
+                 l, o / n, op / np, oc / nc, om / nm }'
+}
+
+# The median of the numbers given.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+        END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# Sets the figure `array[key]` to the median of array[key/1] … array[key/rounds].
+median_into() { # array key rounds
+    local -n figures=$1
+    local round values=()
+    for round in $(seq "$3"); do values+=("${figures[$2/$round]}"); done
+    figures[$2]=$(median "${values[@]}")
+}
+
+# Sets every figure of `key` to its median over wrk runs key/1 … key/rounds.
+medians() { # key rounds
+    local metric
+    for metric in rps p50 p99 cpu_us machine_us; do median_into "$metric" "$1" "$2"; done
+}
+
 # Writes a 200 KiB WordPress-like page, the same shape as benches/rewrite.rs: about 1,700
 # upload URLs of https://example.com/wp-content/uploads/ in src, srcset, href, style, og:image
 # and JSON-escaped ld+json.

@@ -4,6 +4,7 @@
 #
 #   scripts/bench/passthrough.sh            # builds offload as deployed (scripts/build-release.sh)
 #   DURATION=30s CONNECTIONS=128 scripts/bench/passthrough.sh
+#   ROUNDS=1 scripts/bench/passthrough.sh   # one pass instead of the median of three
 #
 # Fairness: both proxies keep a keep-alive pool to the upstream, neither writes an access
 # log (nginx: access_log off; offload: log.level = "warn"), both get the same number of
@@ -18,6 +19,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 PROXY_WORKERS=${PROXY_WORKERS:-1}
@@ -59,10 +61,20 @@ for port in $UPSTREAM_PORT $NGINX_PORT $OFFLOAD_PORT; do
     curl -fsS -o /dev/null "http://127.0.0.1:$port/1k.bin" || { echo "port $port does not serve"; exit 1; }
 done
 
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; nginx proxy workers: $PROXY_WORKERS, upstream workers: $UPSTREAM_WORKERS, $(nproc) cores"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS rounds; nginx proxy workers: $PROXY_WORKERS, upstream workers: $UPSTREAM_WORKERS, $(nproc) cores"
+# Rounds alternate the targets, so that a slow spell of the shared machine falls on each of
+# them alike; the table shows each figure's median over the rounds.
+for round in $(seq "$ROUNDS"); do
+    for file in 1k.bin 200k.bin; do
+        for name in direct nginx offload; do
+            wrk_run "$name/$file/$round" "http://127.0.0.1:${port_of[$name]}/$file" "${pid_of[$name]}"
+        done
+        ratios "round $round: $file" "offload/$file/$round" "nginx/$file/$round"
+    done
+done
 for file in 1k.bin 200k.bin; do
     for name in direct nginx offload; do
-        wrk_run "$name/$file" "http://127.0.0.1:${port_of[$name]}/$file" "${pid_of[$name]}"
+        medians "$name/$file" "$ROUNDS"
     done
 done
 
@@ -72,8 +84,5 @@ for file in 1k.bin 200k.bin; do
         k=$name/$file
         printf '%-9s %-8s %12s %10s %10s %12s %16s\n' "$file" "$name" "${rps[$k]}" "${p50[$k]}" "${p99[$k]}" "${cpu_us[$k]}" "${machine_us[$k]}"
     done
-    awk -v o="${rps[offload/$file]}" -v n="${rps[nginx/$file]}" -v op="${p99[offload/$file]}" \
-        -v np="${p99[nginx/$file]}" -v oc="${cpu_us[offload/$file]}" -v nc="${cpu_us[nginx/$file]}" -v f="$file" \
-        -v om="${machine_us[offload/$file]}" -v nm="${machine_us[nginx/$file]}" \
-        'BEGIN { printf "%-9s offload/nginx: requests/s %.2fx, p99 %.2fx, CPU/request %.2fx (machine %.2fx)\n", f, o / n, op / np, oc / nc, om / nm }'
+    ratios "$file" "offload/$file" "nginx/$file"
 done
