@@ -44,8 +44,8 @@ t0=$(date +%s)
 
 # ---------------------------------------------------------------- packages
 # One apt command. `php` + `php8.2-fpm` + `nginx` satisfy wordpress's
-# "apache2 | httpd" and "libapache2-mod-php | php" without apache2; policy-rc.d
-# keeps nginx, php-fpm and mariadb from starting (nginx would grab *:80).
+# "apache2 | httpd" and "libapache2-mod-php | php" without apache2; apt-install.sh keeps
+# nginx, php-fpm and mariadb from starting (nginx would grab *:80).
 PACKAGES=(wordpress php php-cli php8.2-fpm nginx php-mysql php-gd php-xml php-mbstring
   php-curl php-zip php-intl mariadb-server wordpress-theme-twentytwentythree curl)
 need_apt=0
@@ -59,18 +59,7 @@ if [[ $need_apt == 1 ]]; then
   [[ "${WP_SKIP_APT:-0}" == 1 ]] && die "packages missing and WP_SKIP_APT=1"
   [[ $(id -u) == 0 ]] || die "installing packages needs root"
   log "installing packages (apt)"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-cache policy wordpress 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-    apt-get update -q
-  fi
-  policy=/usr/sbin/policy-rc.d
-  [[ -e $policy ]] && die "$policy exists already; not touching it"
-  printf '#!/bin/sh\nexit 101\n' >"$policy"
-  chmod 755 "$policy"
-  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-  apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
-  rm -f "$policy"
-  trap - EXIT
+  "$here/../apt-install.sh" "${PACKAGES[@]}"
   if dpkg-query -W -f='${Status}' apache2 2>/dev/null | grep -q 'install ok installed'; then
     log "warning: apache2 is installed (not by this script's apt command?)"
   fi
