@@ -48,7 +48,8 @@ stamp=$target_dir/pgo-sources.sha256
 find_bolt() {
     local found debian=(/usr/lib/llvm-*/bin/llvm-bolt)
     found=$(command -v llvm-bolt) || found=$(printf '%s\n' "${debian[@]}" | sort -V | tail -1)
-    if [[ -z $found ]] && "$repo/scripts/apt-install.sh" bolt-16 >&2; then
+    # An unmatched glob stays the pattern itself: test for the program, not for emptiness.
+    if [[ ! -x $found ]] && "$repo/scripts/apt-install.sh" bolt-16 >&2; then
         found=/usr/lib/llvm-16/bin/llvm-bolt
     fi
     [[ -x $found ]] && dirname "$found"
