@@ -4,7 +4,7 @@
 #
 #   scripts/bench/passthrough.sh            # builds offload as deployed (scripts/build-release.sh)
 #   DURATION=30s CONNECTIONS=128 scripts/bench/passthrough.sh
-#   ROUNDS=1 scripts/bench/passthrough.sh   # one pass instead of the median of three
+#   ROUNDS=1 scripts/bench/passthrough.sh   # one pass instead of the median of five
 #
 # Fairness: both proxies keep a keep-alive pool to the upstream, neither writes an access
 # log (nginx: access_log off; offload: log.level = "warn"), both get the same number of
@@ -19,7 +19,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 PROXY_WORKERS=${PROXY_WORKERS:-1}
@@ -63,7 +63,8 @@ done
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS rounds; nginx proxy workers: $PROXY_WORKERS, upstream workers: $UPSTREAM_WORKERS, $(nproc) cores"
 # Rounds alternate the targets, so that a slow spell of the shared machine falls on each of
-# them alike; the table shows each figure's median over the rounds.
+# them alike; the table shows each figure's median over the rounds, and the last line of
+# each size the median (lowest-highest) of the per-round ratios.
 for round in $(seq "$ROUNDS"); do
     for file in 1k.bin 200k.bin; do
         for name in direct nginx offload; do
@@ -85,4 +86,5 @@ for file in 1k.bin 200k.bin; do
         printf '%-9s %-8s %12s %10s %10s %12s %16s\n' "$file" "$name" "${rps[$k]}" "${p50[$k]}" "${p99[$k]}" "${cpu_us[$k]}" "${machine_us[$k]}"
     done
     ratios "$file" "offload/$file" "nginx/$file"
+    paired_ratios "$file" "offload/$file" "nginx/$file" "$ROUNDS"
 done
