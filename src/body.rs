@@ -21,6 +21,12 @@ pub type Body = BoxBody<Bytes, BoxError>;
 #[error("no data for {}", humantime::format_duration(*.0))]
 pub struct Stalled(pub std::time::Duration);
 
+/// A request body that went past `server.max_body_size` (this many bytes): the client gets
+/// `413`, and what read the body (the app's connection, an upload) stops.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body larger than server.max_body_size ({})", crate::config::human_size(*.0))]
+pub struct TooLarge(pub u64);
+
 /// An empty body.
 pub fn empty() -> Body {
     Empty::<Bytes>::new()

@@ -67,6 +67,10 @@ pub struct ServerConfig {
     pub max_header_size: ByteSize,
     /// Most headers accepted in one request.
     pub max_headers: usize,
+    /// Largest request body accepted, as nginx's `client_max_body_size`: a larger declared
+    /// length gets `413` before anything reaches the app, a longer chunked body is cut with
+    /// `413` when it gets there. `None` (the default): no limit, as the app has its own.
+    pub max_body_size: Option<ByteSize>,
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are kept and extended; from anyone else
     /// they are replaced.
     pub trusted_proxies: Vec<IpNet>,
@@ -97,6 +101,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             max_header_size: ByteSize::kib(64),
             max_headers: 100,
+            max_body_size: None,
             trusted_proxies: Vec::new(),
             worker_threads: 0,
         }
@@ -556,6 +561,9 @@ impl Config {
         if self.server.max_headers == 0 {
             bail!("server.max_headers: must be at least 1");
         }
+        if self.server.max_body_size == Some(ByteSize(0)) {
+            bail!("server.max_body_size: must be more than 0 (leave it out for no limit)");
+        }
         if self.upstream.pool_max_idle == 0 {
             bail!("upstream.pool_max_idle: must be at least 1 (keep-alive to the app)");
         }
@@ -757,9 +765,34 @@ mod opt_addr {
     }
 }
 
+/// `512 MiB`, `1 GiB`, `100 KiB`, `17 B`: exact sizes as a config file would write them.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    for (unit, name) in UNITS {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    format!("{bytes} B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_like_config() {
+        assert_eq!(human_size(512 << 20), "512 MiB");
+        assert_eq!(human_size(1 << 30), "1 GiB");
+        assert_eq!(human_size(1536), "1536 B");
+        assert_eq!(human_size(3 << 10), "3 KiB");
+        assert_eq!(human_size(0), "0 B");
+    }
 
     fn load(text: &str) -> anyhow::Result<Config> {
         Config::from_toml_with_env(text, &BTreeMap::new())
@@ -797,6 +830,7 @@ mod tests {
             admin_listen = "off"
             header_read_timeout = "250ms"
             max_header_size = "16KiB"
+            max_body_size = "100MiB"
             trusted_proxies = ["10.0.0.0/8", "::1/128"]
             worker_threads = 1
             [[uploads]]
@@ -809,6 +843,7 @@ mod tests {
         assert_eq!(c.server.admin_listen, None);
         assert_eq!(c.server.header_read_timeout, Duration::from_millis(250));
         assert_eq!(c.server.max_header_size, ByteSize::kib(16));
+        assert_eq!(c.server.max_body_size, Some(ByteSize::mib(100)));
         assert_eq!(c.server.trusted_proxies.len(), 2);
         assert_eq!(c.server.worker_threads, 1);
         assert_eq!(c.server.workers(), 1);
@@ -857,6 +892,10 @@ mod tests {
             ),
             ("[upstream]\npool_max_idle = 0", "upstream.pool_max_idle"),
             (
+                "[server]\nmax_body_size = \"0B\"",
+                "server.max_body_size: must be more than 0",
+            ),
+            (
                 "[upstream]\nurl = \"http://app\"\ntls_ca_file = \"/ca.pem\"",
                 "upstream.tls_ca_file: only used with an https://",
             ),
@@ -878,6 +917,7 @@ mod tests {
                 ("OFFLOAD_STORE_BUCKET", "b"),
                 ("OFFLOAD_STORE_PATH_STYLE", "true"),
                 ("OFFLOAD_SERVER_LISTEN", "127.0.0.1:9"),
+                ("OFFLOAD_SERVER_MAX_BODY_SIZE", "2GiB"),
                 ("OFFLOAD_ASSETS_PREFIXES", "[\"/media/\"]"),
                 ("OFFLOAD_PRESET", "wordpress"),
             ],
@@ -886,6 +926,7 @@ mod tests {
         assert_eq!(c.store.bucket, "b");
         assert!(c.store.path_style);
         assert_eq!(c.server.listen, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(c.server.max_body_size, Some(ByteSize::gib(2)));
         assert!(c.assets.prefixes.contains(&"/media/".to_string()));
         assert!(
             c.assets

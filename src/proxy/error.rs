@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{Response, StatusCode, header};
 
-use crate::body::{self, Body, Stalled};
+use crate::body::{self, Body, Stalled, TooLarge};
 
 /// A forwarding failure. The variant picks the status; the message is the short body the
 /// client sees (lowercase, no secrets, no trailing period).
@@ -37,6 +37,10 @@ pub enum ProxyError {
     /// `client_body_timeout`.
     #[error("request body stalled: {}", Stalled(*.0))]
     ClientStalled(Duration),
+    /// The client's request body is longer than `server.max_body_size` (this many bytes):
+    /// `413`, as nginx's `client_max_body_size`.
+    #[error("{}", TooLarge(*.0))]
+    BodyTooLarge(u64),
     /// The upstream configuration cannot be used (found when building [`super::Upstream`]).
     #[error("upstream config: {0}")]
     Config(String),
@@ -50,6 +54,7 @@ impl ProxyError {
             ProxyError::Timeout(_) | ProxyError::BodyNotTaken(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -58,7 +63,10 @@ impl ProxyError {
     pub fn is_clients(&self) -> bool {
         matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) | ProxyError::ClientStalled(_)
+            ProxyError::BadRequest(_)
+                | ProxyError::ClientBody(_)
+                | ProxyError::ClientStalled(_)
+                | ProxyError::BodyTooLarge(_)
         )
     }
 
@@ -72,6 +80,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientBody(_) => "client_body",
             ProxyError::ClientStalled(_) => "client_stalled",
+            ProxyError::BodyTooLarge(_) => "body_too_large",
             ProxyError::Config(_) => "config",
         }
     }
@@ -97,6 +106,9 @@ impl ProxyError {
         while let Some(cause) = source {
             if let Some(Stalled(limit)) = cause.downcast_ref::<Stalled>() {
                 return ProxyError::ClientStalled(*limit);
+            }
+            if let Some(TooLarge(max)) = cause.downcast_ref::<TooLarge>() {
+                return ProxyError::BodyTooLarge(*max);
             }
             source = cause.source();
         }
@@ -155,6 +167,13 @@ mod tests {
         assert_eq!(e.to_string(), "upstream timed out after 1s 500ms");
         let e = ProxyError::Connect("connection refused".into());
         assert_eq!(e.to_string(), "upstream unreachable: connection refused");
+        let e = ProxyError::BodyTooLarge(1 << 20);
+        assert_eq!(
+            e.to_string(),
+            "request body larger than server.max_body_size (1 MiB)"
+        );
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.is_clients());
         let e = ProxyError::BodyNotTaken(Duration::from_secs(60));
         assert_eq!(
             e.to_string(),

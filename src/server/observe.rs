@@ -17,15 +17,16 @@ use tracing::info;
 
 use super::idle::{BodyProgress, RequestInFlight, StallTimer};
 use super::{Answer, AppState};
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, TooLarge};
 use crate::metrics::RequestKind;
 
 /// Boxes the request body, following its progress (bytes, end, whether it is waited on)
 /// when it has any. `stall_limit`: how long the body may keep its reader waiting (see
-/// [`StallTimer`]).
+/// [`StallTimer`]); `max_size`: past this many bytes the body fails with [`TooLarge`].
 pub(super) fn track_request_body(
     req: Request<Incoming>,
     stall_limit: Duration,
+    max_size: Option<u64>,
 ) -> (Request<Body>, Option<Arc<BodyProgress>>) {
     if req.body().is_end_stream() {
         // Nothing to count or read: an empty body needs no allocation, a boxed one would.
@@ -38,6 +39,8 @@ pub(super) fn track_request_body(
             inner,
             progress: tracked,
             stall: StallTimer::new(stall_limit),
+            received: 0,
+            max_size,
         }
         .boxed()
     });
@@ -48,6 +51,9 @@ struct Counted {
     inner: Incoming,
     progress: Arc<BodyProgress>,
     stall: StallTimer,
+    received: u64,
+    /// `server.max_body_size`.
+    max_size: Option<u64>,
 }
 
 impl http_body::Body for Counted {
@@ -63,6 +69,12 @@ impl http_body::Body for Counted {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.progress.add_bytes(data.len());
+                    self.received += data.len() as u64;
+                    if let Some(max) = self.max_size.filter(|max| self.received > *max) {
+                        // Whoever reads it (the app's connection, an upload) stops here,
+                        // and the client gets 413.
+                        return Poll::Ready(Some(Err(TooLarge(max).into())));
+                    }
                 }
                 // Readers stop at the last frame of a body of known length.
                 if self.inner.is_end_stream() {

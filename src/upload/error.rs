@@ -5,6 +5,7 @@ use http::{Response, StatusCode, header};
 use serde_json::json;
 
 use crate::body::{self, Body, Stalled};
+use crate::config::human_size;
 use crate::proxy::ProxyError;
 use crate::store::StoreError;
 
@@ -152,35 +153,10 @@ pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Re
     resp
 }
 
-/// `512 MiB`, `1 GiB`, `100 KiB`, `17 B`: exact sizes as a config file would write them.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (1 << 40, "TiB"),
-        (1 << 30, "GiB"),
-        (1 << 20, "MiB"),
-        (1 << 10, "KiB"),
-    ];
-    for (unit, name) in UNITS {
-        if bytes >= unit && bytes.is_multiple_of(unit) {
-            return format!("{} {name}", bytes / unit);
-        }
-    }
-    format!("{bytes} B")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-
-    #[test]
-    fn sizes_read_like_config() {
-        assert_eq!(human_size(512 << 20), "512 MiB");
-        assert_eq!(human_size(1 << 30), "1 GiB");
-        assert_eq!(human_size(1536), "1536 B");
-        assert_eq!(human_size(3 << 10), "3 KiB");
-        assert_eq!(human_size(0), "0 B");
-    }
 
     #[tokio::test]
     async fn limits_name_themselves() {

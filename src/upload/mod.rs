@@ -53,9 +53,9 @@ pub use policy::{download_disposition, sanitize_filename};
 pub use routes::{UploadRoute, UploadRoutes};
 pub use sink::StoredFile;
 
-use crate::body::{Body, Stalled};
+use crate::body::{Body, Stalled, TooLarge};
 use crate::config::UploadMode;
-use crate::proxy::{ClientInfo, Upstream};
+use crate::proxy::{ClientInfo, ProxyError, Upstream};
 use crate::store::Store;
 use multipart::BodyKind;
 
@@ -136,6 +136,9 @@ fn client_stream(body: Body) -> impl Stream<Item = Result<Bytes, UploadError>> +
     body.into_data_stream()
         .map_err(|e| match e.downcast::<Stalled>() {
             Ok(stalled) => UploadError::ClientStalled(*stalled),
-            Err(e) => UploadError::ClientBody(e.to_string()),
+            Err(e) => match e.downcast::<TooLarge>() {
+                Ok(too_large) => UploadError::App(ProxyError::BodyTooLarge(too_large.0)),
+                Err(e) => UploadError::ClientBody(e.to_string()),
+            },
         })
 }

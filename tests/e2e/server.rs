@@ -702,3 +702,117 @@ async fn an_http2_stream_whose_answer_stalls_is_reset_while_others_go_on() {
     assert!(body.is_err(), "the stalled answer is cut short: {body:?}");
     app_closed_while_others_went_on(&mut app_closed, busy).await;
 }
+
+/// Sends `head`, then `chunk` over and over (as an uploader does until it sees an answer),
+/// and returns what the proxy answered before it closed the connection.
+async fn send_until_answered(addr: std::net::SocketAddr, head: String, chunk: Vec<u8>) -> String {
+    let (mut from_proxy, mut to_proxy) = TcpStream::connect(addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let sending = tokio::spawn(async move {
+        if to_proxy.write_all(head.as_bytes()).await.is_ok() {
+            while to_proxy.write_all(&chunk).await.is_ok() {}
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), from_proxy.read_to_end(&mut answer))
+        .await
+        .expect("the proxy answers and closes within 10 s");
+    sending.abort();
+    assert!(read.is_ok(), "{read:?}");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// One 64 KiB chunk of a chunked body, framed.
+fn body_chunk() -> Vec<u8> {
+    let mut chunk = b"10000\r\n".to_vec();
+    chunk.extend(std::iter::repeat_n(b'x', 64 * 1024));
+    chunk.extend(b"\r\n");
+    chunk
+}
+
+const MAX_BODY: u64 = 1 << 20;
+const TOO_LARGE: &str = "request body larger than server.max_body_size (1 MiB)\n";
+
+/// `server.max_body_size`, as nginx's `client_max_body_size`: a body of exactly the limit
+/// passes byte for byte; a longer declared length gets 413 before the app sees anything; a
+/// chunked body is cut with 413 where it passes the limit.
+#[tokio::test]
+async fn bodies_over_server_max_body_size_get_413() {
+    let (app, proxy) = app_and_proxy(|c| {
+        c.server.max_body_size = Some(bytesize::ByteSize(MAX_BODY));
+    })
+    .await;
+    for chunked in [false, true] {
+        let mut req = client()
+            .post(proxy.url("/at-the-limit"))
+            .body(reqwest::Body::wrap_stream(crate::support::pattern_stream(
+                MAX_BODY,
+            )));
+        if !chunked {
+            req = req.header("content-length", MAX_BODY);
+        }
+        let resp = req.send().await.expect("answer");
+        assert_eq!(resp.status(), 200, "chunked={chunked}");
+        let echo = Echo::parse(&resp.text().await.expect("echo"));
+        assert_eq!(
+            (echo.body_len, echo.body_sha256),
+            (MAX_BODY, crate::support::pattern_sha256(MAX_BODY)),
+            "chunked={chunked}"
+        );
+    }
+
+    let declared = format!(
+        "POST /declared HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        MAX_BODY + 1
+    );
+    let answer = send_until_answered(proxy.addr, declared, vec![b'x'; 64 * 1024]).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{answer}"
+    );
+    assert_eq!(raw_body(&answer), TOO_LARGE);
+    assert!(
+        !app.seen().iter().any(|r| r.contains("/declared")),
+        "the app saw a refused request: {:?}",
+        app.seen()
+    );
+
+    let chunked = "POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let answer = send_until_answered(proxy.addr, chunked.into(), body_chunk()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{answer}"
+    );
+    assert_eq!(raw_body(&answer), TOO_LARGE);
+}
+
+/// An upload route's own `max_body_size` may be larger: the server's limit still holds, and
+/// the answer names it.
+#[tokio::test]
+async fn an_upload_over_server_max_body_size_gets_413() {
+    let app = App::start().await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut config = config_for(app.addr);
+    config.store.root = data.path().to_path_buf();
+    config.server.max_body_size = Some(bytesize::ByteSize(MAX_BODY));
+    config.uploads = vec![offload::config::UploadRouteConfig {
+        path: "/upload".into(),
+        mode: offload::config::UploadMode::Respond,
+        ..Default::default()
+    }];
+    let proxy = Proxy::start(config).await;
+    let part = "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"big.bin\"\r\n\r\n";
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{part}\r\n",
+        part.len()
+    );
+    let answer = send_until_answered(proxy.addr, head, body_chunk()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{answer}"
+    );
+    assert_eq!(raw_body(&answer), TOO_LARGE);
+}
