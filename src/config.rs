@@ -80,6 +80,11 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// `max_body_size` in bytes; `None`: no limit.
+    pub fn max_body_bytes(&self) -> Option<u64> {
+        self.max_body_size.map(|max| max.as_u64())
+    }
+
     /// How many worker threads serve requests: `worker_threads`, or one per CPU core.
     pub fn workers(&self) -> usize {
         match self.worker_threads {

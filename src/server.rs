@@ -235,7 +235,7 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientI
     }
     // A declared length over `server.max_body_size` is refused before anything reaches the
     // app or the store (a chunked body is cut where it passes the limit: `track_request_body`).
-    if let Some(max) = state.config.server.max_body_size.map(|max| max.as_u64())
+    if let Some(max) = state.config.server.max_body_bytes()
         && http_body::Body::size_hint(req.body()).lower() > max
     {
         let response = ProxyError::BodyTooLarge(max).into_response();
@@ -448,7 +448,7 @@ async fn handle(
     let http2 = req.version() == http::Version::HTTP_2;
     let logged = Logged::of(&req);
     let idle_timeout = state.config.server.idle_timeout;
-    let max_body_size = state.config.server.max_body_size.map(|max| max.as_u64());
+    let max_body_size = state.config.server.max_body_bytes();
     let (req, body) = track_request_body(req, idle_timeout, max_body_size);
     let mut in_flight = connection.begin(http2, body.clone());
     let routed = route(Arc::clone(&state), req, client);

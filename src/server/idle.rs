@@ -114,8 +114,9 @@ impl Default for BodyProgress {
 }
 
 impl BodyProgress {
-    pub(super) fn add_bytes(&self, n: usize) {
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    /// Counts `n` more bytes; returns the body's bytes so far.
+    pub(super) fn add_bytes(&self, n: usize) -> u64 {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64
     }
 
     /// The body has been read to its end.

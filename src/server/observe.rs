@@ -39,7 +39,6 @@ pub(super) fn track_request_body(
             inner,
             progress: tracked,
             stall: StallTimer::new(stall_limit),
-            received: 0,
             max_size,
         }
         .boxed()
@@ -51,7 +50,6 @@ struct Counted {
     inner: Incoming,
     progress: Arc<BodyProgress>,
     stall: StallTimer,
-    received: u64,
     /// `server.max_body_size`.
     max_size: Option<u64>,
 }
@@ -68,9 +66,8 @@ impl http_body::Body for Counted {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.progress.add_bytes(data.len());
-                    self.received += data.len() as u64;
-                    if let Some(max) = self.max_size.filter(|max| self.received > *max) {
+                    let received = self.progress.add_bytes(data.len());
+                    if let Some(max) = self.max_size.filter(|max| received > *max) {
                         // Whoever reads it (the app's connection, an upload) stops here,
                         // and the client gets 413.
                         return Poll::Ready(Some(Err(TooLarge(max).into())));

@@ -487,42 +487,18 @@ async fn an_app_that_stops_reading_the_body_is_cut_off_after_the_idle_timeout() 
 /// with curl: "Send failure: Broken pipe" and no status, two times in three).
 #[tokio::test]
 async fn a_client_still_sending_a_refused_body_reads_the_answer() {
-    let app = App::start().await;
-    let data = tempfile::tempdir().expect("temp dir");
-    let mut config = config_for(app.addr);
-    config.store.root = data.path().to_path_buf();
-    config.uploads = vec![offload::config::UploadRouteConfig {
-        path: "/upload".into(),
-        mode: offload::config::UploadMode::Respond,
-        max_file_size: bytesize::ByteSize::kib(64),
-        ..Default::default()
-    }];
-    let proxy = Proxy::start(config).await;
+    let (_app, _data, proxy) = proxy_with_upload_route(|config| {
+        config.uploads[0].max_file_size = bytesize::ByteSize::kib(64);
+    })
+    .await;
     let head = "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"big.bin\"\r\n\r\n";
     let request = format!(
         "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n\
          Content-Length: 1000000000\r\n\r\n{head}"
     );
     for attempt in 0..5 {
-        let (mut from_proxy, mut to_proxy) = TcpStream::connect(proxy.addr)
-            .await
-            .expect("connect")
-            .into_split();
-        let request = request.clone();
-        // Keeps sending, as an uploader does until it sees the answer or the connection end.
-        let sending = tokio::spawn(async move {
-            let chunk = vec![b'x'; 64 * 1024];
-            if to_proxy.write_all(request.as_bytes()).await.is_ok() {
-                while to_proxy.write_all(&chunk).await.is_ok() {}
-            }
-        });
-        let mut answer = Vec::new();
-        let read =
-            tokio::time::timeout(Duration::from_secs(5), from_proxy.read_to_end(&mut answer))
-                .await
-                .expect("the proxy closes within 5 s");
-        assert!(read.is_ok(), "attempt {attempt}: {read:?}");
-        let answer = String::from_utf8_lossy(&answer);
+        let (answer, sending) =
+            send_until_answered(proxy.addr, request.clone(), vec![b'x'; 64 * 1024]).await;
         assert!(
             answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
             "attempt {attempt}: {answer:?}"
@@ -537,6 +513,25 @@ async fn a_client_still_sending_a_refused_body_reads_the_answer() {
         assert!(!sending.is_finished(), "attempt {attempt}: a write failed");
         sending.abort();
     }
+}
+
+/// An app, and offload in front of it with one upload route, `/upload` in respond mode,
+/// storing into a temporary folder (kept alive by the caller); `tweak` adjusts the config.
+async fn proxy_with_upload_route(
+    tweak: impl FnOnce(&mut offload::config::Config),
+) -> (App, tempfile::TempDir, Proxy) {
+    let app = App::start().await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut config = config_for(app.addr);
+    config.store.root = data.path().to_path_buf();
+    config.uploads = vec![offload::config::UploadRouteConfig {
+        path: "/upload".into(),
+        mode: offload::config::UploadMode::Respond,
+        ..Default::default()
+    }];
+    tweak(&mut config);
+    let proxy = Proxy::start(config).await;
+    (app, data, proxy)
 }
 
 /// Waiting for the app's answer is `upstream.response_timeout`'s business, even when it is
@@ -704,8 +699,13 @@ async fn an_http2_stream_whose_answer_stalls_is_reset_while_others_go_on() {
 }
 
 /// Sends `head`, then `chunk` over and over (as an uploader does until it sees an answer),
-/// and returns what the proxy answered before it closed the connection.
-async fn send_until_answered(addr: std::net::SocketAddr, head: String, chunk: Vec<u8>) -> String {
+/// and returns what the proxy answered before it closed the connection, with the sending
+/// task (still running while the proxy reads and throws away what comes; abort it).
+async fn send_until_answered(
+    addr: std::net::SocketAddr,
+    head: String,
+    chunk: Vec<u8>,
+) -> (String, tokio::task::JoinHandle<()>) {
     let (mut from_proxy, mut to_proxy) = TcpStream::connect(addr)
         .await
         .expect("connect")
@@ -716,12 +716,11 @@ async fn send_until_answered(addr: std::net::SocketAddr, head: String, chunk: Ve
         }
     });
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), from_proxy.read_to_end(&mut answer))
+    let read = tokio::time::timeout(Duration::from_secs(5), from_proxy.read_to_end(&mut answer))
         .await
-        .expect("the proxy answers and closes within 10 s");
-    sending.abort();
+        .expect("the proxy answers and closes within 5 s");
     assert!(read.is_ok(), "{read:?}");
-    String::from_utf8_lossy(&answer).into_owned()
+    (String::from_utf8_lossy(&answer).into_owned(), sending)
 }
 
 /// One 64 KiB chunk of a chunked body, framed.
@@ -767,7 +766,8 @@ async fn bodies_over_server_max_body_size_get_413() {
         "POST /declared HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
         MAX_BODY + 1
     );
-    let answer = send_until_answered(proxy.addr, declared, vec![b'x'; 64 * 1024]).await;
+    let (answer, sending) = send_until_answered(proxy.addr, declared, vec![b'x'; 64 * 1024]).await;
+    sending.abort();
     assert!(
         answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
         "{answer}"
@@ -780,7 +780,8 @@ async fn bodies_over_server_max_body_size_get_413() {
     );
 
     let chunked = "POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
-    let answer = send_until_answered(proxy.addr, chunked.into(), body_chunk()).await;
+    let (answer, sending) = send_until_answered(proxy.addr, chunked.into(), body_chunk()).await;
+    sending.abort();
     assert!(
         answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
         "{answer}"
@@ -792,24 +793,19 @@ async fn bodies_over_server_max_body_size_get_413() {
 /// the answer names it.
 #[tokio::test]
 async fn an_upload_over_server_max_body_size_gets_413() {
-    let app = App::start().await;
-    let data = tempfile::tempdir().expect("temp dir");
-    let mut config = config_for(app.addr);
-    config.store.root = data.path().to_path_buf();
-    config.server.max_body_size = Some(bytesize::ByteSize(MAX_BODY));
-    config.uploads = vec![offload::config::UploadRouteConfig {
-        path: "/upload".into(),
-        mode: offload::config::UploadMode::Respond,
-        ..Default::default()
-    }];
-    let proxy = Proxy::start(config).await;
+    // The route keeps its default max_body_size (1 GiB).
+    let (_app, _data, proxy) = proxy_with_upload_route(|config| {
+        config.server.max_body_size = Some(bytesize::ByteSize(MAX_BODY));
+    })
+    .await;
     let part = "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"big.bin\"\r\n\r\n";
     let head = format!(
         "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n\
          Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{part}\r\n",
         part.len()
     );
-    let answer = send_until_answered(proxy.addr, head, body_chunk()).await;
+    let (answer, sending) = send_until_answered(proxy.addr, head, body_chunk()).await;
+    sending.abort();
     assert!(
         answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
         "{answer}"
