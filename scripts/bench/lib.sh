@@ -107,22 +107,30 @@ ratios() { # label ours theirs
                  l, o / n, op / np, oc / nc, om / nm }'
 }
 
-# Prints `label offload/nginx per round: …`: the median, lowest and highest over rounds
-# 1 … rounds of the per-round ratios of `ours` to `theirs` (keys ours/round, theirs/round).
-# Each round measures both back to back, so a slow spell of the shared machine moves both
-# figures of a pair; the median of the pairs shows less of it than the ratio of the medians.
-paired_ratios() { # label ours theirs rounds
-    local round rps_ratios=() p99_ratios=()
+# Prints `label names per round: …` (names: default offload/nginx): the median, lowest and
+# highest over rounds 1 … rounds of the per-round ratios of `ours` to `theirs` (keys
+# ours/round, theirs/round) for requests/s, p99 and CPU per request. Each round measures both
+# back to back, so a slow spell of the shared machine moves both figures of a pair; the
+# median of the pairs shows less of it than the ratio of the medians.
+paired_ratios() { # label ours theirs rounds [names]
+    local round metric ours theirs values
+    local -A per_round=()
     for round in $(seq "$4"); do
-        rps_ratios+=("$(awk -v o="${rps[$2/$round]}" -v n="${rps[$3/$round]}" 'BEGIN { print o / n }')")
-        p99_ratios+=("$(awk -v o="${p99[$2/$round]}" -v n="${p99[$3/$round]}" 'BEGIN { print o / n }')")
+        for metric in rps p99 cpu_us; do
+            ours="${metric}[$2/$round]" theirs="${metric}[$3/$round]"
+            per_round[$metric]+="$(awk -v o="${!ours}" -v n="${!theirs}" 'BEGIN { print o / n }') "
+        done
     done
-    awk -v l="$1" -v r="$(median "${rps_ratios[@]}")" -v p="$(median "${p99_ratios[@]}")" \
-        -v rs="$(printf '%s\n' "${rps_ratios[@]}" | sort -g | sed -n '1p;$p' | tr '\n' ' ')" \
-        -v ps="$(printf '%s\n' "${p99_ratios[@]}" | sort -g | sed -n '1p;$p' | tr '\n' ' ')" \
-        'BEGIN { split(rs, a, " "); split(ps, b, " ");
-                 printf "%-9s offload/nginx per round: requests/s %.2fx (%.2f-%.2f), p99 %.2fx (%.2f-%.2f)\n",
-                 l, r, a[1], a[2], p, b[1], b[2] }'
+    printf '%-9s %s per round:' "$1" "${5:-offload/nginx}"
+    for metric in rps p99 cpu_us; do
+        read -r -a values <<<"${per_round[$metric]}"
+        awk -v m="$metric" -v med="$(median "${values[@]}")" \
+            -v lo="$(printf '%s\n' "${values[@]}" | sort -g | head -1)" \
+            -v hi="$(printf '%s\n' "${values[@]}" | sort -g | tail -1)" \
+            'BEGIN { name["rps"] = "requests/s"; name["p99"] = "p99"; name["cpu_us"] = "CPU/request";
+                     printf "%s %s %.2fx (%.2f-%.2f)", (m == "rps" ? "" : ","), name[m], med, lo, hi }'
+    done
+    echo
 }
 
 # The median of the numbers given.

@@ -5,6 +5,11 @@
 #   scripts/bench/passthrough.sh            # builds offload as deployed (scripts/build-release.sh)
 #   DURATION=30s CONNECTIONS=128 scripts/bench/passthrough.sh
 #   ROUNDS=1 scripts/bench/passthrough.sh   # one pass instead of the median of five
+#   COMPARE_BIN=path/to/offload scripts/bench/passthrough.sh
+#
+# COMPARE_BIN adds another offload binary (the same config, its own port) as target
+# `offload-b`, measured in every round right after `offload`, and prints the per-round ratios
+# of offload to it: an A/B of two builds on the same machine at the same time.
 #
 # Fairness: both proxies keep a keep-alive pool to the upstream, neither writes an access
 # log (nginx: access_log off; offload: log.level = "warn"), both get the same number of
@@ -28,6 +33,7 @@ BASE_PORT=${BASE_PORT:-28080}
 UPSTREAM_PORT=$((BASE_PORT + 1))
 NGINX_PORT=$((BASE_PORT + 2))
 OFFLOAD_PORT=$((BASE_PORT + 3))
+COMPARE_PORT=$((BASE_PORT + 4))
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=scripts/bench/lib.sh
@@ -54,10 +60,19 @@ level = "warn"
 CONF
 
 declare -A port_of=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [offload]=$OFFLOAD_PORT)
+targets=(direct nginx offload)
 start_servers
+if [[ -n ${COMPARE_BIN:-} ]]; then
+    cp "$COMPARE_BIN" "$work/offload-b"
+    sed "s/127.0.0.1:$OFFLOAD_PORT/127.0.0.1:$COMPARE_PORT/" "$work/offload.toml" >"$work/offload-b.toml"
+    start offload-b "$work/offload-b" serve --config "$work/offload-b.toml" >"$work/offload-b.log" 2>&1
+    port_of[offload-b]=$COMPARE_PORT
+    targets+=(offload-b)
+fi
 
-for port in $UPSTREAM_PORT $NGINX_PORT $OFFLOAD_PORT; do wait_port "$port"; done
-for port in $UPSTREAM_PORT $NGINX_PORT $OFFLOAD_PORT; do
+for name in "${targets[@]}"; do wait_port "${port_of[$name]}"; done
+for name in "${targets[@]}"; do
+    port=${port_of[$name]}
     curl -fsS -o /dev/null "http://127.0.0.1:$port/1k.bin" || { echo "port $port does not serve"; exit 1; }
 done
 
@@ -67,24 +82,27 @@ echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS rounds; nginx
 # each size the median (lowest-highest) of the per-round ratios.
 for round in $(seq "$ROUNDS"); do
     for file in 1k.bin 200k.bin; do
-        for name in direct nginx offload; do
+        for name in "${targets[@]}"; do
             wrk_run "$name/$file/$round" "http://127.0.0.1:${port_of[$name]}/$file" "${pid_of[$name]}"
         done
         ratios "round $round: $file" "offload/$file/$round" "nginx/$file/$round"
     done
 done
 for file in 1k.bin 200k.bin; do
-    for name in direct nginx offload; do
+    for name in "${targets[@]}"; do
         medians "$name/$file" "$ROUNDS"
     done
 done
 
-printf '\n%-9s %-8s %12s %10s %10s %12s %16s\n' size target "requests/s" "p50 ms" "p99 ms" "CPU us/req" "machine us/req"
+printf '\n%-9s %-9s %12s %10s %10s %12s %16s\n' size target "requests/s" "p50 ms" "p99 ms" "CPU us/req" "machine us/req"
 for file in 1k.bin 200k.bin; do
-    for name in direct nginx offload; do
+    for name in "${targets[@]}"; do
         k=$name/$file
-        printf '%-9s %-8s %12s %10s %10s %12s %16s\n' "$file" "$name" "${rps[$k]}" "${p50[$k]}" "${p99[$k]}" "${cpu_us[$k]}" "${machine_us[$k]}"
+        printf '%-9s %-9s %12s %10s %10s %12s %16s\n' "$file" "$name" "${rps[$k]}" "${p50[$k]}" "${p99[$k]}" "${cpu_us[$k]}" "${machine_us[$k]}"
     done
     ratios "$file" "offload/$file" "nginx/$file"
     paired_ratios "$file" "offload/$file" "nginx/$file" "$ROUNDS"
+    if [[ -n ${COMPARE_BIN:-} ]]; then
+        paired_ratios "$file" "offload/$file" "offload-b/$file" "$ROUNDS" offload/offload-b
+    fi
 done
