@@ -5,6 +5,7 @@
 #
 #   scripts/bench/instructions.sh
 #   REQUESTS_FOR=20s scripts/bench/instructions.sh
+#   CACHE_SIM=1 scripts/bench/instructions.sh   # and simulated L1 cache misses per request
 #
 # Why next to the wrk benchmarks: on a shared, noisy machine requests/s move by several
 # percent between runs, and a change worth 2% cannot be told from noise. Instructions
@@ -12,6 +13,10 @@
 # from run to run, so a change's effect on the proxy's own work shows at once. They are not
 # the whole cost: the kernel's share (sockets, wake-ups) and cache misses are left out, so
 # wrk (scripts/bench/passthrough.sh) has the last word on speed.
+#
+# CACHE_SIM=1 has callgrind simulate the caches too (the host's L1 sizes) and adds L1
+# instruction, data-read and data-write misses per request: two proxies with about the same
+# instructions can differ in those, and a miss costs several instructions' time.
 #
 # Each proxy runs under callgrind (~50x slower), so wrk uses 16 connections for
 # REQUESTS_FOR (default 10s) after a warm-up; counters are zeroed after the warm-up and
@@ -51,13 +56,14 @@ CONF
 start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
 wait_port "$upstream_port"
 
-declare -A instructions requests
+declare -A instructions requests misses
 # Runs `command...` under callgrind on proxy_port, loads it and records its instructions
 # per request under `name`.
 count() { # name command...
     local name=$1 out=$work/callgrind.$1 pid n
     shift
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" 2>"$work/valgrind.$name.log" &
+    valgrind --tool=callgrind ${CACHE_SIM:+--cache-sim=yes} --callgrind-out-file="$out" "$@" \
+        2>"$work/valgrind.$name.log" &
     pid=$!
     pids+=("$pid")
     wait_port "$proxy_port"
@@ -72,6 +78,9 @@ count() { # name command...
     wait "$pid" 2>/dev/null || true
     requests[$name]=$n
     instructions[$name]=$(awk -v n="$n" '/^summary:/ { printf "%.0f", $2 / n }' "$out.1")
+    # With the cache simulation the summary reads: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
+    misses[$name]=$(awk -v n="$n" '/^summary:/ && NF >= 8 {
+        printf "%.0f %.0f %.0f", $5 / n, $6 / n, $7 / n }' "$out.1")
 }
 
 names=(nginx hyper-paired hyper-pooled offload)
@@ -81,8 +90,13 @@ count hyper-pooled "$work/hyper_floor" pooled "127.0.0.1:$proxy_port" "127.0.0.1
 count offload "$offload_bin" serve --config "$work/offload.toml"
 
 printf '\n1k.bin through each proxy under callgrind, wrk -t1 -c16 -d%s\n' "$REQUESTS_FOR"
-printf '%-13s %10s %22s %10s\n' target requests "instructions/request" "vs nginx"
+printf '%-13s %10s %22s %10s' target requests "instructions/request" "vs nginx"
+[[ -n ${CACHE_SIM:-} ]] && printf ' %15s %15s %15s' "L1i miss/req" "L1d rd miss/req" "L1d wr miss/req"
+echo
 for name in "${names[@]}"; do
     ratio=$(awk -v a="${instructions[$name]}" -v b="${instructions[nginx]}" 'BEGIN { printf "%.2fx", a / b }')
-    printf '%-13s %10s %22s %10s\n' "$name" "${requests[$name]}" "${instructions[$name]}" "$ratio"
+    printf '%-13s %10s %22s %10s' "$name" "${requests[$name]}" "${instructions[$name]}" "$ratio"
+    # shellcheck disable=SC2086 # three numbers
+    [[ -n ${CACHE_SIM:-} ]] && printf ' %15s %15s %15s' ${misses[$name]}
+    echo
 done
