@@ -18,3 +18,4 @@ pub mod rewrite;
 pub mod server;
 pub mod store;
 pub mod upload;
+pub mod worker;

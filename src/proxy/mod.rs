@@ -19,5 +19,4 @@ mod upstream;
 
 pub use error::ProxyError;
 pub use headers::host_problem;
-pub use pool::set_thread_worker;
 pub use upstream::{ClientInfo, Upstream, UpstreamTiming};

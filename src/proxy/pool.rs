@@ -14,14 +14,13 @@
 //! nginx worker keeps its own `keepalive` cache: a connection's socket is registered with the
 //! runtime of the thread that opened it, and taken up on another thread every readiness event
 //! of it would have to be handed across threads. A thread says which worker it is with
-//! [`set_thread_worker`]; others use the first worker's list.
+//! [`crate::worker::set_current`]; others use the first worker's list.
 //!
 //! Idle connections are not polled, so an app closing one is noticed when it is next taken
 //! (each is polled once then, and a closed one is dropped) or by the sweep that also closes
 //! those idle longer than `upstream.pool_idle_timeout`. A request that still meets a
 //! connection the app has just closed is retried by [`super::Upstream`].
 
-use std::cell::Cell;
 use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -109,17 +108,6 @@ impl Shard {
     }
 }
 
-thread_local! {
-    /// The worker this thread is, which picks its shard of every pool.
-    static THREAD_WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Makes this thread worker `index`: from now on it takes and returns idle connections of
-/// that worker's own (see the module docs).
-pub fn set_thread_worker(index: usize) {
-    THREAD_WORKER.set(index);
-}
-
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
@@ -163,7 +151,7 @@ impl Pool {
 
     /// This thread's shard (a thread numbered past the workers shares one: still correct).
     fn shard(&self) -> (usize, &Shard) {
-        let index = THREAD_WORKER.get() % self.shards.len();
+        let index = crate::worker::current() % self.shards.len();
         (index, &self.shards[index])
     }
 

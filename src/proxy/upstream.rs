@@ -55,7 +55,7 @@ impl Upstream {
     }
 
     /// Builds the client pool for `cfg` with idle connections kept per worker thread, for
-    /// `workers` of them (see [`super::set_thread_worker`]).
+    /// `workers` of them (see [`crate::worker`]).
     pub fn for_workers(cfg: &UpstreamConfig, workers: usize) -> Result<Upstream, ProxyError> {
         let url = &cfg.url;
         let https = match url.scheme() {

@@ -7,7 +7,7 @@
 //! ran, idle threads are woken to steal, each socket's events arrive on whichever thread
 //! polls the I/O driver). Here a connection stays on the worker it was given for its life,
 //! and its requests take app connections from that worker's own keep-alive list
-//! ([`crate::proxy::set_thread_worker`]), so a request's I/O never leaves its thread.
+//! ([`crate::worker::set_current`]), so a request's I/O never leaves its thread.
 //! The price is nginx's too: a connection whose request keeps its thread busy (hashing,
 //! rewriting) delays the others on that thread, where work stealing would move them.
 //!
@@ -110,7 +110,7 @@ fn start_thread(index: usize, stop: CancellationToken) -> io::Result<Handle> {
     std::thread::Builder::new()
         .name(format!("offload-worker-{index}"))
         .spawn(move || {
-            crate::proxy::set_thread_worker(index);
+            crate::worker::set_current(index);
             runtime.block_on(stop.cancelled());
         })?;
     Ok(handle)
