@@ -119,7 +119,7 @@ impl AppState {
         Ok(AppState {
             config,
             upstream,
-            metrics: Metrics::new(),
+            metrics: Metrics::for_workers(workers),
             store,
             presence,
             uploads,
