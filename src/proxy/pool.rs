@@ -10,11 +10,12 @@
 //! When the body has ended, the connection goes back to the pool, as nginx's `keepalive`
 //! cache does; a body dropped half-read closes it (its rest would still be in the socket).
 //!
-//! Each worker thread (`server.worker_threads`) keeps idle connections of its own, as each
-//! nginx worker keeps its own `keepalive` cache: a connection's socket is registered with the
-//! runtime of the thread that opened it, and taken up on another thread every readiness event
-//! of it would have to be handed across threads. A thread says which worker it is with
-//! [`crate::worker::set_current`]; others use the first worker's list.
+//! Each worker thread (`server.worker_threads`) has a pool of its own (see
+//! [`super::Upstream`]), as each nginx worker keeps its own `keepalive` cache: a
+//! connection's socket is registered with the runtime of the thread that opened it, and taken
+//! up on another thread every readiness event of it would have to be handed across threads.
+//! Nor does a request write memory another worker writes (the idle list's lock, the pool's
+//! reference count): on a line another core wrote last, each such write is a cache miss.
 //!
 //! Idle connections are not polled, so an app closing one is noticed when it is next taken
 //! (each is polled once then, and a closed one is dropped) or by the sweep that also closes
@@ -79,46 +80,28 @@ pub(super) struct SendFailure {
     pub(super) request: Option<Request<Body>>,
 }
 
-/// The keep-alive pool: idle connections, most recently used last.
+/// One worker's keep-alive pool: idle connections, most recently used last. Aligned so that
+/// no two workers' pools share a cache line.
+#[repr(align(128))]
 pub(super) struct Pool {
     connector: AppConnector,
     /// `http://host:port/` or `https://…`: where the connector connects.
     target: Uri,
     /// Bounds opening a connection: TCP connect, TLS handshake and all.
     connect_timeout: Duration,
-    /// The idle connections of each worker thread.
-    shards: Box<[Shard]>,
-    /// Per worker thread, as nginx's `keepalive` is per worker process.
+    /// Idle connections, most recently used last.
+    idle: Mutex<Vec<Idle>>,
+    /// Whether the sweep of idle connections has been started.
+    sweeping: Once,
+    /// As nginx's `keepalive`, per worker.
     max_idle: usize,
     idle_timeout: Duration,
-}
-
-/// One worker thread's idle connections, most recently used last.
-struct Shard {
-    idle: Mutex<Vec<Idle>>,
-    sweeping: Once,
-}
-
-impl Shard {
-    fn new() -> Shard {
-        Shard {
-            idle: Mutex::new(Vec::new()),
-            sweeping: Once::new(),
-        }
-    }
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field(
-                "idle",
-                &self
-                    .shards
-                    .iter()
-                    .map(|s| lock(&s.idle).len())
-                    .sum::<usize>(),
-            )
+            .field("idle", &lock(&self.idle).len())
             .field("max_idle", &self.max_idle)
             .field("idle_timeout", &self.idle_timeout)
             .finish()
@@ -131,28 +114,18 @@ struct Idle {
 }
 
 impl Pool {
-    /// A pool of connections to `target` for `workers` worker threads, bounded by
-    /// `[upstream]`'s `connect_timeout`, `pool_max_idle` and `pool_idle_timeout`.
-    pub(super) fn new(
-        connector: AppConnector,
-        target: Uri,
-        cfg: &UpstreamConfig,
-        workers: usize,
-    ) -> Pool {
+    /// A pool of connections to `target`, bounded by `[upstream]`'s `connect_timeout`,
+    /// `pool_max_idle` and `pool_idle_timeout`.
+    pub(super) fn new(connector: AppConnector, target: Uri, cfg: &UpstreamConfig) -> Pool {
         Pool {
             connector,
             target,
             connect_timeout: cfg.connect_timeout,
-            shards: (0..workers.max(1)).map(|_| Shard::new()).collect(),
+            idle: Mutex::new(Vec::new()),
+            sweeping: Once::new(),
             max_idle: cfg.pool_max_idle,
             idle_timeout: cfg.pool_idle_timeout,
         }
-    }
-
-    /// This thread's shard (a thread numbered past the workers shares one: still correct).
-    fn shard(&self) -> (usize, &Shard) {
-        let index = crate::worker::current() % self.shards.len();
-        (index, &self.shards[index])
     }
 
     /// Where the pool connects.
@@ -221,7 +194,7 @@ impl Pool {
     }
 
     fn pop_idle(&self) -> Option<Conn> {
-        let mut idle = lock(&self.shard().1.idle);
+        let mut idle = lock(&self.idle);
         let entry = idle.pop()?;
         if entry.since.elapsed() < self.idle_timeout {
             return Some(entry.conn);
@@ -237,9 +210,8 @@ impl Pool {
             return;
         }
         conn.reused = true;
-        let (index, shard) = self.shard();
         {
-            let mut idle = lock(&shard.idle);
+            let mut idle = lock(&self.idle);
             if idle.len() >= self.max_idle {
                 // Full: the oldest goes (closed when dropped).
                 idle.remove(0);
@@ -249,13 +221,13 @@ impl Pool {
                 since: Instant::now(),
             });
         }
-        shard.sweeping.call_once(|| self.start_sweeping(index));
+        self.sweeping.call_once(|| self.start_sweeping());
     }
 
-    /// Closes, every so often, the idle connections of shard `index` past the idle timeout
-    /// and those the app closed. Runs while the pool exists, on the runtime of the shard's
-    /// worker (the one returning its first connection).
-    fn start_sweeping(self: &Arc<Pool>, index: usize) {
+    /// Closes, every so often, the idle connections past the idle timeout and those the app
+    /// closed. Runs while the pool exists, on the runtime of the pool's worker (the one
+    /// returning its first connection).
+    fn start_sweeping(self: &Arc<Pool>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -263,7 +235,7 @@ impl Pool {
         let every = self
             .idle_timeout
             .clamp(Duration::from_secs(1), Duration::from_secs(5));
-        runtime.spawn(sweep(pool, index, every));
+        runtime.spawn(sweep(pool, every));
     }
 }
 
@@ -272,14 +244,14 @@ fn lock(idle: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
     idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn sweep(pool: Weak<Pool>, shard: usize, every: Duration) {
+async fn sweep(pool: Weak<Pool>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
-        lock(&pool.shards[shard].idle).retain_mut(|entry| {
+        lock(&pool.idle).retain_mut(|entry| {
             now.duration_since(entry.since) < pool.idle_timeout && entry.conn.usable()
         });
     }

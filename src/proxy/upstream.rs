@@ -37,7 +37,8 @@ pub struct UpstreamTiming(pub Duration);
 /// Built once, shared by every connection.
 #[derive(Debug)]
 pub struct Upstream {
-    pool: Arc<Pool>,
+    /// One pool per worker thread, each used by its own worker only (see [`Upstream::pool`]).
+    pools: Box<[Arc<Pool>]>,
     authority: Authority,
     /// The upstream authority as a `Host` value (used when the client's is not kept).
     host: HeaderValue,
@@ -91,10 +92,12 @@ impl Upstream {
             .path_and_query("/")
             .build()
             .map_err(|e| ProxyError::Config(format!("upstream.url: {e}")))?;
-        let pool = Pool::new(connector, target, cfg, workers);
+        let pools = (0..workers.max(1))
+            .map(|_| Arc::new(Pool::new(connector.clone(), target.clone(), cfg)))
+            .collect();
 
         Ok(Upstream {
-            pool: Arc::new(pool),
+            pools,
             authority,
             host,
             base_path,
@@ -119,7 +122,7 @@ impl Upstream {
     /// Opens a connection to the app (TCP, and TLS for `https://`) and closes it: whether
     /// requests could reach it now.
     pub async fn probe(&self) -> Result<(), ProxyError> {
-        self.pool.connect().await?;
+        self.pool().connect().await?;
         Ok(())
     }
 
@@ -218,7 +221,7 @@ impl Upstream {
     /// on a fresh connection, as nginx does, when that is safe: hyper had not begun sending
     /// it, or it is idempotent and bodiless. The client never sees that race as a `502`.
     async fn send(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        let conn = self.pool.checkout().await?;
+        let conn = self.pool().checkout().await?;
         let reused = conn.reused();
         // Only a reused connection can meet that race: a fresh one needs no copy.
         let replay = if reused { replayable_copy(&req) } else { None };
@@ -241,20 +244,20 @@ impl Upstream {
 
     /// The retry of [`Upstream::send`], on a new connection.
     async fn send_again(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        let conn = self.pool.connect().await?;
+        let conn = self.pool().connect().await?;
         let (response, conn) = conn.exchange(req, self.response_timeout).await?;
         Ok(self.leased(response, conn))
     }
 
     /// The response with its body carrying the connection back to the pool when read.
     fn leased(&self, response: Response<Incoming>, conn: Conn) -> Response<Body> {
-        let pool = Arc::clone(&self.pool);
+        let pool = Arc::clone(self.pool());
         response.map(|body| body::boxed(LeasedBody::new(body, conn, pool)))
     }
 
     /// Sends an upgrade request on a connection of its own, for a tunnel if the app agrees.
     async fn send_upgradable(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        let conn = self.pool.connect_upgradable().await?;
+        let conn = self.pool().connect_upgradable().await?;
         let (response, _) = conn.exchange(req, self.response_timeout).await?;
         Ok(response)
     }
@@ -274,6 +277,12 @@ impl Upstream {
         upgrade::tunnel(client_upgrade, app_upgrade);
         headers::strip_hop_by_hop(response.headers_mut(), true);
         Ok(response.map(|_| body::empty()))
+    }
+
+    /// The calling worker's pool (a thread numbered past the workers shares one: still
+    /// correct, as each pool locks its idle list).
+    fn pool(&self) -> &Arc<Pool> {
+        &self.pools[crate::worker::current() % self.pools.len()]
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -364,7 +373,7 @@ mod tests {
         let u = upstream("http://app:81/base/");
         let pq = PathAndQuery::from_static("/x?y");
         assert_eq!(u.uri_for(Some(&pq)).unwrap().to_string(), "/base/x?y");
-        assert_eq!(u.pool.target().to_string(), "http://app:81/");
+        assert_eq!(u.pool().target().to_string(), "http://app:81/");
     }
 
     #[test]
@@ -379,7 +388,7 @@ mod tests {
             ..UpstreamConfig::default()
         };
         let u = Upstream::new(&cfg).unwrap();
-        assert_eq!(u.pool.target().to_string(), "https://app/");
+        assert_eq!(u.pool().target().to_string(), "https://app/");
         assert_eq!(u.host, "app");
     }
 
