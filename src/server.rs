@@ -48,7 +48,12 @@ use idle::{Activity, ConnectionState, Verdict, Watchdog};
 use observe::{Logged, Observed, RequestRecord, observe, track_request_body};
 use workers::Workers;
 
-/// What every request handler shares: built once at start-up.
+/// What every request handler shares: built once at start-up. Each worker thread serves
+/// from a copy of its own (the parts are shared behind `Arc`s): a request takes and drops a
+/// reference to it, and that count is best written by one core only. Aligned so that two
+/// copies never share a cache line.
+#[derive(Clone)]
+#[repr(align(128))]
 pub struct AppState {
     pub config: Arc<Config>,
     pub upstream: Arc<Upstream>,
@@ -228,7 +233,7 @@ impl Answer {
 
 /// Answers one request: the dispatch between the ways through the proxy. Infallible:
 /// every failure has already become a response.
-pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientInfo) -> Answer {
+pub async fn route(state: &AppState, mut req: Request<Body>, client: ClientInfo) -> Answer {
     if let Some(problem) = host_problem(&req) {
         let response = ProxyError::BadRequest(problem.into()).into_response();
         return Answer::of_way(response, RequestKind::Passthrough);
@@ -243,7 +248,7 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientI
     }
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
     // The fs store, served by offload itself under its own prefix.
-    if is_read && let Some(key) = store_key(&state, req.uri().path()) {
+    if is_read && let Some(key) = store_key(state, req.uri().path()) {
         let head_only = req.method() == Method::HEAD;
         let response = Box::pin(store::serve_object(
             &*state.store,
@@ -288,11 +293,11 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Body>, client: ClientI
     // future (each level copies the one below it).
     let (response, upstream) = match state.upstream.forward_timed(req, &client).await {
         Ok((response, took)) => (response, Some(took)),
-        Err(e) => (forwarding_failed(&state, e, &client), None),
+        Err(e) => (forwarding_failed(state, e, &client), None),
     };
     let response = match rewrite_with {
         Some((assets, origin)) => match rewriting(&state.config.rewrite, &method, &response) {
-            Some(work) => Box::pin(rewrite_response(&state, assets, work, &origin, response)).await,
+            Some(work) => Box::pin(rewrite_response(state, assets, work, &origin, response)).await,
             // Most responses (assets, redirect-free API calls): nothing to rewrite, and no
             // rewriting future is even allocated.
             None => response,
@@ -451,7 +456,7 @@ async fn handle(
     let max_body_size = state.config.server.max_body_bytes();
     let (req, body) = track_request_body(req, idle_timeout, max_body_size);
     let mut in_flight = connection.begin(http2, body.clone());
-    let routed = route(Arc::clone(&state), req, client);
+    let routed = route(&state, req, client);
     let answer = match &body {
         // Boxed: only requests with a body are watched, and a GET's future stays as small.
         Some(body) => Box::pin(unless_left_unread(routed, body, &state, &client)).await,
@@ -583,7 +588,10 @@ impl Server {
             handshake_timeout: server_cfg.header_read_timeout,
             cancel: cancel.clone(),
             abandon: abandon.clone(),
-            state: self.state,
+            // One copy of the state per worker (see `AppState`).
+            states: (0..worker_count)
+                .map(|_| Arc::new(AppState::clone(&self.state)))
+                .collect(),
         });
         info!(listen = %self.listener.local_addr()?, workers = worker_count, "serving");
         let mut shutdown = pin!(shutdown);
@@ -701,7 +709,8 @@ fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 
 /// What every connection task shares.
 struct Shared {
-    state: Arc<AppState>,
+    /// Worker `i`'s copy of the state is `states[i]`.
+    states: Box<[Arc<AppState>]>,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     idle_timeout: Duration,
@@ -711,6 +720,13 @@ struct Shared {
     cancel: CancellationToken,
     /// The shutdown grace expired: connections still open are dropped.
     abandon: CancellationToken,
+}
+
+impl Shared {
+    /// The calling worker's copy of the state.
+    fn state(&self) -> &Arc<AppState> {
+        &self.states[crate::worker::current() % self.states.len()]
+    }
 }
 
 /// Sets up one accepted connection (TLS handshake when configured) and serves it.
@@ -742,7 +758,7 @@ where
 {
     let connection = Arc::new(ConnectionState::default());
     let io = TokioIo::new(Activity::new(io, Arc::clone(&connection)));
-    let state = Arc::clone(&shared.state);
+    let state = Arc::clone(shared.state());
     let requests = Arc::clone(&connection);
     let service =
         service_fn(move |req| handle(Arc::clone(&state), req, client, Arc::clone(&requests)));

@@ -50,7 +50,7 @@ pub struct UploadRoute {
 }
 
 /// Every upload route, in config order (the first match wins).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct UploadRoutes {
     routes: Vec<Arc<UploadRoute>>,
 }
