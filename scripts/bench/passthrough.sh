@@ -4,12 +4,18 @@
 #
 #   scripts/bench/passthrough.sh            # builds offload as deployed (scripts/build-release.sh)
 #   DURATION=30s CONNECTIONS=128 scripts/bench/passthrough.sh
-#   ROUNDS=1 scripts/bench/passthrough.sh   # one pass instead of the median of five
+#   ROUNDS=1 scripts/bench/passthrough.sh   # one pass instead of the median of six
+#   SIZES=1k.bin scripts/bench/passthrough.sh
 #   COMPARE_BIN=path/to/offload scripts/bench/passthrough.sh
 #
 # COMPARE_BIN adds another offload binary (the same config, its own port) as target
-# `offload-b`, measured in every round right after `offload`, and prints the per-round ratios
+# `offload-b`, measured in every round next to `offload`, and prints the per-round ratios
 # of offload to it: an A/B of two builds on the same machine at the same time.
+#
+# Within a round the targets run one after the other, in reverse order every other round:
+# where a target runs in a round measurably favours it (the later of two offload builds
+# came out ahead at 200 KiB, whichever build it was), so each place falls on each target
+# alike over an even number of rounds.
 #
 # Fairness: both proxies keep a keep-alive pool to the upstream, neither writes an access
 # log (nginx: access_log off; offload: log.level = "warn"), both get the same number of
@@ -24,7 +30,8 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-6}
+read -ra sizes <<<"${SIZES:-1k.bin 200k.bin}"
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 PROXY_WORKERS=${PROXY_WORKERS:-1}
@@ -77,25 +84,30 @@ for name in "${targets[@]}"; do
 done
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS rounds; nginx proxy workers: $PROXY_WORKERS, upstream workers: $UPSTREAM_WORKERS, $(nproc) cores"
-# Rounds alternate the targets, so that a slow spell of the shared machine falls on each of
+# Rounds repeat the targets, so that a slow spell of the shared machine falls on each of
 # them alike; the table shows each figure's median over the rounds, and the last line of
 # each size the median (lowest-highest) of the per-round ratios.
 for round in $(seq "$ROUNDS"); do
-    for file in 1k.bin 200k.bin; do
-        for name in "${targets[@]}"; do
+    order=("${targets[@]}")
+    if ((round % 2 == 0)); then
+        order=()
+        for ((i = ${#targets[@]} - 1; i >= 0; i--)); do order+=("${targets[i]}"); done
+    fi
+    for file in "${sizes[@]}"; do
+        for name in "${order[@]}"; do
             wrk_run "$name/$file/$round" "http://127.0.0.1:${port_of[$name]}/$file" "${pid_of[$name]}"
         done
         ratios "round $round: $file" "offload/$file/$round" "nginx/$file/$round"
     done
 done
-for file in 1k.bin 200k.bin; do
+for file in "${sizes[@]}"; do
     for name in "${targets[@]}"; do
         medians "$name/$file" "$ROUNDS"
     done
 done
 
 printf '\n%-9s %-9s %12s %10s %10s %12s %16s\n' size target "requests/s" "p50 ms" "p99 ms" "CPU us/req" "machine us/req"
-for file in 1k.bin 200k.bin; do
+for file in "${sizes[@]}"; do
     for name in "${targets[@]}"; do
         k=$name/$file
         printf '%-9s %-9s %12s %10s %10s %12s %16s\n' "$file" "$name" "${rps[$k]}" "${p50[$k]}" "${p99[$k]}" "${cpu_us[$k]}" "${machine_us[$k]}"
