@@ -12,10 +12,10 @@
 # `offload-b`, measured in every round next to `offload`, and prints the per-round ratios
 # of offload to it: an A/B of two builds on the same machine at the same time.
 #
-# Within a round the targets run one after the other, in reverse order every other round:
-# where a target runs in a round measurably favours it (the later of two offload builds
-# came out ahead at 200 KiB, whichever build it was), so each place falls on each target
-# alike over an even number of rounds.
+# Within a round the targets run one after the other, in reverse order every other round,
+# so that each place in a round (what ran just before, how warm the machine is) falls on
+# each target alike over an even number of rounds: with a fixed order, a target's place
+# could not be told from its speed.
 #
 # Fairness: both proxies keep a keep-alive pool to the upstream, neither writes an access
 # log (nginx: access_log off; offload: log.level = "warn"), both get the same number of
