@@ -21,7 +21,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 /// Which of the ways through the proxy answered a request.
@@ -218,9 +217,9 @@ impl WorkerCells {
         }
     }
 
-    /// The calling thread's block (threads numbered past the workers share one).
+    /// The calling worker's block.
     fn mine(&self) -> &Block {
-        &self.blocks[crate::worker::current() % self.blocks.len()]
+        crate::worker::mine(&self.blocks)
     }
 
     /// One cell, summed over the workers.
@@ -233,7 +232,10 @@ impl WorkerCells {
 
     /// One latency histogram, summed over the workers.
     fn latency(&self, cells: impl Fn(&Block) -> &LatencyCells) -> Latency {
-        let bounds = exponential_buckets(0.001, 2.0, LATENCY_BUCKETS as u16)
+        // In seconds, as Prometheus has them; 2^i ms divides exactly, as doubling does.
+        let bounds = LATENCY_BOUNDS_NANOS
+            .iter()
+            .map(|&nanos| nanos as f64 / 1e9)
             .chain(std::iter::once(f64::MAX));
         let buckets: Vec<(f64, u64)> = bounds
             .enumerate()

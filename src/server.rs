@@ -725,7 +725,7 @@ struct Shared {
 impl Shared {
     /// The calling worker's copy of the state.
     fn state(&self) -> &Arc<AppState> {
-        &self.states[crate::worker::current() % self.states.len()]
+        crate::worker::mine(&self.states)
     }
 }
 

@@ -279,10 +279,10 @@ impl Upstream {
         Ok(response.map(|_| body::empty()))
     }
 
-    /// The calling worker's pool (a thread numbered past the workers shares one: still
-    /// correct, as each pool locks its idle list).
+    /// The calling worker's pool (shared by threads that are no worker: still correct, as
+    /// each pool locks its idle list).
     fn pool(&self) -> &Arc<Pool> {
-        &self.pools[crate::worker::current() % self.pools.len()]
+        crate::worker::mine(&self.pools)
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
