@@ -9,6 +9,7 @@ pub mod assets;
 pub mod body;
 pub mod config;
 pub mod demo;
+pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod ops;

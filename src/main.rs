@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use offload::config::{Config, LogConfig, LogFormat};
 use offload::ops::cli as ops;
-use tracing_subscriber::EnvFilter;
 use url::Url;
 
 /// A reverse proxy that shares a web app's uploaded assets across servers through S3.
@@ -143,7 +142,7 @@ fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
 
 fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    init_logging(&config.log)?;
+    offload::logging::init(&config.log)?;
     server_runtime()?.block_on(offload::server::run(
         config,
         offload::server::shutdown_signal(),
@@ -151,7 +150,7 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    init_logging(&LogConfig::default())?;
+    offload::logging::init(&LogConfig::default())?;
     server_runtime()?.block_on(offload::demo::run(offload::demo::DemoOptions {
         listen: args.listen,
         data: args.data,
@@ -175,18 +174,4 @@ fn block_on(op: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> 
         .build()
         .context("starting the async runtime")?
         .block_on(op)
-}
-
-/// One subscriber for the process: `RUST_LOG` when set, `log.level` otherwise.
-fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::try_new(&env).context("RUST_LOG")?,
-        _ => EnvFilter::try_new(&log.level).context("log.level")?,
-    };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let installed = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    installed.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))
 }

@@ -9,6 +9,7 @@ mod assets;
 mod cli;
 mod faults;
 mod joomla;
+mod logs;
 mod ops;
 mod proxy;
 mod rewriting;

@@ -15,8 +15,9 @@ pub struct OffloadProcess {
 }
 
 impl OffloadProcess {
-    /// Starts `offload serve` on 127.0.0.1:0 in front of `upstream` (admin off, JSON logs),
-    /// with `args` and `env` added, and waits (up to 30 s) until it serves.
+    /// Starts `offload serve` on 127.0.0.1:0 in front of `upstream` (admin off, JSON logs
+    /// unless `args` or the config says otherwise), with `args` and `env` added, and waits
+    /// (up to 30 s) until it serves.
     pub async fn start(
         upstream: SocketAddr,
         args: &[&str],
@@ -45,7 +46,11 @@ impl OffloadProcess {
             .args(["--listen", "127.0.0.1:0"])
             .args(["--upstream", &format!("http://{upstream}")])
             .args(["--admin-listen", "off"])
-            .args(["--log-format", "json"])
+            .args(if args.contains(&"--log-format") {
+                &[][..]
+            } else {
+                &["--log-format", "json"][..]
+            })
             .args(args)
             .args(
                 config
@@ -78,15 +83,8 @@ impl OffloadProcess {
     async fn wait_serving(&mut self) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            for line in self.logs().lines() {
-                let Ok(json) = serde_json::from_str::<serde_json::Value>(line) else {
-                    continue;
-                };
-                if json["message"] == "serving"
-                    && let Some(addr) = json["listen"].as_str().and_then(|a| a.parse().ok())
-                {
-                    return addr;
-                }
+            if let Some(addr) = self.logs().lines().find_map(serving_address) {
+                return addr;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("offload exited early ({status}): {}", self.logs());
@@ -145,6 +143,23 @@ impl OffloadProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The address in a `serving` line, JSON (`"listen":"…"`) or text (`listen=…`).
+fn serving_address(line: &str) -> Option<SocketAddr> {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return (json["message"] == "serving")
+            .then(|| json["listen"].as_str()?.parse().ok())
+            .flatten();
+    }
+    line.contains(" serving ")
+        .then(|| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("listen="))?
+                .parse()
+                .ok()
+        })
+        .flatten()
 }
 
 impl Drop for OffloadProcess {

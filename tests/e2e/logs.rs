@@ -1,0 +1,117 @@
+//! The log output of the real binary: one access line per request with its figures, and
+//! lines a file or a collector can take as they are.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::app::App;
+use crate::support::client;
+use crate::support::process::OffloadProcess;
+
+/// The JSON access log lines written so far.
+fn access_lines(process: &OffloadProcess) -> Vec<Value> {
+    process
+        .logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|json| json["target"] == "offload::access")
+        .collect()
+}
+
+/// Waits (up to 10 s) until the logs hold `count` access lines.
+async fn wait_for_access_lines(process: &OffloadProcess, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = access_lines(process);
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_request_is_logged_once_with_its_figures() {
+    let app = App::start().await;
+    let process = OffloadProcess::start(app.addr, &[], &[]).await;
+    let http = client();
+    let base = format!("http://{}", process.addr);
+
+    let got = http
+        .get(format!("{base}/bytes/1000?token=QUERY"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.expect("GET body").len(), 1000);
+    let posted = http
+        .post(format!("{base}/form"))
+        .body(vec![b'x'; 5000])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(posted.status(), 200);
+    let answer_len = posted.bytes().await.expect("POST body").len();
+
+    let lines = wait_for_access_lines(&process, 2).await;
+    assert_eq!(lines.len(), 2, "one line per request: {}", process.logs());
+    let (get, post) = (&lines[0], &lines[1]);
+    for (line, method, path, bytes_in, bytes_out) in [
+        (get, "GET", "/bytes/1000", 0, 1000),
+        (post, "POST", "/form", 5000, answer_len),
+    ] {
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert_eq!(line["method"], method, "{line}");
+        // Queries can carry secrets: only the path is logged by default.
+        assert_eq!(line["path"], path, "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["kind"], "passthrough", "{line}");
+        assert_eq!(line["bytes_in"], bytes_in, "{line}");
+        assert_eq!(line["bytes_out"], bytes_out, "{line}");
+        assert_eq!(line["complete"], true, "{line}");
+        let peer = line["peer"].as_str().expect("peer");
+        assert!(peer.starts_with("127.0.0.1:"), "{line}");
+        let duration = line["duration_ms"].as_f64().expect("duration_ms");
+        let upstream = line["upstream_ms"].as_f64().expect("upstream_ms");
+        assert!(
+            0.0 < upstream && upstream <= duration && duration < 10_000.0,
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn text_logs_written_to_a_file_carry_no_colour_codes() {
+    let app = App::start().await;
+    let process = OffloadProcess::start(app.addr, &["--log-format", "text"], &[]).await;
+    let got = client()
+        .get(format!("http://{}/bytes/10", process.addr))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(got.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !process.logs().contains("offload::access") {
+        assert!(
+            Instant::now() < deadline,
+            "no access line: {}",
+            process.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = process.logs();
+    assert!(!logs.contains('\x1b'), "escape codes in {logs:?}");
+    let access = logs
+        .lines()
+        .find(|line| line.contains("offload::access"))
+        .expect("access line");
+    for field in [
+        "method=GET",
+        "path=\"/bytes/10\"",
+        "status=200",
+        "bytes_out=10",
+    ] {
+        assert!(access.contains(field), "{field} missing from {access:?}");
+    }
+}
