@@ -441,6 +441,20 @@ pub struct LogConfig {
     /// Log request query strings. Off by default: queries can carry one-time secrets
     /// (password-reset keys, signed-URL signatures); the path alone is logged then.
     pub query: bool,
+    /// Each worker thread gathers its lines in a buffer of this size and writes them out
+    /// when it is full or the worker has nothing else to do (see `logging`); 0 writes each
+    /// line as it comes.
+    pub buffer: ByteSize,
+}
+
+impl LogConfig {
+    /// Most bytes a worker's line buffer may be set to hold.
+    pub const MAX_BUFFER: ByteSize = ByteSize::mib(16);
+
+    /// `buffer` in bytes.
+    pub fn buffer_bytes(&self) -> usize {
+        usize::try_from(self.buffer.as_u64()).unwrap_or(usize::MAX)
+    }
 }
 
 impl Default for LogConfig {
@@ -449,6 +463,7 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
             query: false,
+            buffer: ByteSize::kib(64),
         }
     }
 }
@@ -617,6 +632,9 @@ impl Config {
         }
         if self.log.level.trim().is_empty() {
             bail!("log.level: must not be empty");
+        }
+        if self.log.buffer > LogConfig::MAX_BUFFER {
+            bail!("log.buffer: at most {}", LogConfig::MAX_BUFFER);
         }
         Ok(())
     }

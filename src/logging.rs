@@ -1,9 +1,28 @@
-//! The process's log output: one `tracing` subscriber writing text or JSON lines to stdout.
+//! The process's log output: one `tracing` subscriber writing text or JSON lines to stdout,
+//! through a line buffer per worker thread.
+//!
+//! A request's access line is small and a `write` to a file or a pipe costs more than
+//! formatting it. So a worker thread (one that opted in with [`buffer_this_thread`]) appends
+//! its lines to a buffer of its own and writes them out in one `write` when:
+//! - the buffer reaches `log.buffer` bytes;
+//! - the worker runs out of work and is about to wait for events (its runtime's park hook
+//!   calls [`flush_this_thread`]): a quiet server writes each line as it comes, a busy one
+//!   every few dozen requests;
+//! - a line at WARN or ERROR comes: it is not held back, and what the thread logged before
+//!   it goes out first, so that each thread's lines keep their order.
+//!
+//! As with nginx's `access_log … buffer=`, lines still buffered are lost if the process is
+//! killed outright (SIGKILL, out of memory); a normal exit writes them ([`flush_all`]).
+//! Other threads (and workers when `log.buffer = 0`) write each line straight to stdout.
 
-use std::io::IsTerminal;
+use std::cell::RefCell;
+use std::io::{self, IsTerminal, Write};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context;
+use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -15,7 +34,8 @@ pub fn init(log: &LogConfig) -> anyhow::Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colours(std::io::stdout().is_terminal()));
+        .with_ansi(colours(io::stdout().is_terminal()))
+        .with_writer(LogOutput);
     let installed = match log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -28,4 +48,218 @@ pub fn init(log: &LogConfig) -> anyhow::Result<()> {
 /// (journald, `docker logs`) the escape codes would be noise in every line.
 fn colours(terminal: bool) -> bool {
     terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+thread_local! {
+    /// This thread's line buffer, while it has one.
+    static LINES: RefCell<Option<Arc<Lines>>> = const { RefCell::new(None) };
+}
+
+/// Every thread's line buffer, for [`flush_all`].
+static ALL_LINES: Mutex<Vec<Arc<Lines>>> = Mutex::new(Vec::new());
+
+/// Makes this thread buffer its log lines, up to `capacity` bytes (none when 0), until the
+/// returned guard drops (which writes out what is left). For threads whose runtime calls
+/// [`flush_this_thread`] when it parks.
+pub fn buffer_this_thread(capacity: usize) -> Option<BufferedLines> {
+    if capacity == 0 {
+        return None;
+    }
+    let lines = Arc::new(Lines(Mutex::new(LineBuffer::new(capacity))));
+    lock(&ALL_LINES).push(Arc::clone(&lines));
+    LINES.set(Some(lines));
+    Some(BufferedLines(()))
+}
+
+/// Writes out this thread's buffered lines, if it has any: the park hook of a worker's
+/// runtime.
+pub fn flush_this_thread() {
+    LINES.with_borrow(|lines| {
+        if let Some(lines) = lines {
+            lines.flush();
+        }
+    });
+}
+
+/// Writes out every thread's buffered lines: at exit, after the server stopped.
+pub fn flush_all() {
+    for lines in lock(&ALL_LINES).iter() {
+        lines.flush();
+    }
+}
+
+/// This thread's line buffering; dropping it writes out what is left and stops buffering.
+pub struct BufferedLines(());
+
+impl Drop for BufferedLines {
+    fn drop(&mut self) {
+        if let Some(lines) = LINES.take() {
+            lines.flush();
+            lock(&ALL_LINES).retain(|other| !Arc::ptr_eq(other, &lines));
+        }
+    }
+}
+
+/// The subscriber's writer: into this thread's buffer if it has one, to stdout otherwise.
+struct LogOutput;
+
+impl<'a> MakeWriter<'a> for LogOutput {
+    type Writer = EventLine;
+
+    fn make_writer(&'a self) -> EventLine {
+        EventLine { urgent: false }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> EventLine {
+        EventLine {
+            urgent: *meta.level() <= Level::WARN,
+        }
+    }
+}
+
+/// One event's line (the subscriber writes each in one `write_all`).
+struct EventLine {
+    /// WARN or ERROR: written out at once.
+    urgent: bool,
+}
+
+impl Write for EventLine {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let buffered = LINES.with_borrow(|lines| match lines {
+            Some(lines) => {
+                lock(&lines.0).push(line, self.urgent, &mut io::stdout());
+                true
+            }
+            None => false,
+        });
+        if !buffered {
+            io::stdout().write_all(line)?;
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A thread's buffer; locked by its own thread on every line, and by [`flush_all`] once.
+struct Lines(Mutex<LineBuffer>);
+
+impl Lines {
+    fn flush(&self) {
+        lock(&self.0).write_out(&mut io::stdout());
+    }
+}
+
+/// Whole lines waiting to be written, at most `capacity` bytes but for the last one.
+struct LineBuffer {
+    bytes: Vec<u8>,
+    capacity: usize,
+}
+
+impl LineBuffer {
+    fn new(capacity: usize) -> LineBuffer {
+        LineBuffer {
+            bytes: Vec::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// Appends `line`; writes the buffer to `out` once it is full or the line is urgent.
+    fn push(&mut self, line: &[u8], urgent: bool, out: &mut impl Write) {
+        if self.bytes.len() + line.len() > self.capacity {
+            self.write_out(out);
+        }
+        self.bytes.extend_from_slice(line);
+        if urgent || self.bytes.len() >= self.capacity {
+            self.write_out(out);
+        }
+    }
+
+    fn write_out(&mut self, out: &mut impl Write) {
+        if self.bytes.is_empty() {
+            return;
+        }
+        // Nowhere to report a failed write to stdout (a closed pipe): the lines are dropped,
+        // as the subscriber drops a line it cannot write.
+        let _ = out.write_all(&self.bytes);
+        self.bytes.clear();
+    }
+}
+
+/// A lock that a panic elsewhere does not poison: the buffer holds whole lines at every
+/// point where a panic could unwind.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_wait_until_the_buffer_is_full() {
+        let mut buffer = LineBuffer::new(32);
+        let mut out = Vec::new();
+        buffer.push(b"first line\n", false, &mut out);
+        buffer.push(b"second line\n", false, &mut out);
+        assert!(out.is_empty(), "23 of 32 bytes: still buffered");
+        buffer.push(b"third line\n", false, &mut out);
+        assert_eq!(
+            out, b"first line\nsecond line\n",
+            "written before passing 32"
+        );
+        buffer.push(b"fourth line, longer.\n", false, &mut out);
+        assert_eq!(
+            out,
+            b"first line\nsecond line\nthird line\nfourth line, longer.\n"
+        );
+        assert!(buffer.bytes.is_empty(), "11 bytes and 21 reach 32: written");
+    }
+
+    #[test]
+    fn an_urgent_line_goes_out_at_once_after_what_came_before() {
+        let mut buffer = LineBuffer::new(1024);
+        let mut out = Vec::new();
+        buffer.push(b"INFO a\n", false, &mut out);
+        buffer.push(b"WARN b\n", true, &mut out);
+        assert_eq!(out, b"INFO a\nWARN b\n");
+        assert!(buffer.bytes.is_empty());
+    }
+
+    #[test]
+    fn a_line_longer_than_the_buffer_is_written_whole() {
+        let mut buffer = LineBuffer::new(8);
+        let mut out = Vec::new();
+        buffer.push(b"abc\n", false, &mut out);
+        buffer.push(b"a line of twenty b\n", false, &mut out);
+        assert_eq!(out, b"abc\na line of twenty b\n");
+        buffer.write_out(&mut out);
+        assert_eq!(out, b"abc\na line of twenty b\n", "nothing left to write");
+    }
+
+    #[test]
+    fn a_threads_lines_are_buffered_until_flushed_and_then_straight_again() {
+        let written = std::thread::spawn(|| {
+            let guard = buffer_this_thread(4096).expect("buffering");
+            let mut writer = LogOutput.make_writer();
+            writer.write_all(b"").expect("write");
+            let pending = LINES.with_borrow(|l| l.as_ref().map(|l| lock(&l.0).bytes.len()));
+            writer.write_all(b"buffered line\n").expect("write");
+            let held = LINES.with_borrow(|l| l.as_ref().map(|l| lock(&l.0).bytes.clone()));
+            flush_this_thread();
+            let after_flush = LINES.with_borrow(|l| l.as_ref().map(|l| lock(&l.0).bytes.len()));
+            drop(guard);
+            let buffering_after_drop = LINES.with_borrow(Option::is_some);
+            (pending, held, after_flush, buffering_after_drop)
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(written.0, Some(0));
+        assert_eq!(written.1.as_deref(), Some(&b"buffered line\n"[..]));
+        assert_eq!(written.2, Some(0));
+        assert!(!written.3);
+        assert_eq!(buffer_this_thread(0).map(|_| ()), None, "0: no buffer");
+    }
 }

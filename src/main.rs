@@ -143,26 +143,44 @@ fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
 fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     offload::logging::init(&config.log)?;
-    server_runtime()?.block_on(offload::server::run(
-        config,
-        offload::server::shutdown_signal(),
-    ))
+    let log_buffer = config.log.buffer_bytes();
+    with_log_buffer(log_buffer, || {
+        server_runtime()?.block_on(offload::server::run(
+            config,
+            offload::server::shutdown_signal(),
+        ))
+    })
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    offload::logging::init(&LogConfig::default())?;
-    server_runtime()?.block_on(offload::demo::run(offload::demo::DemoOptions {
-        listen: args.listen,
-        data: args.data,
-        site_dir: args.site_dir,
-    }))
+    let log = LogConfig::default();
+    offload::logging::init(&log)?;
+    with_log_buffer(log.buffer_bytes(), || {
+        server_runtime()?.block_on(offload::demo::run(offload::demo::DemoOptions {
+            listen: args.listen,
+            data: args.data,
+            site_dir: args.site_dir,
+        }))
+    })
+}
+
+/// Runs a server with this thread's log lines buffered (`log.buffer`), then writes out
+/// what every worker still holds.
+fn with_log_buffer(bytes: usize, run: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let buffered = offload::logging::buffer_this_thread(bytes);
+    let result = run();
+    drop(buffered);
+    offload::logging::flush_all();
+    result
 }
 
 /// The runtime a server runs on: worker 0 of `server::workers`, single-threaded (the server
-/// starts the other workers' threads itself).
+/// starts the other workers' threads itself). Writes out its buffered log lines whenever it
+/// runs out of work.
 fn server_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(offload::logging::flush_this_thread)
         .build()
         .context("starting the async runtime")
 }

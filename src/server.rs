@@ -574,8 +574,9 @@ impl Server {
         let abandon = CancellationToken::new();
         let tracker = TaskTracker::new();
         let worker_count = self.state.workers;
-        let workers =
-            Workers::start(worker_count, &self.state.metrics).context("starting the workers")?;
+        let log_buffer = self.state.config.log.buffer_bytes();
+        let workers = Workers::start(worker_count, &self.state.metrics, log_buffer)
+            .context("starting the workers")?;
         if let Some(listener) = self.admin_listener {
             tokio::spawn(Arc::clone(&self.admin).serve(listener, cancel.clone()));
         }

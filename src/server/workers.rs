@@ -42,8 +42,9 @@ struct Worker {
 
 impl Workers {
     /// `count` workers: the current runtime and `count - 1` threads, counting their open
-    /// connections in `metrics`.
-    pub(super) fn start(count: usize, metrics: &Metrics) -> io::Result<Workers> {
+    /// connections in `metrics`; the threads buffer up to `log_buffer` bytes of log lines
+    /// (see `crate::logging`).
+    pub(super) fn start(count: usize, metrics: &Metrics, log_buffer: usize) -> io::Result<Workers> {
         let stop = CancellationToken::new();
         let mut workers = vec![Worker {
             runtime: Handle::current(),
@@ -51,7 +52,7 @@ impl Workers {
         }];
         for index in 1..count {
             workers.push(Worker {
-                runtime: start_thread(index, stop.clone())?,
+                runtime: start_thread(index, stop.clone(), log_buffer)?,
                 open: metrics.open_connections(index),
             });
         }
@@ -101,16 +102,18 @@ impl Workers {
 }
 
 /// Worker `index`'s thread: a single-threaded runtime that runs what is spawned on it until
-/// `stop`.
-fn start_thread(index: usize, stop: CancellationToken) -> io::Result<Handle> {
+/// `stop`, and writes out its buffered log lines whenever it runs out of work.
+fn start_thread(index: usize, stop: CancellationToken, log_buffer: usize) -> io::Result<Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::logging::flush_this_thread)
         .build()?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
         .name(format!("offload-worker-{index}"))
         .spawn(move || {
             crate::worker::set_current(index);
+            let _lines = crate::logging::buffer_this_thread(log_buffer);
             runtime.block_on(stop.cancelled());
         })?;
     Ok(handle)
@@ -169,7 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_spread_over_the_workers_and_stop_with_them() {
-        let workers = Workers::start(3, &Metrics::new()).expect("workers start");
+        let workers = Workers::start(3, &Metrics::new(), 0).expect("workers start");
         let tracker = TaskTracker::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
@@ -223,7 +226,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_worker_is_the_current_runtime() {
-        let workers = Workers::start(1, &Metrics::new()).expect("workers start");
+        let workers = Workers::start(1, &Metrics::new(), 0).expect("workers start");
         assert_eq!(workers.workers.len(), 1);
         assert_eq!(workers.least_busy().0, 0);
     }

@@ -115,3 +115,33 @@ async fn text_logs_written_to_a_file_carry_no_colour_codes() {
         assert!(access.contains(field), "{field} missing from {access:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_is_out_when_the_process_stops() {
+    let app = App::start().await;
+    let config = "[server]\nworker_threads = 2\n[log]\nbuffer = \"1MiB\"\n";
+    let mut process = OffloadProcess::start_with_config(app.addr, Some(config), &[], &[]).await;
+    let base = format!("http://{}", process.addr);
+    // Several connections at once, so that both workers log lines.
+    let requests = (0..40).map(|n| {
+        let url = format!("{base}/bytes/{n}");
+        async move {
+            let got = client().get(url).send().await.expect("GET");
+            assert_eq!(got.status(), 200);
+            got.bytes().await.expect("body").len()
+        }
+    });
+    let sizes = futures_util::future::join_all(requests).await;
+    assert_eq!(sizes, (0..40).collect::<Vec<_>>());
+    process.signal(libc::SIGTERM);
+    let exit = process.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", process.logs());
+    let mut paths: Vec<String> = access_lines(&process)
+        .iter()
+        .filter_map(|line| line["path"].as_str().map(str::to_string))
+        .collect();
+    paths.sort();
+    let mut expected: Vec<String> = (0..40).map(|n| format!("/bytes/{n}")).collect();
+    expected.sort();
+    assert_eq!(paths, expected, "{}", process.logs());
+}
