@@ -7,10 +7,13 @@
 #   ROUNDS=1 scripts/bench/passthrough.sh   # one pass instead of the median of six
 #   SIZES=1k.bin scripts/bench/passthrough.sh
 #   COMPARE_BIN=path/to/offload scripts/bench/passthrough.sh
+#   OFFLOAD_LOG_LEVEL=info COMPARE_BIN=same COMPARE_ENV=OFFLOAD_LOG_BUFFER=0 scripts/bench/passthrough.sh
 #
 # COMPARE_BIN adds another offload binary (the same config, its own port) as target
 # `offload-b`, measured in every round next to `offload`, and prints the per-round ratios
-# of offload to it: an A/B of two builds on the same machine at the same time.
+# of offload to it: an A/B of two builds on the same machine at the same time. `same` is
+# the binary under test; COMPARE_ENV (NAME=value ...) is set for offload-b only, so that
+# one build can be compared under two settings (OFFLOAD_* overrides the config file).
 #
 # Within a round the targets run one after the other, in reverse order every other round,
 # so that each place in a round (what ran just before, how warm the machine is) falls on
@@ -70,9 +73,12 @@ declare -A port_of=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [offload]=$OFFLO
 targets=(direct nginx offload)
 start_servers
 if [[ -n ${COMPARE_BIN:-} ]]; then
-    cp "$COMPARE_BIN" "$work/offload-b"
+    compare_bin=$COMPARE_BIN
+    [[ $compare_bin == same ]] && compare_bin=$offload_bin
+    cp "$compare_bin" "$work/offload-b"
     sed "s/127.0.0.1:$OFFLOAD_PORT/127.0.0.1:$COMPARE_PORT/" "$work/offload.toml" >"$work/offload-b.toml"
-    start offload-b "$work/offload-b" serve --config "$work/offload-b.toml" >"$work/offload-b.log" 2>&1
+    read -ra compare_env <<<"${COMPARE_ENV:-}"
+    start offload-b env "${compare_env[@]}" "$work/offload-b" serve --config "$work/offload-b.toml" >"$work/offload-b.log" 2>&1
     port_of[offload-b]=$COMPARE_PORT
     targets+=(offload-b)
 fi
