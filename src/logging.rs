@@ -74,11 +74,16 @@ pub fn buffer_this_thread(capacity: usize) -> Option<BufferedLines> {
 /// Writes out this thread's buffered lines, if it has any: the park hook of a worker's
 /// runtime.
 pub fn flush_this_thread() {
-    LINES.with_borrow(|lines| {
-        if let Some(lines) = lines {
-            lines.flush();
-        }
-    });
+    with_this_threads(Lines::flush);
+}
+
+/// `f` on this thread's line buffer, if it has one; `None` otherwise, and while the thread
+/// exits (its thread-locals may be gone by then: a line logged that late goes to stdout).
+fn with_this_threads<R>(f: impl FnOnce(&Lines) -> R) -> Option<R> {
+    LINES
+        .try_with(|lines| lines.borrow().as_deref().map(f))
+        .ok()
+        .flatten()
 }
 
 /// Writes out every thread's buffered lines: at exit, after the server stopped.
@@ -125,14 +130,9 @@ struct EventLine {
 
 impl Write for EventLine {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let buffered = LINES.with_borrow(|lines| match lines {
-            Some(lines) => {
-                lock(&lines.0).push(line, self.urgent, &mut io::stdout());
-                true
-            }
-            None => false,
-        });
-        if !buffered {
+        let buffered =
+            with_this_threads(|lines| lock(&lines.0).push(line, self.urgent, &mut io::stdout()));
+        if buffered.is_none() {
             io::stdout().write_all(line)?;
         }
         Ok(line.len())
@@ -241,25 +241,22 @@ mod tests {
 
     #[test]
     fn a_threads_lines_are_buffered_until_flushed_and_then_straight_again() {
-        let written = std::thread::spawn(|| {
+        std::thread::spawn(|| {
+            let held = || with_this_threads(|lines| lock(&lines.0).bytes.clone());
+            assert_eq!(held(), None, "a thread buffers only once it opts in");
             let guard = buffer_this_thread(4096).expect("buffering");
-            let mut writer = LogOutput.make_writer();
-            writer.write_all(b"").expect("write");
-            let pending = LINES.with_borrow(|l| l.as_ref().map(|l| lock(&l.0).bytes.len()));
-            writer.write_all(b"buffered line\n").expect("write");
-            let held = LINES.with_borrow(|l| l.as_ref().map(|l| lock(&l.0).bytes.clone()));
+            LogOutput
+                .make_writer()
+                .write_all(b"buffered line\n")
+                .expect("write");
+            assert_eq!(held().as_deref(), Some(&b"buffered line\n"[..]));
             flush_this_thread();
-            let after_flush = LINES.with_borrow(|l| l.as_ref().map(|l| lock(&l.0).bytes.len()));
+            assert_eq!(held().as_deref(), Some(&b""[..]), "written out");
             drop(guard);
-            let buffering_after_drop = LINES.with_borrow(Option::is_some);
-            (pending, held, after_flush, buffering_after_drop)
+            assert_eq!(held(), None, "the guard ends buffering");
         })
         .join()
-        .expect("thread");
-        assert_eq!(written.0, Some(0));
-        assert_eq!(written.1.as_deref(), Some(&b"buffered line\n"[..]));
-        assert_eq!(written.2, Some(0));
-        assert!(!written.3);
-        assert_eq!(buffer_this_thread(0).map(|_| ()), None, "0: no buffer");
+        .expect("assertions on the thread");
+        assert!(buffer_this_thread(0).is_none(), "0: no buffer");
     }
 }
