@@ -216,7 +216,8 @@ start() { # name command...
 # Writes nginx-as-proxy's config into $work/proxy: 127.0.0.1:port to the upstream on
 # upstream_port through a keep-alive pool, setting the forwarding headers offload sets
 # (nginx sets none by default; `Forwarded` is RFC 7239's, which offload sets next to the
-# X-Forwarded ones); `extra` (directives) goes into its location block.
+# X-Forwarded ones); `extra` (directives) goes into its location block. Its access log is
+# off unless PROXY_ACCESS_LOG holds the arguments of an `access_log` directive.
 proxy_conf() { # port upstream_port workers [extra]
     mkdir -p "$work/proxy"
     cat >"$work/proxy/nginx.conf" <<CONF
@@ -224,7 +225,7 @@ daemon off; pid $work/proxy/nginx.pid; error_log $work/proxy/error.log warn; use
 worker_processes $3;
 events { worker_connections 4096; }
 http {
-    access_log off;
+    access_log ${PROXY_ACCESS_LOG:-off};
     tcp_nodelay on;
     keepalive_requests 1000000; keepalive_timeout 75s;
     upstream app { server 127.0.0.1:$2; keepalive 256; keepalive_requests 1000000; }

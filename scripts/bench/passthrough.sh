@@ -6,6 +6,7 @@
 #   DURATION=30s CONNECTIONS=128 scripts/bench/passthrough.sh
 #   ROUNDS=1 scripts/bench/passthrough.sh   # one pass instead of the median of six
 #   SIZES=1k.bin scripts/bench/passthrough.sh
+#   ACCESS_LOG=1 scripts/bench/passthrough.sh   # both proxies log each request
 #   COMPARE_BIN=path/to/offload scripts/bench/passthrough.sh
 #   OFFLOAD_LOG_LEVEL=info COMPARE_BIN=same COMPARE_ENV=OFFLOAD_LOG_BUFFER=0 scripts/bench/passthrough.sh
 #
@@ -21,7 +22,10 @@
 # could not be told from its speed.
 #
 # Fairness: both proxies keep a keep-alive pool to the upstream, neither writes an access
-# log (nginx: access_log off; offload: log.level = "warn"), both get the same number of
+# log (nginx: access_log off; offload: log.level = "warn") unless ACCESS_LOG=1 (then both
+# write a line per request to a file, buffered alike: nginx `access_log combined
+# buffer=64k flush=1s`, offload `log.level = "info"` with its default 64 KiB log.buffer,
+# written out when a worker idles, where nginx's flush is a timer), both get the same number of
 # workers: PROXY_WORKERS (default 1: nginx worker_processes 1, offload
 # server.worker_threads = 1; PROXY_WORKERS=auto gives nginx one worker per core and offload
 # its default, one thread per core). nginx gets 256 KiB of proxy buffers so that a 200 KiB
@@ -54,6 +58,11 @@ head -c 1024 /dev/urandom >"$work/www/1k.bin"
 head -c $((200 * 1024)) /dev/urandom >"$work/www/200k.bin"
 chmod 644 "$work/www/"*
 
+offload_log_level=warn
+if [[ ${ACCESS_LOG:-0} == 1 ]]; then
+    PROXY_ACCESS_LOG="$work/proxy/access.log combined buffer=64k flush=1s"
+    offload_log_level=info
+fi
 upstream_conf "$UPSTREAM_PORT" "$UPSTREAM_WORKERS"
 proxy_conf "$NGINX_PORT" "$UPSTREAM_PORT" "$PROXY_WORKERS"
 offload_threads=$PROXY_WORKERS
@@ -66,7 +75,7 @@ worker_threads = $offload_threads
 [upstream]
 url = "http://127.0.0.1:$UPSTREAM_PORT"
 [log]
-level = "warn"
+level = "$offload_log_level"
 CONF
 
 declare -A port_of=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [offload]=$OFFLOAD_PORT)
