@@ -91,16 +91,7 @@ async fn text_logs_written_to_a_file_carry_no_colour_codes() {
         .await
         .expect("GET");
     assert_eq!(got.status(), 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !process.logs().contains("offload::access") {
-        assert!(
-            Instant::now() < deadline,
-            "no access line: {}",
-            process.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let logs = process.logs();
+    let logs = process.wait_for_log("offload::access").await;
     assert!(!logs.contains('\x1b'), "escape codes in {logs:?}");
     let access = logs
         .lines()

@@ -423,17 +423,7 @@ async fn credentials_and_secrets_never_reach_the_logs() {
     .await;
     assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
 
-    // The access log lines are written when the response ends: wait for them.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !process.logs().contains("/set-cookie") {
-        assert!(
-            Instant::now() < deadline,
-            "no access log: {}",
-            process.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let logs = process.logs();
+    let logs = process.wait_for_log("/set-cookie").await;
     assert!(logs.contains("\"path\":\"/private\""), "{logs}");
     for secret in [
         "QUERYSECRET",

@@ -108,6 +108,23 @@ impl OffloadProcess {
         format!("{}{}", read("stdout"), read("stderr"))
     }
 
+    /// Waits (up to 10 s) until the logs contain `needle` (lines are written as requests
+    /// end, after the response), and returns them.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the logs: {logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
