@@ -25,8 +25,8 @@
 # log (nginx: access_log off; offload: log.level = "warn") unless ACCESS_LOG=1 (then both
 # write a line per request to a file, buffered alike: nginx `access_log combined
 # buffer=64k flush=1s`, offload `log.level = "info"` with its default 64 KiB log.buffer,
-# written out when a worker idles, where nginx's flush is a timer), both get the same number of
-# workers: PROXY_WORKERS (default 1: nginx worker_processes 1, offload
+# written out when a worker idles, where nginx's flush is a timer), both get the same
+# number of workers: PROXY_WORKERS (default 1: nginx worker_processes 1, offload
 # server.worker_threads = 1; PROXY_WORKERS=auto gives nginx one worker per core and offload
 # its default, one thread per core). nginx gets 256 KiB of proxy buffers so that a 200 KiB
 # answer stays in memory (its 64 KiB default spills to a temp file). The upstream nginx runs
