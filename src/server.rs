@@ -630,6 +630,8 @@ impl Server {
             // case a worker is stuck in a long poll.
             let _ = tokio::time::timeout(ABANDON_WAIT, tracker.wait()).await;
         }
+        // The last line: where the process log shows a clean stop (as nginx's "exit").
+        info!("stopped");
         Ok(())
     }
 }

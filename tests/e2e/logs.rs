@@ -113,18 +113,27 @@ async fn every_line_is_out_when_the_process_stops() {
     let config = "[server]\nworker_threads = 2\n[log]\nbuffer = \"1MiB\"\n";
     let mut process = OffloadProcess::start_with_config(app.addr, Some(config), &[], &[]).await;
     let base = format!("http://{}", process.addr);
-    // Several connections at once, so that both workers log lines.
-    let requests = (0..40).map(|n| {
-        let url = format!("{base}/bytes/{n}");
+    let get = |path: String| {
+        let url = format!("{base}{path}");
         async move {
             let got = client().get(url).send().await.expect("GET");
             assert_eq!(got.status(), 200);
             got.bytes().await.expect("body").len()
         }
-    });
-    let sizes = futures_util::future::join_all(requests).await;
+    };
+    // Several connections at once, so that both workers log lines.
+    let sizes = futures_util::future::join_all((0..40).map(|n| get(format!("/bytes/{n}")))).await;
     assert_eq!(sizes, (0..40).collect::<Vec<_>>());
+    // And requests still in flight when the signal comes: their lines are logged during the
+    // shutdown, the last ones just before the process exits.
+    let slow: Vec<_> = (0..4)
+        .map(|n| tokio::spawn(get(format!("/sleep/{}", 2000 + n))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     process.signal(libc::SIGTERM);
+    for answered in slow {
+        assert_eq!(answered.await.expect("slow request"), "slept".len());
+    }
     let exit = process.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", process.logs());
     let mut paths: Vec<String> = access_lines(&process)
@@ -132,7 +141,17 @@ async fn every_line_is_out_when_the_process_stops() {
         .filter_map(|line| line["path"].as_str().map(str::to_string))
         .collect();
     paths.sort();
-    let mut expected: Vec<String> = (0..40).map(|n| format!("/bytes/{n}")).collect();
+    let mut expected: Vec<String> = (0..40)
+        .map(|n| format!("/bytes/{n}"))
+        .chain((0..4).map(|n| format!("/sleep/{}", 2000 + n)))
+        .collect();
     expected.sort();
     assert_eq!(paths, expected, "{}", process.logs());
+    // Logged by worker 0 as the server returns, with no idle moment after it to write it.
+    let logs = process.logs();
+    let stopped = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .any(|line| line["message"] == "stopped");
+    assert!(stopped, "no \"stopped\" line: {logs}");
 }
