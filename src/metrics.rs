@@ -34,14 +34,18 @@ pub enum RequestKind {
     Asset,
     /// Served from the filesystem store's own URL prefix.
     Store,
+    /// A request head the HTTP layer refused (malformed, or over the size limits) and
+    /// answered itself: it never reached routing.
+    Refused,
 }
 
 impl RequestKind {
-    const ALL: [RequestKind; 4] = [
+    const ALL: [RequestKind; 5] = [
         RequestKind::Passthrough,
         RequestKind::Upload,
         RequestKind::Asset,
         RequestKind::Store,
+        RequestKind::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +54,7 @@ impl RequestKind {
             RequestKind::Upload => "upload",
             RequestKind::Asset => "asset",
             RequestKind::Store => "store",
+            RequestKind::Refused => "refused",
         }
     }
 
@@ -60,6 +65,11 @@ impl RequestKind {
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// `status`'s index in [`CLASSES`].
+fn status_class(status: StatusCode) -> usize {
+    usize::from(status.as_u16() / 100).clamp(1, 5) - 1
+}
 
 type CauseLabels = [(&'static str, &'static str); 1];
 type WorkerLabels = [(&'static str, String); 1];
@@ -163,11 +173,17 @@ impl Metrics {
         bytes_out: u64,
     ) {
         let cells = self.inner.cells.mine();
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        cells.requests[kind.index()][class].fetch_add(1, Relaxed);
+        cells.requests[kind.index()][status_class(status)].fetch_add(1, Relaxed);
         cells.durations[kind.index()].observe(took);
         cells.bytes_in.fetch_add(bytes_in, Relaxed);
         cells.bytes_out.fetch_add(bytes_out, Relaxed);
+    }
+
+    /// Counts a request head refused with `status` (kind `refused`), in this worker's cells.
+    /// Neither a duration nor body bytes: the head never completed, and there is no body.
+    pub fn refused(&self, status: StatusCode) {
+        let cells = self.inner.cells.mine();
+        cells.requests[RequestKind::Refused.index()][status_class(status)].fetch_add(1, Relaxed);
     }
 
     /// Records how long the app took to answer, in this worker's cells.
@@ -348,7 +364,11 @@ impl EncodeMetric for View {
                 Ok(())
             }
             Figure::Durations => {
-                for kind in RequestKind::ALL {
+                // A refused head has no duration to show (see `Metrics::refused`).
+                for kind in RequestKind::ALL
+                    .into_iter()
+                    .filter(|k| *k != RequestKind::Refused)
+                {
                     let latency = cells.latency(|block| &block.durations[kind.index()]);
                     latency.encode(encoder.encode_family(&[("kind", kind.as_str())])?)?;
                 }

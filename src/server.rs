@@ -45,7 +45,7 @@ use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use idle::{Activity, ConnectionState, Verdict, Watchdog};
-use observe::{Logged, Observed, RequestRecord, observe, track_request_body};
+use observe::{Logged, Observed, RequestRecord, observe, refused_head, track_request_body};
 use workers::Workers;
 
 /// What every request handler shares: built once at start-up. Each worker thread serves
@@ -779,7 +779,9 @@ where
         tokio::select! {
             biased;
             result = conn.as_mut() => {
-                if let Err(e) = result {
+                if let Err(e) = result
+                    && !refused_head(shared.state(), client.peer, e.as_ref())
+                {
                     debug!(peer = %client.peer, error = %e, "connection ended with an error");
                 }
                 return;

@@ -206,6 +206,58 @@ impl Observed {
     }
 }
 
+/// Counts and logs a request head that hyper refused on an HTTP/1 connection, if `error`
+/// (the connection's end) is one: hyper has answered it itself (400 for a malformed head,
+/// 431 for one over `server.max_header_size` or `server.max_headers`, 414 for a URI over
+/// 64 KiB) and closes the connection; the request never reached routing. Its access line
+/// has kind `refused`, no method or path (the head did not parse) and hyper's reason, as
+/// nginx logs its 400s. Returns false for any other end (a client gone mid-request, an I/O
+/// error): those answered nobody.
+pub(super) fn refused_head(
+    state: &AppState,
+    peer: SocketAddr,
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) -> bool {
+    let Some(status) = refusal_status(error) else {
+        return false;
+    };
+    state.metrics.refused(status);
+    info!(
+        target: "offload::access",
+        method = "-",
+        path = "",
+        status = status.as_u16(),
+        kind = RequestKind::Refused.as_str(),
+        peer = %peer,
+        reason = %error,
+    );
+    true
+}
+
+/// The status hyper answered a refused request head with (its `on_error`), or `None` when
+/// `error` is no such refusal.
+fn refusal_status(error: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<StatusCode> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    // hyper answers nothing to an HTTP/2 preface on an HTTP/1-only connection, nor after
+    // an internal error of its own.
+    if !error.is_parse() || error.is_parse_version_h2() {
+        return None;
+    }
+    // hyper's API tells the kinds of a parse error apart only by their message.
+    let message = error.to_string();
+    if message.starts_with("internal error") {
+        return None;
+    }
+    if error.is_parse_too_large() {
+        return Some(if message.starts_with("URI too long") {
+            StatusCode::URI_TOO_LONG
+        } else {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        });
+    }
+    Some(StatusCode::BAD_REQUEST)
+}
+
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }

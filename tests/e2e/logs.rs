@@ -4,10 +4,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::app::App;
-use crate::support::client;
 use crate::support::process::OffloadProcess;
+use crate::support::{client, raw_exchange};
 
 /// The JSON access log lines written so far.
 fn access_lines(process: &OffloadProcess) -> Vec<Value> {
@@ -79,6 +81,87 @@ async fn each_request_is_logged_once_with_its_figures() {
             "{line}"
         );
     }
+}
+
+/// Heads hyper refuses and answers itself (malformed, too many headers, a URI over 64 KiB)
+/// are logged as requests of kind `refused`, with the status the client got and the reason;
+/// a client that hangs up in the middle of its head was answered nothing and is not logged.
+#[tokio::test]
+async fn refused_heads_are_logged_with_the_status_sent() {
+    let app = App::start().await;
+    let config = "[server]\nmax_headers = 10\nmax_header_size = \"128KiB\"\n";
+    let process = OffloadProcess::start_with_config(app.addr, Some(config), &[], &[]).await;
+    let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let long_uri = format!("/{}", "u".repeat(70_000));
+    let refusals = [
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n".to_string(),
+            400,
+        ),
+        (format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"), 431),
+        (format!("GET {long_uri} HTTP/1.1\r\nHost: x\r\n\r\n"), 414),
+    ];
+    for (request, status) in &refusals {
+        let response = raw_exchange(process.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status}: {response}"
+        );
+    }
+    // Half a head, then the client hangs up.
+    let mut stream = TcpStream::connect(process.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /half HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a head");
+    stream.shutdown().await.expect("hang up");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest).await;
+    assert!(
+        rest.is_empty(),
+        "answered {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let got = client()
+        .get(format!("http://{}/bytes/10", process.addr))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(got.status(), 200);
+
+    let lines = wait_for_access_lines(&process, 4).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines_now = access_lines(&process);
+    assert_eq!(lines_now.len(), 4, "{}", process.logs());
+    assert_eq!(lines, lines_now);
+    let mut refused: Vec<(u64, String)> = lines
+        .iter()
+        .filter(|line| line["kind"] == "refused")
+        .map(|line| {
+            assert_eq!(line["method"], "-", "{line}");
+            assert_eq!(line["path"], "", "{line}");
+            let peer = line["peer"].as_str().expect("peer");
+            assert!(peer.starts_with("127.0.0.1:"), "{line}");
+            let status = line["status"].as_u64().expect("status");
+            (status, line["reason"].as_str().expect("reason").to_string())
+        })
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            (400, "invalid HTTP header parsed".to_string()),
+            (414, "URI too long".to_string()),
+            (431, "message head is too large".to_string()),
+        ]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["kind"] == "passthrough" && line["path"] == "/bytes/10"),
+        "{}",
+        process.logs()
+    );
 }
 
 #[tokio::test]

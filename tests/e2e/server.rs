@@ -191,6 +191,14 @@ async fn oversized_heads_are_refused() {
         response.is_empty() || response.starts_with("HTTP/1.1 431"),
         "{response}"
     );
+    // Both are counted as requests, refused (there is no duration to show for them).
+    let counted = "offload_requests_total{kind=\"refused\",class=\"4xx\"} 2";
+    let text = proxy.metrics_until(counted).await;
+    assert!(text.contains(counted), "{text}");
+    assert!(
+        !text.contains("offload_request_duration_seconds_count{kind=\"refused\"}"),
+        "{text}"
+    );
     // The proxy is still up.
     assert_eq!(
         client()
