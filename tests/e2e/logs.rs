@@ -33,6 +33,16 @@ async fn wait_for_access_lines(process: &OffloadProcess, count: usize) -> Vec<Va
     }
 }
 
+/// GETs `path` from `process`, expecting a 200.
+async fn get_ok(process: &OffloadProcess, path: &str) {
+    let got = client()
+        .get(format!("http://{}{path}", process.addr))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(got.status(), 200, "{path}");
+}
+
 #[tokio::test]
 async fn each_request_is_logged_once_with_its_figures() {
     let app = App::start().await;
@@ -122,12 +132,7 @@ async fn refused_heads_are_logged_with_the_status_sent() {
         "answered {:?}",
         String::from_utf8_lossy(&rest)
     );
-    let got = client()
-        .get(format!("http://{}/bytes/10", process.addr))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(got.status(), 200);
+    get_ok(&process, "/bytes/10").await;
 
     let lines = wait_for_access_lines(&process, 4).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -168,12 +173,7 @@ async fn refused_heads_are_logged_with_the_status_sent() {
 async fn text_logs_written_to_a_file_carry_no_colour_codes() {
     let app = App::start().await;
     let process = OffloadProcess::start(app.addr, &["--log-format", "text"], &[]).await;
-    let got = client()
-        .get(format!("http://{}/bytes/10", process.addr))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(got.status(), 200);
+    get_ok(&process, "/bytes/10").await;
     let logs = process.wait_for_log("offload::access").await;
     assert!(!logs.contains('\x1b'), "escape codes in {logs:?}");
     let access = logs
