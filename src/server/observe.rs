@@ -1,5 +1,6 @@
 //! Per-request bookkeeping: byte counts, the access log line and the request metrics, all
-//! emitted once when the response body ends (or is dropped: a client that went away).
+//! emitted once when the response body ends (or is dropped: a client that went away); and
+//! the same line and count for a request head refused before it reached routing.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
