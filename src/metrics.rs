@@ -35,7 +35,8 @@ pub enum RequestKind {
     /// Served from the filesystem store's own URL prefix.
     Store,
     /// A request head the HTTP layer refused (malformed, or over the size limits) and
-    /// answered itself: it never reached routing.
+    /// answered itself, or one begun and not complete in time (408, unanswered): it never
+    /// reached routing.
     Refused,
 }
 

@@ -45,7 +45,9 @@ use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use idle::{Activity, ConnectionState, Verdict, Watchdog};
-use observe::{Logged, Observed, RequestRecord, observe, refused_head, track_request_body};
+use observe::{
+    Logged, Observed, RequestRecord, head_timed_out, observe, refused_head, track_request_body,
+};
 use workers::Workers;
 
 /// What every request handler shares: built once at start-up. Each worker thread serves
@@ -797,7 +799,10 @@ where
                     debug!(peer = %client.peer, "shutdown grace expired; dropping the connection");
                     return;
                 }
-                ConnectionEvent::Watchdog(Verdict::SlowHead) => {
+                ConnectionEvent::Watchdog(Verdict::SlowHead { began }) => {
+                    if began {
+                        head_timed_out(shared.state(), client.peer, shared.handshake_timeout);
+                    }
                     debug!(peer = %client.peer, "request head too slow; dropping the connection");
                     return;
                 }

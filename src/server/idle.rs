@@ -14,7 +14,9 @@
 //!     HTTP/2, where bytes moving for one stream say nothing of another, each answer
 //!     carries a [`StallTimer`] instead (a timer per answer, which HTTP/1 does without).
 //! - `server.header_read_timeout` (slowloris): an HTTP/1 connection with no request in flight
-//!   must complete its next request head within that time, or it is dropped.
+//!   must complete its next request head within that time, or it is dropped (and, when part
+//!   of a head came, logged as a 408). HTTP/2's preface, told apart on the first bytes read,
+//!   begins no head.
 //!
 //! hyper has a header read timeout of its own, but it arms a fresh timer for every request
 //! (an allocation and two trips through the timer wheel: 3% of a small pass-through request's
@@ -55,11 +57,20 @@ pub(super) struct ConnectionState {
     /// A request ended before its body was read to the end: the client may still be
     /// sending it, so the connection closes lingering ([`Linger`]).
     body_left_unread: AtomicBool,
+    /// HTTP/1 bytes were read since the last request ended (or the connection began): the
+    /// start of a request head, when no request is in flight.
+    read_since_end: AtomicBool,
 }
 
 impl ConnectionState {
     fn bump(&self) {
         self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes of HTTP/1 came in (or bytes not yet told apart from it).
+    fn read_http1(&self) {
+        self.bump();
+        self.read_since_end.store(true, Ordering::Relaxed);
     }
 
     /// A request's head has been read; `body` is its body's progress, `None` when it has
@@ -162,6 +173,10 @@ impl RequestInFlight {
 impl Drop for RequestInFlight {
     fn drop(&mut self) {
         self.answered();
+        // What comes from now on is the next request's.
+        self.connection
+            .read_since_end
+            .store(false, Ordering::Relaxed);
         if let Some(body) = &self.body
             && !body.ended.load(Ordering::Relaxed)
         {
@@ -182,8 +197,9 @@ pub(super) enum Verdict {
     /// connection (the answer is cut short).
     Stalled,
     /// No request head completed within `header_read_timeout` while none was in flight:
-    /// drop the connection.
-    SlowHead,
+    /// drop the connection. `began`: part of a head came (nginx logs that as a 408); no
+    /// bytes at all is a connection opened and never used, or a kept-alive one left idle.
+    SlowHead { began: bool },
 }
 
 /// Looks at a connection's [`ConnectionState`] at every tick.
@@ -255,7 +271,8 @@ impl Watchdog {
         match self.waiting {
             Some((count, since)) if count == begun => {
                 if now.duration_since(since) >= self.header_timeout {
-                    return Some(Verdict::SlowHead);
+                    let began = state.read_since_end.load(Ordering::Relaxed);
+                    return Some(Verdict::SlowHead { began });
                 }
             }
             // Requests came and went since the last look: the wait starts now.
@@ -345,6 +362,7 @@ pub(super) struct Activity<S> {
     inner: S,
     state: Arc<ConnectionState>,
     linger: Option<Linger>,
+    preface: Preface,
 }
 
 impl<S> Activity<S> {
@@ -353,6 +371,48 @@ impl<S> Activity<S> {
             inner,
             state,
             linger: None,
+            preface: Preface::Matching(0),
+        }
+    }
+
+    /// Counts a read that moved `bytes`; HTTP/1's may begin a request head.
+    fn bytes_read(&mut self, bytes: &[u8]) {
+        self.preface = self.preface.read(bytes);
+        match self.preface {
+            // HTTP/2's frames between requests are no request head.
+            Preface::Http2 => self.state.bump(),
+            Preface::Matching(_) | Preface::Http1 => self.state.read_http1(),
+        }
+    }
+}
+
+/// HTTP/2's connection preface, with which a client speaking it begins (RFC 9113, 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection speaks, told from its first bytes as hyper-util's automatic builder
+/// tells it: HTTP/2 when they are its preface, HTTP/1 when they are anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preface {
+    /// The bytes so far (this many) are the preface's start.
+    Matching(usize),
+    Http1,
+    Http2,
+}
+
+impl Preface {
+    /// Where it stands after the next `bytes` read.
+    fn read(self, bytes: &[u8]) -> Preface {
+        let Preface::Matching(matched) = self else {
+            return self;
+        };
+        let rest = &HTTP2_PREFACE[matched..];
+        let n = bytes.len().min(rest.len());
+        if bytes[..n] != rest[..n] {
+            Preface::Http1
+        } else if n == rest.len() {
+            Preface::Http2
+        } else {
+            Preface::Matching(matched + n)
         }
     }
 }
@@ -366,7 +426,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.state.bump();
+            self.bytes_read(&buf.filled()[before..]);
         }
         polled
     }
@@ -434,13 +494,26 @@ mod tests {
     #[tokio::test]
     async fn a_new_connection_must_send_a_head_in_time() {
         let (state, mut dog, start) = watchdog();
-        state.bump();
+        state.read_http1();
         assert_eq!(dog.judge(start + 3 * S), None);
-        state.bump();
+        state.read_http1();
         assert_eq!(dog.judge(start + 9 * S), None);
         // Bytes trickle in, but no head completes.
-        state.bump();
-        assert_eq!(dog.judge(start + 10 * S), Some(Verdict::SlowHead));
+        state.read_http1();
+        assert_eq!(
+            dog.judge(start + 10 * S),
+            Some(Verdict::SlowHead { began: true })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_never_used_has_begun_no_head() {
+        let (_state, mut dog, start) = watchdog();
+        assert_eq!(dog.judge(start + 9 * S), None);
+        assert_eq!(
+            dog.judge(start + 10 * S),
+            Some(Verdict::SlowHead { began: false })
+        );
     }
 
     #[tokio::test]
@@ -448,15 +521,78 @@ mod tests {
         let (state, mut dog, start) = watchdog();
         let request = state.begin(false, None);
         for second in [5, 15, 30, 50] {
-            state.bump();
+            // Its body coming in.
+            state.read_http1();
             assert_eq!(dog.judge(start + second * S), None, "{second}s");
         }
         drop(request);
         // The wait for the next head starts when the watchdog sees the request ended.
         assert_eq!(dog.judge(start + 55 * S), None);
+        // The answer's last write: no part of a head.
         state.bump();
         assert_eq!(dog.judge(start + 64 * S), None);
-        assert_eq!(dog.judge(start + 65 * S), Some(Verdict::SlowHead));
+        assert_eq!(
+            dog.judge(start + 65 * S),
+            Some(Verdict::SlowHead { began: false }),
+            "a kept-alive connection left idle"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_next_head_begun_on_a_kept_alive_connection() {
+        let (state, mut dog, start) = watchdog();
+        state.read_http1();
+        drop(state.begin(false, None));
+        assert_eq!(dog.judge(start + S), None);
+        state.read_http1();
+        assert_eq!(
+            dog.judge(start + 11 * S),
+            Some(Verdict::SlowHead { began: true })
+        );
+    }
+
+    #[test]
+    fn http2s_preface_is_told_from_http1_in_any_pieces() {
+        let whole = Preface::Matching(0).read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04");
+        assert_eq!(whole, Preface::Http2);
+        let start = Preface::Matching(0).read(b"PRI * HTTP/2");
+        assert_eq!(start, Preface::Matching(12));
+        assert_eq!(start.read(b".0\r\n\r\nSM\r\n\r\n"), Preface::Http2);
+        assert_eq!(start.read(b".1\r\n"), Preface::Http1);
+        assert_eq!(
+            Preface::Matching(0).read(b"GET / HTTP/1.1\r\n"),
+            Preface::Http1
+        );
+        assert_eq!(Preface::Matching(0).read(b"P"), Preface::Matching(1));
+        assert_eq!(Preface::Matching(1).read(b"OST /"), Preface::Http1);
+        assert_eq!(
+            Preface::Http1.read(HTTP2_PREFACE),
+            Preface::Http1,
+            "decided once"
+        );
+    }
+
+    #[tokio::test]
+    async fn http2s_frames_before_its_first_request_begin_no_head() {
+        let state = Arc::new(ConnectionState::default());
+        let mut dog = Watchdog::new(Arc::clone(&state), IDLE, HEAD);
+        let start = dog.active_at;
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut io = Activity::new(client, Arc::clone(&state));
+        let mut preface = HTTP2_PREFACE.to_vec();
+        preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        tokio::io::AsyncWriteExt::write_all(&mut server, &preface)
+            .await
+            .expect("preface");
+        let mut got = vec![0; preface.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut io, &mut got)
+            .await
+            .expect("read through Activity");
+        assert_eq!(got, preface);
+        assert_eq!(
+            dog.judge(start + 10 * S),
+            Some(Verdict::SlowHead { began: false })
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! Per-request bookkeeping: byte counts, the access log line and the request metrics, all
 //! emitted once when the response body ends (or is dropped: a client that went away); and
-//! the same line and count for a request head refused before it reached routing.
+//! the same line and count for a request head refused before it reached routing (by hyper:
+//! malformed or too large) or cut off (not complete within `server.header_read_timeout`).
 
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -222,6 +224,23 @@ pub(super) fn refused_head(
     let Some(status) = refusal_status(error) else {
         return false;
     };
+    log_refusal(state, peer, status, error);
+    true
+}
+
+/// Counts and logs a request head begun on an HTTP/1 connection and not completed within
+/// `server.header_read_timeout` (`limit`): the connection is dropped with no answer and
+/// logged as a 408 of kind `refused`, as nginx logs one for `client_header_timeout`.
+pub(super) fn head_timed_out(state: &AppState, peer: SocketAddr, limit: Duration) {
+    let reason = format_args!(
+        "request head not complete within server.header_read_timeout ({})",
+        humantime::format_duration(limit)
+    );
+    log_refusal(state, peer, StatusCode::REQUEST_TIMEOUT, &reason);
+}
+
+/// The count and the access line of a head that never became a request.
+fn log_refusal(state: &AppState, peer: SocketAddr, status: StatusCode, reason: &dyn Display) {
     state.metrics.refused(status);
     info!(
         target: "offload::access",
@@ -230,9 +249,8 @@ pub(super) fn refused_head(
         status = status.as_u16(),
         kind = RequestKind::Refused.as_str(),
         peer = %peer,
-        reason = %error,
+        reason = %reason,
     );
-    true
 }
 
 /// The status hyper answered a refused request head with (its `on_error`), or `None` when

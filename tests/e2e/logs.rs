@@ -169,6 +169,78 @@ async fn refused_heads_are_logged_with_the_status_sent() {
     );
 }
 
+/// Reads until the server closes `stream` (at most 5 s); what it sent meanwhile.
+async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
+        .await
+        .expect("closed within 5 s")
+        .expect("read to the end");
+    got
+}
+
+#[tokio::test]
+async fn a_head_not_finished_in_time_is_logged_as_a_408() {
+    let app = App::start().await;
+    let config = "[server]\nheader_read_timeout = \"300ms\"\n";
+    let process = OffloadProcess::start_with_config(app.addr, Some(config), &[], &[]).await;
+    let connect = || TcpStream::connect(process.addr);
+    let mut half_head = connect().await.expect("connect");
+    half_head
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("half a head");
+    let mut unused = connect().await.expect("connect");
+    let mut kept_alive = connect().await.expect("connect");
+    kept_alive
+        .write_all(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    // HTTP/2 with prior knowledge: its preface and an empty SETTINGS frame, then no request.
+    let mut http2 = connect().await.expect("connect");
+    http2
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+
+    assert!(
+        until_closed(&mut half_head).await.is_empty(),
+        "dropped unanswered"
+    );
+    assert!(until_closed(&mut unused).await.is_empty());
+    let answer = until_closed(&mut kept_alive).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let frames = until_closed(&mut http2).await;
+    assert!(
+        frames.len() >= 9 && frames[3] == 4,
+        "SETTINGS first: {frames:?}"
+    );
+
+    let lines = wait_for_access_lines(&process, 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(access_lines(&process), lines, "{}", process.logs());
+    let refused: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "refused").collect();
+    assert_eq!(refused.len(), 1, "{lines:?}");
+    let line = refused[0];
+    assert_eq!(line["status"], 408, "{line}");
+    assert_eq!(line["method"], "-", "{line}");
+    assert_eq!(
+        line["reason"],
+        "request head not complete within server.header_read_timeout (300ms)"
+    );
+    assert_eq!(
+        line["peer"].as_str(),
+        Some(half_head.local_addr().expect("addr").to_string().as_str())
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "passthrough" && l["path"] == "/bytes/10"),
+        "{lines:?}"
+    );
+}
+
 #[tokio::test]
 async fn text_logs_written_to_a_file_carry_no_colour_codes() {
     let app = App::start().await;
