@@ -32,7 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use url::Url;
 
 use crate::admin::{Admin, StoreReachable, UpstreamReachable};
@@ -48,6 +48,7 @@ use idle::{Activity, ConnectionState, Verdict, Watchdog};
 use observe::{
     Logged, Observed, RequestRecord, head_timed_out, observe, refused_head, track_request_body,
 };
+pub use tls::Certificates;
 use workers::Workers;
 
 /// What every request handler shares: built once at start-up. Each worker thread serves
@@ -502,6 +503,7 @@ pub struct Server {
     admin_listener: Option<TcpListener>,
     admin: Arc<Admin>,
     tls: Option<TlsAcceptor>,
+    certificates: Option<Arc<Certificates>>,
 }
 
 impl Server {
@@ -522,8 +524,12 @@ impl Server {
 
     async fn bind_state(config: Arc<Config>, state: AppState) -> anyhow::Result<Server> {
         let state = Arc::new(state);
-        let tls = match &config.server.tls {
-            Some(t) => Some(tls::acceptor(t, config.server.http2)?),
+        let certificates = match &config.server.tls {
+            Some(files) => Some(Arc::new(Certificates::load(files)?)),
+            None => None,
+        };
+        let tls = match &certificates {
+            Some(c) => Some(tls::acceptor(Arc::clone(c), config.server.http2)?),
             None => None,
         };
         let listener = TcpListener::bind(config.server.listen)
@@ -546,7 +552,13 @@ impl Server {
             admin_listener,
             admin: Arc::new(admin),
             tls,
+            certificates,
         })
+    }
+
+    /// What the TLS listener serves, when there is one: [`Certificates::reload`] renews it.
+    pub fn certificates(&self) -> Option<&Arc<Certificates>> {
+        self.certificates.as_ref()
     }
 
     /// The public listener's address.
@@ -641,9 +653,47 @@ impl Server {
 /// How long [`Server::run`] waits, after the grace period, for the connections it drops.
 const ABANDON_WAIT: Duration = Duration::from_secs(1);
 
-/// Binds per `config` and serves until `shutdown` resolves.
+/// Binds per `config` and serves until `shutdown` resolves; meanwhile each SIGHUP re-reads
+/// the TLS certificate and key.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    Server::bind(config).await?.run(shutdown).await
+    let server = Server::bind(config).await?;
+    let reloads = tokio::spawn(reload_on_hangup(server.certificates().cloned()));
+    let served = server.run(shutdown).await;
+    reloads.abort();
+    served
+}
+
+/// On each SIGHUP, re-reads `server.tls`'s certificate and key (as nginx's reload is used
+/// after a certificate's renewal); other settings take a restart. Without TLS the signal is
+/// only logged: its default action would end the process.
+async fn reload_on_hangup(certificates: Option<Arc<Certificates>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => return warn!(error = %e, "cannot watch SIGHUP; no certificate reloads"),
+        };
+        while hangups.recv().await.is_some() {
+            let Some(certificates) = &certificates else {
+                warn!("SIGHUP: no server.tls to reload; other settings take a restart");
+                continue;
+            };
+            // Two small files read on this thread, as nginx's reload does: no I/O worth a
+            // blocking pool.
+            match certificates.reload() {
+                Ok(()) => {
+                    info!(cert = %certificates.cert_path().display(), "SIGHUP: TLS certificate reloaded")
+                }
+                Err(e) => error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: TLS certificate not reloaded; serving the previous one"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = certificates;
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

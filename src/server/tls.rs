@@ -1,37 +1,90 @@
-//! TLS termination with rustls, from PEM files.
+//! TLS termination with rustls, from PEM files, re-read on demand (SIGHUP) so that a renewed
+//! certificate is served without a restart.
 
 use std::fs::File;
 use std::io::BufReader;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
 
-/// Builds the acceptor for `server.tls`; ALPN offers `h2` (when HTTP/2 is on) and
-/// `http/1.1`.
-pub(super) fn acceptor(cfg: &TlsConfig, http2: bool) -> anyhow::Result<TlsAcceptor> {
-    let certs =
-        crate::pem::certificates("server.tls.cert", &cfg.cert).map_err(anyhow::Error::msg)?;
-    let key = {
-        let file = File::open(&cfg.key)
-            .with_context(|| format!("server.tls.key: opening {}", cfg.key.display()))?;
-        rustls_pemfile::private_key(&mut BufReader::new(file))
-            .with_context(|| format!("server.tls.key: reading {}", cfg.key.display()))?
-            .with_context(|| format!("server.tls.key: no private key in {}", cfg.key.display()))?
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("server.tls: protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("server.tls: certificate and key do not fit together")?;
+/// Builds the acceptor for `server.tls`, serving what `certificates` holds; ALPN offers
+/// `h2` (when HTTP/2 is on) and `http/1.1`.
+pub(super) fn acceptor(
+    certificates: Arc<Certificates>,
+    http2: bool,
+) -> anyhow::Result<TlsAcceptor> {
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::clone(&certificates.provider))
+            .with_safe_default_protocol_versions()
+            .context("server.tls: protocol versions")?
+            .with_no_client_auth()
+            .with_cert_resolver(certificates);
     config.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The certificate chain and key the listener serves, as read from `server.tls`'s files.
+#[derive(Debug)]
+pub struct Certificates {
+    files: TlsConfig,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Certificates {
+    /// Reads `files`; the error names the key, the file and the reason.
+    pub(super) fn load(files: &TlsConfig) -> anyhow::Result<Certificates> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let current = read(files, &provider)?;
+        Ok(Certificates {
+            files: files.clone(),
+            provider,
+            current: RwLock::new(Arc::new(current)),
+        })
+    }
+
+    /// Reads the files again and serves what they hold to the handshakes from now on
+    /// (connections already open keep theirs). On an error (a file half written, a key that
+    /// does not fit the certificate) the certificate served so far stays.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let fresh = read(&self.files, &self.provider)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// The certificate file, for the log.
+    pub fn cert_path(&self) -> &std::path::Path {
+        &self.files.cert
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        Some(Arc::clone(&current))
+    }
+}
+
+/// The chain and key in `files`, checked to fit together.
+fn read(files: &TlsConfig, provider: &CryptoProvider) -> anyhow::Result<CertifiedKey> {
+    let certs =
+        crate::pem::certificates("server.tls.cert", &files.cert).map_err(anyhow::Error::msg)?;
+    let key_path = files.key.display();
+    let file =
+        File::open(&files.key).with_context(|| format!("server.tls.key: opening {key_path}"))?;
+    let key = rustls_pemfile::private_key(&mut BufReader::new(file))
+        .with_context(|| format!("server.tls.key: reading {key_path}"))?
+        .with_context(|| format!("server.tls.key: no private key in {key_path}"))?;
+    CertifiedKey::from_der(certs, key, provider)
+        .context("server.tls: certificate and key do not fit together")
 }

@@ -7,6 +7,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::support::app::Echo;
+use crate::support::process::OffloadProcess;
 use crate::support::raw::RawApp;
 use crate::support::{App, Proxy, app_and_proxy, client, config_for, raw_body};
 
@@ -58,6 +59,125 @@ async fn tls_with_alpn_h2_and_http1() {
                 .is_some_and(|f| f.ends_with("proto=https"))
         );
     }
+}
+
+/// A self-signed certificate for `localhost`: its PEM, its key's PEM and its DER.
+fn localhost_certificate() -> (String, String, Vec<u8>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let der = cert.cert.der().to_vec();
+    (cert.cert.pem(), cert.key_pair.serialize_pem(), der)
+}
+
+/// A TLS client trusting each of `certs` (PEM), with no session resumption.
+fn tls_client(certs: &[&str]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in certs {
+        for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            roots.add(cert.expect("PEM")).expect("root");
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Full handshakes only: a resumed session shows the certificate of the one it resumes.
+    config.resumption = rustls::client::Resumption::disabled();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// A TLS connection to `addr` as `localhost`, and the certificate it was shown (DER).
+async fn tls_connect(
+    connector: &tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+) -> (tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    let shown = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("peer certificate")[0]
+        .to_vec();
+    (tls, shown)
+}
+
+/// GET `path` on an open HTTP/1.1 connection; the response's status line.
+async fn status_line<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+    stream: &mut S,
+    path: &str,
+) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf).await.expect("response");
+        assert!(n > 0, "closed before a status line");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn sighup_serves_a_renewed_certificate_and_keeps_the_old_on_a_bad_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (old_pem, old_key, old_der) = localhost_certificate();
+    let (new_pem, new_key, new_der) = localhost_certificate();
+    std::fs::write(&cert_path, &old_pem).expect("write cert");
+    std::fs::write(&key_path, &old_key).expect("write key");
+    let app = App::start().await;
+    let config = format!(
+        "[server]\ntls = {{ cert = {:?}, key = {:?} }}\n",
+        cert_path.display().to_string(),
+        key_path.display().to_string()
+    );
+    let process = OffloadProcess::start_with_config(app.addr, Some(&config), &[], &[]).await;
+    let client = tls_client(&[&old_pem, &new_pem]);
+    let (mut before, shown) = tls_connect(&client, process.addr).await;
+    assert_eq!(shown, old_der);
+
+    // Renewed: the new pair is written and the process told.
+    std::fs::write(&cert_path, &new_pem).expect("write cert");
+    std::fs::write(&key_path, &new_key).expect("write key");
+    process.signal(libc::SIGHUP);
+    process
+        .wait_for_log("SIGHUP: TLS certificate reloaded")
+        .await;
+    let (mut after, shown) = tls_connect(&client, process.addr).await;
+    assert_eq!(shown, new_der, "new handshakes get the renewed certificate");
+    assert_eq!(status_line(&mut after, "/t").await, "HTTP/1.1 200 OK");
+    assert_eq!(
+        status_line(&mut before, "/t").await,
+        "HTTP/1.1 200 OK",
+        "a connection open before the reload carries on"
+    );
+
+    // Half renewed: the old certificate with the new key does not fit; nothing changes.
+    std::fs::write(&cert_path, &old_pem).expect("write cert");
+    process.signal(libc::SIGHUP);
+    let logs = process.wait_for_log("TLS certificate not reloaded").await;
+    assert!(
+        logs.contains("certificate and key do not fit together"),
+        "{logs}"
+    );
+    let (mut still, shown) = tls_connect(&client, process.addr).await;
+    assert_eq!(shown, new_der, "the certificate served before stays");
+    assert_eq!(status_line(&mut still, "/t").await, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
+async fn sighup_without_tls_is_logged_and_the_server_carries_on() {
+    let app = App::start().await;
+    let process = OffloadProcess::start(app.addr, &[], &[]).await;
+    process.signal(libc::SIGHUP);
+    process.wait_for_log("no server.tls to reload").await;
+    let mut stream = TcpStream::connect(process.addr).await.expect("connect");
+    assert_eq!(status_line(&mut stream, "/t").await, "HTTP/1.1 200 OK");
 }
 
 #[tokio::test]
