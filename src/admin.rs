@@ -51,7 +51,7 @@ impl ReadinessCheck for UpstreamReachable {
     }
 
     async fn check(&self) -> Result<(), String> {
-        let authority = self.upstream.authority();
+        let authority = self.upstream.address();
         match tokio::time::timeout(self.timeout, self.upstream.probe()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("{authority}: {e}")),

@@ -143,6 +143,9 @@ pub struct UpstreamConfig {
     /// PEM certificates trusted for an `https://` app, besides the system's roots (a private
     /// CA, or the app's own self-signed certificate).
     pub tls_ca_file: Option<PathBuf>,
+    /// Reach the app on this Unix socket instead of `url`'s host and port (which still give
+    /// the `Host` sent when `preserve_host` is off, and `url`'s path still prefixes requests).
+    pub unix_socket: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -155,6 +158,7 @@ impl Default for UpstreamConfig {
             pool_max_idle: 256,
             preserve_host: true,
             tls_ca_file: None,
+            unix_socket: None,
         }
     }
 }
@@ -574,6 +578,9 @@ impl Config {
         if self.upstream.tls_ca_file.is_some() && self.upstream.url.scheme() != "https" {
             bail!("upstream.tls_ca_file: only used with an https:// upstream.url");
         }
+        if self.upstream.unix_socket.is_some() && self.upstream.url.scheme() != "http" {
+            bail!("upstream.unix_socket: HTTP only; upstream.url must be http://");
+        }
         // hyper's HTTP/1 reader cannot work with a buffer below 8 KiB.
         if self.server.max_header_size < ByteSize::kib(8) {
             bail!("server.max_header_size: must be at least 8KiB");
@@ -922,6 +929,10 @@ mod tests {
                 "[upstream]\nurl = \"http://app\"\ntls_ca_file = \"/ca.pem\"",
                 "upstream.tls_ca_file: only used with an https://",
             ),
+            (
+                "[upstream]\nurl = \"https://app\"\nunix_socket = \"/run/app.sock\"",
+                "upstream.unix_socket: HTTP only",
+            ),
         ] {
             let err = load(text).unwrap_err();
             let msg = format!("{err:#}");
@@ -943,10 +954,15 @@ mod tests {
                 ("OFFLOAD_SERVER_MAX_BODY_SIZE", "2GiB"),
                 ("OFFLOAD_ASSETS_PREFIXES", "[\"/media/\"]"),
                 ("OFFLOAD_PRESET", "wordpress"),
+                ("OFFLOAD_UPSTREAM_UNIX_SOCKET", "/run/app/http.sock"),
             ],
         )
         .unwrap();
         assert_eq!(c.store.bucket, "b");
+        assert_eq!(
+            c.upstream.unix_socket.as_deref(),
+            Some(std::path::Path::new("/run/app/http.sock"))
+        );
         assert!(c.store.path_style);
         assert_eq!(c.server.listen, "127.0.0.1:9".parse().unwrap());
         assert_eq!(c.server.max_body_size, Some(ByteSize::gib(2)));

@@ -1,5 +1,5 @@
-//! Forwarding to the app: the pooled client (TLS to an `https://` app), header hygiene,
-//! upgrades.
+//! Forwarding to the app: the pooled client (TLS to an `https://` app, or a Unix socket),
+//! header hygiene, upgrades.
 //!
 //! [`Upstream`] is built once from `[upstream]` and shared; [`Upstream::forward`] sends a
 //! client's request on with hop-by-hop headers dropped and `X-Forwarded-*`/`Forwarded` set,
@@ -10,6 +10,7 @@
 //! the short answer the client sees (`502` app unreachable, `504` app too slow, `400` bad
 //! request).
 
+mod connect;
 mod error;
 mod headers;
 mod pool;

@@ -34,18 +34,12 @@ use http::{Request, Response, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_rustls::MaybeHttpsStream;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tower::ServiceExt;
 use tracing::debug;
 
-use super::tls::AppConnector;
+use super::connect::{AppConnector, AppIo};
 use crate::body::{Body, BoxError};
 use crate::config::UpstreamConfig;
-
-type AppIo = MaybeHttpsStream<TokioIo<TcpStream>>;
 
 /// One HTTP/1.1 connection to the app: the sending half and the connection future that does
 /// its I/O, which must be polled for anything to happen.
@@ -85,7 +79,8 @@ pub(super) struct SendFailure {
 #[repr(align(128))]
 pub(super) struct Pool {
     connector: AppConnector,
-    /// `http://host:port/` or `https://…`: where the connector connects.
+    /// `http://host:port/` or `https://…`: where a network connector connects (a Unix
+    /// socket's connector has its path).
     target: Uri,
     /// Bounds opening a connection: TCP connect, TLS handshake and all.
     connect_timeout: Duration,
@@ -175,7 +170,7 @@ impl Pool {
     async fn handshake(&self) -> Result<(http1::SendRequest<Body>, AppConnection), ConnectError> {
         // The TCP connector has its own timeout, but a TLS handshake the app never finishes
         // must not hang the request either (nginx bounds both by proxy_connect_timeout too).
-        let connecting = self.connector.clone().oneshot(self.target.clone());
+        let connecting = self.connector.connect(&self.target);
         let io = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| {

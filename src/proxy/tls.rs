@@ -15,15 +15,16 @@ use tracing::debug;
 
 use super::ProxyError;
 
-/// The pool's connector: plain TCP for `http://`, TCP + TLS (ALPN `http/1.1`) for `https://`.
-pub(super) type AppConnector = HttpsConnector<HttpConnector>;
+/// The pool's network connector: plain TCP for `http://`, TCP + TLS (ALPN `http/1.1`) for
+/// `https://`.
+pub(super) type NetConnector = HttpsConnector<HttpConnector>;
 
 /// Wraps `tcp` for the upstream URL's scheme. `tls_ca_file` only matters for `https`.
 pub(super) fn connector(
     mut tcp: HttpConnector,
     https: bool,
     tls_ca_file: Option<&Path>,
-) -> Result<AppConnector, ProxyError> {
+) -> Result<NetConnector, ProxyError> {
     // The TLS layer hands `https://` targets to the TCP connector, which must accept them.
     tcp.enforce_http(false);
     let roots = if https {

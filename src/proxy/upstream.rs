@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use ipnet::IpNet;
 use tracing::debug;
 
+use super::connect::AppConnector;
 use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
 use super::{ProxyError, error, headers, tls, upgrade};
 use crate::body::{self, Body};
@@ -39,7 +40,8 @@ pub struct UpstreamTiming(pub Duration);
 pub struct Upstream {
     /// One pool per worker thread, each used by its own worker only (see [`Upstream::pool`]).
     pools: Box<[Arc<Pool>]>,
-    authority: Authority,
+    /// Where connections go, for messages: `host:port`, or `unix:/path`.
+    address: String,
     /// The upstream authority as a `Host` value (used when the client's is not kept).
     host: HeaderValue,
     /// The upstream URL's path without its trailing '/', when it is not just "/".
@@ -82,10 +84,19 @@ impl Upstream {
         let path = url.path().trim_end_matches('/');
         let base_path = (!path.is_empty()).then(|| path.to_string());
 
-        let mut tcp = HttpConnector::new();
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(cfg.connect_timeout));
-        let connector = tls::connector(tcp, https, cfg.tls_ca_file.as_deref())?;
+        let address = match &cfg.unix_socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => authority.to_string(),
+        };
+        let connector = match &cfg.unix_socket {
+            Some(path) => AppConnector::unix(path.clone()),
+            None => {
+                let mut tcp = HttpConnector::new();
+                tcp.set_nodelay(true);
+                tcp.set_connect_timeout(Some(cfg.connect_timeout));
+                AppConnector::Net(tls::connector(tcp, https, cfg.tls_ca_file.as_deref())?)
+            }
+        };
         let target = Uri::builder()
             .scheme(if https { Scheme::HTTPS } else { Scheme::HTTP })
             .authority(authority.clone())
@@ -98,7 +109,7 @@ impl Upstream {
 
         Ok(Upstream {
             pools,
-            authority,
+            address,
             host,
             base_path,
             preserve_host: cfg.preserve_host,
@@ -114,13 +125,14 @@ impl Upstream {
         self
     }
 
-    /// The app's `host:port`, e.g. for a reachability check.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
+    /// Where connections to the app go (`host:port`, or `unix:/path`), e.g. for a
+    /// reachability check's message.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
-    /// Opens a connection to the app (TCP, and TLS for `https://`) and closes it: whether
-    /// requests could reach it now.
+    /// Opens a connection to the app (TCP, and TLS for `https://`; or its Unix socket) and
+    /// closes it: whether requests could reach it now.
     pub async fn probe(&self) -> Result<(), ProxyError> {
         self.pool().connect().await?;
         Ok(())

@@ -630,6 +630,70 @@ async fn an_https_app_is_reached_over_verified_tls() {
     );
 }
 
+/// An app on a Unix socket (`upstream.unix_socket`): bodies both ways byte for byte, the
+/// URL's host as `Host` when the client's is not kept, WebSocket, readiness; once the socket
+/// is gone, a 502 and a failed /readyz naming it.
+#[tokio::test]
+async fn an_app_on_a_unix_socket_is_reached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("app.sock");
+    let app = App::start_unix(&socket).await;
+    let mut config = config_for(app.addr);
+    config.upstream.url = "http://app.internal/".parse().expect("URL");
+    config.upstream.unix_socket = Some(socket.clone());
+    config.upstream.preserve_host = false;
+    let proxy = Proxy::start(config).await;
+    let http = client();
+    for _ in 0..2 {
+        let size = 3_000_000;
+        let resp = http
+            .post(proxy.url("/upload?unix"))
+            .body(reqwest::Body::wrap_stream(pattern_stream(size)))
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(resp.status(), 200);
+        let echo = Echo::parse(&resp.text().await.expect("echo"));
+        assert_eq!(echo.one("host"), Some("app.internal"));
+        assert_eq!(
+            (echo.body_len, echo.body_sha256),
+            (size, pattern_sha256(size))
+        );
+        assert_eq!(echo.target, "/upload?unix");
+        let resp = http
+            .get(proxy.url(&format!("/bytes/{size}")))
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(hash_body(resp).await, (size, pattern_sha256(size)));
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr))
+        .await
+        .expect("websocket over the socket");
+    ws.send(Message::text("over a unix socket"))
+        .await
+        .expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("frame"),
+        Message::text("over a unix socket")
+    );
+    let (status, _) = get_text(&proxy.admin_url("/readyz")).await;
+    assert_eq!(status, 200);
+
+    drop(app);
+    std::fs::remove_file(&socket).expect("socket gone");
+    let (status, text) = get_text(&proxy.url("/after")).await;
+    assert_eq!(status, 502);
+    let named = format!("unix:{}", socket.display());
+    assert!(
+        text.starts_with("upstream unreachable:") && text.contains(&named),
+        "{text}"
+    );
+    let (status, text) = get_text(&proxy.admin_url("/readyz")).await;
+    assert_eq!(status, 503);
+    assert!(text.contains(&named), "{text}");
+}
+
 /// A GET's status and body text.
 async fn get_text(url: &str) -> (StatusCode, String) {
     let resp = client().get(url).send().await.expect("answer");

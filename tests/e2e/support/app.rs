@@ -69,42 +69,39 @@ impl App {
     async fn start_with(tls: Option<TlsAcceptor>) -> App {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("app binds");
         let addr = listener.local_addr().expect("app address");
-        let stopped = CancellationToken::new();
-        let token = stopped.clone();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let recorder = Arc::clone(&seen);
-        let files = Files::default();
-        let served = files.clone();
-        let task = tokio::spawn(async move {
+        App::serve(addr, move |app| async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let token = token.clone();
-                let recorder = Arc::clone(&recorder);
-                let served = served.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        if let Ok(mut seen) = recorder.lock() {
-                            seen.push(format!("{} {}", req.method(), req.uri()));
-                        }
-                        handle(req, served.clone())
-                    });
-                    let served = async {
-                        match tls {
-                            None => serve_connection(stream, service).await,
-                            Some(acceptor) => {
-                                if let Ok(stream) = acceptor.accept(stream).await {
-                                    serve_connection(stream, service).await;
-                                }
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = served => {}
-                        _ = token.cancelled() => {}
-                    }
-                });
+                app.accepted(stream, tls.clone());
             }
-        });
+        })
+    }
+
+    /// The same app on a Unix socket at `path` (its `addr` is then no address of it).
+    pub async fn start_unix(path: &std::path::Path) -> App {
+        let listener = tokio::net::UnixListener::bind(path).expect("app binds its socket");
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        App::serve(addr, move |app| async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                app.accepted(stream, None);
+            }
+        })
+    }
+
+    /// Runs `accept_loop` with what each connection needs.
+    fn serve<F, Fut>(addr: SocketAddr, accept_loop: F) -> App
+    where
+        F: FnOnce(Accepting) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stopped = CancellationToken::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let files = Files::default();
+        let accepting = Accepting {
+            stopped: stopped.clone(),
+            seen: Arc::clone(&seen),
+            files: files.clone(),
+        };
+        let task = tokio::spawn(accept_loop(accepting));
         App {
             addr,
             seen,
@@ -112,6 +109,47 @@ impl App {
             task,
             stopped,
         }
+    }
+}
+
+/// What an app's accept loop hands each connection.
+struct Accepting {
+    stopped: CancellationToken,
+    seen: Arc<Mutex<Vec<String>>>,
+    files: Files,
+}
+
+impl Accepting {
+    /// Serves `stream` (over TLS when `tls` is given) until it ends or the app stops.
+    fn accepted<S>(&self, stream: S, tls: Option<TlsAcceptor>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let token = self.stopped.clone();
+        let recorder = Arc::clone(&self.seen);
+        let served = self.files.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                if let Ok(mut seen) = recorder.lock() {
+                    seen.push(format!("{} {}", req.method(), req.uri()));
+                }
+                handle(req, served.clone())
+            });
+            let served = async {
+                match tls {
+                    None => serve_connection(stream, service).await,
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve_connection(stream, service).await;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = served => {}
+                _ = token.cancelled() => {}
+            }
+        });
     }
 }
 
