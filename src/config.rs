@@ -77,6 +77,10 @@ pub struct ServerConfig {
     /// Worker threads serving requests, each with an event loop and app connections of its
     /// own (like nginx's worker processes): 0 = one per CPU core. See `server::workers`.
     pub worker_threads: usize,
+    /// Most client connections open at once, all workers together, as nginx's
+    /// `worker_connections`: past it, new ones wait in the listen backlog. 0: what the
+    /// open-file limit leaves room for (see `server::limits`).
+    pub max_connections: usize,
 }
 
 impl ServerConfig {
@@ -109,6 +113,7 @@ impl Default for ServerConfig {
             max_body_size: None,
             trusted_proxies: Vec::new(),
             worker_threads: 0,
+            max_connections: 0,
         }
     }
 }

@@ -143,6 +143,7 @@ fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
 fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     offload::logging::init(&config.log)?;
+    offload::server::raise_open_files_limit();
     let log_buffer = config.log.buffer_bytes();
     with_log_buffer(log_buffer, || {
         server_runtime()?.block_on(offload::server::run(

@@ -7,6 +7,7 @@
 //! Every request goes through [`route`], the one place that knows all the ways through.
 
 mod idle;
+mod limits;
 mod linger;
 mod observe;
 mod tls;
@@ -45,6 +46,8 @@ use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use idle::{Activity, ConnectionState, Verdict, Watchdog};
+use limits::ConnectionSlots;
+pub use limits::raise_open_files_limit;
 use observe::{
     Logged, Observed, RequestRecord, head_timed_out, observe, refused_head, track_request_body,
 };
@@ -608,16 +611,32 @@ impl Server {
                 .map(|_| Arc::new(AppState::clone(&self.state)))
                 .collect(),
         });
-        info!(listen = %self.listener.local_addr()?, workers = worker_count, "serving");
+        let max_connections = limits::max_connections(server_cfg.max_connections);
+        let slots = ConnectionSlots::new(max_connections);
+        info!(
+            listen = %self.listener.local_addr()?,
+            workers = worker_count,
+            max_connections,
+            "serving"
+        );
         let mut shutdown = pin!(shutdown);
         loop {
+            // A slot first: at the limit, connections wait in the listen backlog.
+            let slot = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                slot = slots.next() => slot,
+            };
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let shared = Arc::clone(&shared);
-                        workers.serve(stream, &tracker, move |stream| accept(stream, peer, shared));
+                        workers.serve(stream, &tracker, move |stream| async move {
+                            let _slot = slot;
+                            accept(stream, peer, shared).await;
+                        });
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.

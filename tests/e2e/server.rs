@@ -181,6 +181,46 @@ async fn sighup_without_tls_is_logged_and_the_server_carries_on() {
 }
 
 #[tokio::test]
+async fn past_max_connections_new_ones_wait_until_one_closes() {
+    let app = App::start().await;
+    let config = "[server]\nmax_connections = 2\n";
+    let process = OffloadProcess::start_with_config(app.addr, Some(config), &[], &[]).await;
+    let serving = process.wait_for_log("\"max_connections\":2").await;
+    assert!(serving.contains("\"serving\""), "{serving}");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(process.addr).await.expect("connect");
+        assert_eq!(
+            status_line(&mut stream, "/bytes/3").await,
+            "HTTP/1.1 200 OK"
+        );
+        held.push(stream);
+    }
+    // The third is taken by the kernel's backlog, and not answered while both are open.
+    let mut third = TcpStream::connect(process.addr).await.expect("connect");
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(500),
+        status_line(&mut third, "/bytes/3"),
+    )
+    .await;
+    assert!(waiting.is_err(), "answered past the limit: {waiting:?}");
+    process
+        .wait_for_log("server.max_connections reached: new connections wait")
+        .await;
+    drop(held.pop());
+    let mut answer = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut answer))
+        .await
+        .expect("answered once a connection closed")
+        .expect("read");
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200 OK"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+}
+
+#[tokio::test]
 async fn a_partial_request_head_is_cut_off() {
     let (_app, proxy) =
         app_and_proxy(|c| c.server.header_read_timeout = Duration::from_millis(500)).await;

@@ -1,0 +1,167 @@
+//! How many client connections the server holds at once (`server.max_connections`, as
+//! nginx's `worker_connections`), and the open-file limit under it.
+//!
+//! Each connection costs a file descriptor, and one more while it has a connection to the
+//! app. Past the process's open-file limit `accept` fails (EMFILE) and so would connecting
+//! to the app, opening a stored file or a log: everyone's requests fail, not just the
+//! newest. So the server stops accepting at a limit below that: new connections wait in
+//! the kernel's listen backlog until one closes, as nginx does when its workers are full.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tracing::warn;
+
+/// Descriptors kept for everything but client connections and their app connections:
+/// listeners, the store's files, logs, the S3 client's connections.
+const RESERVED_FILES: u64 = 256;
+
+/// The most connections [`max_connections`] derives when the open-file limit is unlimited.
+const UNLIMITED_FILES: u64 = 1 << 20;
+
+/// Raises this process's soft open-file limit to its hard limit (as Go's runtime does, and
+/// nginx's `worker_rlimit_nofile`): a shell's soft 1024 would otherwise cap a proxy at a
+/// few hundred clients. Returns the soft limit in effect, `None` where it cannot be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own; no other memory is involved.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own. Failing leaves the limit as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+/// The open-file soft limit now, `None` where it cannot be read.
+fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+}
+
+/// `server.max_connections`, or when it is 0, what the open-file limit leaves room for: half
+/// of it past [`RESERVED_FILES`] (a client connection and its app connection each).
+pub fn max_connections(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let files = open_files_limit().map_or(1024, |n| n.min(UNLIMITED_FILES));
+    let room = files.saturating_sub(RESERVED_FILES) / 2;
+    usize::try_from(room).unwrap_or(usize::MAX).max(16)
+}
+
+/// The connection slots: one is held by each open client connection.
+pub(super) struct ConnectionSlots {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    /// When the limit was last reported, so that a server held at it warns once a minute.
+    last_warned: Mutex<Option<Instant>>,
+}
+
+/// How often a server held at its connection limit says so.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl ConnectionSlots {
+    pub(super) fn new(limit: usize) -> ConnectionSlots {
+        ConnectionSlots {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            last_warned: Mutex::new(None),
+        }
+    }
+
+    /// A slot for the next connection, waiting (and warning) while all are taken.
+    pub(super) async fn next(&self) -> OwnedSemaphorePermit {
+        match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => return slot,
+            Err(TryAcquireError::NoPermits) => self.warn_full(),
+            // Never closed: the semaphore lives as long as the server.
+            Err(TryAcquireError::Closed) => {}
+        }
+        match Arc::clone(&self.slots).acquire_owned().await {
+            Ok(slot) => slot,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    fn warn_full(&self) {
+        let mut last = self
+            .last_warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        warn!(
+            max_connections = self.limit,
+            "server.max_connections reached: new connections wait in the listen backlog"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_limit_is_taken_as_it_is() {
+        assert_eq!(max_connections(2), 2);
+        assert_eq!(max_connections(50_000), 50_000);
+    }
+
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one_and_sizes_the_default() {
+        let hard = {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: as above.
+            assert_eq!(
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+                0
+            );
+            limit.rlim_max
+        };
+        let lowered = libc::rlimit {
+            rlim_cur: hard.min(4096) / 2,
+            rlim_max: hard,
+        };
+        // SAFETY: as above; lowering the soft limit needs no privilege.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        assert_eq!(open_files_limit(), Some(hard.min(4096) / 2));
+        assert_eq!(raise_open_files_limit(), Some(hard));
+        assert_eq!(open_files_limit(), Some(hard));
+        let expected = (hard.min(UNLIMITED_FILES) - RESERVED_FILES) / 2;
+        assert_eq!(max_connections(0) as u64, expected.max(16));
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_wait_for_a_slot() {
+        let slots = ConnectionSlots::new(2);
+        let first = slots.next().await;
+        let _second = slots.next().await;
+        let third = tokio::time::timeout(Duration::from_millis(50), slots.next()).await;
+        assert!(third.is_err(), "all taken: the third waits");
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(1), slots.next()).await;
+        assert!(third.is_ok(), "a slot freed");
+    }
+}
