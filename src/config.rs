@@ -125,6 +125,15 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// Serve TLS on this address and plain HTTP on `server.listen` (as nginx's `listen 443
+    /// ssl` beside `listen 80`); `None`: TLS on `server.listen` alone.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// With `listen`: answer requests on the plain listener with a `308` to the same URL on
+    /// HTTPS, but for ACME's HTTP-01 challenges (`/.well-known/acme-challenge/`), which
+    /// still reach the app (certbot's webroot).
+    #[serde(default)]
+    pub redirect_http: bool,
 }
 
 /// `[upstream]`: the app behind the proxy.
@@ -583,6 +592,15 @@ impl Config {
         if self.upstream.tls_ca_file.is_some() && self.upstream.url.scheme() != "https" {
             bail!("upstream.tls_ca_file: only used with an https:// upstream.url");
         }
+        if let Some(tls) = &self.server.tls {
+            if tls.redirect_http && tls.listen.is_none() {
+                bail!("server.tls.redirect_http: needs server.tls.listen (TLS beside plain HTTP)");
+            }
+            // Port 0 is any free port: two of them never clash.
+            if tls.listen == Some(self.server.listen) && self.server.listen.port() != 0 {
+                bail!("server.tls.listen: must differ from server.listen");
+            }
+        }
         if self.upstream.unix_socket.is_some() && self.upstream.url.scheme() != "http" {
             bail!("upstream.unix_socket: HTTP only; upstream.url must be http://");
         }
@@ -937,6 +955,14 @@ mod tests {
             (
                 "[upstream]\nurl = \"https://app\"\nunix_socket = \"/run/app.sock\"",
                 "upstream.unix_socket: HTTP only",
+            ),
+            (
+                "[server]\ntls = { cert = \"c.pem\", key = \"k.pem\", redirect_http = true }",
+                "server.tls.redirect_http: needs server.tls.listen",
+            ),
+            (
+                "[server]\nlisten = \"0.0.0.0:8080\"\ntls = { cert = \"c.pem\", key = \"k.pem\", listen = \"0.0.0.0:8080\" }",
+                "server.tls.listen: must differ",
             ),
         ] {
             let err = load(text).unwrap_err();

@@ -10,6 +10,7 @@ mod idle;
 mod limits;
 mod linger;
 mod observe;
+mod redirect;
 mod tls;
 mod workers;
 
@@ -77,6 +78,9 @@ pub struct AppState {
     /// How many worker threads serve connections (`server.worker_threads`, resolved once:
     /// the pool keeps idle app connections per worker).
     workers: usize,
+    /// `server.tls.redirect_http`: the TLS listener's port, which requests on the plain one
+    /// are redirected to.
+    https_redirect: Option<u16>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -139,6 +143,7 @@ impl AppState {
             after_app,
             store_prefix,
             workers,
+            https_redirect: None,
         })
     }
 }
@@ -243,6 +248,12 @@ impl Answer {
 pub async fn route(state: &AppState, mut req: Request<Body>, client: ClientInfo) -> Answer {
     if let Some(problem) = host_problem(&req) {
         let response = ProxyError::BadRequest(problem.into()).into_response();
+        return Answer::of_way(response, RequestKind::Passthrough);
+    }
+    if !client.tls
+        && let Some(port) = state.https_redirect
+        && let Some(response) = redirect::to_https(&req, port)
+    {
         return Answer::of_way(response, RequestKind::Passthrough);
     }
     // A declared length over `server.max_body_size` is refused before anything reaches the
@@ -507,6 +518,9 @@ pub struct Server {
     admin_listener: Option<TcpListener>,
     admin: Arc<Admin>,
     tls: Option<TlsAcceptor>,
+    /// `server.tls.listen`: TLS here, plain HTTP on `listener`. `None` with TLS configured:
+    /// TLS on `listener`.
+    tls_listener: Option<TcpListener>,
     certificates: Option<Arc<Certificates>>,
 }
 
@@ -526,8 +540,7 @@ impl Server {
         Server::bind_state(config, state).await
     }
 
-    async fn bind_state(config: Arc<Config>, state: AppState) -> anyhow::Result<Server> {
-        let state = Arc::new(state);
+    async fn bind_state(config: Arc<Config>, mut state: AppState) -> anyhow::Result<Server> {
         let certificates = match &config.server.tls {
             Some(files) => Some(Arc::new(Certificates::load(files)?)),
             None => None,
@@ -539,6 +552,21 @@ impl Server {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("server.listen: binding {}", config.server.listen))?;
+        let tls_listener = match config.server.tls.as_ref().and_then(|t| t.listen) {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("server.tls.listen: binding {addr}"))?,
+            ),
+            None => None,
+        };
+        if config.server.tls.as_ref().is_some_and(|t| t.redirect_http) {
+            state.https_redirect = tls_listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|addr| addr.port());
+        }
+        let state = Arc::new(state);
         let admin_listener = match config.server.admin_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -553,6 +581,7 @@ impl Server {
         Ok(Server {
             state,
             listener,
+            tls_listener,
             admin_listener,
             admin: Arc::new(admin),
             tls,
@@ -570,6 +599,11 @@ impl Server {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| self.state.config.server.listen)
+    }
+
+    /// The TLS listener's address, when it is one of its own (`server.tls.listen`).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The admin listener's address, unless it is off.
@@ -600,6 +634,8 @@ impl Server {
         }
         let server_cfg = &self.state.config.server;
         let grace = server_cfg.shutdown_grace;
+        // TLS on the main listener only when it has no listener of its own.
+        let tls_on_main = self.tls.is_some() && self.tls_listener.is_none();
         let shared = Arc::new(Shared {
             builder: http_builder(server_cfg),
             tls: self.tls,
@@ -616,6 +652,7 @@ impl Server {
         let slots = ConnectionSlots::new(max_connections);
         info!(
             listen = %self.listener.local_addr()?,
+            tls_listen = self.tls_listener.as_ref().and_then(|l| l.local_addr().ok()).map(tracing::field::display),
             workers = worker_count,
             max_connections,
             "serving"
@@ -628,23 +665,28 @@ impl Server {
                 _ = &mut shutdown => break,
                 slot = slots.next() => slot,
             };
-            tokio::select! {
+            let (accepted, tls) = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let shared = Arc::clone(&shared);
-                        workers.serve(stream, &tracker, move |stream| accept(stream, peer, shared, slot));
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                accepted = self.listener.accept() => (accepted, tls_on_main),
+                accepted = accept_on(self.tls_listener.as_ref()) => (accepted, true),
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let shared = Arc::clone(&shared);
+                    workers.serve(stream, &tracker, move |stream| {
+                        accept(stream, peer, tls, shared, slot)
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
         drop(self.listener);
+        drop(self.tls_listener);
         info!(
             connections = tracker.len(),
             "shutting down: no new connections"
@@ -801,20 +843,29 @@ impl Shared {
     }
 }
 
-/// Sets up one accepted connection (TLS handshake when configured) and serves it. `_slot`
+/// The next connection on `listener`; never, when there is none.
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sets up one accepted connection (TLS handshake when `tls`) and serves it. `_slot`
 /// is its place under `server.max_connections`, freed when it ends (held here rather than
 /// by a future wrapping this one: a layer more to poll at every wake-up cost ~20
 /// instructions a request).
 async fn accept(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "set_nodelay failed");
     }
-    let Some(acceptor) = shared.tls.clone() else {
+    let Some(acceptor) = shared.tls.clone().filter(|_| tls) else {
         let client = ClientInfo { peer, tls: false };
         return serve_connection(stream, client, shared).await;
     };

@@ -25,6 +25,8 @@ async fn tls_with_alpn_h2_and_http1() {
     config.server.tls = Some(offload::config::TlsConfig {
         cert: cert_path,
         key: key_path,
+        listen: None,
+        redirect_http: false,
     });
     let proxy = Proxy::start(config).await;
     let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("root");
@@ -58,6 +60,91 @@ async fn tls_with_alpn_h2_and_http1() {
             echo.one("forwarded")
                 .is_some_and(|f| f.ends_with("proto=https"))
         );
+    }
+}
+
+/// `server.tls.listen` beside `server.listen`: TLS on one, plain HTTP on the other, each
+/// request told which it came on; with `redirect_http`, plain requests get a 308 to HTTPS but
+/// for ACME's challenges.
+#[tokio::test]
+async fn tls_and_plain_http_on_listeners_of_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_pem, key_pem, _) = localhost_certificate();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &cert_pem).expect("write cert");
+    std::fs::write(&key, &key_pem).expect("write key");
+    let app = App::start().await;
+    let root = reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("root");
+    for redirect_http in [false, true] {
+        let mut config = config_for(app.addr);
+        config.server.tls = Some(offload::config::TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+            listen: Some("127.0.0.1:0".parse().expect("address")),
+            redirect_http,
+        });
+        let proxy = Proxy::start(config).await;
+        let tls_addr = proxy.tls_addr.expect("a TLS listener");
+        let https = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .add_root_certificate(root.clone())
+            .resolve("localhost", tls_addr)
+            .build()
+            .expect("client");
+        let resp = https
+            .get(format!("https://localhost:{}/t?s", tls_addr.port()))
+            .send()
+            .await
+            .expect("over TLS");
+        let echo = Echo::parse(&resp.text().await.expect("body"));
+        assert_eq!(echo.one("x-forwarded-proto"), Some("https"));
+
+        let plain = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let resp = plain
+            .post(format!("http://{}/form?x=1", proxy.addr))
+            .header("host", "site.test:8080")
+            .body("a=b")
+            .send()
+            .await
+            .expect("plain");
+        if redirect_http {
+            assert_eq!(resp.status(), 308);
+            assert_eq!(
+                resp.headers()["location"],
+                format!("https://site.test:{}/form?x=1", tls_addr.port()).as_str()
+            );
+            let posts = app
+                .seen()
+                .iter()
+                .filter(|s| s.starts_with("POST /form"))
+                .count();
+            assert_eq!(
+                posts, 1,
+                "only the round without the redirect reached the app"
+            );
+        } else {
+            assert_eq!(resp.status(), 200);
+            let echo = Echo::parse(&resp.text().await.expect("body"));
+            assert_eq!(echo.one("x-forwarded-proto"), Some("http"));
+            assert_eq!(echo.body_len, 3);
+        }
+        // ACME's HTTP-01 challenge reaches the app either way.
+        let resp = plain
+            .get(format!(
+                "http://{}/.well-known/acme-challenge/t0k3n",
+                proxy.addr
+            ))
+            .send()
+            .await
+            .expect("challenge");
+        assert_eq!(resp.status(), 200);
+        let echo = Echo::parse(&resp.text().await.expect("body"));
+        assert_eq!(echo.target, "/.well-known/acme-challenge/t0k3n");
     }
 }
 

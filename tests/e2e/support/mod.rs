@@ -41,6 +41,8 @@ pub fn config_for(app: SocketAddr) -> Config {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// `server.tls.listen`'s address, when TLS has a listener of its own.
+    pub tls_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -49,18 +51,7 @@ impl Proxy {
     pub async fn start(config: Config) -> Proxy {
         config.validate().expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
-        let addr = server.local_addr();
-        let admin = server.admin_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
-        Proxy {
-            addr,
-            admin,
-            shutdown: Some(tx),
-            handle,
-        }
+        Proxy::run(server)
     }
 
     /// offload with an already opened store (an S3 store whose credentials are not in the
@@ -79,6 +70,7 @@ impl Proxy {
     fn run(server: Server) -> Proxy {
         let addr = server.local_addr();
         let admin = server.admin_addr();
+        let tls_addr = server.tls_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -86,6 +78,7 @@ impl Proxy {
         Proxy {
             addr,
             admin,
+            tls_addr,
             shutdown: Some(tx),
             handle,
         }

@@ -1,0 +1,117 @@
+//! `server.tls.redirect_http`: the plain listener answers every request with a redirect to
+//! the same URL on HTTPS, as nginx's `return 301 https://$host$request_uri;` in its
+//! `listen 80` server, but for ACME's HTTP-01 challenges, which the app answers (certbot's
+//! webroot writes them into the app's document root).
+
+use http::header::{self, HeaderValue};
+use http::uri::Authority;
+use http::{Request, Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// Where ACME's HTTP-01 challenges are asked for (RFC 8555, 8.3).
+const ACME_CHALLENGES: &str = "/.well-known/acme-challenge/";
+
+/// The answer to a plain-HTTP `req` when HTTPS is on `https_port`: a `308` to the same
+/// host, path and query there (the method and body kept, where a `301` lets clients turn a
+/// POST into a GET), or a `400` when the request names no usable host. `None` for ACME's
+/// challenges, which go on to the app.
+pub(super) fn to_https<B>(req: &Request<B>, https_port: u16) -> Option<Response<Body>> {
+    if req.uri().path().starts_with(ACME_CHALLENGES) {
+        return None;
+    }
+    let Some(location) = https_location(req, https_port) else {
+        return Some(answer(
+            StatusCode::BAD_REQUEST,
+            "no host to redirect to HTTPS\n",
+            None,
+        ));
+    };
+    let text = format!("moved to {}\n", location.to_str().unwrap_or_default());
+    Some(answer(StatusCode::PERMANENT_REDIRECT, text, Some(location)))
+}
+
+/// `https://host[:port]/path?query` for `req`: its host (Host, or the request target's
+/// authority) without the plain listener's port, and `https_port` unless it is 443.
+fn https_location<B>(req: &Request<B>, https_port: u16) -> Option<HeaderValue> {
+    let authority = match req.headers().get(header::HOST) {
+        Some(host) => Authority::try_from(host.as_bytes()).ok()?,
+        None => req.uri().authority()?.clone(),
+    };
+    let host = authority.host();
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match https_port {
+        443 => format!("https://{host}{path}"),
+        port => format!("https://{host}:{port}{path}"),
+    };
+    HeaderValue::try_from(location).ok()
+}
+
+fn answer(
+    status: StatusCode,
+    text: impl Into<String>,
+    location: Option<HeaderValue>,
+) -> Response<Body> {
+    let mut response = Response::new(body::full(text.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(location) = location {
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(target: &str, host: Option<&str>) -> Request<()> {
+        let mut builder = Request::get(target);
+        if let Some(host) = host {
+            builder = builder.header(header::HOST, host);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn location(response: &Response<Body>) -> &str {
+        response.headers()[header::LOCATION].to_str().unwrap()
+    }
+
+    #[test]
+    fn the_same_url_on_https_with_the_listeners_port() {
+        let r = to_https(&get("/a/b%20c?x=1&y", Some("example.com:8080")), 8443).unwrap();
+        assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(location(&r), "https://example.com:8443/a/b%20c?x=1&y");
+        let r = to_https(&get("/", Some("example.com")), 443).unwrap();
+        assert_eq!(location(&r), "https://example.com/");
+        let r = to_https(&get("/p", Some("[2001:db8::1]:80")), 443).unwrap();
+        assert_eq!(location(&r), "https://[2001:db8::1]/p");
+        let r = to_https(&get("http://example.org/abs?q", None), 443).unwrap();
+        assert_eq!(location(&r), "https://example.org/abs?q");
+    }
+
+    #[test]
+    fn acme_challenges_go_on_to_the_app() {
+        assert!(
+            to_https(
+                &get("/.well-known/acme-challenge/tok3n", Some("a.test")),
+                443
+            )
+            .is_none()
+        );
+        assert!(to_https(&get("/.well-known/other", Some("a.test")), 443).is_some());
+    }
+
+    #[test]
+    fn no_usable_host_is_a_400() {
+        for host in [None, Some("bad host"), Some("a.test/evil")] {
+            let r = to_https(&get("/x", host), 443).unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{host:?}");
+            assert!(!r.headers().contains_key(header::LOCATION));
+        }
+    }
+}
