@@ -557,6 +557,45 @@ fn app_certificate(dir: &std::path::Path) -> (rcgen::CertifiedKey, std::path::Pa
 /// An `https://` app: reached over TLS with its certificate checked against
 /// `upstream.tls_ca_file`, bodies intact both ways, WebSockets tunnelled; without the
 /// certificate trusted, a 502 that says why.
+/// Through `proxy`, twice: 3 MB up to the app's echo (at `/upload?{tag}`) and down from it,
+/// checked by SHA-256; then a WebSocket echo. The last upload's echo.
+async fn round_trips_and_a_websocket(proxy: &Proxy, tag: &str) -> Echo {
+    let http = client();
+    let size = 3_000_000;
+    let mut last = None;
+    for _ in 0..2 {
+        let target = format!("/upload?{tag}");
+        let resp = http
+            .post(proxy.url(&target))
+            .body(reqwest::Body::wrap_stream(pattern_stream(size)))
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(resp.status(), 200);
+        let echo = Echo::parse(&resp.text().await.expect("echo"));
+        assert_eq!(echo.body_len, size);
+        assert_eq!(echo.body_sha256, pattern_sha256(size));
+        assert_eq!(echo.target, target);
+        last = Some(echo);
+        let resp = http
+            .get(proxy.url(&format!("/bytes/{size}")))
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(hash_body(resp).await, (size, pattern_sha256(size)));
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr))
+        .await
+        .expect("websocket");
+    let text = format!("over {tag}");
+    ws.send(Message::text(text.clone())).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("frame"),
+        Message::text(text)
+    );
+    last.expect("two uploads")
+}
+
 #[tokio::test]
 async fn an_https_app_is_reached_over_verified_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -569,36 +608,7 @@ async fn an_https_app_is_reached_over_verified_tls() {
     config.upstream.tls_ca_file = Some(ca_file);
     let proxy = Proxy::start(config).await;
     let http = client();
-    for _ in 0..2 {
-        let size = 3_000_000;
-        let resp = http
-            .post(proxy.url("/upload?tls"))
-            .body(reqwest::Body::wrap_stream(pattern_stream(size)))
-            .send()
-            .await
-            .expect("upload");
-        assert_eq!(resp.status(), 200);
-        let echo = Echo::parse(&resp.text().await.expect("echo"));
-        assert_eq!(
-            (echo.body_len, echo.body_sha256),
-            (size, pattern_sha256(size))
-        );
-        assert_eq!(echo.target, "/upload?tls");
-        let resp = http
-            .get(proxy.url(&format!("/bytes/{size}")))
-            .send()
-            .await
-            .expect("download");
-        assert_eq!(hash_body(resp).await, (size, pattern_sha256(size)));
-    }
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr))
-        .await
-        .expect("websocket through a TLS app connection");
-    ws.send(Message::text("over tls")).await.expect("send");
-    assert_eq!(
-        ws.next().await.expect("reply").expect("frame"),
-        Message::text("over tls")
-    );
+    round_trips_and_a_websocket(&proxy, "tls").await;
     let ready = http
         .get(proxy.admin_url("/readyz"))
         .send()
@@ -643,40 +653,8 @@ async fn an_app_on_a_unix_socket_is_reached() {
     config.upstream.unix_socket = Some(socket.clone());
     config.upstream.preserve_host = false;
     let proxy = Proxy::start(config).await;
-    let http = client();
-    for _ in 0..2 {
-        let size = 3_000_000;
-        let resp = http
-            .post(proxy.url("/upload?unix"))
-            .body(reqwest::Body::wrap_stream(pattern_stream(size)))
-            .send()
-            .await
-            .expect("upload");
-        assert_eq!(resp.status(), 200);
-        let echo = Echo::parse(&resp.text().await.expect("echo"));
-        assert_eq!(echo.one("host"), Some("app.internal"));
-        assert_eq!(
-            (echo.body_len, echo.body_sha256),
-            (size, pattern_sha256(size))
-        );
-        assert_eq!(echo.target, "/upload?unix");
-        let resp = http
-            .get(proxy.url(&format!("/bytes/{size}")))
-            .send()
-            .await
-            .expect("download");
-        assert_eq!(hash_body(resp).await, (size, pattern_sha256(size)));
-    }
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr))
-        .await
-        .expect("websocket over the socket");
-    ws.send(Message::text("over a unix socket"))
-        .await
-        .expect("send");
-    assert_eq!(
-        ws.next().await.expect("reply").expect("frame"),
-        Message::text("over a unix socket")
-    );
+    let echo = round_trips_and_a_websocket(&proxy, "unix").await;
+    assert_eq!(echo.one("host"), Some("app.internal"));
     let (status, _) = get_text(&proxy.admin_url("/readyz")).await;
     assert_eq!(status, 200);
 
