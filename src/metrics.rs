@@ -89,6 +89,8 @@ struct Inner {
     cells: Arc<WorkerCells>,
     upstream_errors: Family<CauseLabels, Counter>,
     open_connections: Family<WorkerLabels, Gauge>,
+    max_connections: Gauge,
+    connection_waits: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -114,6 +116,8 @@ impl Metrics {
         let cells = Arc::new(WorkerCells::new(workers));
         let upstream_errors = Family::<CauseLabels, Counter>::default();
         let open_connections = Family::<WorkerLabels, Gauge>::default();
+        let max_connections = Gauge::default();
+        let connection_waits = Counter::default();
         let view = |what| View {
             cells: Arc::clone(&cells),
             what,
@@ -154,12 +158,24 @@ impl Metrics {
             "Client connections open, by worker thread",
             open_connections.clone(),
         );
+        registry.register(
+            "offload_max_connections",
+            "server.max_connections: client connections open at most, all workers together",
+            max_connections.clone(),
+        );
+        registry.register(
+            "offload_connection_waits",
+            "Times a new connection had to wait in the listen backlog for a free slot",
+            connection_waits.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
                 cells,
                 upstream_errors,
                 open_connections,
+                max_connections,
+                connection_waits,
             }),
         }
     }
@@ -206,6 +222,18 @@ impl Metrics {
             .open_connections
             .get_or_create(&[("worker", worker.to_string())])
             .clone()
+    }
+
+    /// Sets the connection limit shown (`server.max_connections`, resolved).
+    pub fn max_connections(&self, limit: usize) {
+        self.inner
+            .max_connections
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a connection that found every slot taken.
+    pub fn connection_waited(&self) {
+        self.inner.connection_waits.inc();
     }
 
     /// The registry, for modules that register metrics of their own at start-up.

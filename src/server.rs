@@ -649,7 +649,7 @@ impl Server {
                 .collect(),
         });
         let max_connections = limits::max_connections(server_cfg.max_connections);
-        let slots = ConnectionSlots::new(max_connections);
+        let slots = ConnectionSlots::new(max_connections, self.state.metrics.clone());
         info!(
             listen = %self.listener.local_addr()?,
             tls_listen = self.tls_listener.as_ref().and_then(|l| l.local_addr().ok()).map(tracing::field::display),

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tracing::warn;
 
+use crate::metrics::Metrics;
+
 /// Descriptors kept for everything but client connections and their app connections:
 /// listeners, the store's files, logs, the S3 client's connections.
 const RESERVED_FILES: u64 = 256;
@@ -70,6 +72,7 @@ pub fn max_connections(configured: usize) -> usize {
 pub(super) struct ConnectionSlots {
     slots: Arc<Semaphore>,
     limit: usize,
+    metrics: Metrics,
     /// When the limit was last reported, so that a server held at it warns once a minute.
     last_warned: Mutex<Option<Instant>>,
 }
@@ -78,10 +81,13 @@ pub(super) struct ConnectionSlots {
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl ConnectionSlots {
-    pub(super) fn new(limit: usize) -> ConnectionSlots {
+    /// `limit` slots; the limit and each wait for a slot are shown in `metrics`.
+    pub(super) fn new(limit: usize, metrics: Metrics) -> ConnectionSlots {
+        metrics.max_connections(limit);
         ConnectionSlots {
             slots: Arc::new(Semaphore::new(limit)),
             limit,
+            metrics,
             last_warned: Mutex::new(None),
         }
     }
@@ -101,6 +107,7 @@ impl ConnectionSlots {
     }
 
     fn warn_full(&self) {
+        self.metrics.connection_waited();
         let mut last = self
             .last_warned
             .lock()
@@ -155,7 +162,8 @@ mod tests {
 
     #[tokio::test]
     async fn connections_past_the_limit_wait_for_a_slot() {
-        let slots = ConnectionSlots::new(2);
+        let metrics = Metrics::new();
+        let slots = ConnectionSlots::new(2, metrics.clone());
         let first = slots.next().await;
         let _second = slots.next().await;
         let third = tokio::time::timeout(Duration::from_millis(50), slots.next()).await;
@@ -163,5 +171,11 @@ mod tests {
         drop(first);
         let third = tokio::time::timeout(Duration::from_secs(1), slots.next()).await;
         assert!(third.is_ok(), "a slot freed");
+        let text = metrics.encode().expect("metrics");
+        assert!(text.contains("offload_max_connections 2\n"), "{text}");
+        assert!(
+            text.contains("offload_connection_waits_total 1\n"),
+            "{text}"
+        );
     }
 }
