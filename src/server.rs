@@ -10,6 +10,7 @@ mod idle;
 mod limits;
 mod linger;
 mod observe;
+mod proxy_protocol;
 mod redirect;
 mod tls;
 mod workers;
@@ -641,6 +642,7 @@ impl Server {
             tls: self.tls,
             idle_timeout: server_cfg.idle_timeout,
             handshake_timeout: server_cfg.header_read_timeout,
+            proxy_protocol: server_cfg.proxy_protocol,
             cancel: cancel.clone(),
             abandon: abandon.clone(),
             // One copy of the state per worker (see `AppState`).
@@ -828,8 +830,11 @@ struct Shared {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     idle_timeout: Duration,
-    /// `server.header_read_timeout`: bounds the TLS handshake and each request head.
+    /// `server.header_read_timeout`: bounds the PROXY header, the TLS handshake and each
+    /// request head.
     handshake_timeout: Duration,
+    /// `server.proxy_protocol`.
+    proxy_protocol: bool,
     /// Shutdown began: connections close once their requests in flight are answered.
     cancel: CancellationToken,
     /// The shutdown grace expired: connections still open are dropped.
@@ -856,14 +861,22 @@ async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream
 /// by a future wrapping this one: a layer more to poll at every wake-up cost ~20
 /// instructions a request).
 async fn accept(
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
     tls: bool,
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "set_nodelay failed");
+    }
+    if shared.proxy_protocol {
+        let header = proxy_protocol::read_header(&mut stream, peer);
+        match tokio::time::timeout(shared.handshake_timeout, header).await {
+            Ok(Ok(client)) => peer = client,
+            Ok(Err(e)) => return debug!(%peer, error = %e, "closing: no PROXY header"),
+            Err(_) => return debug!(%peer, "closing: no PROXY header in time"),
+        }
     }
     let Some(acceptor) = shared.tls.clone().filter(|_| tls) else {
         let client = ClientInfo { peer, tls: false };

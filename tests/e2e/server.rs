@@ -307,6 +307,44 @@ async fn past_max_connections_new_ones_wait_until_one_closes() {
     );
 }
 
+/// `server.proxy_protocol`: the PROXY header's source is the client the app hears of (in
+/// X-Forwarded-For), whatever X-Forwarded-For the client sent; a connection without the
+/// header is closed unanswered.
+#[tokio::test]
+async fn a_proxy_protocol_header_names_the_client() {
+    let (app, proxy) = app_and_proxy(|c| c.server.proxy_protocol = true).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 80\r\n\
+              GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+        )
+        .await
+        .expect("header and request");
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.one("x-forwarded-for"), Some("203.0.113.7"));
+    // The next request on the connection is the same client's.
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("second request");
+    let response = read_response(&mut stream).await;
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.one("x-forwarded-for"), Some("203.0.113.7"));
+
+    let seen = app.seen().len();
+    let response = crate::support::raw_exchange(
+        proxy.addr,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(response.is_empty(), "answered without a header: {response}");
+    assert_eq!(app.seen().len(), seen, "nothing reached the app");
+}
+
 #[tokio::test]
 async fn a_partial_request_head_is_cut_off() {
     let (_app, proxy) =
