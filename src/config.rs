@@ -81,9 +81,10 @@ pub struct ServerConfig {
     /// `worker_connections`: past it, new ones wait in the listen backlog. 0: what the
     /// open-file limit leaves room for (see `server::limits`).
     pub max_connections: usize,
-    /// Every connection (on each listener) begins with a PROXY protocol header (v1 or v2),
-    /// whose source address is the client's, as nginx's `listen … proxy_protocol` behind a
-    /// TCP load balancer. A connection without one is closed.
+    /// Every connection to `listen` and `tls.listen` (not the admin listener) begins with a
+    /// PROXY protocol header (v1 or v2), whose source address is the client's, as nginx's
+    /// `listen … proxy_protocol` behind a TCP load balancer. A connection without one is
+    /// closed.
     pub proxy_protocol: bool,
 }
 
