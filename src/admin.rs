@@ -31,6 +31,24 @@ pub trait ReadinessCheck: Send + Sync {
     async fn check(&self) -> Result<(), String>;
 }
 
+/// Not ready once the server is shutting down (`server.shutdown_delay`): the load balancer
+/// is to stop sending requests before the listener closes.
+pub struct NotShuttingDown(pub CancellationToken);
+
+#[async_trait]
+impl ReadinessCheck for NotShuttingDown {
+    fn name(&self) -> &'static str {
+        "server"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match self.0.is_cancelled() {
+            true => Err("shutting down".into()),
+            false => Ok(()),
+        }
+    }
+}
+
 /// Ready when a connection to the app opens within `timeout`: the TCP connect and, for an
 /// `https://` app, the TLS handshake with its certificate verified (the way requests go).
 pub struct UpstreamReachable {

@@ -63,6 +63,10 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, requests in flight get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// On SIGTERM/SIGINT, first keep serving this long with `/readyz` failing, so that a
+    /// load balancer takes the server out before it stops accepting.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// Largest request head (request line + headers) accepted.
     pub max_header_size: ByteSize,
     /// Most headers accepted in one request.
@@ -113,6 +117,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
             max_header_size: ByteSize::kib(64),
             max_headers: 100,
             max_body_size: None,

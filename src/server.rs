@@ -39,7 +39,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 use url::Url;
 
-use crate::admin::{Admin, StoreReachable, UpstreamReachable};
+use crate::admin::{Admin, NotShuttingDown, StoreReachable, UpstreamReachable};
 use crate::assets::{self, Assets, MirrorCopy};
 use crate::body::Body;
 use crate::config::{Config, RewriteConfig, ServerConfig, StoreKind};
@@ -523,6 +523,8 @@ pub struct Server {
     /// TLS on `listener`.
     tls_listener: Option<TcpListener>,
     certificates: Option<Arc<Certificates>>,
+    /// Fired when the shutdown signal comes: `/readyz` fails from then on.
+    shutting_down: CancellationToken,
 }
 
 impl Server {
@@ -576,11 +578,14 @@ impl Server {
             ),
             None => None,
         };
+        let shutting_down = CancellationToken::new();
         let admin = Admin::new(state.metrics.clone())
+            .with_check(Arc::new(NotShuttingDown(shutting_down.clone())))
             .with_check(Arc::new(upstream_check(&state)))
             .with_check(Arc::new(StoreReachable::new(state.store.clone())));
         Ok(Server {
             state,
+            shutting_down,
             listener,
             tls_listener,
             admin_listener,
@@ -619,7 +624,8 @@ impl Server {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and waits up to
+    /// Serves until `shutdown` resolves (and `server.shutdown_delay` more, with `/readyz`
+    /// failing), then stops accepting and waits up to
     /// `server.shutdown_grace` for connections in flight; those still open then are dropped,
     /// on every worker, before this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -659,7 +665,19 @@ impl Server {
             max_connections,
             "serving"
         );
-        let mut shutdown = pin!(shutdown);
+        let delay = server_cfg.shutdown_delay;
+        let shutting_down = self.shutting_down.clone();
+        let mut shutdown = pin!(async move {
+            shutdown.await;
+            shutting_down.cancel();
+            if !delay.is_zero() {
+                info!(
+                    delay = %humantime::format_duration(delay),
+                    "shutting down: /readyz fails now; still serving until the delay ends"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        });
         loop {
             // A slot first: at the limit, connections wait in the listen backlog.
             let slot = tokio::select! {

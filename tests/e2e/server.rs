@@ -563,6 +563,50 @@ async fn graceful_shutdown_lets_a_request_in_flight_finish() {
     );
 }
 
+/// `server.shutdown_delay`: after the signal, `/readyz` fails at once while new connections
+/// are still served until the delay ends; then the listener closes and the server exits.
+#[tokio::test]
+async fn shutdown_delay_fails_readiness_first_and_keeps_serving() {
+    let (_app, mut proxy) =
+        app_and_proxy(|c| c.server.shutdown_delay = Duration::from_millis(800)).await;
+    let ready = client()
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let signalled = Instant::now();
+    proxy.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = client()
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz while draining");
+    assert_eq!(ready.status(), 503);
+    let text = ready.text().await.expect("body");
+    assert!(text.contains("server: shutting down"), "{text}");
+    // A new connection, during the delay: served.
+    let resp = client()
+        .get(proxy.url("/bytes/5"))
+        .send()
+        .await
+        .expect("served during the delay");
+    assert_eq!(resp.status(), 200);
+    assert!(signalled.elapsed() < Duration::from_millis(800));
+    let ended = tokio::time::timeout(Duration::from_secs(5), &mut proxy.handle).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(800),
+        "stopped before the delay: {:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "still accepting"
+    );
+}
+
 /// `count` requests for `path`, each on a connection of its own (opened together, so the
 /// workers get one each), given 200 ms to reach the app.
 async fn requests_in_flight(
