@@ -90,6 +90,10 @@ pub struct ServerConfig {
     /// `listen … proxy_protocol` behind a TCP load balancer. A connection without one is
     /// closed.
     pub proxy_protocol: bool,
+    /// A header (e.g. `X-Request-ID`) that carries each request's ID to the app and back to
+    /// the client, and into its access log line; one from a trusted proxy is kept. `None`:
+    /// no IDs.
+    pub request_id_header: Option<String>,
 }
 
 impl ServerConfig {
@@ -125,6 +129,7 @@ impl Default for ServerConfig {
             worker_threads: 0,
             max_connections: 0,
             proxy_protocol: false,
+            request_id_header: None,
         }
     }
 }
@@ -612,6 +617,11 @@ impl Config {
                 bail!("server.tls.listen: must differ from server.listen");
             }
         }
+        if let Some(name) = &self.server.request_id_header
+            && http::HeaderName::try_from(name.as_str()).is_err()
+        {
+            bail!("server.request_id_header: {name:?} is no header name");
+        }
         if self.upstream.unix_socket.is_some() && self.upstream.url.scheme() != "http" {
             bail!("upstream.unix_socket: HTTP only; upstream.url must be http://");
         }
@@ -966,6 +976,10 @@ mod tests {
             (
                 "[upstream]\nurl = \"https://app\"\nunix_socket = \"/run/app.sock\"",
                 "upstream.unix_socket: HTTP only",
+            ),
+            (
+                "[server]\nrequest_id_header = \"X Request\"",
+                "server.request_id_header: \"X Request\" is no header name",
             ),
             (
                 "[server]\ntls = { cert = \"c.pem\", key = \"k.pem\", redirect_http = true }",

@@ -12,6 +12,7 @@ mod linger;
 mod observe;
 mod proxy_protocol;
 mod redirect;
+mod request_id;
 mod tls;
 mod workers;
 
@@ -54,6 +55,7 @@ pub use limits::raise_open_files_limit;
 use observe::{
     Logged, Observed, RequestRecord, head_timed_out, observe, refused_head, track_request_body,
 };
+use request_id::RequestIds;
 pub use tls::Certificates;
 use workers::Workers;
 
@@ -82,6 +84,8 @@ pub struct AppState {
     /// `server.tls.redirect_http`: the TLS listener's port, which requests on the plain one
     /// are redirected to.
     https_redirect: Option<u16>,
+    /// `server.request_id_header`, when set.
+    request_ids: Option<Arc<RequestIds>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -133,6 +137,7 @@ impl AppState {
         });
         let store_prefix =
             (config.store.kind == StoreKind::Fs).then(|| config.store.serve_prefix.clone());
+        let request_ids = RequestIds::new(&config.server)?.map(Arc::new);
         Ok(AppState {
             config,
             upstream,
@@ -145,6 +150,7 @@ impl AppState {
             store_prefix,
             workers,
             https_redirect: None,
+            request_ids,
         })
     }
 }
@@ -464,13 +470,17 @@ fn forwarding_failed(state: &AppState, e: ProxyError, client: &ClientInfo) -> Re
 /// Wraps [`route`] with the per-request bookkeeping (byte counts, access log, metrics).
 async fn handle(
     state: Arc<AppState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     client: ClientInfo,
     connection: Arc<ConnectionState>,
 ) -> Result<Response<Observed>, Infallible> {
     let started = Instant::now();
     let http2 = req.version() == http::Version::HTTP_2;
-    let logged = Logged::of(&req);
+    let request_id = state
+        .request_ids
+        .as_ref()
+        .map(|ids| ids.assign(&mut req, client.peer.ip()));
+    let logged = Logged::of(&req, request_id.clone());
     let idle_timeout = state.config.server.idle_timeout;
     let max_body_size = state.config.server.max_body_bytes();
     let (req, body) = track_request_body(req, idle_timeout, max_body_size);
@@ -482,6 +492,13 @@ async fn handle(
         None => routed.await,
     };
     in_flight.answered();
+    let mut answer = answer;
+    if let (Some(ids), Some(id)) = (&state.request_ids, request_id) {
+        answer
+            .response
+            .headers_mut()
+            .insert(ids.header().clone(), id);
+    }
     let record = RequestRecord {
         state,
         in_flight,

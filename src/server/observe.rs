@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body as _, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
@@ -114,19 +114,22 @@ pub(super) struct RequestRecord {
     pub started: Instant,
 }
 
-/// The request's method and target, kept for its access log line.
+/// The request's method, target and ID (`server.request_id_header`), kept for its access
+/// log line.
 pub(super) struct Logged {
     method: Method,
     target: Option<PathAndQuery>,
+    request_id: Option<HeaderValue>,
 }
 
 impl Logged {
     /// What `req`'s access log line needs, if that line is logged at all (the log level
     /// lets it through).
-    pub(super) fn of<B>(req: &Request<B>) -> Option<Logged> {
+    pub(super) fn of<B>(req: &Request<B>, request_id: Option<HeaderValue>) -> Option<Logged> {
         tracing::enabled!(target: "offload::access", tracing::Level::INFO).then(|| Logged {
             method: req.method().clone(),
             target: req.uri().path_and_query().cloned(),
+            request_id,
         })
     }
 }
@@ -187,7 +190,8 @@ impl Observed {
         }
         let Some(logged) = &r.logged else { return };
         // Queries can carry one-time secrets (reset keys, signatures): logged only when
-        // `log.query` says so. Header values are never logged.
+        // `log.query` says so. Header values are never logged, but for the request ID (a
+        // printable token offload made or a trusted proxy set).
         let path = match &logged.target {
             Some(t) if r.state.config.log.query => t.as_str(),
             Some(t) => t.path(),
@@ -205,6 +209,7 @@ impl Observed {
             upstream_ms = done.upstream.map(millis),
             peer = %r.peer,
             complete,
+            request_id = logged.request_id.as_ref().and_then(|id| id.to_str().ok()),
         );
     }
 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::app::App;
+use crate::support::app::{App, Echo};
 use crate::support::process::OffloadProcess;
 use crate::support::{client, raw_exchange};
 
@@ -239,6 +239,50 @@ async fn a_head_not_finished_in_time_is_logged_as_a_408() {
             .any(|l| l["kind"] == "passthrough" && l["path"] == "/bytes/10"),
         "{lines:?}"
     );
+}
+
+/// `server.request_id_header`: the app, the client and the access log see the same ID; a
+/// trusted proxy's is kept, a bad one replaced.
+#[tokio::test]
+async fn each_request_carries_one_id_to_the_app_the_client_and_the_log() {
+    let app = App::start().await;
+    let config =
+        "[server]\nrequest_id_header = \"X-Request-ID\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+    let process = OffloadProcess::start_with_config(app.addr, Some(config), &[], &[]).await;
+    let url = format!("http://{}/echo", process.addr);
+    let mut answered = Vec::new();
+    for sent in [None, Some("lb-42"), Some("not a token")] {
+        let mut request = client().get(&url);
+        if let Some(id) = sent {
+            request = request.header("x-request-id", id);
+        }
+        let resp = request.send().await.expect("request");
+        assert_eq!(resp.status(), 200);
+        let returned = resp.headers()["x-request-id"]
+            .to_str()
+            .expect("text")
+            .to_string();
+        let echo = Echo::parse(&resp.text().await.expect("body"));
+        assert_eq!(
+            echo.one("x-request-id"),
+            Some(returned.as_str()),
+            "{sent:?}"
+        );
+        match sent {
+            Some("lb-42") => assert_eq!(returned, "lb-42", "a trusted proxy's ID is kept"),
+            _ => assert!(
+                returned.len() == 32 && returned.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{sent:?} got {returned:?}"
+            ),
+        }
+        answered.push(returned);
+    }
+    let lines = wait_for_access_lines(&process, 3).await;
+    let logged: Vec<&str> = lines
+        .iter()
+        .map(|line| line["request_id"].as_str().expect("request_id"))
+        .collect();
+    assert_eq!(logged, answered);
 }
 
 #[tokio::test]
