@@ -486,14 +486,15 @@ async fn handle(
     let (req, body) = track_request_body(req, idle_timeout, max_body_size);
     let mut in_flight = connection.begin(http2, body.clone());
     let routed = route(&state, req, client);
-    let answer = match &body {
+    let mut answer = match &body {
         // Boxed: only requests with a body are watched, and a GET's future stays as small.
         Some(body) => Box::pin(unless_left_unread(routed, body, &state, &client)).await,
         None => routed.await,
     };
     in_flight.answered();
-    let mut answer = answer;
-    if let (Some(ids), Some(id)) = (&state.request_ids, request_id) {
+    if let Some(ids) = &state.request_ids
+        && let Some(id) = request_id
+    {
         answer
             .response
             .headers_mut()
