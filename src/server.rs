@@ -479,7 +479,7 @@ async fn handle(
     let request_id = state
         .request_ids
         .as_ref()
-        .map(|ids| ids.assign(&mut req, client.peer.ip()));
+        .map(|ids| ids.assign(&mut req, state.upstream.is_trusted(client.peer.ip())));
     let logged = Logged::of(&req, request_id.clone());
     let idle_timeout = state.config.server.idle_timeout;
     let max_body_size = state.config.server.max_body_bytes();
@@ -573,14 +573,8 @@ impl Server {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("server.listen: binding {}", config.server.listen))?;
-        let tls_listener = match config.server.tls.as_ref().and_then(|t| t.listen) {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("server.tls.listen: binding {addr}"))?,
-            ),
-            None => None,
-        };
+        let tls_listen = config.server.tls.as_ref().and_then(|t| t.listen);
+        let tls_listener = bind_if_set("server.tls.listen", tls_listen).await?;
         if config.server.tls.as_ref().is_some_and(|t| t.redirect_http) {
             state.https_redirect = tls_listener
                 .as_ref()
@@ -588,14 +582,7 @@ impl Server {
                 .map(|addr| addr.port());
         }
         let state = Arc::new(state);
-        let admin_listener = match config.server.admin_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("server.admin_listen: binding {addr}"))?,
-            ),
-            None => None,
-        };
+        let admin_listener = bind_if_set("server.admin_listen", config.server.admin_listen).await?;
         let shutting_down = CancellationToken::new();
         let admin = Admin::new(state.metrics.clone())
             .with_check(Arc::new(NotShuttingDown(shutting_down.clone())))
@@ -659,6 +646,7 @@ impl Server {
         }
         let server_cfg = &self.state.config.server;
         let grace = server_cfg.shutdown_grace;
+        let tls_addr = self.tls_listener.as_ref().and_then(|l| l.local_addr().ok());
         // TLS on the main listener only when it has no listener of its own.
         let tls_on_main = self.tls.is_some() && self.tls_listener.is_none();
         let shared = Arc::new(Shared {
@@ -678,7 +666,7 @@ impl Server {
         let slots = ConnectionSlots::new(max_connections, self.state.metrics.clone());
         info!(
             listen = %self.listener.local_addr()?,
-            tls_listen = self.tls_listener.as_ref().and_then(|l| l.local_addr().ok()).map(tracing::field::display),
+            tls_listen = tls_addr.map(tracing::field::display),
             workers = worker_count,
             max_connections,
             "serving"
@@ -882,6 +870,15 @@ impl Shared {
     fn state(&self) -> &Arc<AppState> {
         crate::worker::mine(&self.states)
     }
+}
+
+/// A listener on `addr` when the config key `key` sets one.
+async fn bind_if_set(key: &str, addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: binding {addr}"))?;
+    Ok(Some(listener))
 }
 
 /// The next connection on `listener`; never, when there is none.

@@ -84,17 +84,17 @@ impl Upstream {
         let path = url.path().trim_end_matches('/');
         let base_path = (!path.is_empty()).then(|| path.to_string());
 
-        let address = match &cfg.unix_socket {
-            Some(path) => format!("unix:{}", path.display()),
-            None => authority.to_string(),
-        };
-        let connector = match &cfg.unix_socket {
-            Some(path) => AppConnector::unix(path.clone()),
+        let (connector, address) = match &cfg.unix_socket {
+            Some(path) => (
+                AppConnector::unix(path.clone()),
+                format!("unix:{}", path.display()),
+            ),
             None => {
                 let mut tcp = HttpConnector::new();
                 tcp.set_nodelay(true);
                 tcp.set_connect_timeout(Some(cfg.connect_timeout));
-                AppConnector::Net(tls::connector(tcp, https, cfg.tls_ca_file.as_deref())?)
+                let net = tls::connector(tcp, https, cfg.tls_ca_file.as_deref())?;
+                (AppConnector::Net(net), authority.to_string())
             }
         };
         let target = Uri::builder()
@@ -297,7 +297,9 @@ impl Upstream {
         crate::worker::mine(&self.pools)
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of `server.trusted_proxies`, whose forwarding headers (and
+    /// request IDs) are kept.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = headers::canonical_ip(ip);
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }

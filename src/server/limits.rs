@@ -26,35 +26,31 @@ const UNLIMITED_FILES: u64 = 1 << 20;
 /// nginx's `worker_rlimit_nofile`): a shell's soft 1024 would otherwise cap a proxy at a
 /// few hundred clients. Returns the soft limit in effect, `None` where it cannot be read.
 pub fn raise_open_files_limit() -> Option<u64> {
+    let limit = nofile()?;
+    if limit.rlim_cur < limit.rlim_max && set_nofile(limit.rlim_max, limit.rlim_max) {
+        return Some(limit.rlim_max);
+    }
+    Some(limit.rlim_cur)
+}
+
+/// The open-file limits (soft, hard), `None` where they cannot be read.
+fn nofile() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes the struct we own; no other memory is involved.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return None;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own. Failing leaves the limit as it was.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit.rlim_cur = limit.rlim_max;
-        }
-    }
-    Some(limit.rlim_cur)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
 }
 
-/// The open-file soft limit now, `None` where it cannot be read.
-fn open_files_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// Sets the open-file limits; false when refused (the limits stay as they were).
+fn set_nofile(soft: u64, hard: u64) -> bool {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
     };
-    // SAFETY: getrlimit writes the struct we own.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+    // SAFETY: setrlimit reads the struct we own.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 }
 }
 
 /// `server.max_connections`, or when it is 0, what the open-file limit leaves room for: half
@@ -63,7 +59,7 @@ pub fn max_connections(configured: usize) -> usize {
     if configured > 0 {
         return configured;
     }
-    let files = open_files_limit().map_or(1024, |n| n.min(UNLIMITED_FILES));
+    let files = nofile().map_or(1024, |n| n.rlim_cur.min(UNLIMITED_FILES));
     let room = files.saturating_sub(RESERVED_FILES) / 2;
     usize::try_from(room).unwrap_or(usize::MAX).max(16)
 }
@@ -135,27 +131,15 @@ mod tests {
 
     #[test]
     fn the_soft_open_file_limit_is_raised_to_the_hard_one_and_sizes_the_default() {
-        let hard = {
-            let mut limit = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: as above.
-            assert_eq!(
-                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-                0
-            );
-            limit.rlim_max
-        };
-        let lowered = libc::rlimit {
-            rlim_cur: hard.min(4096) / 2,
-            rlim_max: hard,
-        };
-        // SAFETY: as above; lowering the soft limit needs no privilege.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
-        assert_eq!(open_files_limit(), Some(hard.min(4096) / 2));
+        let hard = nofile().expect("limits").rlim_max;
+        let lowered = hard.min(4096) / 2;
+        assert!(
+            set_nofile(lowered, hard),
+            "lowering the soft limit needs no privilege"
+        );
+        assert_eq!(nofile().map(|l| l.rlim_cur), Some(lowered));
         assert_eq!(raise_open_files_limit(), Some(hard));
-        assert_eq!(open_files_limit(), Some(hard));
+        assert_eq!(nofile().map(|l| l.rlim_cur), Some(hard));
         let expected = (hard.min(UNLIMITED_FILES) - RESERVED_FILES) / 2;
         assert_eq!(max_connections(0) as u64, expected.max(16));
     }

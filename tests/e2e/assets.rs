@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::support::s3::{self, S3Server};
 use crate::support::site::{Page, Site};
-use crate::support::{Proxy, client, config_for, raw_exchange};
+use crate::support::{Proxy, client, config_for, get_text, raw_exchange};
 
 pub const PREFIX: &str = "/wp-content/uploads/";
 pub const CDN: &str = "https://cdn.example.com/";
@@ -75,12 +75,6 @@ pub async fn put(store: &Arc<dyn Store>, key: &str, bytes: Bytes, ct: &str, cc: 
         .put(key, Box::pin(stream), opts)
         .await
         .expect("put into the store");
-}
-
-pub async fn get_text(url: &str) -> (u16, String) {
-    let r = client().get(url).send().await.expect("GET");
-    let status = r.status().as_u16();
-    (status, r.text().await.expect("body"))
 }
 
 async fn stored_bytes(store: &Arc<dyn Store>, key: &str) -> Option<Vec<u8>> {

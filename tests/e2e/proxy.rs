@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::app::Echo;
 use crate::support::raw::{RawApp, read_head};
 use crate::support::{
-    App, Proxy, app_and_proxy, client, config_for, hash_body, pattern_sha256, pattern_stream,
-    raw_body, raw_exchange,
+    App, Proxy, app_and_proxy, client, config_for, get_text, hash_body, pattern_sha256,
+    pattern_stream, raw_body, raw_exchange,
 };
 
 const SIZES: [u64; 5] = [0, 1, 64 * 1024, 8 * 1024 * 1024, 256 * 1024 * 1024];
@@ -670,13 +670,6 @@ async fn an_app_on_a_unix_socket_is_reached() {
     let (status, text) = get_text(&proxy.admin_url("/readyz")).await;
     assert_eq!(status, 503);
     assert!(text.contains(&named), "{text}");
-}
-
-/// A GET's status and body text.
-async fn get_text(url: &str) -> (StatusCode, String) {
-    let resp = client().get(url).send().await.expect("answer");
-    let status = resp.status();
-    (status, resp.text().await.expect("body"))
 }
 
 /// An app that accepts the TCP connection but never answers the TLS handshake gets

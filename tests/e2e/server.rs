@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use crate::support::app::Echo;
 use crate::support::process::OffloadProcess;
 use crate::support::raw::RawApp;
-use crate::support::{App, Proxy, app_and_proxy, client, config_for, raw_body};
+use crate::support::{App, Proxy, app_and_proxy, client, config_for, get_text, raw_body};
 
 #[tokio::test]
 async fn tls_with_alpn_h2_and_http1() {
@@ -569,30 +569,16 @@ async fn graceful_shutdown_lets_a_request_in_flight_finish() {
 async fn shutdown_delay_fails_readiness_first_and_keeps_serving() {
     let (_app, mut proxy) =
         app_and_proxy(|c| c.server.shutdown_delay = Duration::from_millis(800)).await;
-    let ready = client()
-        .get(proxy.admin_url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), 200);
+    assert_eq!(get_text(&proxy.admin_url("/readyz")).await.0, 200);
     let signalled = Instant::now();
     proxy.shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let ready = client()
-        .get(proxy.admin_url("/readyz"))
-        .send()
-        .await
-        .expect("readyz while draining");
-    assert_eq!(ready.status(), 503);
-    let text = ready.text().await.expect("body");
+    let (status, text) = get_text(&proxy.admin_url("/readyz")).await;
+    assert_eq!(status, 503);
     assert!(text.contains("server: shutting down"), "{text}");
     // A new connection, during the delay: served.
-    let resp = client()
-        .get(proxy.url("/bytes/5"))
-        .send()
-        .await
-        .expect("served during the delay");
-    assert_eq!(resp.status(), 200);
+    let (status, _) = get_text(&proxy.url("/bytes/5")).await;
+    assert_eq!(status, 200, "served during the delay");
     assert!(signalled.elapsed() < Duration::from_millis(800));
     let ended = tokio::time::timeout(Duration::from_secs(5), &mut proxy.handle).await;
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");

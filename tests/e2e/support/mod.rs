@@ -126,6 +126,13 @@ pub async fn app_and_proxy(tweak: impl FnOnce(&mut Config)) -> (App, Proxy) {
     (app, proxy)
 }
 
+/// A GET's status and body text.
+pub async fn get_text(url: &str) -> (u16, String) {
+    let resp = client().get(url).send().await.expect("GET");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
+
 /// A plain reqwest client (HTTP/1.1, no proxy from the environment).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
