@@ -6,6 +6,7 @@
 //! then stops accepting and gives requests in flight `server.shutdown_grace` to finish.
 //! Every request goes through [`route`], the one place that knows all the ways through.
 
+mod activation;
 mod idle;
 mod limits;
 mod linger;
@@ -49,6 +50,7 @@ use crate::proxy::{ClientInfo, ProxyError, Upstream, UpstreamTiming, host_proble
 use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
+use activation::Listeners;
 use idle::{Activity, ConnectionState, Verdict, Watchdog};
 use limits::ConnectionSlots;
 pub use limits::raise_open_files_limit;
@@ -546,7 +548,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Builds the state and binds the listeners (`server.listen`, `server.admin_listen`);
+    /// Builds the state and binds the listeners (`server.listen`, `server.admin_listen`), or
+    /// takes those systemd passed on their addresses (socket activation);
     /// port 0 picks a free port, see [`Server::local_addr`].
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let config = Arc::new(config);
@@ -570,11 +573,12 @@ impl Server {
             Some(c) => Some(tls::acceptor(Arc::clone(c), config.server.http2)?),
             None => None,
         };
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .with_context(|| format!("server.listen: binding {}", config.server.listen))?;
+        let mut listeners = Listeners::passed()?;
+        let listener = listeners
+            .bind("server.listen", config.server.listen)
+            .await?;
         let tls_listen = config.server.tls.as_ref().and_then(|t| t.listen);
-        let tls_listener = bind_if_set("server.tls.listen", tls_listen).await?;
+        let tls_listener = bind_if_set(&mut listeners, "server.tls.listen", tls_listen).await?;
         if config.server.tls.as_ref().is_some_and(|t| t.redirect_http) {
             state.https_redirect = tls_listener
                 .as_ref()
@@ -582,7 +586,10 @@ impl Server {
                 .map(|addr| addr.port());
         }
         let state = Arc::new(state);
-        let admin_listener = bind_if_set("server.admin_listen", config.server.admin_listen).await?;
+        let admin_listen = config.server.admin_listen;
+        let admin_listener =
+            bind_if_set(&mut listeners, "server.admin_listen", admin_listen).await?;
+        listeners.all_taken()?;
         let shutting_down = CancellationToken::new();
         let admin = Admin::new(state.metrics.clone())
             .with_check(Arc::new(NotShuttingDown(shutting_down.clone())))
@@ -873,12 +880,15 @@ impl Shared {
 }
 
 /// A listener on `addr` when the config key `key` sets one.
-async fn bind_if_set(key: &str, addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
-    let Some(addr) = addr else { return Ok(None) };
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{key}: binding {addr}"))?;
-    Ok(Some(listener))
+async fn bind_if_set(
+    listeners: &mut Listeners,
+    key: &str,
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => listeners.bind(key, addr).await.map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The next connection on `listener`; never, when there is none.

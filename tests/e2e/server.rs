@@ -1,5 +1,6 @@
 //! The listener: TLS with ALPN, slowloris defence, idle connections, graceful shutdown.
 
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -7,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::support::app::Echo;
-use crate::support::process::OffloadProcess;
+use crate::support::process::{OffloadProcess, activated};
 use crate::support::raw::RawApp;
 use crate::support::{App, Proxy, app_and_proxy, client, config_for, get_text, raw_body};
 
@@ -265,6 +266,71 @@ async fn sighup_without_tls_is_logged_and_the_server_carries_on() {
     process.wait_for_log("no server.tls to reload").await;
     let mut stream = TcpStream::connect(process.addr).await.expect("connect");
     assert_eq!(status_line(&mut stream, "/t").await, "HTTP/1.1 200 OK");
+}
+
+/// Socket activation: the listening socket stays open (here in the test, as in systemd)
+/// while offload restarts, so a client connecting between the two processes waits in its
+/// backlog and is answered by the next one, rather than refused.
+#[tokio::test]
+async fn a_socket_passed_by_systemd_keeps_clients_waiting_across_a_restart() {
+    let app = App::start().await;
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("address");
+    let mut first = OffloadProcess::start_activated(app.addr, &socket, &[]).await;
+    assert_eq!(first.addr, addr, "serves on the passed socket");
+    first
+        .wait_for_log("listening on a socket passed by systemd")
+        .await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(status_line(&mut stream, "/first").await, "HTTP/1.1 200 OK");
+    drop(stream);
+
+    first.signal(libc::SIGTERM);
+    let exit = first.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(exit.and_then(|e| e.code()), Some(0), "{}", first.logs());
+    // Nobody serves now; the connection is still made, and its request waits.
+    let mut waiting = TcpStream::connect(addr)
+        .await
+        .expect("connect between the two");
+    let _second = OffloadProcess::start_activated(app.addr, &socket, &[]).await;
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        status_line(&mut waiting, "/between"),
+    )
+    .await
+    .expect("answered by the second process");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let seen = app.seen.lock().expect("seen").clone();
+    assert_eq!(seen, ["GET /first", "GET /between"]);
+}
+
+#[test]
+fn a_passed_socket_no_listener_is_configured_for_fails_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let unix = std::os::unix::net::UnixListener::bind(dir.path().join("s")).expect("bind unix");
+    for (passed, expected) in [
+        (
+            socket.as_fd(),
+            format!(
+                "systemd passed a socket on {}, but none of server.listen",
+                socket.local_addr().expect("address")
+            ),
+        ),
+        (unix.as_fd(), "socket activation: descriptor 3".to_string()),
+    ] {
+        let out = activated(passed)
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off"])
+            .args(["--upstream", "http://127.0.0.1:9"])
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("OFFLOAD_CONFIG")
+            .output()
+            .expect("run offload");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+    }
 }
 
 #[tokio::test]

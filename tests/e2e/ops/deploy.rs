@@ -96,20 +96,38 @@ fn systemd_unit_verifies() {
     ] {
         assert!(unit.contains(needle), "unit lacks {needle:?}");
     }
+    let socket = std::fs::read_to_string(repo().join("deploy/systemd/offload.socket")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("offload.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/offload", offload_bin())).unwrap();
+    std::fs::write(dir.path().join("offload.socket"), &socket).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
+        .arg(dir.path().join("offload.socket"))
         .output()
         .unwrap();
     let printed = text(&out);
     assert!(out.status.success(), "{printed}");
     assert!(
-        !printed.contains("offload.service:"),
-        "warnings about the unit: {printed}"
+        !printed.contains("offload.service:") && !printed.contains("offload.socket:"),
+        "warnings about the units: {printed}"
     );
+}
+
+/// offload takes systemd's socket only in place of the listener on the same address: the
+/// socket unit must listen where the unit's config says.
+#[test]
+fn systemd_socket_listens_where_the_config_does() {
+    let socket = std::fs::read_to_string(repo().join("deploy/systemd/offload.socket")).unwrap();
+    let config = std::fs::read_to_string(repo().join("deploy/systemd/proxy.toml")).unwrap();
+    let listen_streams: Vec<&str> = socket
+        .lines()
+        .filter_map(|l| l.strip_prefix("ListenStream="))
+        .collect();
+    let config: toml::Table = config.parse().unwrap();
+    let listen = config["server"]["listen"].as_str().unwrap();
+    assert_eq!(listen_streams, [listen]);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! public address read from the `serving` log line, RSS read from /proc, signals sent.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -33,6 +34,27 @@ impl OffloadProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> OffloadProcess {
+        OffloadProcess::launch(upstream, config, args, env, None).await
+    }
+
+    /// As [`OffloadProcess::start`], socket-activated the way systemd does it: `listener`
+    /// passed as descriptor 3, `LISTEN_FDS=1` and `LISTEN_PID` set to offload's own pid;
+    /// `--listen` is the listener's address.
+    pub async fn start_activated(
+        upstream: SocketAddr,
+        listener: &std::net::TcpListener,
+        args: &[&str],
+    ) -> OffloadProcess {
+        OffloadProcess::launch(upstream, None, args, &[], Some(listener)).await
+    }
+
+    async fn launch(
+        upstream: SocketAddr,
+        config: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        passed: Option<&std::net::TcpListener>,
+    ) -> OffloadProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxy.toml");
         if let Some(text) = config {
@@ -40,10 +62,21 @@ impl OffloadProcess {
         }
         let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
         let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_offload"));
+        let listen = passed.map_or_else(
+            || "127.0.0.1:0".to_string(),
+            |l| {
+                l.local_addr()
+                    .expect("passed listener's address")
+                    .to_string()
+            },
+        );
+        let mut command = match passed {
+            Some(listener) => activated(listener.as_fd()),
+            None => Command::new(env!("CARGO_BIN_EXE_offload")),
+        };
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &listen])
             .args(["--upstream", &format!("http://{upstream}")])
             .args(["--admin-listen", "off"])
             .args(if args.contains(&"--log-format") {
@@ -160,6 +193,32 @@ impl OffloadProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A command starting offload as systemd starts a socket-activated service: `listener` (open
+/// as long as the command is run) as descriptor 3 (without close-on-exec), `LISTEN_FDS=1`, and `LISTEN_PID` set by the shell
+/// to its own pid, which `exec` hands on to offload.
+pub fn activated(listener: BorrowedFd<'_>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#,
+        env!("CARGO_BIN_EXE_offload"),
+    ]);
+    // SAFETY: between fork and exec only dup2 and fcntl run, both async-signal-safe, on
+    // descriptors of the child's own; no memory is allocated or shared.
+    unsafe {
+        command.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec: clear it either way.
+            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 /// The address in a `serving` line, JSON (`"listen":"…"`) or text (`listen=…`).
