@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Serve HTTP/2 (ALPN `h2` on TLS, prior knowledge on plain TCP) besides HTTP/1.1.
     pub http2: bool,
+    /// HTTP/2 streams one connection may have open at once (nginx's
+    /// `http2_max_concurrent_streams`); each may hold a connection to the app.
+    pub http2_max_concurrent_streams: u32,
     /// A client must send its whole request head within this time (slowloris defence).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -118,6 +121,7 @@ impl Default for ServerConfig {
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             tls: None,
             http2: true,
+            http2_max_concurrent_streams: 128,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
@@ -629,6 +633,9 @@ impl Config {
         if self.server.max_header_size < ByteSize::kib(8) {
             bail!("server.max_header_size: must be at least 8KiB");
         }
+        if self.server.http2_max_concurrent_streams == 0 {
+            bail!("server.http2_max_concurrent_streams: must be at least 1");
+        }
         if self.server.max_headers == 0 {
             bail!("server.max_headers: must be at least 1");
         }
@@ -965,6 +972,10 @@ mod tests {
                 "server.max_header_size",
             ),
             ("[upstream]\npool_max_idle = 0", "upstream.pool_max_idle"),
+            (
+                "[server]\nhttp2_max_concurrent_streams = 0",
+                "server.http2_max_concurrent_streams",
+            ),
             (
                 "[server]\nmax_body_size = \"0B\"",
                 "server.max_body_size: must be more than 0",

@@ -846,6 +846,7 @@ fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     if cfg.http2 {
         builder

@@ -1204,3 +1204,101 @@ async fn an_upload_over_server_max_body_size_gets_413() {
     );
     assert_eq!(raw_body(&answer), TOO_LARGE);
 }
+
+/// `server.http2_max_concurrent_streams`: advertised in the server's first SETTINGS frame,
+/// and a stream past it is refused (RST_STREAM with REFUSED_STREAM, which clients retry)
+/// while those within it are answered.
+#[tokio::test]
+async fn http2_streams_past_the_limit_are_refused() {
+    let (_app, default) = app_and_proxy(|_| {}).await;
+    let (mut stream, settings) = http2_connect(default.addr).await;
+    assert_eq!(
+        max_concurrent_streams(&settings),
+        Some(128),
+        "nginx's default"
+    );
+    drop(stream);
+
+    let (_app, proxy) = app_and_proxy(|c| c.server.http2_max_concurrent_streams = 2).await;
+    (stream, _) = http2_connect(proxy.addr).await;
+    for id in [1u8, 3, 5] {
+        stream
+            .write_all(&http2_get(id, "/sleep/1000"))
+            .await
+            .expect("HEADERS");
+    }
+    // Frames until both answers: (type, stream, first payload word).
+    let mut seen = Vec::new();
+    while seen.iter().filter(|(kind, _, _)| *kind == 0x1).count() < 2 {
+        let (kind, flags, id, payload) = read_frame(&mut stream).await;
+        if kind != 0x4 || flags & 0x1 == 0 {
+            let word = payload
+                .get(..4)
+                .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+            seen.push((kind, id, word));
+        }
+    }
+    let refused = seen
+        .iter()
+        .filter(|(kind, _, _)| *kind == 0x3)
+        .collect::<Vec<_>>();
+    assert_eq!(refused, [&(0x3, 5, Some(0x7))], "{seen:?}");
+    let answered: Vec<u32> = seen.iter().filter(|f| f.0 == 0x1).map(|f| f.1).collect();
+    assert_eq!(answered, [1, 3], "{seen:?}");
+}
+
+/// A plain HTTP/2 connection (prior knowledge): the preface and an empty SETTINGS frame
+/// sent; the server's SETTINGS payload read.
+async fn http2_connect(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let (kind, _, _, payload) = read_frame(&mut stream).await;
+    assert_eq!(kind, 0x4, "SETTINGS first");
+    (stream, payload)
+}
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS (0x3) in a SETTINGS payload.
+fn max_concurrent_streams(settings: &[u8]) -> Option<u32> {
+    settings
+        .chunks_exact(6)
+        .find_map(|s| (s[..2] == [0, 3]).then(|| u32::from_be_bytes([s[2], s[3], s[4], s[5]])))
+}
+
+/// A HEADERS frame (END_STREAM, END_HEADERS) for a GET of `path` on stream `id`, its
+/// fields HPACK-coded without Huffman: :method GET, :scheme http (static table entries),
+/// :path and :authority as literals.
+fn http2_get(id: u8, path: &str) -> Vec<u8> {
+    let mut block = vec![
+        0x82,
+        0x86,
+        0x04,
+        u8::try_from(path.len()).expect("short path"),
+    ];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost");
+    let len = u8::try_from(block.len()).expect("short block");
+    let mut frame = vec![0, 0, len, 0x1, 0x5, 0, 0, 0, id];
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// The next frame: type, flags, stream and payload.
+async fn read_frame(stream: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut head))
+        .await
+        .expect("a frame within 5 s")
+        .expect("frame header");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .expect("frame payload");
+    (head[3], head[4], id, payload)
+}
