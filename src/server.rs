@@ -46,7 +46,7 @@ use crate::assets::{self, Assets, MirrorCopy};
 use crate::body::Body;
 use crate::config::{Config, RewriteConfig, ServerConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
-use crate::proxy::{ClientInfo, ProxyError, Upstream, UpstreamTiming, host_problem};
+use crate::proxy::{ClientInfo, ProxyError, Upstream, UpstreamTiming, canonical_ip, host_problem};
 use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
@@ -922,6 +922,9 @@ async fn accept(
             Err(_) => return debug!(%peer, "closing: no PROXY header in time"),
         }
     }
+    // An IPv4 client of a dual-stack socket (systemd's `ListenStream=8080` is `[::]:8080`)
+    // comes as `::ffff:1.2.3.4`: logged, forwarded and checked as `1.2.3.4`.
+    peer.set_ip(canonical_ip(peer.ip()));
     let Some(acceptor) = shared.tls.clone().filter(|_| tls) else {
         let client = ClientInfo { peer, tls: false };
         return serve_connection(stream, client, shared).await;

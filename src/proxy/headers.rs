@@ -467,7 +467,7 @@ fn insert_or_remove(headers: &mut HeaderMap, name: &HeaderName, value: Option<He
 }
 
 /// `::ffff:1.2.3.4` (an IPv4 peer on a dual-stack socket) is reported as `1.2.3.4`.
-pub(super) fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

@@ -19,5 +19,5 @@ mod upgrade;
 mod upstream;
 
 pub use error::ProxyError;
-pub use headers::host_problem;
+pub use headers::{canonical_ip, host_problem};
 pub use upstream::{ClientInfo, Upstream, UpstreamTiming};

@@ -93,6 +93,30 @@ async fn each_request_is_logged_once_with_its_figures() {
     }
 }
 
+/// An IPv4 client of a dual-stack socket (here one bound to `::ffff:127.0.0.1`, as systemd's
+/// `[::]:PORT` is for all of them) is logged and forwarded with its IPv4 address.
+#[tokio::test]
+async fn an_ipv4_client_of_an_ipv6_socket_is_logged_as_ipv4() {
+    let app = App::start().await;
+    let process = OffloadProcess::start(app.addr, &["--listen", "[::ffff:127.0.0.1]:0"], &[]).await;
+    assert!(process.addr.is_ipv6(), "{}", process.addr);
+    let url = format!("http://127.0.0.1:{}/p", process.addr.port());
+    let echo = Echo::parse(
+        &client()
+            .get(url)
+            .send()
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body"),
+    );
+    assert_eq!(echo.one("x-forwarded-for"), Some("127.0.0.1"));
+    let lines = wait_for_access_lines(&process, 1).await;
+    let peer = lines[0]["peer"].as_str().expect("peer");
+    assert!(peer.starts_with("127.0.0.1:"), "{}", lines[0]);
+}
+
 /// Heads hyper refuses and answers itself (malformed, too many headers, a URI over 64 KiB)
 /// are logged as requests of kind `refused`, with the status the client got and the reason;
 /// a client that hangs up in the middle of its head was answered nothing and is not logged.

@@ -62,21 +62,23 @@ impl OffloadProcess {
         }
         let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
         let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-        let listen = passed.map_or_else(
-            || "127.0.0.1:0".to_string(),
-            |l| {
+        // The passed listener's address, else a free port; unless `args` names one.
+        let listen = match passed {
+            _ if args.contains(&"--listen") => None,
+            Some(l) => Some(
                 l.local_addr()
                     .expect("passed listener's address")
-                    .to_string()
-            },
-        );
+                    .to_string(),
+            ),
+            None => Some("127.0.0.1:0".to_string()),
+        };
         let mut command = match passed {
             Some(listener) => activated(listener.as_fd()),
             None => Command::new(env!("CARGO_BIN_EXE_offload")),
         };
         command
             .arg("serve")
-            .args(["--listen", &listen])
+            .args(listen.iter().flat_map(|addr| ["--listen", addr]))
             .args(["--upstream", &format!("http://{upstream}")])
             .args(["--admin-listen", "off"])
             .args(if args.contains(&"--log-format") {
