@@ -10,6 +10,7 @@ mod activation;
 mod idle;
 mod limits;
 mod linger;
+mod notify;
 mod observe;
 mod proxy_protocol;
 mod redirect;
@@ -678,11 +679,13 @@ impl Server {
             max_connections,
             "serving"
         );
+        notify::ready();
         let delay = server_cfg.shutdown_delay;
         let shutting_down = self.shutting_down.clone();
         let mut shutdown = pin!(async move {
             shutdown.await;
             shutting_down.cancel();
+            notify::stopping();
             if !delay.is_zero() {
                 info!(
                     delay = %humantime::format_duration(delay),
@@ -771,9 +774,12 @@ async fn reload_on_hangup(certificates: Option<Arc<Certificates>>) {
                 warn!("SIGHUP: no server.tls to reload; other settings take a restart");
                 continue;
             };
+            notify::reloading();
             // Two small files read on this thread, as nginx's reload does: no I/O worth a
             // blocking pool.
-            match certificates.reload() {
+            let reloaded = certificates.reload();
+            notify::ready();
+            match reloaded {
                 Ok(()) => {
                     info!(cert = %certificates.cert_path().display(), "SIGHUP: TLS certificate reloaded")
                 }

@@ -258,6 +258,50 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_the_old_on_a_bad_one() {
     assert_eq!(status_line(&mut still, "/t").await, "HTTP/1.1 200 OK");
 }
 
+/// `Type=notify`: systemd hears READY=1 once offload serves, RELOADING=1 and READY=1 around
+/// a SIGHUP's certificate reload, and STOPPING=1 when the shutdown begins.
+#[tokio::test]
+async fn systemd_hears_when_offload_is_ready_reloads_and_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = dir.path().join("notify.sock");
+    let systemd = tokio::net::UnixDatagram::bind(&notify_path).expect("bind");
+    let (cert, key, _) = localhost_certificate();
+    std::fs::write(dir.path().join("cert.pem"), cert).expect("write cert");
+    std::fs::write(dir.path().join("key.pem"), key).expect("write key");
+    let config = format!(
+        "[server]\ntls = {{ cert = {:?}, key = {:?} }}\n",
+        dir.path().join("cert.pem").display().to_string(),
+        dir.path().join("key.pem").display().to_string()
+    );
+    let app = App::start().await;
+    let notify_socket = notify_path.to_str().expect("UTF-8 path");
+    let env = [("NOTIFY_SOCKET", notify_socket)];
+    let mut process = OffloadProcess::start_with_config(app.addr, Some(&config), &[], &env).await;
+    assert_eq!(notification(&systemd).await, "READY=1");
+
+    process.signal(libc::SIGHUP);
+    assert_eq!(notification(&systemd).await, "RELOADING=1");
+    assert_eq!(notification(&systemd).await, "READY=1");
+    process
+        .wait_for_log("SIGHUP: TLS certificate reloaded")
+        .await;
+
+    process.signal(libc::SIGTERM);
+    assert_eq!(notification(&systemd).await, "STOPPING=1");
+    let exit = process.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(exit.and_then(|e| e.code()), Some(0), "{}", process.logs());
+}
+
+/// The next message on the notification socket, without its trailing newline.
+async fn notification(socket: &tokio::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+        .await
+        .expect("a notification within 10 s")
+        .expect("receive");
+    String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
+}
+
 #[tokio::test]
 async fn sighup_without_tls_is_logged_and_the_server_carries_on() {
     let app = App::start().await;
