@@ -172,18 +172,15 @@ impl Admin {
     /// Answers one admin request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed\n".into(),
-            );
+            return body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
         match req.uri().path() {
-            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/healthz" => body::text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readyz().await,
             "/metrics" => self.metrics(),
-            _ => text(
+            _ => body::text(
                 StatusCode::NOT_FOUND,
-                "not found: try /healthz, /readyz, /metrics\n".into(),
+                "not found: try /healthz, /readyz, /metrics\n",
             ),
         }
     }
@@ -200,9 +197,9 @@ impl Admin {
             .filter_map(|(name, result)| result.err().map(|reason| format!("{name}: {reason}")))
             .collect();
         if failures.is_empty() {
-            text(StatusCode::OK, "ready\n".into())
+            body::text(StatusCode::OK, "ready\n")
         } else {
-            text(
+            body::text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {}\n", failures.join("; ")),
             )
@@ -211,8 +208,8 @@ impl Admin {
 
     fn metrics(&self) -> Response<Body> {
         match self.metrics.encode() {
-            Ok(body) => {
-                let mut response = text(StatusCode::OK, body);
+            Ok(encoded) => {
+                let mut response = body::text(StatusCode::OK, encoded);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static(
@@ -221,20 +218,10 @@ impl Admin {
                 );
                 response
             }
-            Err(_) => text(
+            Err(_) => body::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "encoding metrics failed\n".into(),
+                "encoding metrics failed\n",
             ),
         }
     }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(body::full(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

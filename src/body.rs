@@ -6,6 +6,8 @@
 
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 
@@ -39,6 +41,17 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// A short answer made by the proxy itself: `status` and `text` as `text/plain`.
+pub fn text(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// A body from a stream of chunks.

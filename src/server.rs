@@ -579,7 +579,9 @@ impl Server {
             .bind("server.listen", config.server.listen)
             .await?;
         let tls_listen = config.server.tls.as_ref().and_then(|t| t.listen);
-        let tls_listener = bind_if_set(&mut listeners, "server.tls.listen", tls_listen).await?;
+        let tls_listener = listeners
+            .bind_if_set("server.tls.listen", tls_listen)
+            .await?;
         if config.server.tls.as_ref().is_some_and(|t| t.redirect_http) {
             state.https_redirect = tls_listener
                 .as_ref()
@@ -588,8 +590,9 @@ impl Server {
         }
         let state = Arc::new(state);
         let admin_listen = config.server.admin_listen;
-        let admin_listener =
-            bind_if_set(&mut listeners, "server.admin_listen", admin_listen).await?;
+        let admin_listener = listeners
+            .bind_if_set("server.admin_listen", admin_listen)
+            .await?;
         listeners.all_taken()?;
         let shutting_down = CancellationToken::new();
         let admin = Admin::new(state.metrics.clone())
@@ -649,12 +652,12 @@ impl Server {
         let log_buffer = self.state.config.log.buffer_bytes();
         let workers = Workers::start(worker_count, &self.state.metrics, log_buffer)
             .context("starting the workers")?;
+        let tls_addr = self.tls_addr();
         if let Some(listener) = self.admin_listener {
             tokio::spawn(Arc::clone(&self.admin).serve(listener, cancel.clone()));
         }
         let server_cfg = &self.state.config.server;
         let grace = server_cfg.shutdown_grace;
-        let tls_addr = self.tls_listener.as_ref().and_then(|l| l.local_addr().ok());
         // TLS on the main listener only when it has no listener of its own.
         let tls_on_main = self.tls.is_some() && self.tls_listener.is_none();
         let shared = Arc::new(Shared {
@@ -883,18 +886,6 @@ impl Shared {
     /// The calling worker's copy of the state.
     fn state(&self) -> &Arc<AppState> {
         crate::worker::mine(&self.states)
-    }
-}
-
-/// A listener on `addr` when the config key `key` sets one.
-async fn bind_if_set(
-    listeners: &mut Listeners,
-    key: &str,
-    addr: Option<SocketAddr>,
-) -> anyhow::Result<Option<TcpListener>> {
-    match addr {
-        Some(addr) => listeners.bind(key, addr).await.map(Some),
-        None => Ok(None),
     }
 }
 

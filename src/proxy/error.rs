@@ -4,7 +4,7 @@ use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use http::{Response, StatusCode, header};
+use http::{Response, StatusCode};
 
 use crate::body::{self, Body, Stalled, TooLarge};
 
@@ -87,16 +87,9 @@ impl ProxyError {
 
     /// The answer the client gets: the status and a one-line text body naming the cause.
     pub fn into_response(self) -> Response<Body> {
-        let status = self.status();
         let mut text = self.to_string();
         text.push('\n');
-        let mut response = Response::new(body::full(text));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        response
+        body::text(self.status(), text)
     }
 
     /// An exchange with the app that failed after it was reached, with hyper's causes as

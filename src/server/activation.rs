@@ -76,6 +76,18 @@ impl Listeners {
             .inspect(|_| info!(key, listen = %on, "listening on a socket passed by systemd"))
     }
 
+    /// [`Listeners::bind`] when the config key `key` sets an address.
+    pub(super) async fn bind_if_set(
+        &mut self,
+        key: &str,
+        addr: Option<SocketAddr>,
+    ) -> anyhow::Result<Option<TcpListener>> {
+        match addr {
+            Some(addr) => self.bind(key, addr).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Fails when a passed socket is left that no listener took.
     pub(super) fn all_taken(&self) -> anyhow::Result<()> {
         if let Some((on, _)) = self.passed.first() {

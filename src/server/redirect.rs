@@ -8,6 +8,7 @@ use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 
 use crate::body::{self, Body};
+use crate::proxy::ProxyError;
 
 /// Where ACME's HTTP-01 challenges are asked for (RFC 8555, 8.3).
 const ACME_CHALLENGES: &str = "/.well-known/acme-challenge/";
@@ -21,14 +22,13 @@ pub(super) fn to_https<B>(req: &Request<B>, https_port: u16) -> Option<Response<
         return None;
     }
     let Some(location) = https_location(req, https_port) else {
-        return Some(answer(
-            StatusCode::BAD_REQUEST,
-            "no host to redirect to HTTPS\n",
-            None,
-        ));
+        let problem = "no host to redirect to HTTPS".to_string();
+        return Some(ProxyError::BadRequest(problem).into_response());
     };
     let text = format!("moved to {}\n", location.to_str().unwrap_or_default());
-    Some(answer(StatusCode::PERMANENT_REDIRECT, text, Some(location)))
+    let mut response = body::text(StatusCode::PERMANENT_REDIRECT, text);
+    response.headers_mut().insert(header::LOCATION, location);
+    Some(response)
 }
 
 /// `https://host[:port]/path?query` for `req`: its host (Host, or the request target's
@@ -45,24 +45,6 @@ fn https_location<B>(req: &Request<B>, https_port: u16) -> Option<HeaderValue> {
         port => format!("https://{host}:{port}{path}"),
     };
     HeaderValue::try_from(location).ok()
-}
-
-fn answer(
-    status: StatusCode,
-    text: impl Into<String>,
-    location: Option<HeaderValue>,
-) -> Response<Body> {
-    let mut response = Response::new(body::full(text.into()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let Some(location) = location {
-        headers.insert(header::LOCATION, location);
-    }
-    response
 }
 
 #[cfg(test)]

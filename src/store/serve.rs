@@ -230,14 +230,8 @@ fn unsatisfiable(size: Option<u64>) -> Response<Body> {
 }
 
 fn short(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(body::full(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(
+    let mut response = body::text(status, text);
+    response.headers_mut().insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
