@@ -683,6 +683,8 @@ impl Server {
             "serving"
         );
         notify::ready();
+        let watchdog = notify::watchdog_interval()
+            .map(|interval| tokio::spawn(notify::keep_watchdog(interval, workers.liveness())));
         let delay = server_cfg.shutdown_delay;
         let shutting_down = self.shutting_down.clone();
         let mut shutdown = pin!(async move {
@@ -741,6 +743,10 @@ impl Server {
             // Each connection drops itself when it is next polled, on its worker; bounded in
             // case a worker is stuck in a long poll.
             let _ = tokio::time::timeout(ABANDON_WAIT, tracker.wait()).await;
+        }
+        // systemd stops watching once the stop began; nothing to tell it now.
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
         }
         // The last line: where the process log shows a clean stop (as nginx's "exit").
         info!("stopped");

@@ -4,9 +4,18 @@
 //! then), `RELOADING=1` and `READY=1` around a SIGHUP's certificate reload, `STOPPING=1`
 //! when the shutdown begins. Without `NOTIFY_SOCKET` (not started by systemd) nothing is
 //! sent.
+//!
+//! With `WatchdogSec=` in the unit, offload also says `WATCHDOG=1` every half of that
+//! interval, each time only once every worker has run a task since the last: a worker stuck
+//! in a long poll (a bug, a blocking call) leaves its connections hanging, and systemd then
+//! restarts offload rather than letting them hang.
+
+use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tracing::debug;
+use tracing::{debug, warn};
+
+use super::workers::Liveness;
 
 /// The listeners are bound and serving.
 pub(super) fn ready() {
@@ -21,6 +30,32 @@ pub(super) fn reloading() {
 /// The shutdown began: draining, no longer ready.
 pub(super) fn stopping() {
     send(&[NotifyState::Stopping]);
+}
+
+/// The watchdog interval systemd set (`WatchdogSec=`, passed as `WATCHDOG_USEC`), if any.
+pub(super) fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().filter(|interval| !interval.is_zero())
+}
+
+/// Says `WATCHDOG=1` every half `interval`, each time once all `workers` ran a task since
+/// the last; runs until dropped.
+pub(super) async fn keep_watchdog(interval: Duration, workers: Liveness) {
+    // Bounded below so that a nonsensical WATCHDOG_USEC=1 does not become a busy loop.
+    let period = (interval / 2).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(period).await;
+        let mut ran = std::pin::pin!(workers.all_ran());
+        // Warned a quarter interval before systemd would act, so the log says why.
+        if tokio::time::timeout(interval / 4, &mut ran).await.is_err() {
+            warn!(
+                watchdog = %humantime::format_duration(interval),
+                "a worker has not run for a quarter of the watchdog interval; \
+                 systemd restarts offload if it does not run again within it"
+            );
+            ran.await;
+        }
+        send(&[NotifyState::Watchdog]);
+    }
 }
 
 fn send(state: &[NotifyState<'_>]) {

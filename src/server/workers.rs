@@ -92,12 +92,31 @@ impl Workers {
         }));
     }
 
+    /// What tells whether the workers still run tasks.
+    pub(super) fn liveness(&self) -> Liveness {
+        Liveness(self.workers.iter().map(|w| w.runtime.clone()).collect())
+    }
+
     fn least_busy(&self) -> (usize, &Worker) {
         self.workers
             .iter()
             .enumerate()
             .min_by_key(|(_, w)| w.open.get())
             .unwrap_or((0, &self.workers[0]))
+    }
+}
+
+/// The workers' runtimes, to check that they still run tasks.
+pub(super) struct Liveness(Vec<Handle>);
+
+impl Liveness {
+    /// Resolves once every worker has run a task queued now: never while one is stuck in a
+    /// long poll (a bug, a blocking call), which systemd's watchdog is there to catch.
+    pub(super) async fn all_ran(&self) {
+        for runtime in &self.0 {
+            // A worker that has stopped cancels the task at once: nothing to wait for.
+            let _ = runtime.spawn(async {}).await;
+        }
     }
 }
 
@@ -229,5 +248,34 @@ mod tests {
         let workers = Workers::start(1, &Metrics::new(), 0).expect("workers start");
         assert_eq!(workers.workers.len(), 1);
         assert_eq!(workers.least_busy().0, 0);
+    }
+
+    #[tokio::test]
+    async fn all_ran_waits_for_a_worker_stuck_in_a_poll() {
+        let workers = Workers::start(3, &Metrics::new(), 0).expect("workers start");
+        let liveness = workers.liveness();
+        tokio::time::timeout(Duration::from_secs(5), liveness.all_ran())
+            .await
+            .expect("idle workers run a task at once");
+
+        // Worker 2's thread blocks inside a task until released.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        workers.workers[2].runtime.spawn(async move {
+            let _ = started_tx.send(());
+            let _ = released.recv();
+        });
+        started.await.expect("the blocking task started");
+        let mut ran = std::pin::pin!(liveness.all_ran());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut ran)
+                .await
+                .is_err(),
+            "a stuck worker holds the check back"
+        );
+        release.send(()).expect("the blocked task listens");
+        tokio::time::timeout(Duration::from_secs(5), ran)
+            .await
+            .expect("the check completes once the worker runs again");
     }
 }

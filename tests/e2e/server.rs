@@ -292,6 +292,33 @@ async fn systemd_hears_when_offload_is_ready_reloads_and_stops() {
     assert_eq!(exit.and_then(|e| e.code()), Some(0), "{}", process.logs());
 }
 
+/// systemd's watchdog (`WatchdogSec=`, passed as `WATCHDOG_USEC`): offload says
+/// `WATCHDOG=1` every half interval, after each of its workers ran a task.
+#[tokio::test]
+async fn systemd_watchdog_hears_from_offload_while_it_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = dir.path().join("notify.sock");
+    let systemd = tokio::net::UnixDatagram::bind(&notify_path).expect("bind");
+    let app = App::start().await;
+    let notify_socket = notify_path.to_str().expect("UTF-8 path");
+    let env = [
+        ("NOTIFY_SOCKET", notify_socket),
+        ("WATCHDOG_USEC", "400000"),
+        ("OFFLOAD_SERVER_WORKER_THREADS", "2"),
+    ];
+    let process = OffloadProcess::start_with_config(app.addr, None, &[], &env).await;
+    assert_eq!(notification(&systemd).await, "READY=1");
+    let started = tokio::time::Instant::now();
+    for _ in 0..3 {
+        assert_eq!(notification(&systemd).await, "WATCHDOG=1");
+    }
+    // Three pings, every 0.2 s, take 0.6 s: not a burst (bounded loosely, for a busy machine).
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    let mut stream = TcpStream::connect(process.addr).await.expect("connect");
+    assert_eq!(status_line(&mut stream, "/t").await, "HTTP/1.1 200 OK");
+}
+
 /// The next message on the notification socket, without its trailing newline.
 async fn notification(socket: &tokio::net::UnixDatagram) -> String {
     let mut buf = [0u8; 512];
