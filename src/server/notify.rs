@@ -50,7 +50,7 @@ pub(super) async fn keep_watchdog(interval: Duration, workers: Liveness) {
             warn!(
                 watchdog = %humantime::format_duration(interval),
                 "a worker has not run for a quarter of the watchdog interval; \
-                 systemd restarts offload if it does not run again within it"
+                 systemd restarts offload if it does not run within another quarter"
             );
             ran.await;
         }
