@@ -88,10 +88,10 @@ pub struct ServerConfig {
     /// `worker_connections`: past it, new ones wait in the listen backlog. 0: what the
     /// open-file limit leaves room for (see `server::limits`).
     pub max_connections: usize,
-    /// Every connection to `listen` and `tls.listen` (not the admin listener) begins with a
-    /// PROXY protocol header (v1 or v2), whose source address is the client's, as nginx's
-    /// `listen … proxy_protocol` behind a TCP load balancer. A connection without one is
-    /// closed.
+    /// Every connection to `listen` and `tls.listen` (not the admin listener; `tls.listen`
+    /// unless `tls.proxy_protocol` says otherwise) begins with a PROXY protocol header (v1 or
+    /// v2), whose source address is the client's, as nginx's `listen … proxy_protocol`
+    /// behind a TCP load balancer. A connection without one is closed.
     pub proxy_protocol: bool,
     /// A header (e.g. `X-Request-ID`) that carries each request's ID to the app and back to
     /// the client, and into its access log line; one from a trusted proxy is kept. `None`:
@@ -103,6 +103,15 @@ impl ServerConfig {
     /// `max_body_size` in bytes; `None`: no limit.
     pub fn max_body_bytes(&self) -> Option<u64> {
         self.max_body_size.map(|max| max.as_u64())
+    }
+
+    /// Whether connections to `tls.listen` begin with a PROXY protocol header:
+    /// `tls.proxy_protocol`, else `proxy_protocol`.
+    pub fn tls_proxy_protocol(&self) -> bool {
+        self.tls
+            .as_ref()
+            .and_then(|tls| tls.proxy_protocol)
+            .unwrap_or(self.proxy_protocol)
     }
 
     /// How many worker threads serve requests: `worker_threads`, or one per CPU core.
@@ -154,6 +163,13 @@ pub struct TlsConfig {
     /// still reach the app (certbot's webroot).
     #[serde(default)]
     pub redirect_http: bool,
+    /// With `listen`: whether connections to the TLS listener begin with a PROXY protocol
+    /// header, when that differs from the plain listener's (`server.proxy_protocol`), as
+    /// nginx's `proxy_protocol` is per `listen`: haproxy passing 443 through in TCP mode
+    /// (`send-proxy`) while it speaks HTTP to port 80 (`X-Forwarded-For`). `None`: as
+    /// `server.proxy_protocol`.
+    #[serde(default)]
+    pub proxy_protocol: Option<bool>,
 }
 
 /// `[upstream]`: the app behind the proxy.
@@ -616,6 +632,12 @@ impl Config {
             if tls.redirect_http && tls.listen.is_none() {
                 bail!("server.tls.redirect_http: needs server.tls.listen (TLS beside plain HTTP)");
             }
+            if tls.proxy_protocol.is_some() && tls.listen.is_none() {
+                bail!(
+                    "server.tls.proxy_protocol: needs server.tls.listen (TLS on server.listen \
+                     alone follows server.proxy_protocol)"
+                );
+            }
             // Port 0 is any free port: two of them never clash.
             if tls.listen == Some(self.server.listen) && self.server.listen.port() != 0 {
                 bail!("server.tls.listen: must differ from server.listen");
@@ -903,6 +925,30 @@ mod tests {
     }
 
     #[test]
+    fn the_tls_listener_follows_proxy_protocol_unless_told_otherwise() {
+        let tls = |extra: &str| {
+            format!(
+                "[server]\n{extra}\ntls = {{ cert = \"c.pem\", key = \"k.pem\", \
+                 listen = \"127.0.0.1:8443\" }}"
+            )
+        };
+        let both = load(&tls("proxy_protocol = true")).unwrap().server;
+        assert!(both.proxy_protocol && both.tls_proxy_protocol());
+        let neither = load(&tls("")).unwrap().server;
+        assert!(!neither.proxy_protocol && !neither.tls_proxy_protocol());
+        let own = |main: bool, on_tls: bool| {
+            let text = format!(
+                "[server]\nproxy_protocol = {main}\ntls = {{ cert = \"c.pem\", key = \"k.pem\", \
+                 listen = \"127.0.0.1:8443\", proxy_protocol = {on_tls} }}"
+            );
+            let server = load(&text).unwrap().server;
+            (server.proxy_protocol, server.tls_proxy_protocol())
+        };
+        assert_eq!(own(false, true), (false, true));
+        assert_eq!(own(true, false), (true, false));
+    }
+
+    #[test]
     fn typed_values_parse() {
         let c = load(
             r#"
@@ -995,6 +1041,10 @@ mod tests {
             (
                 "[server]\ntls = { cert = \"c.pem\", key = \"k.pem\", redirect_http = true }",
                 "server.tls.redirect_http: needs server.tls.listen",
+            ),
+            (
+                "[server]\ntls = { cert = \"c.pem\", key = \"k.pem\", proxy_protocol = true }",
+                "server.tls.proxy_protocol: needs server.tls.listen",
             ),
             (
                 "[server]\nlisten = \"0.0.0.0:8080\"\ntls = { cert = \"c.pem\", key = \"k.pem\", listen = \"0.0.0.0:8080\" }",

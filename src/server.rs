@@ -659,13 +659,19 @@ impl Server {
         let server_cfg = &self.state.config.server;
         let grace = server_cfg.shutdown_grace;
         // TLS on the main listener only when it has no listener of its own.
-        let tls_on_main = self.tls.is_some() && self.tls_listener.is_none();
+        let on_main = Entry {
+            tls: self.tls.is_some() && self.tls_listener.is_none(),
+            proxy_protocol: server_cfg.proxy_protocol,
+        };
+        let on_tls = Entry {
+            tls: true,
+            proxy_protocol: server_cfg.tls_proxy_protocol(),
+        };
         let shared = Arc::new(Shared {
             builder: http_builder(server_cfg),
             tls: self.tls,
             idle_timeout: server_cfg.idle_timeout,
             handshake_timeout: server_cfg.header_read_timeout,
-            proxy_protocol: server_cfg.proxy_protocol,
             cancel: cancel.clone(),
             abandon: abandon.clone(),
             // One copy of the state per worker (see `AppState`).
@@ -706,17 +712,17 @@ impl Server {
                 _ = &mut shutdown => break,
                 slot = slots.next() => slot,
             };
-            let (accepted, tls) = tokio::select! {
+            let (accepted, entry) = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => (accepted, tls_on_main),
-                accepted = accept_on(self.tls_listener.as_ref()) => (accepted, true),
+                accepted = self.listener.accept() => (accepted, on_main),
+                accepted = accept_on(self.tls_listener.as_ref()) => (accepted, on_tls),
             };
             match accepted {
                 Ok((stream, peer)) => {
                     let shared = Arc::clone(&shared);
                     workers.serve(stream, &tracker, move |stream| {
-                        accept(stream, peer, tls, shared, slot)
+                        accept(stream, peer, entry, shared, slot)
                     });
                 }
                 Err(e) => {
@@ -880,8 +886,6 @@ struct Shared {
     /// `server.header_read_timeout`: bounds the PROXY header, the TLS handshake and each
     /// request head.
     handshake_timeout: Duration,
-    /// `server.proxy_protocol`.
-    proxy_protocol: bool,
     /// Shutdown began: connections close once their requests in flight are answered.
     cancel: CancellationToken,
     /// The shutdown grace expired: connections still open are dropped.
@@ -903,21 +907,32 @@ async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream
     }
 }
 
-/// Sets up one accepted connection (TLS handshake when `tls`) and serves it. `_slot`
+/// What a connection owes first, by the listener it came in on.
+#[derive(Clone, Copy)]
+struct Entry {
+    /// A TLS handshake (after any PROXY header).
+    tls: bool,
+    /// A PROXY protocol header: `server.proxy_protocol`, or on `server.tls.listen`
+    /// `ServerConfig::tls_proxy_protocol`.
+    proxy_protocol: bool,
+}
+
+/// Sets up one accepted connection (PROXY header and TLS handshake as its listener's
+/// `entry` asks) and serves it. `_slot`
 /// is its place under `server.max_connections`, freed when it ends (held here rather than
 /// by a future wrapping this one: a layer more to poll at every wake-up cost ~20
 /// instructions a request).
 async fn accept(
     mut stream: TcpStream,
     mut peer: SocketAddr,
-    tls: bool,
+    entry: Entry,
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "set_nodelay failed");
     }
-    if shared.proxy_protocol {
+    if entry.proxy_protocol {
         let header = proxy_protocol::read_header(&mut stream, peer);
         match tokio::time::timeout(shared.handshake_timeout, header).await {
             Ok(Ok(client)) => peer = client,
@@ -928,7 +943,7 @@ async fn accept(
     // An IPv4 client of a dual-stack socket (systemd's `ListenStream=8080` is `[::]:8080`)
     // comes as `::ffff:1.2.3.4`: logged, forwarded and checked as `1.2.3.4`.
     peer.set_ip(canonical_ip(peer.ip()));
-    let Some(acceptor) = shared.tls.clone().filter(|_| tls) else {
+    let Some(acceptor) = shared.tls.clone().filter(|_| entry.tls) else {
         let client = ClientInfo { peer, tls: false };
         return serve_connection(stream, client, shared).await;
     };

@@ -28,6 +28,7 @@ async fn tls_with_alpn_h2_and_http1() {
         key: key_path,
         listen: None,
         redirect_http: false,
+        proxy_protocol: None,
     });
     let proxy = Proxy::start(config).await;
     let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("root");
@@ -83,6 +84,7 @@ async fn tls_and_plain_http_on_listeners_of_their_own() {
             key: key.clone(),
             listen: Some("127.0.0.1:0".parse().expect("address")),
             redirect_http,
+            proxy_protocol: None,
         });
         let proxy = Proxy::start(config).await;
         let tls_addr = proxy.tls_addr.expect("a TLS listener");
@@ -482,6 +484,75 @@ async fn a_proxy_protocol_header_names_the_client() {
     assert_eq!(app.seen().len(), seen, "nothing reached the app");
 }
 
+/// `server.tls.proxy_protocol`: haproxy passing 443 through in TCP mode (`send-proxy`) while
+/// it speaks HTTP to port 80 (and says who the client is in X-Forwarded-For): only the TLS
+/// listener expects a PROXY header, and each listener keeps to its own.
+#[tokio::test]
+async fn proxy_protocol_on_the_tls_listener_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_pem, key_pem, _) = localhost_certificate();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &cert_pem).expect("write cert");
+    std::fs::write(&key, &key_pem).expect("write key");
+    let app = App::start().await;
+    let mut config = config_for(app.addr);
+    config.server.tls = Some(offload::config::TlsConfig {
+        cert,
+        key,
+        listen: Some("127.0.0.1:0".parse().expect("address")),
+        redirect_http: false,
+        proxy_protocol: Some(true),
+    });
+    let proxy = Proxy::start(config).await;
+    let tls_addr = proxy.tls_addr.expect("a TLS listener");
+    let connector = tls_client(&[&cert_pem]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+
+    // TLS: the header first, then the handshake; the header's source is the client.
+    let mut tcp = TcpStream::connect(tls_addr).await.expect("connect");
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n")
+        .await
+        .expect("PROXY header");
+    let mut tls = connector
+        .connect(name.clone(), tcp)
+        .await
+        .expect("handshake after the header");
+    tls.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+        .await
+        .expect("request");
+    let response = read_response(&mut tls).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.one("x-forwarded-for"), Some("203.0.113.7"));
+    assert_eq!(echo.one("x-forwarded-proto"), Some("https"));
+
+    // TLS without the header: the ClientHello is no PROXY header; closed, nothing served.
+    let seen = app.seen().len();
+    let tcp = TcpStream::connect(tls_addr).await.expect("connect");
+    let handshake = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .expect("closed rather than left hanging");
+    assert!(handshake.is_err(), "a handshake without the header");
+
+    // Plain HTTP needs no header: the peer is the client, its own X-Forwarded-For dropped
+    // (127.0.0.1 is no trusted proxy here).
+    let response = crate::support::raw_exchange(
+        proxy.addr,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.one("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(echo.one("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        app.seen().len(),
+        seen + 1,
+        "only the plain request reached the app"
+    );
+}
+
 #[tokio::test]
 async fn a_partial_request_head_is_cut_off() {
     let (_app, proxy) =
@@ -504,7 +575,7 @@ async fn a_partial_request_head_is_cut_off() {
 }
 
 /// Reads one response with a `Content-Length` body off a kept-alive connection.
-async fn read_response(stream: &mut TcpStream) -> String {
+async fn read_response<S: AsyncReadExt + Unpin>(stream: &mut S) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
