@@ -719,6 +719,19 @@ impl Config {
         Ok(())
     }
 
+    /// The keys whose values differ between `self` and `other`, dotted (`upstream.url`;
+    /// an array of tables whole: `uploads`), sorted. Names only: values may be secrets.
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let (Ok(ours), Ok(theirs)) = (toml::Value::try_from(self), toml::Value::try_from(other))
+        else {
+            // Both printed fine at start (check-config); unreachable in practice.
+            return vec!["(the whole configuration)".to_string()];
+        };
+        let mut changed = Vec::new();
+        changed_between("", &ours, &theirs, &mut changed);
+        changed
+    }
+
     /// The effective config as TOML, secrets hidden (there are none in the file by design:
     /// credentials come from the AWS chain; this still masks anything that looks like one).
     pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
@@ -868,6 +881,33 @@ mod opt_addr {
     }
 }
 
+/// Adds to `changed` the dotted path of every key under `path` whose value differs between
+/// `ours` and `theirs`, including keys only one of them has.
+fn changed_between(
+    path: &str,
+    ours: &toml::Value,
+    theirs: &toml::Value,
+    changed: &mut Vec<String>,
+) {
+    let (toml::Value::Table(ours), toml::Value::Table(theirs)) = (ours, theirs) else {
+        if ours != theirs {
+            changed.push(path.to_string());
+        }
+        return;
+    };
+    let keys: std::collections::BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+    for key in keys {
+        let path = match path {
+            "" => key.clone(),
+            _ => format!("{path}.{key}"),
+        };
+        match (ours.get(key), theirs.get(key)) {
+            (Some(ours), Some(theirs)) => changed_between(&path, ours, theirs, changed),
+            _ => changed.push(path),
+        }
+    }
+}
+
 /// `512 MiB`, `1 GiB`, `100 KiB`, `17 B`: exact sizes as a config file would write them.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
@@ -946,6 +986,44 @@ mod tests {
         };
         assert_eq!(own(false, true), (false, true));
         assert_eq!(own(true, false), (true, false));
+    }
+
+    #[test]
+    fn changed_keys_name_what_differs_and_nothing_else() {
+        let text = "[server]\nidle_timeout = \"1m\"\n[upstream]\nurl = \"http://127.0.0.1:8000\"\n\
+                    [[uploads]]\npath = \"/u\"";
+        let running = load(text).unwrap();
+        assert_eq!(
+            running.changed_keys(&load(text).unwrap()),
+            Vec::<String>::new()
+        );
+        let edited = text
+            .replace("1m", "2m")
+            .replace("8000", "8001")
+            .replace("/u", "/v");
+        let edited = format!("{edited}\n[log]\nquery = true");
+        assert_eq!(
+            running.changed_keys(&load(&edited).unwrap()),
+            [
+                "log.query",
+                "server.idle_timeout",
+                "uploads",
+                "upstream.url"
+            ]
+        );
+        // A key set to its default is no change; one only the new file sets (an optional
+        // value) is.
+        let with_default = text.replace("[server]\n", "[server]\nshutdown_delay = \"0s\"\n");
+        assert!(
+            running
+                .changed_keys(&load(&with_default).unwrap())
+                .is_empty()
+        );
+        let with_limit = text.replace("[server]\n", "[server]\nmax_body_size = \"1MiB\"\n");
+        assert_eq!(
+            running.changed_keys(&load(&with_limit).unwrap()),
+            ["server.max_body_size"]
+        );
     }
 
     #[test]

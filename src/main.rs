@@ -148,6 +148,7 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     with_log_buffer(log_buffer, || {
         server_runtime()?.block_on(offload::server::run(
             config,
+            move || load_config(&args),
             offload::server::shutdown_signal(),
         ))
     })

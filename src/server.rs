@@ -7,6 +7,7 @@
 //! Every request goes through [`route`], the one place that knows all the ways through.
 
 mod activation;
+mod hangup;
 mod idle;
 mod limits;
 mod linger;
@@ -39,7 +40,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::admin::{Admin, NotShuttingDown, StoreReachable, UpstreamReachable};
@@ -764,49 +765,20 @@ impl Server {
 const ABANDON_WAIT: Duration = Duration::from_secs(1);
 
 /// Binds per `config` and serves until `shutdown` resolves; meanwhile each SIGHUP re-reads
-/// the TLS certificate and key.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// the TLS certificate and key, and checks the configuration `reread` loads against the one
+/// running (see `server::hangup`).
+pub async fn run(
+    config: Config,
+    reread: impl Fn() -> anyhow::Result<Config> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let running = config.clone();
     let server = Server::bind(config).await?;
-    let reloads = tokio::spawn(reload_on_hangup(server.certificates().cloned()));
+    let certificates = server.certificates().cloned();
+    let reloads = tokio::spawn(hangup::on_hangup(certificates, running, reread));
     let served = server.run(shutdown).await;
     reloads.abort();
     served
-}
-
-/// On each SIGHUP, re-reads `server.tls`'s certificate and key (as nginx's reload is used
-/// after a certificate's renewal); other settings take a restart. Without TLS the signal is
-/// only logged: its default action would end the process.
-async fn reload_on_hangup(certificates: Option<Arc<Certificates>>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(e) => return warn!(error = %e, "cannot watch SIGHUP; no certificate reloads"),
-        };
-        while hangups.recv().await.is_some() {
-            let Some(certificates) = &certificates else {
-                warn!("SIGHUP: no server.tls to reload; other settings take a restart");
-                continue;
-            };
-            notify::reloading();
-            // Two small files read on this thread, as nginx's reload does: no I/O worth a
-            // blocking pool.
-            let reloaded = certificates.reload();
-            notify::ready();
-            match reloaded {
-                Ok(()) => {
-                    info!(cert = %certificates.cert_path().display(), "SIGHUP: TLS certificate reloaded")
-                }
-                Err(e) => error!(
-                    error = format!("{e:#}"),
-                    "SIGHUP: TLS certificate not reloaded; serving the previous one"
-                ),
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = certificates;
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

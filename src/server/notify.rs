@@ -1,7 +1,7 @@
 //! Telling systemd what state offload is in (`Type=notify` in `offload.service`), as
 //! `sd_notify(3)` does: `READY=1` once the listeners are bound and connections are being
 //! accepted (so `systemctl start` returns, and units ordered after offload start, only
-//! then), `RELOADING=1` and `READY=1` around a SIGHUP's certificate reload, `STOPPING=1`
+//! then), `RELOADING=1` and `READY=1` around a SIGHUP (see `server::hangup`), `STOPPING=1`
 //! when the shutdown begins. Without `NOTIFY_SOCKET` (not started by systemd) nothing is
 //! sent.
 //!

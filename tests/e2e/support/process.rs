@@ -160,6 +160,11 @@ impl OffloadProcess {
         }
     }
 
+    /// The `--config` file (when started with one): a test may edit it, then send SIGHUP.
+    pub fn config_file(&self) -> PathBuf {
+        self.path("proxy.toml")
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
