@@ -1,6 +1,7 @@
 //! The listener: TLS with ALPN, slowloris defence, idle connections, graceful shutdown.
 
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,10 +72,7 @@ async fn tls_with_alpn_h2_and_http1() {
 #[tokio::test]
 async fn tls_and_plain_http_on_listeners_of_their_own() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert_pem, key_pem, _) = localhost_certificate();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, &cert_pem).expect("write cert");
-    std::fs::write(&key, &key_pem).expect("write key");
+    let (cert, key, cert_pem) = write_localhost_certificate(dir.path());
     let app = App::start().await;
     let root = reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("root");
     for redirect_http in [false, true] {
@@ -149,6 +147,16 @@ async fn tls_and_plain_http_on_listeners_of_their_own() {
         let echo = Echo::parse(&resp.text().await.expect("body"));
         assert_eq!(echo.target, "/.well-known/acme-challenge/t0k3n");
     }
+}
+
+/// A self-signed certificate for `localhost` and its key written into `dir`: their paths,
+/// and the certificate's PEM (for a client to trust).
+fn write_localhost_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf, String) {
+    let (cert_pem, key_pem, _) = localhost_certificate();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &cert_pem).expect("write cert");
+    std::fs::write(&key, &key_pem).expect("write key");
+    (cert, key, cert_pem)
 }
 
 /// A self-signed certificate for `localhost`: its PEM, its key's PEM and its DER.
@@ -515,10 +523,7 @@ async fn a_proxy_protocol_header_names_the_client() {
 #[tokio::test]
 async fn proxy_protocol_on_the_tls_listener_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert_pem, key_pem, _) = localhost_certificate();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, &cert_pem).expect("write cert");
-    std::fs::write(&key, &key_pem).expect("write key");
+    let (cert, key, cert_pem) = write_localhost_certificate(dir.path());
     let app = App::start().await;
     let mut config = config_for(app.addr);
     config.server.tls = Some(offload::config::TlsConfig {
