@@ -732,6 +732,29 @@ impl Config {
         changed
     }
 
+    /// `next` as a reload applies it over `self`, the running configuration. What is set up
+    /// once at start keeps its running value: `[server]` (listeners, TLS, timeouts, HTTP
+    /// settings, workers, limits) but for `trusted_proxies`, `max_body_size` and
+    /// `request_id_header`, and `[log]` but for `query`. The rest (`[upstream]`, `[store]`,
+    /// `[assets]`, `[rewrite]`, `[[uploads]]`, `preset`) is taken from `next`.
+    pub fn reloadable_part(&self, next: Config) -> Config {
+        let server = ServerConfig {
+            trusted_proxies: next.server.trusted_proxies,
+            max_body_size: next.server.max_body_size,
+            request_id_header: next.server.request_id_header,
+            ..self.server.clone()
+        };
+        let log = LogConfig {
+            query: next.log.query,
+            ..self.log.clone()
+        };
+        Config {
+            server,
+            log,
+            ..next
+        }
+    }
+
     /// The effective config as TOML, secrets hidden (there are none in the file by design:
     /// credentials come from the AWS chain; this still masks anything that looks like one).
     pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
@@ -1023,6 +1046,32 @@ mod tests {
         assert_eq!(
             running.changed_keys(&load(&with_limit).unwrap()),
             ["server.max_body_size"]
+        );
+    }
+
+    #[test]
+    fn a_reload_takes_all_but_what_is_set_up_at_start() {
+        let running = load("[server]\nidle_timeout = \"1m\"\n[log]\nlevel = \"info\"").unwrap();
+        let next = load(
+            "[server]\nidle_timeout = \"2m\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+             max_body_size = \"1MiB\"\nrequest_id_header = \"X-Request-ID\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:9000\"\n[log]\nlevel = \"debug\"\nquery = true",
+        )
+        .unwrap();
+        let applied = running.reloadable_part(next.clone());
+        assert_eq!(
+            running.changed_keys(&applied),
+            [
+                "log.query",
+                "server.max_body_size",
+                "server.request_id_header",
+                "server.trusted_proxies",
+                "upstream.url"
+            ]
+        );
+        assert_eq!(
+            applied.changed_keys(&next),
+            ["log.level", "server.idle_timeout"]
         );
     }
 

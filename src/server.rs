@@ -11,6 +11,7 @@ mod hangup;
 mod idle;
 mod limits;
 mod linger;
+mod live;
 mod notify;
 mod observe;
 mod proxy_protocol;
@@ -43,7 +44,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use url::Url;
 
-use crate::admin::{Admin, NotShuttingDown, StoreReachable, UpstreamReachable};
+use crate::admin::{Admin, NotShuttingDown, ReadinessCheck, StoreReachable, UpstreamReachable};
 use crate::assets::{self, Assets, MirrorCopy};
 use crate::body::Body;
 use crate::config::{Config, RewriteConfig, ServerConfig, StoreKind};
@@ -56,6 +57,7 @@ use activation::Listeners;
 use idle::{Activity, ConnectionState, Verdict, Watchdog};
 use limits::ConnectionSlots;
 pub use limits::raise_open_files_limit;
+use live::LiveState;
 use observe::{
     Logged, Observed, RequestRecord, head_timed_out, observe, refused_head, track_request_body,
 };
@@ -115,6 +117,30 @@ impl AppState {
     /// whose S3 credentials are not in the environment); `config.store` still sets the
     /// presence cache, key prefix and serve prefix.
     pub fn with_store(config: Arc<Config>, store: Arc<dyn Store>) -> anyhow::Result<AppState> {
+        let metrics = Metrics::for_workers(config.server.workers());
+        AppState::build(config, store, metrics)
+    }
+
+    /// The state for a reloaded `config` (see [`Config::reloadable_part`]) to serve in place
+    /// of `running`: a store, app connection pool, presence cache, upload routes and
+    /// rewriting rules of its own, the same metrics.
+    pub(crate) async fn reloaded(
+        config: Arc<Config>,
+        running: &AppState,
+    ) -> anyhow::Result<AppState> {
+        let store = store::open(&config.store)
+            .await
+            .context("store: opening the configured store")?;
+        let mut state = AppState::build(config, store, running.metrics.clone())?;
+        state.https_redirect = running.https_redirect;
+        Ok(state)
+    }
+
+    fn build(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+    ) -> anyhow::Result<AppState> {
         let workers = config.server.workers();
         let upstream = Arc::new(
             Upstream::for_workers(&config.upstream, workers)?
@@ -145,7 +171,7 @@ impl AppState {
         Ok(AppState {
             config,
             upstream,
-            metrics: Metrics::for_workers(workers),
+            metrics,
             store,
             presence,
             uploads,
@@ -537,6 +563,8 @@ async fn unless_left_unread(
 /// A bound, not yet running server.
 pub struct Server {
     state: Arc<AppState>,
+    /// What requests are served with: `state`, until a reload replaces it.
+    live: Arc<LiveState>,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     admin: Arc<Admin>,
@@ -589,6 +617,7 @@ impl Server {
                 .and_then(|l| l.local_addr().ok())
                 .map(|addr| addr.port());
         }
+        let live = Arc::new(LiveState::new(&state, state.workers));
         let state = Arc::new(state);
         let admin_listen = config.server.admin_listen;
         let admin_listener = listeners
@@ -598,10 +627,15 @@ impl Server {
         let shutting_down = CancellationToken::new();
         let admin = Admin::new(state.metrics.clone())
             .with_check(Arc::new(NotShuttingDown(shutting_down.clone())))
-            .with_check(Arc::new(upstream_check(&state)))
-            .with_check(Arc::new(StoreReachable::new(state.store.clone())));
+            .with_check(Arc::new(OnLiveState::new(
+                &live,
+                "upstream",
+                upstream_check,
+            )))
+            .with_check(Arc::new(OnLiveState::new(&live, "store", store_check)));
         Ok(Server {
             state,
+            live,
             shutting_down,
             listener,
             tls_listener,
@@ -675,10 +709,7 @@ impl Server {
             handshake_timeout: server_cfg.header_read_timeout,
             cancel: cancel.clone(),
             abandon: abandon.clone(),
-            // One copy of the state per worker (see `AppState`).
-            states: (0..worker_count)
-                .map(|_| Arc::new(AppState::clone(&self.state)))
-                .collect(),
+            live: Arc::clone(&self.live),
         });
         let max_connections = limits::max_connections(server_cfg.max_connections);
         let slots = ConnectionSlots::new(max_connections, self.state.metrics.clone());
@@ -774,8 +805,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let running = config.clone();
     let server = Server::bind(config).await?;
-    let certificates = server.certificates().cloned();
-    let reloads = tokio::spawn(hangup::on_hangup(certificates, running, reread));
+    let reloads = tokio::spawn(hangup::on_hangup(
+        server.certificates().cloned(),
+        Arc::clone(&server.live),
+        running,
+        reread,
+    ));
     let served = server.run(shutdown).await;
     reloads.abort();
     served
@@ -808,6 +843,44 @@ pub async fn shutdown_signal() {
 
 /// `/readyz`'s check of the app: a connection opened within the connect timeout (at most
 /// 2 s).
+/// A `/readyz` check made afresh from the state served now each time it runs: after a
+/// reload it asks the app and the store that requests go to.
+struct OnLiveState<F> {
+    live: Arc<LiveState>,
+    name: &'static str,
+    check_for: F,
+}
+
+impl<F> OnLiveState<F> {
+    fn new(live: &Arc<LiveState>, name: &'static str, check_for: F) -> OnLiveState<F> {
+        OnLiveState {
+            live: Arc::clone(live),
+            name,
+            check_for,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<F, C> ReadinessCheck for OnLiveState<F>
+where
+    F: Fn(&AppState) -> C + Send + Sync,
+    C: ReadinessCheck,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let check = (self.check_for)(&self.live.current());
+        check.check().await
+    }
+}
+
+fn store_check(state: &AppState) -> StoreReachable {
+    StoreReachable::new(Arc::clone(&state.store))
+}
+
 fn upstream_check(state: &AppState) -> UpstreamReachable {
     let timeout = state
         .config
@@ -850,8 +923,8 @@ fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 
 /// What every connection task shares.
 struct Shared {
-    /// Worker `i`'s copy of the state is `states[i]`.
-    states: Box<[Arc<AppState>]>,
+    /// The state requests are served with, a copy per worker; a reload replaces it.
+    live: Arc<LiveState>,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     idle_timeout: Duration,
@@ -862,13 +935,6 @@ struct Shared {
     cancel: CancellationToken,
     /// The shutdown grace expired: connections still open are dropped.
     abandon: CancellationToken,
-}
-
-impl Shared {
-    /// The calling worker's copy of the state.
-    fn state(&self) -> &Arc<AppState> {
-        crate::worker::mine(&self.states)
-    }
 }
 
 /// The next connection on `listener`; never, when there is none.
@@ -939,10 +1005,9 @@ where
 {
     let connection = Arc::new(ConnectionState::default());
     let io = TokioIo::new(Activity::new(io, Arc::clone(&connection)));
-    let state = Arc::clone(shared.state());
+    let live = Arc::clone(&shared.live);
     let requests = Arc::clone(&connection);
-    let service =
-        service_fn(move |req| handle(Arc::clone(&state), req, client, Arc::clone(&requests)));
+    let service = service_fn(move |req| handle(live.current(), req, client, Arc::clone(&requests)));
     let mut conn = pin!(shared.builder.serve_connection_with_upgrades(io, service));
     let watchdog = Watchdog::new(connection, shared.idle_timeout, shared.handshake_timeout);
     // The connection wakes this task for nearly every reason; the watchers (shutdown, the
@@ -958,7 +1023,7 @@ where
             biased;
             result = conn.as_mut() => {
                 if let Err(e) = result
-                    && !refused_head(shared.state(), client.peer, e.as_ref())
+                    && !refused_head(&shared.live.current(), client.peer, e.as_ref())
                 {
                     debug!(peer = %client.peer, error = %e, "connection ended with an error");
                 }
@@ -977,7 +1042,7 @@ where
                 }
                 ConnectionEvent::Watchdog(Verdict::SlowHead { began }) => {
                     if began {
-                        head_timed_out(shared.state(), client.peer, shared.handshake_timeout);
+                        head_timed_out(&shared.live.current(), client.peer, shared.handshake_timeout);
                     }
                     debug!(peer = %client.peer, "request head too slow; dropping the connection");
                     return;

@@ -1,8 +1,11 @@
-//! SIGHUP, as `systemctl reload` sends it: re-reads `server.tls`'s certificate and key (after
-//! a renewal, as nginx's reload is used), and loads the configuration again to say what a
-//! reload cannot do: which settings changed since start (they take a restart) or that the
-//! file no longer loads (a restart would fail). Operators who edit the file and reload, as
-//! with nginx, learn at once that offload still runs the configuration it started with.
+//! SIGHUP, as `systemctl reload` sends it (nginx's reload): re-reads `server.tls`'s
+//! certificate and key (after a renewal), and loads the configuration again as at start
+//! (file, environment, flags). What changed and can change while serving (see
+//! [`Config::reloadable_part`]) is applied: new requests, also on connections already open,
+//! are served with a state built from it, while requests in flight finish with the old.
+//! What is set up once at start (listeners, timeouts, workers, the log) is named in a
+//! warning as taking a restart. A file that no longer loads, or a state that cannot be
+//! built from it (a store that does not open), changes nothing and is logged as an error.
 //!
 //! Without a handler the signal's default action would end the process.
 
@@ -10,15 +13,17 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use super::notify;
+use super::live::LiveState;
 use super::tls::Certificates;
+use super::{AppState, notify};
 use crate::config::Config;
 
 /// Handles every SIGHUP until the task is aborted. `running` is the configuration being
-/// served; `reread` loads it again as at start (file, environment, flags).
+/// served; `reread` loads it again as at start.
 pub(super) async fn on_hangup(
     certificates: Option<Arc<Certificates>>,
-    running: Config,
+    live: Arc<LiveState>,
+    mut running: Config,
     reread: impl Fn() -> anyhow::Result<Config>,
 ) {
     #[cfg(unix)]
@@ -26,7 +31,7 @@ pub(super) async fn on_hangup(
         use tokio::signal::unix::{SignalKind, signal};
         let mut hangups = match signal(SignalKind::hangup()) {
             Ok(hangups) => hangups,
-            Err(e) => return warn!(error = %e, "cannot watch SIGHUP; no certificate reloads"),
+            Err(e) => return warn!(error = %e, "cannot watch SIGHUP; no reloads"),
         };
         while hangups.recv().await.is_some() {
             notify::reloading();
@@ -35,12 +40,19 @@ pub(super) async fn on_hangup(
             }
             // A small file read on this thread, as the certificate's: no I/O worth a
             // blocking pool.
-            check_configuration(&running, reread());
+            match reread() {
+                Ok(next) => reload_configuration(&live, &mut running, next).await,
+                Err(e) => error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: the configuration does not load; nothing reloaded, and a restart \
+                     would fail"
+                ),
+            }
             notify::ready();
         }
     }
     #[cfg(not(unix))]
-    let _ = (certificates, running, reread);
+    let _ = (certificates, live, running, reread);
 }
 
 fn reload_certificate(certificates: &Certificates) {
@@ -56,26 +68,42 @@ fn reload_certificate(certificates: &Certificates) {
     }
 }
 
-/// Logs how `reread` differs from the `running` configuration. Key names only: values may
-/// be secrets.
-fn check_configuration(running: &Config, reread: anyhow::Result<Config>) {
-    match reread {
+/// Applies what a reload can of `next` over `running`, and says what it could not. Keys
+/// are logged by name only: values may be secrets.
+async fn reload_configuration(live: &LiveState, running: &mut Config, next: Config) {
+    let changed = running.changed_keys(&next);
+    let applied = running.reloadable_part(next);
+    let reloaded = running.changed_keys(&applied);
+    let pending: Vec<&String> = changed.iter().filter(|k| !reloaded.contains(k)).collect();
+    if !pending.is_empty() {
+        warn!(
+            changed = join(&pending),
+            "SIGHUP: these settings take a restart; they keep their running values"
+        );
+    }
+    if reloaded.is_empty() {
+        if changed.is_empty() {
+            info!("SIGHUP: the configuration is unchanged");
+        }
+        return;
+    }
+    let applied = Arc::new(applied);
+    match AppState::reloaded(Arc::clone(&applied), &live.current()).await {
+        Ok(state) => {
+            live.replace(&state);
+            *running = Arc::unwrap_or_clone(applied);
+            info!(changed = join(&reloaded), "SIGHUP: configuration reloaded");
+        }
         Err(e) => error!(
             error = format!("{e:#}"),
-            "SIGHUP: the configuration no longer loads; offload keeps running the one it \
-             started with, but a restart would fail"
+            "SIGHUP: configuration not reloaded; serving with the previous one"
         ),
-        Ok(now) => {
-            let changed = running.changed_keys(&now);
-            if changed.is_empty() {
-                info!("SIGHUP: the configuration is as offload started with it");
-            } else {
-                warn!(
-                    changed = changed.join(", "),
-                    "SIGHUP: the configuration changed since start; offload keeps running the \
-                     one it started with until a restart"
-                );
-            }
-        }
     }
+}
+
+fn join(keys: &[impl AsRef<str>]) -> String {
+    keys.iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -220,39 +220,75 @@ async fn status_line<S: AsyncReadExt + AsyncWriteExt + Unpin>(
     text.lines().next().unwrap_or_default().to_string()
 }
 
-/// SIGHUP after the file was edited (`systemctl reload`, as with nginx): offload says which
-/// settings changed since start, since they take a restart, or that the file no longer
-/// loads, and serves on as it started.
+/// SIGHUP reloads what can change while serving (nginx's reload): once the file names
+/// another app and trusts the client's proxy, the next request on a connection opened before
+/// goes to the new app with its X-Forwarded-For kept; a listener's setting is named as taking
+/// a restart; a file that no longer loads changes nothing.
 #[tokio::test]
-async fn sighup_says_what_changed_in_the_configuration() {
-    let app = App::start().await;
-    let started_with = "[server]\nidle_timeout = \"1m\"\n";
-    let process = OffloadProcess::start_with_config(app.addr, Some(started_with), &[], &[]).await;
+async fn sighup_reloads_the_configuration() {
+    let (first, second) = (App::start().await, App::start().await);
+    let config = |app: std::net::SocketAddr, idle: &str, trusted: &str| {
+        format!(
+            "[server]\nidle_timeout = \"{idle}\"\n{trusted}[upstream]\nurl = \"http://{app}\"\n"
+        )
+    };
+    let started_with = config(first.addr, "1m", "");
+    let process =
+        OffloadProcess::start_with_config(first.addr, Some(&started_with), &[], &[]).await;
     process.signal(libc::SIGHUP);
     process
-        .wait_for_log("SIGHUP: the configuration is as offload started with it")
+        .wait_for_log("SIGHUP: the configuration is unchanged")
         .await;
+    let mut stream = TcpStream::connect(process.addr).await.expect("connect");
+    let echo = echo_with_forwarded_for(&mut stream).await;
+    assert_eq!(
+        echo.one("x-forwarded-for"),
+        Some("127.0.0.1"),
+        "not trusted yet"
+    );
+    assert_eq!((first.seen().len(), second.seen().len()), (1, 0));
 
-    let edited = "[server]\nidle_timeout = \"2m\"\n[upstream]\nconnect_timeout = \"1s\"\n";
-    std::fs::write(process.config_file(), edited).expect("edit config");
+    let trusted = "trusted_proxies = [\"127.0.0.1/32\"]\n";
+    std::fs::write(process.config_file(), config(second.addr, "2m", trusted)).expect("edit");
     process.signal(libc::SIGHUP);
-    let logs = process
-        .wait_for_log("SIGHUP: the configuration changed since start")
-        .await;
+    let logs = process.wait_for_log("SIGHUP: configuration reloaded").await;
     assert!(
-        logs.contains("server.idle_timeout, upstream.connect_timeout"),
+        logs.contains("server.trusted_proxies, upstream.url"),
         "{logs}"
     );
-    let mut stream = TcpStream::connect(process.addr).await.expect("connect");
-    assert_eq!(status_line(&mut stream, "/t").await, "HTTP/1.1 200 OK");
+    assert!(
+        logs.contains("SIGHUP: these settings take a restart"),
+        "{logs}"
+    );
+    assert!(logs.contains("server.idle_timeout"), "{logs}");
+    let echo = echo_with_forwarded_for(&mut stream).await;
+    assert_eq!(echo.one("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
+    assert_eq!(
+        (first.seen().len(), second.seen().len()),
+        (1, 1),
+        "the same connection's next request went to the new app"
+    );
 
     std::fs::write(process.config_file(), "[server]\nidle_timeot = \"2m\"\n").expect("edit");
     process.signal(libc::SIGHUP);
     let logs = process
-        .wait_for_log("SIGHUP: the configuration no longer loads")
+        .wait_for_log("SIGHUP: the configuration does not load")
         .await;
     assert!(logs.contains("did you mean `idle_timeout`"), "{logs}");
-    assert_eq!(status_line(&mut stream, "/t").await, "HTTP/1.1 200 OK");
+    let echo = echo_with_forwarded_for(&mut stream).await;
+    assert_eq!(echo.one("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
+    assert_eq!((first.seen().len(), second.seen().len()), (1, 2));
+}
+
+/// GET /echo on an open connection with `X-Forwarded-For: 6.6.6.6`: what the app heard.
+async fn echo_with_forwarded_for(stream: &mut TcpStream) -> Echo {
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+        .await
+        .expect("request");
+    let response = read_response(stream).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    Echo::parse(raw_body(&response))
 }
 
 #[tokio::test]

@@ -79,7 +79,13 @@ impl OffloadProcess {
         command
             .arg("serve")
             .args(listen.iter().flat_map(|addr| ["--listen", addr]))
-            .args(["--upstream", &format!("http://{upstream}")])
+            // Unless the config names the app itself (a test reloading it).
+            .args(
+                match config.is_some_and(|c| c.contains("[upstream]\nurl =")) {
+                    true => vec![],
+                    false => vec!["--upstream".to_string(), format!("http://{upstream}")],
+                },
+            )
             .args(["--admin-listen", "off"])
             .args(if args.contains(&"--log-format") {
                 &[][..]
