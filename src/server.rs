@@ -65,7 +65,8 @@ use request_id::RequestIds;
 pub use tls::Certificates;
 use workers::Workers;
 
-/// What every request handler shares: built once at start-up. Each worker thread serves
+/// What every request handler shares: built at start-up, and again by each reload of the
+/// configuration (`server::hangup`, `server::live`). Each worker thread serves
 /// from a copy of its own (the parts are shared behind `Arc`s): a request takes and drops a
 /// reference to it, and that count is best written by one core only. Aligned so that two
 /// copies never share a cache line.
@@ -670,7 +671,8 @@ impl Server {
             .and_then(|l| l.local_addr().ok())
     }
 
-    /// The shared state (for tests and embedding).
+    /// The shared state as bound (for tests and embedding); a reload while it runs
+    /// replaces what requests are served with, not this.
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
     }
@@ -841,8 +843,6 @@ pub async fn shutdown_signal() {
     info!("shutdown signal received");
 }
 
-/// `/readyz`'s check of the app: a connection opened within the connect timeout (at most
-/// 2 s).
 /// A `/readyz` check made afresh from the state served now each time it runs: after a
 /// reload it asks the app and the store that requests go to.
 struct OnLiveState<F> {
@@ -877,10 +877,13 @@ where
     }
 }
 
+/// `/readyz`'s check of the store.
 fn store_check(state: &AppState) -> StoreReachable {
     StoreReachable::new(Arc::clone(&state.store))
 }
 
+/// `/readyz`'s check of the app: a connection opened within the connect timeout (at most
+/// 2 s).
 fn upstream_check(state: &AppState) -> UpstreamReachable {
     let timeout = state
         .config

@@ -10,15 +10,20 @@ use super::AppState;
 
 pub(crate) struct LiveState {
     /// Worker `i`'s copy is `per_worker[i]`: a lock no other worker takes, but for a reload.
-    per_worker: Box<[RwLock<Arc<AppState>>]>,
+    per_worker: Box<[Slot]>,
 }
+
+/// Each request writes its worker's lock word (a reader count): on a cache line of its own,
+/// so that workers do not take the line from each other (see `AppState`).
+#[repr(align(128))]
+struct Slot(RwLock<Arc<AppState>>);
 
 impl LiveState {
     /// `state`, copied for each of `workers`.
     pub(crate) fn new(state: &AppState, workers: usize) -> LiveState {
         LiveState {
             per_worker: (0..workers.max(1))
-                .map(|_| RwLock::new(Arc::new(state.clone())))
+                .map(|_| Slot(RwLock::new(Arc::new(state.clone()))))
                 .collect(),
         }
     }
@@ -27,14 +32,14 @@ impl LiveState {
     pub(crate) fn current(&self) -> Arc<AppState> {
         let slot = crate::worker::mine(&self.per_worker);
         // Replacing an Arc cannot leave it half written: a poisoned lock holds a whole one.
-        Arc::clone(&slot.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&slot.0.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Every worker serves the requests that begin from now on with (a copy of) `state`.
     pub(crate) fn replace(&self, state: &AppState) {
         for slot in &self.per_worker {
             let copy = Arc::new(state.clone());
-            *slot.write().unwrap_or_else(PoisonError::into_inner) = copy;
+            *slot.0.write().unwrap_or_else(PoisonError::into_inner) = copy;
         }
     }
 }
