@@ -628,12 +628,8 @@ impl Server {
         let shutting_down = CancellationToken::new();
         let admin = Admin::new(state.metrics.clone())
             .with_check(Arc::new(NotShuttingDown(shutting_down.clone())))
-            .with_check(Arc::new(OnLiveState::new(
-                &live,
-                "upstream",
-                upstream_check,
-            )))
-            .with_check(Arc::new(OnLiveState::new(&live, "store", store_check)));
+            .with_check(Arc::new(OnLiveState::new(&live, upstream_check)))
+            .with_check(Arc::new(OnLiveState::new(&live, store_check)));
         Ok(Server {
             state,
             live,
@@ -805,12 +801,11 @@ pub async fn run(
     reread: impl Fn() -> anyhow::Result<Config> + Send + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let running = config.clone();
     let server = Server::bind(config).await?;
     let reloads = tokio::spawn(hangup::on_hangup(
         server.certificates().cloned(),
         Arc::clone(&server.live),
-        running,
+        Config::clone(&server.state.config),
         reread,
     ));
     let served = server.run(shutdown).await;
@@ -847,15 +842,13 @@ pub async fn shutdown_signal() {
 /// reload it asks the app and the store that requests go to.
 struct OnLiveState<F> {
     live: Arc<LiveState>,
-    name: &'static str,
     check_for: F,
 }
 
 impl<F> OnLiveState<F> {
-    fn new(live: &Arc<LiveState>, name: &'static str, check_for: F) -> OnLiveState<F> {
+    fn new(live: &Arc<LiveState>, check_for: F) -> OnLiveState<F> {
         OnLiveState {
             live: Arc::clone(live),
-            name,
             check_for,
         }
     }
@@ -868,7 +861,7 @@ where
     C: ReadinessCheck,
 {
     fn name(&self) -> &'static str {
-        self.name
+        (self.check_for)(&self.live.current()).name()
     }
 
     async fn check(&self) -> Result<(), String> {

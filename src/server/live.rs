@@ -71,7 +71,8 @@ mod tests {
         drop(gone);
 
         let live = Arc::new(LiveState::new(&state_for(gone_addr, store.path()).await, 2));
-        let readiness = OnLiveState::new(&live, "upstream", upstream_check);
+        let readiness = OnLiveState::new(&live, upstream_check);
+        assert_eq!(readiness.name(), "upstream");
         let refused = readiness.check().await.unwrap_err();
         assert!(refused.contains(&gone_addr.to_string()), "{refused}");
 
