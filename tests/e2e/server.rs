@@ -281,7 +281,7 @@ async fn sighup_reloads_the_configuration() {
 }
 
 /// GET /echo on an open connection with `X-Forwarded-For: 6.6.6.6`: what the app heard.
-async fn echo_with_forwarded_for(stream: &mut TcpStream) -> Echo {
+async fn echo_with_forwarded_for<S: AsyncReadExt + AsyncWriteExt + Unpin>(stream: &mut S) -> Echo {
     stream
         .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
         .await
@@ -583,12 +583,7 @@ async fn proxy_protocol_on_the_tls_listener_alone() {
         .connect(name.clone(), tcp)
         .await
         .expect("handshake after the header");
-    tls.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
-        .await
-        .expect("request");
-    let response = read_response(&mut tls).await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let echo = Echo::parse(raw_body(&response));
+    let echo = echo_with_forwarded_for(&mut tls).await;
     assert_eq!(echo.one("x-forwarded-for"), Some("203.0.113.7"));
     assert_eq!(echo.one("x-forwarded-proto"), Some("https"));
 
