@@ -46,7 +46,9 @@ async fn get_ok(process: &OffloadProcess, path: &str) {
 #[tokio::test]
 async fn each_request_is_logged_once_with_its_figures() {
     let app = App::start().await;
-    let process = OffloadProcess::start(app.addr, &[], &[]).await;
+    // One worker: each writes out its own buffered lines, so with two the order could differ.
+    let one_worker = [("OFFLOAD_SERVER_WORKER_THREADS", "1")];
+    let process = OffloadProcess::start(app.addr, &[], &one_worker).await;
     let http = client();
     let base = format!("http://{}", process.addr);
 
@@ -270,8 +272,10 @@ async fn a_head_not_finished_in_time_is_logged_as_a_408() {
 #[tokio::test]
 async fn each_request_carries_one_id_to_the_app_the_client_and_the_log() {
     let app = App::start().await;
-    let config =
-        "[server]\nrequest_id_header = \"X-Request-ID\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+    // One worker: each worker writes out its own buffered lines, so with two the log's
+    // order need not be the requests' order.
+    let config = "[server]\nrequest_id_header = \"X-Request-ID\"\n\
+                  trusted_proxies = [\"127.0.0.1/32\"]\nworker_threads = 1\n";
     let process = OffloadProcess::start_with_config(app.addr, Some(config), &[], &[]).await;
     let url = format!("http://{}/echo", process.addr);
     let mut answered = Vec::new();
