@@ -119,35 +119,65 @@ impl AppState {
     /// presence cache, key prefix and serve prefix.
     pub fn with_store(config: Arc<Config>, store: Arc<dyn Store>) -> anyhow::Result<AppState> {
         let metrics = Metrics::for_workers(config.server.workers());
-        AppState::build(config, store, metrics)
+        let connected = Connected {
+            presence: Arc::new(Presence::new(store.clone(), &config.store)),
+            store,
+            upstream: app_upstream(&config)?,
+        };
+        AppState::build(config, connected, metrics)
     }
 
     /// The state for a reloaded `config` (see [`Config::reloadable_part`]) to serve in place
-    /// of `running`: a store, app connection pool, presence cache, upload routes and
-    /// rewriting rules of its own, the same metrics.
+    /// of `running`: upload routes and rewriting rules of its own, the same metrics. The
+    /// store with its presence cache, and the app's connection pools, are kept unless their
+    /// settings changed: a reload for a rewriting rule neither asks the store again about
+    /// every asset nor reconnects to the app.
     pub(crate) async fn reloaded(
         config: Arc<Config>,
         running: &AppState,
     ) -> anyhow::Result<AppState> {
-        let store = store::open(&config.store)
-            .await
-            .context("store: opening the configured store")?;
-        let mut state = AppState::build(config, store, running.metrics.clone())?;
+        let changed = running.config.changed_keys(&config);
+        let changed_in = |section: &str| {
+            changed.iter().any(|key| {
+                key.strip_prefix(section)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+        };
+        let (store, presence) = match changed_in("store") {
+            false => (running.store.clone(), running.presence.clone()),
+            true => {
+                let store = store::open(&config.store)
+                    .await
+                    .context("store: opening the configured store")?;
+                let presence = Arc::new(Presence::new(store.clone(), &config.store));
+                (store, presence)
+            }
+        };
+        let upstream = match changed_in("upstream") || changed_in("server.trusted_proxies") {
+            false => running.upstream.clone(),
+            true => app_upstream(&config)?,
+        };
+        let connected = Connected {
+            store,
+            presence,
+            upstream,
+        };
+        let mut state = AppState::build(config, connected, running.metrics.clone())?;
         state.https_redirect = running.https_redirect;
         Ok(state)
     }
 
     fn build(
         config: Arc<Config>,
-        store: Arc<dyn Store>,
+        connected: Connected,
         metrics: Metrics,
     ) -> anyhow::Result<AppState> {
+        let Connected {
+            store,
+            presence,
+            upstream,
+        } = connected;
         let workers = config.server.workers();
-        let upstream = Arc::new(
-            Upstream::for_workers(&config.upstream, workers)?
-                .with_trusted_proxies(config.server.trusted_proxies.clone()),
-        );
-        let presence = Arc::new(Presence::new(store.clone(), &config.store));
         let uploads = UploadRoutes::new(&config.uploads, &config.store.prefix)?;
         let assets = match config.assets.prefixes.is_empty() {
             true => None,
@@ -184,6 +214,20 @@ impl AppState {
             request_ids,
         })
     }
+}
+
+/// The parts of a state that hold connections and cached answers.
+struct Connected {
+    store: Arc<dyn Store>,
+    presence: Arc<Presence>,
+    upstream: Arc<Upstream>,
+}
+
+/// The app's client: a pool of connections per worker.
+fn app_upstream(config: &Config) -> anyhow::Result<Arc<Upstream>> {
+    let upstream = Upstream::for_workers(&config.upstream, config.server.workers())?
+        .with_trusted_proxies(config.server.trusted_proxies.clone());
+    Ok(Arc::new(upstream))
 }
 
 fn build_assets(
@@ -1069,4 +1113,47 @@ fn watch(event: ConnectionEvent, token: CancellationToken) -> Watcher {
         token.cancelled().await;
         event
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn config(store: &std::path::Path, extra: &str) -> Arc<Config> {
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[store]\nroot = {:?}\n{extra}",
+            store.display()
+        );
+        Arc::new(Config::from_toml_with_env(&text, &BTreeMap::new()).unwrap())
+    }
+
+    /// A reload keeps the store's presence answers and the app's pools unless their own
+    /// settings changed, and builds them anew when they did.
+    #[tokio::test]
+    async fn a_reload_keeps_the_store_and_pools_whose_settings_did_not_change() {
+        let root = tempfile::tempdir().unwrap();
+        let running = AppState::new(config(root.path(), "")).await.unwrap();
+        running.presence.mark_present("media/a.jpg");
+
+        let rules_only = config(root.path(), "[assets]\nprefixes = [\"/media/\"]\n");
+        let reloaded = AppState::reloaded(rules_only, &running).await.unwrap();
+        assert_eq!(reloaded.presence.cached("media/a.jpg"), Some(true));
+        assert!(Arc::ptr_eq(&reloaded.upstream, &running.upstream));
+        assert!(reloaded.assets.is_some(), "the new rules are in force");
+
+        let store_changed = config(root.path(), "cache_ttl = \"1m\"\n");
+        let reloaded = AppState::reloaded(store_changed, &running).await.unwrap();
+        assert_eq!(reloaded.presence.cached("media/a.jpg"), None);
+        assert!(Arc::ptr_eq(&reloaded.upstream, &running.upstream));
+
+        let trust_changed = config(
+            root.path(),
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        );
+        let reloaded = AppState::reloaded(trust_changed, &running).await.unwrap();
+        assert!(!Arc::ptr_eq(&reloaded.upstream, &running.upstream));
+        assert_eq!(reloaded.presence.cached("media/a.jpg"), Some(true));
+    }
 }

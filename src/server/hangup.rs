@@ -2,7 +2,9 @@
 //! certificate and key (after a renewal), and loads the configuration again as at start
 //! (file, environment, flags). What changed and can change while serving (see
 //! [`Config::reloadable_part`]) is applied: new requests, also on connections already open,
-//! are served with a state built from it, while requests in flight finish with the old.
+//! are served with a state built from it, while requests in flight finish with the old
+//! (its store and app connections kept when their settings did not change,
+//! [`AppState::reloaded`]).
 //! What is set up once at start (listeners, timeouts, workers, the log) is named in a
 //! warning as taking a restart. A file that no longer loads, or a state that cannot be
 //! built from it (a store that does not open), changes nothing and is logged as an error.

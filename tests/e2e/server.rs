@@ -280,6 +280,49 @@ async fn sighup_reloads_the_configuration() {
     assert_eq!((first.seen().len(), second.seen().len()), (1, 2));
 }
 
+/// A reload that leaves `[upstream]` as it was keeps the app connections open (a reload
+/// for a rewriting rule does not reconnect to the app); one that changes it opens new ones.
+#[tokio::test]
+async fn sighup_keeps_app_connections_unless_upstream_changed() {
+    let app = App::start().await;
+    let config = |extra: &str| {
+        format!(
+            "[server]\nworker_threads = 1\n[upstream]\nurl = \"http://{}\"\n{extra}",
+            app.addr
+        )
+    };
+    let process = OffloadProcess::start_with_config(app.addr, Some(&config("")), &[], &[]).await;
+    let mut stream = TcpStream::connect(process.addr).await.expect("connect");
+    echo_with_forwarded_for(&mut stream).await;
+    assert_eq!(app.connections(), 1);
+
+    std::fs::write(process.config_file(), config("[log]\nquery = true\n")).expect("edit");
+    process.signal(libc::SIGHUP);
+    let logs = process.wait_for_log("SIGHUP: configuration reloaded").await;
+    assert!(logs.contains("log.query"), "{logs}");
+    echo_with_forwarded_for(&mut stream).await;
+    assert_eq!(
+        (app.seen().len(), app.connections()),
+        (2, 1),
+        "the pooled app connection served the request after the reload"
+    );
+
+    let slower = "[log]\nquery = true\n";
+    let slower = config(slower).replace("[log]", "response_timeout = \"2m\"\n[log]");
+    std::fs::write(process.config_file(), slower).expect("edit");
+    process.signal(libc::SIGHUP);
+    let logs = process
+        .wait_for_logs("SIGHUP: configuration reloaded", 2)
+        .await;
+    assert!(logs.contains("upstream.response_timeout"), "{logs}");
+    echo_with_forwarded_for(&mut stream).await;
+    assert_eq!(
+        (app.seen().len(), app.connections()),
+        (3, 2),
+        "a new pool connected anew"
+    );
+}
+
 /// GET /echo on an open connection with `X-Forwarded-For: 6.6.6.6`: what the app heard.
 async fn echo_with_forwarded_for<S: AsyncReadExt + AsyncWriteExt + Unpin>(stream: &mut S) -> Echo {
     stream

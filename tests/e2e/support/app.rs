@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct App {
     pub addr: SocketAddr,
     /// Every request the app received, as `METHOD target`, in arrival order.
     pub seen: Arc<Mutex<Vec<String>>>,
+    /// How many connections the app has accepted.
+    connections: Arc<AtomicUsize>,
     /// Files served by path: (content type, bytes).
     files: Files,
     task: JoinHandle<()>,
@@ -95,16 +98,19 @@ impl App {
     {
         let stopped = CancellationToken::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
         let files = Files::default();
         let accepting = Accepting {
             stopped: stopped.clone(),
             seen: Arc::clone(&seen),
+            connections: Arc::clone(&connections),
             files: files.clone(),
         };
         let task = tokio::spawn(accept_loop(accepting));
         App {
             addr,
             seen,
+            connections,
             files,
             task,
             stopped,
@@ -116,6 +122,7 @@ impl App {
 struct Accepting {
     stopped: CancellationToken,
     seen: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
     files: Files,
 }
 
@@ -125,6 +132,7 @@ impl Accepting {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        self.connections.fetch_add(1, Ordering::Relaxed);
         let token = self.stopped.clone();
         let recorder = Arc::clone(&self.seen);
         let served = self.files.clone();
@@ -183,6 +191,11 @@ impl App {
         if let Ok(mut files) = self.files.lock() {
             files.remove(path);
         }
+    }
+
+    /// How many connections the app has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// The requests seen so far (`METHOD target`).

@@ -152,15 +152,20 @@ impl OffloadProcess {
     /// Waits (up to 10 s) until the logs contain `needle` (lines are written as requests
     /// end, after the response), and returns them.
     pub async fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_logs(needle, 1).await
+    }
+
+    /// Waits (up to 10 s) until `needle` occurs `times` times in the logs, and returns them.
+    pub async fn wait_for_logs(&self, needle: &str, times: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let logs = self.logs();
-            if logs.contains(needle) {
+            if logs.matches(needle).count() >= times {
                 return logs;
             }
             assert!(
                 Instant::now() < deadline,
-                "no {needle:?} in the logs: {logs}"
+                "not {times} {needle:?} in the logs: {logs}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
