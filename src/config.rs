@@ -733,16 +733,28 @@ impl Config {
     }
 
     /// `next` as a reload applies it over `self`, the running configuration. What is set up
-    /// once at start keeps its running value: `[server]` (listeners, TLS, timeouts, HTTP
-    /// settings, workers, limits) but for `trusted_proxies`, `max_body_size` and
-    /// `request_id_header`, and `[log]` but for `query`. The rest (`[upstream]`, `[store]`,
-    /// `[assets]`, `[rewrite]`, `[[uploads]]`, `preset`) is taken from `next`.
+    /// once at start keeps its running value: the listeners (`listen`, `admin_listen`,
+    /// `[server.tls]` but for its `proxy_protocol`), `http2` (the TLS listener's ALPN),
+    /// `worker_threads`, `max_connections`, and `[log]` but for `query`. The rest is taken
+    /// from `next`: timeouts, HTTP limits and the PROXY protocol apply to connections
+    /// accepted afterwards, everything else to requests that begin afterwards.
     pub fn reloadable_part(&self, next: Config) -> Config {
+        let running = &self.server;
+        let tls = match (&running.tls, &next.server.tls) {
+            (Some(tls), Some(next)) => Some(TlsConfig {
+                proxy_protocol: next.proxy_protocol,
+                ..tls.clone()
+            }),
+            (tls, _) => tls.clone(),
+        };
         let server = ServerConfig {
-            trusted_proxies: next.server.trusted_proxies,
-            max_body_size: next.server.max_body_size,
-            request_id_header: next.server.request_id_header,
-            ..self.server.clone()
+            listen: running.listen,
+            admin_listen: running.admin_listen,
+            tls,
+            http2: running.http2,
+            worker_threads: running.worker_threads,
+            max_connections: running.max_connections,
+            ..next.server
         };
         let log = LogConfig {
             query: next.log.query,
@@ -1051,10 +1063,18 @@ mod tests {
 
     #[test]
     fn a_reload_takes_all_but_what_is_set_up_at_start() {
-        let running = load("[server]\nidle_timeout = \"1m\"\n[log]\nlevel = \"info\"").unwrap();
+        let running = load(
+            "[server]\nidle_timeout = \"1m\"\n[server.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+             listen = \"127.0.0.1:8443\"\n[log]\nlevel = \"info\"",
+        )
+        .unwrap();
         let next = load(
             "[server]\nidle_timeout = \"2m\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
              max_body_size = \"1MiB\"\nrequest_id_header = \"X-Request-ID\"\n\
+             listen = \"127.0.0.1:8081\"\nhttp2 = false\nworker_threads = 3\n\
+             max_connections = 10\nproxy_protocol = true\n\
+             [server.tls]\ncert = \"b.pem\"\nkey = \"a.key\"\nlisten = \"127.0.0.1:9443\"\n\
+             proxy_protocol = false\n\
              [upstream]\nurl = \"http://127.0.0.1:9000\"\n[log]\nlevel = \"debug\"\nquery = true",
         )
         .unwrap();
@@ -1063,15 +1083,26 @@ mod tests {
             running.changed_keys(&applied),
             [
                 "log.query",
+                "server.idle_timeout",
                 "server.max_body_size",
+                "server.proxy_protocol",
                 "server.request_id_header",
+                "server.tls.proxy_protocol",
                 "server.trusted_proxies",
                 "upstream.url"
             ]
         );
         assert_eq!(
             applied.changed_keys(&next),
-            ["log.level", "server.idle_timeout"]
+            [
+                "log.level",
+                "server.http2",
+                "server.listen",
+                "server.max_connections",
+                "server.tls.cert",
+                "server.tls.listen",
+                "server.worker_threads"
+            ]
         );
     }
 

@@ -17,6 +17,7 @@ mod observe;
 mod proxy_protocol;
 mod redirect;
 mod request_id;
+mod settings;
 mod tls;
 mod workers;
 
@@ -33,8 +34,7 @@ use futures_util::stream::FuturesUnordered;
 use http::{Method, Request, Response, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
@@ -47,7 +47,7 @@ use url::Url;
 use crate::admin::{Admin, NotShuttingDown, ReadinessCheck, StoreReachable, UpstreamReachable};
 use crate::assets::{self, Assets, MirrorCopy};
 use crate::body::Body;
-use crate::config::{Config, RewriteConfig, ServerConfig, StoreKind};
+use crate::config::{Config, RewriteConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
 use crate::proxy::{ClientInfo, ProxyError, Upstream, UpstreamTiming, canonical_ip, host_problem};
 use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
@@ -62,6 +62,7 @@ use observe::{
     Logged, Observed, RequestRecord, head_timed_out, observe, refused_head, track_request_body,
 };
 use request_id::RequestIds;
+use settings::{ConnectionSettings, Entry};
 pub use tls::Certificates;
 use workers::Workers;
 
@@ -93,6 +94,8 @@ pub struct AppState {
     https_redirect: Option<u16>,
     /// `server.request_id_header`, when set.
     request_ids: Option<Arc<RequestIds>>,
+    /// How connections accepted now are served (timeouts, HTTP limits, PROXY protocol).
+    connection_settings: Arc<ConnectionSettings>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -199,6 +202,7 @@ impl AppState {
         let store_prefix =
             (config.store.kind == StoreKind::Fs).then(|| config.store.serve_prefix.clone());
         let request_ids = RequestIds::new(&config.server)?.map(Arc::new);
+        let connection_settings = Arc::new(ConnectionSettings::new(&config.server));
         Ok(AppState {
             config,
             upstream,
@@ -212,6 +216,7 @@ impl AppState {
             workers,
             https_redirect: None,
             request_ids,
+            connection_settings,
         })
     }
 }
@@ -734,21 +739,12 @@ impl Server {
             tokio::spawn(Arc::clone(&self.admin).serve(listener, cancel.clone()));
         }
         let server_cfg = &self.state.config.server;
-        let grace = server_cfg.shutdown_grace;
         // TLS on the main listener only when it has no listener of its own.
-        let on_main = Entry {
+        let on_main = Entry::Main {
             tls: self.tls.is_some() && self.tls_listener.is_none(),
-            proxy_protocol: server_cfg.proxy_protocol,
-        };
-        let on_tls = Entry {
-            tls: true,
-            proxy_protocol: server_cfg.tls_proxy_protocol(),
         };
         let shared = Arc::new(Shared {
-            builder: http_builder(server_cfg),
             tls: self.tls,
-            idle_timeout: server_cfg.idle_timeout,
-            handshake_timeout: server_cfg.header_read_timeout,
             cancel: cancel.clone(),
             abandon: abandon.clone(),
             live: Arc::clone(&self.live),
@@ -765,10 +761,12 @@ impl Server {
         notify::ready();
         let watchdog = notify::watchdog_interval()
             .map(|interval| tokio::spawn(notify::keep_watchdog(interval, workers.liveness())));
-        let delay = server_cfg.shutdown_delay;
         let shutting_down = self.shutting_down.clone();
+        let live = Arc::clone(&self.live);
         let mut shutdown = pin!(async move {
             shutdown.await;
+            // As reloaded last, as `server.shutdown_grace` below.
+            let delay = live.current().config.server.shutdown_delay;
             shutting_down.cancel();
             notify::stopping();
             if !delay.is_zero() {
@@ -790,7 +788,7 @@ impl Server {
                 biased;
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => (accepted, on_main),
-                accepted = accept_on(self.tls_listener.as_ref()) => (accepted, on_tls),
+                accepted = accept_on(self.tls_listener.as_ref()) => (accepted, Entry::TlsListener),
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -814,6 +812,7 @@ impl Server {
         );
         cancel.cancel();
         tracker.close();
+        let grace = self.live.current().config.server.shutdown_grace;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!(
                 connections = tracker.len(),
@@ -930,47 +929,11 @@ fn upstream_check(state: &AppState) -> UpstreamReachable {
     UpstreamReachable::new(Arc::clone(&state.upstream), timeout)
 }
 
-/// The request-head header limit hyper applies when none is configured.
-const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
-
-/// The HTTP/1.1 + HTTP/2 connection builder, set up from `[server]`.
-fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let max_head = usize::try_from(cfg.max_header_size.as_u64()).unwrap_or(usize::MAX);
-    // No hyper header read timeout: the connection's watchdog (server/idle.rs) enforces
-    // `server.header_read_timeout` without a timer per request.
-    let mut http1 = builder.http1();
-    http1
-        // hyper refuses buffers under 8 KiB (config validation guarantees it; stay safe).
-        .max_buf_size(max_head.max(8192))
-        .keep_alive(true);
-    // hyper parses into a fixed array of its default size (100) unless a limit is set, and
-    // then builds a vector of that many slots per request head: set only a different limit.
-    if cfg.max_headers != HYPER_DEFAULT_MAX_HEADERS {
-        http1.max_headers(cfg.max_headers);
-    }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
-    if cfg.http2 {
-        builder
-    } else {
-        builder.http1_only()
-    }
-}
-
 /// What every connection task shares.
 struct Shared {
     /// The state requests are served with, a copy per worker; a reload replaces it.
     live: Arc<LiveState>,
-    builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
-    idle_timeout: Duration,
-    /// `server.header_read_timeout`: bounds the PROXY header, the TLS handshake and each
-    /// request head.
-    handshake_timeout: Duration,
     /// Shutdown began: connections close once their requests in flight are answered.
     cancel: CancellationToken,
     /// The shutdown grace expired: connections still open are dropped.
@@ -985,19 +948,8 @@ async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream
     }
 }
 
-/// What a connection owes first, by the listener it came in on.
-#[derive(Clone, Copy)]
-struct Entry {
-    /// A TLS handshake (after any PROXY header).
-    tls: bool,
-    /// A PROXY protocol header: `server.proxy_protocol`, or on `server.tls.listen`
-    /// `ServerConfig::tls_proxy_protocol`.
-    proxy_protocol: bool,
-}
-
 /// Sets up one accepted connection (PROXY header and TLS handshake as its listener's
-/// `entry` asks) and serves it. `_slot`
-/// is its place under `server.max_connections`, freed when it ends (held here rather than
+/// `entry` and the settings in force ask) and serves it. `_slot` is its place under `server.max_connections`, freed when it ends (held here rather than
 /// by a future wrapping this one: a layer more to poll at every wake-up cost ~20
 /// instructions a request).
 async fn accept(
@@ -1010,9 +962,10 @@ async fn accept(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "set_nodelay failed");
     }
-    if entry.proxy_protocol {
+    let settings = Arc::clone(&shared.live.current().connection_settings);
+    if settings.proxy_protocol(entry) {
         let header = proxy_protocol::read_header(&mut stream, peer);
-        match tokio::time::timeout(shared.handshake_timeout, header).await {
+        match tokio::time::timeout(settings.handshake_timeout, header).await {
             Ok(Ok(client)) => peer = client,
             Ok(Err(e)) => return debug!(%peer, error = %e, "closing: no PROXY header"),
             Err(_) => return debug!(%peer, "closing: no PROXY header in time"),
@@ -1021,15 +974,15 @@ async fn accept(
     // An IPv4 client of a dual-stack socket (systemd's `ListenStream=8080` is `[::]:8080`)
     // comes as `::ffff:1.2.3.4`: logged, forwarded and checked as `1.2.3.4`.
     peer.set_ip(canonical_ip(peer.ip()));
-    let Some(acceptor) = shared.tls.clone().filter(|_| entry.tls) else {
+    let Some(acceptor) = shared.tls.clone().filter(|_| entry.tls()) else {
         let client = ClientInfo { peer, tls: false };
-        return serve_connection(stream, client, shared).await;
+        return serve_connection(stream, client, shared, settings).await;
     };
-    let handshake = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream));
+    let handshake = tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream));
     match handshake.await {
         Ok(Ok(tls_stream)) => {
             let client = ClientInfo { peer, tls: true };
-            serve_connection(tls_stream, client, shared).await;
+            serve_connection(tls_stream, client, shared, settings).await;
         }
         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -1039,8 +992,12 @@ async fn accept(
 /// Serves HTTP on one connection until it ends, its watchdog finds it idle past
 /// `server.idle_timeout` (closed gracefully) or slow to send a request head (dropped), or the
 /// server shuts down (then in-flight requests finish first, until the grace expires).
-async fn serve_connection<I>(io: I, client: ClientInfo, shared: Arc<Shared>)
-where
+async fn serve_connection<I>(
+    io: I,
+    client: ClientInfo,
+    shared: Arc<Shared>,
+    settings: Arc<ConnectionSettings>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let connection = Arc::new(ConnectionState::default());
@@ -1048,8 +1005,12 @@ where
     let live = Arc::clone(&shared.live);
     let requests = Arc::clone(&connection);
     let service = service_fn(move |req| handle(live.current(), req, client, Arc::clone(&requests)));
-    let mut conn = pin!(shared.builder.serve_connection_with_upgrades(io, service));
-    let watchdog = Watchdog::new(connection, shared.idle_timeout, shared.handshake_timeout);
+    let mut conn = pin!(settings.builder.serve_connection_with_upgrades(io, service));
+    let watchdog = Watchdog::new(
+        connection,
+        settings.idle_timeout,
+        settings.handshake_timeout,
+    );
     // The connection wakes this task for nearly every reason; the watchers (shutdown, the
     // watchdog's timer) are polled only when they were woken themselves. Polled on every
     // wake-up, a shutdown token and a timer cost ~4% of a small request's CPU.
@@ -1082,7 +1043,7 @@ where
                 }
                 ConnectionEvent::Watchdog(Verdict::SlowHead { began }) => {
                     if began {
-                        head_timed_out(&shared.live.current(), client.peer, shared.handshake_timeout);
+                        head_timed_out(&shared.live.current(), client.peer, settings.handshake_timeout);
                     }
                     debug!(peer = %client.peer, "request head too slow; dropping the connection");
                     return;

@@ -4,10 +4,11 @@
 //! [`Config::reloadable_part`]) is applied: new requests, also on connections already open,
 //! are served with a state built from it, while requests in flight finish with the old
 //! (its store and app connections kept when their settings did not change,
-//! [`AppState::reloaded`]).
-//! What is set up once at start (listeners, timeouts, workers, the log) is named in a
-//! warning as taking a restart. A file that no longer loads, or a state that cannot be
-//! built from it (a store that does not open), changes nothing and is logged as an error.
+//! [`AppState::reloaded`]); `[server]`'s timeouts, HTTP limits and PROXY protocol apply to
+//! connections accepted afterwards (`server::settings`). What is set up once at start
+//! (listeners, HTTP/2, workers, the connection limit, the log) is named in a warning as
+//! taking a restart. A file that no longer loads, or a state that cannot be built from it
+//! (a store that does not open), changes nothing and is logged as an error.
 //!
 //! Without a handler the signal's default action would end the process.
 

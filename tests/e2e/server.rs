@@ -222,17 +222,16 @@ async fn status_line<S: AsyncReadExt + AsyncWriteExt + Unpin>(
 
 /// SIGHUP reloads what can change while serving (nginx's reload): once the file names
 /// another app and trusts the client's proxy, the next request on a connection opened before
-/// goes to the new app with its X-Forwarded-For kept; a listener's setting is named as taking
-/// a restart; a file that no longer loads changes nothing.
+/// goes to the new app with its X-Forwarded-For kept; a setting fixed at start
+/// (`max_connections`) is named as taking a restart; a file that no longer loads changes
+/// nothing.
 #[tokio::test]
 async fn sighup_reloads_the_configuration() {
     let (first, second) = (App::start().await, App::start().await);
-    let config = |app: std::net::SocketAddr, idle: &str, trusted: &str| {
-        format!(
-            "[server]\nidle_timeout = \"{idle}\"\n{trusted}[upstream]\nurl = \"http://{app}\"\n"
-        )
+    let config = |app: std::net::SocketAddr, most: u32, trusted: &str| {
+        format!("[server]\nmax_connections = {most}\n{trusted}[upstream]\nurl = \"http://{app}\"\n")
     };
-    let started_with = config(first.addr, "1m", "");
+    let started_with = config(first.addr, 100, "");
     let process =
         OffloadProcess::start_with_config(first.addr, Some(&started_with), &[], &[]).await;
     process.signal(libc::SIGHUP);
@@ -249,7 +248,7 @@ async fn sighup_reloads_the_configuration() {
     assert_eq!((first.seen().len(), second.seen().len()), (1, 0));
 
     let trusted = "trusted_proxies = [\"127.0.0.1/32\"]\n";
-    std::fs::write(process.config_file(), config(second.addr, "2m", trusted)).expect("edit");
+    std::fs::write(process.config_file(), config(second.addr, 200, trusted)).expect("edit");
     process.signal(libc::SIGHUP);
     let logs = process.wait_for_log("SIGHUP: configuration reloaded").await;
     assert!(
@@ -260,7 +259,7 @@ async fn sighup_reloads_the_configuration() {
         logs.contains("SIGHUP: these settings take a restart"),
         "{logs}"
     );
-    assert!(logs.contains("server.idle_timeout"), "{logs}");
+    assert!(logs.contains("server.max_connections"), "{logs}");
     let echo = echo_with_forwarded_for(&mut stream).await;
     assert_eq!(echo.one("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
     assert_eq!(
@@ -278,6 +277,46 @@ async fn sighup_reloads_the_configuration() {
     let echo = echo_with_forwarded_for(&mut stream).await;
     assert_eq!(echo.one("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
     assert_eq!((first.seen().len(), second.seen().len()), (1, 2));
+}
+
+/// A reloaded `server.header_read_timeout` applies to connections accepted afterwards (a
+/// slow head is cut off after the new time), while one accepted before keeps its own.
+#[tokio::test]
+async fn sighup_applies_timeouts_to_connections_accepted_afterwards() {
+    let app = App::start().await;
+    let config = |timeout: &str| {
+        format!(
+            "[server]\nheader_read_timeout = \"{timeout}\"\n[upstream]\nurl = \"http://{}\"\n",
+            app.addr
+        )
+    };
+    let process = OffloadProcess::start_with_config(app.addr, Some(&config("30s")), &[], &[]).await;
+    let mut before = TcpStream::connect(process.addr).await.expect("connect");
+    echo_with_forwarded_for(&mut before).await;
+
+    std::fs::write(process.config_file(), config("400ms")).expect("edit");
+    process.signal(libc::SIGHUP);
+    let logs = process.wait_for_log("SIGHUP: configuration reloaded").await;
+    assert!(logs.contains("server.header_read_timeout"), "{logs}");
+    let partial_head = b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let mut after = TcpStream::connect(process.addr).await.expect("connect");
+    after.write_all(partial_head).await.expect("partial head");
+    before.write_all(partial_head).await.expect("partial head");
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), after.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the new connection still open after 5 s");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let mut byte = [0u8; 1];
+    let waited = tokio::time::timeout(Duration::from_millis(600), before.read(&mut byte)).await;
+    assert!(waited.is_err(), "the older connection was cut: {waited:?}");
+    before
+        .write_all(b"1\r\n\r\n")
+        .await
+        .expect("rest of the head");
+    let response = read_response(&mut before).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
 
 /// A reload that leaves `[upstream]` as it was keeps the app connections open (a reload
