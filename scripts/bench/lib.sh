@@ -217,13 +217,15 @@ start() { # name command...
 # upstream_port through a keep-alive pool, setting the forwarding headers offload sets
 # (nginx sets none by default; `Forwarded` is RFC 7239's, which offload sets next to the
 # X-Forwarded ones); `extra` (directives) goes into its location block. Its access log is
-# off unless PROXY_ACCESS_LOG holds the arguments of an `access_log` directive.
+# off unless PROXY_ACCESS_LOG holds the arguments of an `access_log` directive; each worker
+# takes PROXY_WORKER_CONNECTIONS connections (default 4096).
 proxy_conf() { # port upstream_port workers [extra]
     mkdir -p "$work/proxy"
+    local connections=${PROXY_WORKER_CONNECTIONS:-4096}
     cat >"$work/proxy/nginx.conf" <<CONF
 daemon off; pid $work/proxy/nginx.pid; error_log $work/proxy/error.log warn; user root;
-worker_processes $3;
-events { worker_connections 4096; }
+worker_processes $3; worker_rlimit_nofile $((connections * 2));
+events { worker_connections $connections; }
 http {
     access_log ${PROXY_ACCESS_LOG:-off};
     tcp_nodelay on;
