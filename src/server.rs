@@ -949,9 +949,9 @@ async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream
 }
 
 /// Sets up one accepted connection (PROXY header and TLS handshake as its listener's
-/// `entry` and the settings in force ask) and serves it. `_slot` is its place under `server.max_connections`, freed when it ends (held here rather than
-/// by a future wrapping this one: a layer more to poll at every wake-up cost ~20
-/// instructions a request).
+/// `entry` and the settings in force ask) and serves it. `_slot` is its place under
+/// `server.max_connections`, freed when it ends (held here rather than by a future wrapping
+/// this one: a layer more to poll at every wake-up cost ~20 instructions a request).
 async fn accept(
     mut stream: TcpStream,
     mut peer: SocketAddr,
@@ -974,10 +974,25 @@ async fn accept(
     // An IPv4 client of a dual-stack socket (systemd's `ListenStream=8080` is `[::]:8080`)
     // comes as `::ffff:1.2.3.4`: logged, forwarded and checked as `1.2.3.4`.
     peer.set_ip(canonical_ip(peer.ip()));
-    let Some(acceptor) = shared.tls.clone().filter(|_| entry.tls()) else {
-        let client = ClientInfo { peer, tls: false };
-        return serve_connection(stream, client, shared, settings).await;
-    };
+    match shared.tls.clone().filter(|_| entry.tls()) {
+        None => {
+            let client = ClientInfo { peer, tls: false };
+            serve_connection(stream, client, shared, settings).await;
+        }
+        // Boxed: a TLS connection's state (rustls' and hyper's over it) is over twice a
+        // plain one's, and every connection's task would otherwise be that large.
+        Some(acceptor) => Box::pin(accept_tls(stream, peer, acceptor, shared, settings)).await,
+    }
+}
+
+/// The TLS handshake on an accepted connection, then [`serve_connection`] over it.
+async fn accept_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    settings: Arc<ConnectionSettings>,
+) {
     let handshake = tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream));
     match handshake.await {
         Ok(Ok(tls_stream)) => {
