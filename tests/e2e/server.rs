@@ -234,9 +234,8 @@ async fn sighup_reloads_the_configuration() {
     let started_with = config(first.addr, 100, "");
     let process =
         OffloadProcess::start_with_config(first.addr, Some(&started_with), &[], &[]).await;
-    process.signal(libc::SIGHUP);
     process
-        .wait_for_log("SIGHUP: the configuration is unchanged")
+        .reload(&started_with, "SIGHUP: the configuration is unchanged")
         .await;
     let mut stream = TcpStream::connect(process.addr).await.expect("connect");
     let echo = echo_with_forwarded_for(&mut stream).await;
@@ -248,9 +247,10 @@ async fn sighup_reloads_the_configuration() {
     assert_eq!((first.seen().len(), second.seen().len()), (1, 0));
 
     let trusted = "trusted_proxies = [\"127.0.0.1/32\"]\n";
-    std::fs::write(process.config_file(), config(second.addr, 200, trusted)).expect("edit");
-    process.signal(libc::SIGHUP);
-    let logs = process.wait_for_log("SIGHUP: configuration reloaded").await;
+    let edited = config(second.addr, 200, trusted);
+    let logs = process
+        .reload(&edited, "SIGHUP: configuration reloaded")
+        .await;
     assert!(
         logs.contains("server.trusted_proxies, upstream.url"),
         "{logs}"
@@ -268,10 +268,9 @@ async fn sighup_reloads_the_configuration() {
         "the same connection's next request went to the new app"
     );
 
-    std::fs::write(process.config_file(), "[server]\nidle_timeot = \"2m\"\n").expect("edit");
-    process.signal(libc::SIGHUP);
+    let mistyped = "[server]\nidle_timeot = \"2m\"\n";
     let logs = process
-        .wait_for_log("SIGHUP: the configuration does not load")
+        .reload(mistyped, "SIGHUP: the configuration does not load")
         .await;
     assert!(logs.contains("did you mean `idle_timeout`"), "{logs}");
     let echo = echo_with_forwarded_for(&mut stream).await;
@@ -294,9 +293,9 @@ async fn sighup_applies_timeouts_to_connections_accepted_afterwards() {
     let mut before = TcpStream::connect(process.addr).await.expect("connect");
     echo_with_forwarded_for(&mut before).await;
 
-    std::fs::write(process.config_file(), config("400ms")).expect("edit");
-    process.signal(libc::SIGHUP);
-    let logs = process.wait_for_log("SIGHUP: configuration reloaded").await;
+    let logs = process
+        .reload(&config("400ms"), "SIGHUP: configuration reloaded")
+        .await;
     assert!(logs.contains("server.header_read_timeout"), "{logs}");
     let partial_head = b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: ";
     let mut after = TcpStream::connect(process.addr).await.expect("connect");
@@ -335,9 +334,12 @@ async fn sighup_keeps_app_connections_unless_upstream_changed() {
     echo_with_forwarded_for(&mut stream).await;
     assert_eq!(app.connections(), 1);
 
-    std::fs::write(process.config_file(), config("[log]\nquery = true\n")).expect("edit");
-    process.signal(libc::SIGHUP);
-    let logs = process.wait_for_log("SIGHUP: configuration reloaded").await;
+    let logs = process
+        .reload(
+            &config("[log]\nquery = true\n"),
+            "SIGHUP: configuration reloaded",
+        )
+        .await;
     assert!(logs.contains("log.query"), "{logs}");
     echo_with_forwarded_for(&mut stream).await;
     assert_eq!(
@@ -348,10 +350,8 @@ async fn sighup_keeps_app_connections_unless_upstream_changed() {
 
     let slower = "[log]\nquery = true\n";
     let slower = config(slower).replace("[log]", "response_timeout = \"2m\"\n[log]");
-    std::fs::write(process.config_file(), slower).expect("edit");
-    process.signal(libc::SIGHUP);
     let logs = process
-        .wait_for_logs("SIGHUP: configuration reloaded", 2)
+        .reload(&slower, "SIGHUP: configuration reloaded")
         .await;
     assert!(logs.contains("upstream.response_timeout"), "{logs}");
     echo_with_forwarded_for(&mut stream).await;

@@ -171,6 +171,15 @@ impl OffloadProcess {
         }
     }
 
+    /// Writes `config` into the `--config` file, sends SIGHUP and waits for the next
+    /// `expected` in the logs (one more than there was before); returns the logs.
+    pub async fn reload(&self, config: &str, expected: &str) -> String {
+        let before = self.logs().matches(expected).count();
+        std::fs::write(self.config_file(), config).expect("edit the config file");
+        self.signal(libc::SIGHUP);
+        self.wait_for_logs(expected, before + 1).await
+    }
+
     /// The `--config` file (when started with one): a test may edit it, then send SIGHUP.
     pub fn config_file(&self) -> PathBuf {
         self.path("proxy.toml")
