@@ -144,6 +144,7 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     offload::logging::init(&config.log)?;
     offload::server::raise_open_files_limit();
+    offload::memory::start_trimming();
     let log_buffer = config.log.buffer_bytes();
     with_log_buffer(log_buffer, || {
         server_runtime()?.block_on(offload::server::run(
@@ -157,6 +158,7 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let log = LogConfig::default();
     offload::logging::init(&log)?;
+    offload::memory::start_trimming();
     with_log_buffer(log.buffer_bytes(), || {
         server_runtime()?.block_on(offload::demo::run(offload::demo::DemoOptions {
             listen: args.listen,

@@ -322,6 +322,66 @@ async fn slowloris_clients_are_cut_off_and_others_served() {
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
+/// After a burst of connections closes, the memory they held goes back to the system
+/// (`memory::start_trimming`). glibc alone keeps freed heap memory scattered among what
+/// stays in use, and RSS would stay at the burst's peak until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_held_by_a_burst_of_connections_is_returned() {
+    let app = App::start().await;
+    let process = OffloadProcess::start(app.addr, &[], &[]).await;
+    let mut warm_up = answered_connection(process.addr).await;
+    warm_up.shutdown().await.expect("close");
+    let baseline = process.rss_kib();
+
+    let mut burst = Vec::new();
+    for _ in 0..30 {
+        let opened = (0..100).map(|_| answered_connection(process.addr));
+        burst.extend(futures_util::future::join_all(opened).await);
+    }
+    let held = process.rss_kib().saturating_sub(baseline);
+    assert!(held > 40 * 1024, "3,000 connections held only {held} KiB");
+    drop(burst);
+
+    let started = Instant::now();
+    let mut now = process.rss_kib().saturating_sub(baseline);
+    while now > held / 2 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        now = process.rss_kib().saturating_sub(baseline);
+    }
+    assert!(
+        now <= held / 2,
+        "RSS still {now} KiB over the baseline, {:?} after the burst ({held} KiB) closed",
+        started.elapsed()
+    );
+}
+
+/// A connection to `addr` on which one small request has been answered, kept open.
+async fn answered_connection(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    // The head and its 10 bytes of body.
+    let answered = |got: &[u8]| {
+        let head = got.windows(4).position(|w| w == b"\r\n\r\n");
+        head.is_some_and(|at| got.len() >= at + 4 + 10)
+    };
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answered(&got) {
+        let n = stream.read(&mut buf).await.expect("response");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    stream
+}
+
 /// Samples the process's RSS (KiB) every 100 ms for `period`, returning the largest.
 async fn peak_rss(process: &OffloadProcess, period: Duration) -> u64 {
     let until = Instant::now() + period;
