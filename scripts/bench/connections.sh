@@ -3,11 +3,17 @@
 # same static nginx (one worker each, 127.0.0.1 high ports). A client opens CONNECTIONS
 # connections to each proxy in turn, sends one GET of 1 KiB on each, reads the answer and
 # keeps the connection open; the proxy's resident memory (RSS, nginx's master and worker
-# together) is read before, while they are all open and idle, and after the client closed
-# them.
+# together) is read before, while they are all open and idle, and 12 s after the client
+# closed them (offload gives freed memory back within 10 s: src/memory.rs).
 #
 #   scripts/bench/connections.sh                 # builds offload as deployed
 #   CONNECTIONS=2000 OFFLOAD_BIN=target/release/offload scripts/bench/connections.sh
+#   REQUESTS=0 scripts/bench/connections.sh      # connections that never send a request
+#
+# REQUESTS=0 opens the connections and sends nothing, as a browser's preconnects (opened
+# ahead in case a request comes) sit until they are used or dropped; both proxies close
+# them after their header timeout (nginx's client_header_timeout, offload's
+# server.header_read_timeout: 60 s and 10 s), well after the reading.
 #
 # Why: a proxy that faces clients directly (no load balancer pooling them) holds one
 # connection per open browser tab for its keep-alive time; what each costs while idle
@@ -16,6 +22,7 @@
 set -euo pipefail
 
 CONNECTIONS=${CONNECTIONS:-8000}
+REQUESTS=${REQUESTS:-1}
 BASE_PORT=${BASE_PORT:-28480}
 UPSTREAM_PORT=$((BASE_PORT + 1))
 NGINX_PORT=$((BASE_PORT + 2))
@@ -67,12 +74,14 @@ rss_kib() { # pid
 read -r -d '' holder_py <<'PY' || true
 import asyncio, sys
 
-port, count = int(sys.argv[1]), int(sys.argv[2])
+port, count, ask = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] != "0"
 REQUEST = b"GET /1k.bin HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 async def one(opening):
     async with opening:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if not ask:
+            return writer
         writer.write(REQUEST)
         head = await reader.readuntil(b"\r\n\r\n")
         length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
@@ -99,14 +108,14 @@ for target in nginx offload; do
     # built state) is in place before the baseline.
     curl -s -o /dev/null "http://127.0.0.1:${!port_var}/1k.bin"
     before=$(rss_kib "$pid")
-    coproc holder { python3 -c "$holder_py" "${!port_var}" "$CONNECTIONS"; }
+    coproc holder { python3 -c "$holder_py" "${!port_var}" "$CONNECTIONS" "$REQUESTS"; }
     read -r ready <&"${holder[0]}"
     [[ $ready == open ]] || { echo "client failed on $target" >&2; exit 1; }
     sleep 1
     open=$(rss_kib "$pid")
     eval "exec ${holder[1]}>&-"
     wait "$holder_PID" 2>/dev/null || true
-    sleep 2
+    sleep 12
     after=$(rss_kib "$pid")
     awk -v t="$target" -v b="$before" -v o="$open" -v a="$after" -v n="$CONNECTIONS" \
         'BEGIN { printf "%-9s %12d %12d %12d %14.2f\n", t, b, o, a, (o - b) / n }'
