@@ -9,6 +9,8 @@
 //! ~15x the time of one (`cargo bench --bench metrics`). `/metrics` adds the workers'
 //! cells up when it is scraped. Upstream errors are rare and use a label family directly.
 
+mod process;
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -168,6 +170,7 @@ impl Metrics {
             "Times a new connection had to wait in the listen backlog for a free slot",
             connection_waits.clone(),
         );
+        registry.register_collector(Box::new(process::ProcessCollector));
         Metrics {
             inner: Arc::new(Inner {
                 registry,

@@ -98,3 +98,88 @@ async fn open_connections_are_counted_per_worker() {
     assert!(text.contains(&open(0, 0)), "{text}");
     assert!(text.contains(&open(1, 0)), "{text}");
 }
+
+/// `/metrics` shows the process's own figures under the standard names: here the test's
+/// process, which serves the proxy, checked against what `/proc` and `getrlimit` say.
+#[tokio::test]
+async fn process_metrics_describe_the_process() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    // CPU time of its own to show (the clock ticks are 10 ms).
+    let mut spin = 0u64;
+    while cpu_seconds() < 0.1 {
+        spin = spin.wrapping_mul(6364136223846793005).wrapping_add(1);
+    }
+    std::hint::black_box(spin);
+    let cpu_before = cpu_seconds();
+    let text = client()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .expect("a number")
+    };
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let kib = |key: &str| -> f64 {
+        let line = status.lines().find_map(|l| l.strip_prefix(key)).expect(key);
+        line.trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .expect("kB")
+    };
+    let resident = value("process_resident_memory_bytes") / 1024.0;
+    let now_resident = kib("VmRSS:");
+    assert!(
+        resident > now_resident * 0.5 && resident < now_resident * 2.0,
+        "{resident} KiB against VmRSS {now_resident}"
+    );
+    assert!(value("process_virtual_memory_bytes") / 1024.0 >= kib("VmSize:") * 0.5);
+    assert!(value("process_threads") >= 2.0);
+    assert!(value("process_open_fds") >= 3.0);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `limit`, which lives through the call.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    assert_eq!(value("process_max_fds"), limit.rlim_cur as f64);
+    let cpu = value("process_cpu_seconds_total");
+    assert!(
+        cpu >= cpu_before - 0.02 && cpu <= cpu_seconds() + 0.02,
+        "{cpu} s against getrusage's {cpu_before} s"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(
+        started <= now + 1.0 && started > now - 600.0,
+        "{started} against {now}"
+    );
+    assert!(
+        text.contains("# TYPE process_cpu_seconds counter"),
+        "{text}"
+    );
+}
+
+/// This process's user and system CPU time so far (getrusage).
+fn cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into `usage`, which lives through the call.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) }, 0);
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
