@@ -131,15 +131,16 @@ impl AppState {
     }
 
     /// The state for a reloaded `config` (see [`Config::reloadable_part`]) to serve in place
-    /// of `running`: upload routes and rewriting rules of its own, the same metrics. The
-    /// store with its presence cache, and the app's connection pools, are kept unless their
-    /// settings changed: a reload for a rewriting rule neither asks the store again about
-    /// every asset nor reconnects to the app.
+    /// of `running`, whose configuration differs in the `changed` keys
+    /// ([`Config::changed_keys`]): upload routes and rewriting rules of its own, the same
+    /// metrics. The store with its presence cache, and the app's connection pools, are kept
+    /// unless their settings changed: a reload for a rewriting rule neither asks the store
+    /// again about every asset nor reconnects to the app.
     pub(crate) async fn reloaded(
         config: Arc<Config>,
         running: &AppState,
+        changed: &[String],
     ) -> anyhow::Result<AppState> {
-        let changed = running.config.changed_keys(&config);
         let changed_in = |section: &str| {
             changed.iter().any(|key| {
                 key.strip_prefix(section)
@@ -848,7 +849,6 @@ pub async fn run(
     let reloads = tokio::spawn(hangup::on_hangup(
         server.certificates().cloned(),
         Arc::clone(&server.live),
-        Config::clone(&server.state.config),
         reread,
     ));
     let served = server.run(shutdown).await;
@@ -1105,6 +1105,12 @@ mod tests {
         Arc::new(Config::from_toml_with_env(&text, &BTreeMap::new()).unwrap())
     }
 
+    /// `running` reloaded with `next`, as SIGHUP does it.
+    async fn reload(running: &AppState, next: Arc<Config>) -> AppState {
+        let changed = running.config.changed_keys(&next);
+        AppState::reloaded(next, running, &changed).await.unwrap()
+    }
+
     /// A reload keeps the store's presence answers and the app's pools unless their own
     /// settings changed, and builds them anew when they did.
     #[tokio::test]
@@ -1114,13 +1120,13 @@ mod tests {
         running.presence.mark_present("media/a.jpg");
 
         let rules_only = config(root.path(), "[assets]\nprefixes = [\"/media/\"]\n");
-        let reloaded = AppState::reloaded(rules_only, &running).await.unwrap();
+        let reloaded = reload(&running, rules_only).await;
         assert_eq!(reloaded.presence.cached("media/a.jpg"), Some(true));
         assert!(Arc::ptr_eq(&reloaded.upstream, &running.upstream));
         assert!(reloaded.assets.is_some(), "the new rules are in force");
 
         let store_changed = config(root.path(), "cache_ttl = \"1m\"\n");
-        let reloaded = AppState::reloaded(store_changed, &running).await.unwrap();
+        let reloaded = reload(&running, store_changed).await;
         assert_eq!(reloaded.presence.cached("media/a.jpg"), None);
         assert!(Arc::ptr_eq(&reloaded.upstream, &running.upstream));
 
@@ -1128,7 +1134,7 @@ mod tests {
             root.path(),
             "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
         );
-        let reloaded = AppState::reloaded(trust_changed, &running).await.unwrap();
+        let reloaded = reload(&running, trust_changed).await;
         assert!(!Arc::ptr_eq(&reloaded.upstream, &running.upstream));
         assert_eq!(reloaded.presence.cached("media/a.jpg"), Some(true));
     }

@@ -21,12 +21,11 @@ use super::tls::Certificates;
 use super::{AppState, notify};
 use crate::config::Config;
 
-/// Handles every SIGHUP until the task is aborted. `running` is the configuration being
-/// served; `reread` loads it again as at start.
+/// Handles every SIGHUP until the task is aborted. `reread` loads the configuration again as
+/// at start; the one being served is the live state's.
 pub(super) async fn on_hangup(
     certificates: Option<Arc<Certificates>>,
     live: Arc<LiveState>,
-    mut running: Config,
     reread: impl Fn() -> anyhow::Result<Config>,
 ) {
     #[cfg(unix)]
@@ -44,7 +43,7 @@ pub(super) async fn on_hangup(
             // A small file read on this thread, as the certificate's: no I/O worth a
             // blocking pool.
             match reread() {
-                Ok(next) => reload_configuration(&live, &mut running, next).await,
+                Ok(next) => reload_configuration(&live, next).await,
                 Err(e) => error!(
                     error = format!("{e:#}"),
                     "SIGHUP: the configuration does not load; nothing reloaded, and a restart \
@@ -55,7 +54,7 @@ pub(super) async fn on_hangup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (certificates, live, running, reread);
+    let _ = (certificates, live, reread);
 }
 
 fn reload_certificate(certificates: &Certificates) {
@@ -71,9 +70,11 @@ fn reload_certificate(certificates: &Certificates) {
     }
 }
 
-/// Applies what a reload can of `next` over `running`, and says what it could not. Keys
-/// are logged by name only: values may be secrets.
-async fn reload_configuration(live: &LiveState, running: &mut Config, next: Config) {
+/// Applies what a reload can of `next` over the configuration being served, and says what it
+/// could not. Keys are logged by name only: values may be secrets.
+async fn reload_configuration(live: &LiveState, next: Config) {
+    let current = live.current();
+    let running = &current.config;
     let changed = running.changed_keys(&next);
     let applied = running.reloadable_part(next);
     let reloaded = running.changed_keys(&applied);
@@ -90,11 +91,9 @@ async fn reload_configuration(live: &LiveState, running: &mut Config, next: Conf
         }
         return;
     }
-    let applied = Arc::new(applied);
-    match AppState::reloaded(Arc::clone(&applied), &live.current()).await {
+    match AppState::reloaded(Arc::new(applied), &current, &reloaded).await {
         Ok(state) => {
             live.replace(&state);
-            *running = Arc::unwrap_or_clone(applied);
             info!(changed = join(&reloaded), "SIGHUP: configuration reloaded");
         }
         Err(e) => error!(
