@@ -95,7 +95,13 @@ fn trim_if_worth_it() {
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages.saturating_mul(page_size()?))
+}
+
+/// The size of a memory page, which `/proc` counts memory in.
+#[cfg(target_os = "linux")]
+pub(crate) fn page_size() -> Option<u64> {
     // SAFETY: sysconf only reads a system constant.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
+    u64::try_from(page).ok().filter(|&p| p > 0)
 }

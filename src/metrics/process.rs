@@ -6,7 +6,7 @@
 //! Linux only; elsewhere the collector shows nothing.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -49,13 +49,13 @@ impl Collector for ProcessCollector {
             )?;
             ConstCounter::new(stat.cpu_seconds).encode(cpu)?;
             if let Some(started) = stat.start_time_seconds {
-                let start = encoder.encode_descriptor(
+                gauge(
+                    &mut encoder,
                     "process_start_time",
                     "Start time of the process since unix epoch in seconds",
-                    Some(&Unit::Seconds),
-                    MetricType::Gauge,
+                    Some(Unit::Seconds),
+                    started,
                 )?;
-                ConstGauge::new(started).encode(start)?;
             }
         }
         #[cfg(target_os = "linux")]
@@ -89,7 +89,7 @@ fn gauge(
     name: &str,
     help: &str,
     unit: Option<Unit>,
-    value: u64,
+    value: impl EncodeGaugeValue,
 ) -> std::fmt::Result {
     let metric = encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
     ConstGauge::new(value).encode(metric)
@@ -110,7 +110,12 @@ mod linux {
     impl Stat {
         pub(super) fn read() -> Option<Stat> {
             let text = std::fs::read_to_string("/proc/self/stat").ok()?;
-            Stat::parse(&text, clock_ticks()?, page_size()?, boot_time())
+            Stat::parse(
+                &text,
+                clock_ticks()?,
+                crate::memory::page_size()?,
+                boot_time(),
+            )
         }
 
         /// Parses `stat(5)`'s line. The command name, in parentheses, may itself hold spaces
@@ -165,12 +170,6 @@ mod linux {
         // SAFETY: sysconf only reads a system constant.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         (ticks > 0).then_some(ticks as f64)
-    }
-
-    fn page_size() -> Option<u64> {
-        // SAFETY: sysconf only reads a system constant.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        u64::try_from(page).ok().filter(|&p| p > 0)
     }
 
     #[cfg(test)]

@@ -111,14 +111,7 @@ async fn process_metrics_describe_the_process() {
     }
     std::hint::black_box(spin);
     let cpu_before = cpu_seconds();
-    let text = client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = proxy.metrics_until("process_max_fds").await;
     let value = |name: &str| -> f64 {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
