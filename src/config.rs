@@ -740,8 +740,9 @@ impl Config {
     /// accepted afterwards, everything else to requests that begin afterwards.
     pub fn reloadable_part(&self, next: Config) -> Config {
         let running = &self.server;
+        // Only the TLS listener of its own has a PROXY setting of its own.
         let tls = match (&running.tls, &next.server.tls) {
-            (Some(tls), Some(next)) => Some(TlsConfig {
+            (Some(tls), Some(next)) if tls.listen.is_some() => Some(TlsConfig {
                 proxy_protocol: next.proxy_protocol,
                 ..tls.clone()
             }),
@@ -1104,6 +1105,16 @@ mod tests {
                 "server.worker_threads"
             ]
         );
+        // TLS on `listen` alone has no PROXY setting of its own: one comes with
+        // `tls.listen`, which takes a restart.
+        let on_listen = load("[server.tls]\ncert = \"a.pem\"\nkey = \"a.key\"").unwrap();
+        let own_listener = load(
+            "[server.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nlisten = \"127.0.0.1:8443\"\n\
+             proxy_protocol = true",
+        )
+        .unwrap();
+        let applied = on_listen.reloadable_part(own_listener);
+        assert!(on_listen.changed_keys(&applied).is_empty());
     }
 
     #[test]
