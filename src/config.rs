@@ -524,6 +524,10 @@ impl Default for LogConfig {
 
 /// Sections that environment variables may address, in the order they are tried (longest
 /// first would matter only if one name prefixed another; none does).
+/// The highest `server.max_connections`: Linux's open-file limit cannot reach it
+/// (`fs.nr_open` stops below 2^30), and tokio's semaphore takes no more than 2^61.
+const MAX_CONNECTIONS: usize = 1 << 30;
+
 const SECTIONS: &[&str] = &["server", "upstream", "store", "assets", "rewrite", "log"];
 
 impl Config {
@@ -655,6 +659,12 @@ impl Config {
         if self.server.max_header_size < ByteSize::kib(8) {
             bail!("server.max_header_size: must be at least 8KiB");
         }
+        if self.server.max_connections > MAX_CONNECTIONS {
+            bail!(
+                "server.max_connections: at most {MAX_CONNECTIONS}, more than any open-file \
+                 limit allows (0: derived from the open-file limit)"
+            );
+        }
         if self.server.http2_max_concurrent_streams == 0 {
             bail!("server.http2_max_concurrent_streams: must be at least 1");
         }
@@ -734,10 +744,10 @@ impl Config {
 
     /// `next` as a reload applies it over `self`, the running configuration. What is set up
     /// once at start keeps its running value: the listeners (`listen`, `admin_listen`,
-    /// `[server.tls]` but for its `proxy_protocol`), `http2` (the TLS listener's ALPN),
-    /// `worker_threads`, `max_connections`, and `[log]` but for `query`. The rest is taken
-    /// from `next`: timeouts, HTTP limits and the PROXY protocol apply to connections
-    /// accepted afterwards, everything else to requests that begin afterwards.
+    /// `[server.tls]` but for its `proxy_protocol`), `worker_threads`, and `[log]` but for
+    /// `query`. The rest is taken from `next`: timeouts, HTTP limits, HTTP/2 and the PROXY
+    /// protocol apply to connections accepted afterwards, `max_connections` at once,
+    /// everything else to requests that begin afterwards.
     pub fn reloadable_part(&self, next: Config) -> Config {
         let running = &self.server;
         // Only the TLS listener of its own has a PROXY setting of its own.
@@ -752,9 +762,7 @@ impl Config {
             listen: running.listen,
             admin_listen: running.admin_listen,
             tls,
-            http2: running.http2,
             worker_threads: running.worker_threads,
-            max_connections: running.max_connections,
             ..next.server
         };
         let log = LogConfig {
@@ -1084,8 +1092,10 @@ mod tests {
             running.changed_keys(&applied),
             [
                 "log.query",
+                "server.http2",
                 "server.idle_timeout",
                 "server.max_body_size",
+                "server.max_connections",
                 "server.proxy_protocol",
                 "server.request_id_header",
                 "server.tls.proxy_protocol",
@@ -1097,9 +1107,7 @@ mod tests {
             applied.changed_keys(&next),
             [
                 "log.level",
-                "server.http2",
                 "server.listen",
-                "server.max_connections",
                 "server.tls.cert",
                 "server.tls.listen",
                 "server.worker_threads"
@@ -1190,6 +1198,10 @@ mod tests {
             (
                 "[server]\nhttp2_max_concurrent_streams = 0",
                 "server.http2_max_concurrent_streams",
+            ),
+            (
+                "[server]\nmax_connections = 5000000000000000000",
+                "server.max_connections: at most 1073741824",
             ),
             (
                 "[server]\nmax_body_size = \"0B\"",

@@ -619,11 +619,13 @@ pub struct Server {
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     admin: Arc<Admin>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::Acceptors>,
     /// `server.tls.listen`: TLS here, plain HTTP on `listener`. `None` with TLS configured:
     /// TLS on `listener`.
     tls_listener: Option<TcpListener>,
     certificates: Option<Arc<Certificates>>,
+    /// `server.max_connections`: a reload resizes them.
+    slots: Arc<ConnectionSlots>,
     /// Fired when the shutdown signal comes: `/readyz` fails from then on.
     shutting_down: CancellationToken,
 }
@@ -651,7 +653,7 @@ impl Server {
             None => None,
         };
         let tls = match &certificates {
-            Some(c) => Some(tls::acceptor(Arc::clone(c), config.server.http2)?),
+            Some(c) => Some(tls::Acceptors::new(c)?),
             None => None,
         };
         let mut listeners = Listeners::passed()?;
@@ -675,6 +677,8 @@ impl Server {
             .bind_if_set("server.admin_listen", admin_listen)
             .await?;
         listeners.all_taken()?;
+        let max_connections = limits::max_connections(config.server.max_connections);
+        let slots = Arc::new(ConnectionSlots::new(max_connections, state.metrics.clone()));
         let shutting_down = CancellationToken::new();
         let admin = Admin::new(state.metrics.clone())
             .with_check(Arc::new(NotShuttingDown(shutting_down.clone())))
@@ -690,6 +694,7 @@ impl Server {
             admin: Arc::new(admin),
             tls,
             certificates,
+            slots,
         })
     }
 
@@ -739,7 +744,6 @@ impl Server {
         if let Some(listener) = self.admin_listener {
             tokio::spawn(Arc::clone(&self.admin).serve(listener, cancel.clone()));
         }
-        let server_cfg = &self.state.config.server;
         // TLS on the main listener only when it has no listener of its own.
         let on_main = Entry::Main {
             tls: self.tls.is_some() && self.tls_listener.is_none(),
@@ -750,13 +754,12 @@ impl Server {
             abandon: abandon.clone(),
             live: Arc::clone(&self.live),
         });
-        let max_connections = limits::max_connections(server_cfg.max_connections);
-        let slots = ConnectionSlots::new(max_connections, self.state.metrics.clone());
+        let slots = self.slots;
         info!(
             listen = %self.listener.local_addr()?,
             tls_listen = tls_addr.map(tracing::field::display),
             workers = worker_count,
-            max_connections,
+            max_connections = slots.limit(),
             "serving"
         );
         notify::ready();
@@ -849,6 +852,7 @@ pub async fn run(
     let reloads = tokio::spawn(hangup::on_hangup(
         server.certificates().cloned(),
         Arc::clone(&server.live),
+        Arc::clone(&server.slots),
         reread,
     ));
     let served = server.run(shutdown).await;
@@ -933,7 +937,7 @@ fn upstream_check(state: &AppState) -> UpstreamReachable {
 struct Shared {
     /// The state requests are served with, a copy per worker; a reload replaces it.
     live: Arc<LiveState>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::Acceptors>,
     /// Shutdown began: connections close once their requests in flight are answered.
     cancel: CancellationToken,
     /// The shutdown grace expired: connections still open are dropped.
@@ -974,7 +978,8 @@ async fn accept(
     // An IPv4 client of a dual-stack socket (systemd's `ListenStream=8080` is `[::]:8080`)
     // comes as `::ffff:1.2.3.4`: logged, forwarded and checked as `1.2.3.4`.
     peer.set_ip(canonical_ip(peer.ip()));
-    match shared.tls.clone().filter(|_| entry.tls()) {
+    let acceptor = shared.tls.as_ref().filter(|_| entry.tls());
+    match acceptor.map(|tls| tls.offering(settings.http2).clone()) {
         None => {
             let client = ClientInfo { peer, tls: false };
             serve_connection(stream, client, shared, settings).await;

@@ -4,10 +4,10 @@
 //! [`Config::reloadable_part`]) is applied: new requests, also on connections already open,
 //! are served with a state built from it, while requests in flight finish with the old
 //! (its store and app connections kept when their settings did not change,
-//! [`AppState::reloaded`]); `[server]`'s timeouts, HTTP limits and PROXY protocol apply to
-//! connections accepted afterwards (`server::settings`). What is set up once at start
-//! (listeners, HTTP/2, workers, the connection limit, the log) is named in a warning as
-//! taking a restart. A file that no longer loads, or a state that cannot be built from it
+//! [`AppState::reloaded`]); `[server]`'s timeouts, HTTP limits, HTTP/2 and PROXY protocol
+//! apply to connections accepted afterwards (`server::settings`), and the connection limit
+//! at once (`server::limits`). What is set up once at start (listeners, workers, the log) is
+//! named in a warning as taking a restart. A file that no longer loads, or a state that cannot be built from it
 //! (a store that does not open), changes nothing and is logged as an error.
 //!
 //! Without a handler the signal's default action would end the process.
@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
+use super::limits::{self, ConnectionSlots};
 use super::live::LiveState;
 use super::tls::Certificates;
 use super::{AppState, notify};
@@ -26,6 +27,7 @@ use crate::config::Config;
 pub(super) async fn on_hangup(
     certificates: Option<Arc<Certificates>>,
     live: Arc<LiveState>,
+    slots: Arc<ConnectionSlots>,
     reread: impl Fn() -> anyhow::Result<Config>,
 ) {
     #[cfg(unix)]
@@ -43,7 +45,7 @@ pub(super) async fn on_hangup(
             // A small file read on this thread, as the certificate's: no I/O worth a
             // blocking pool.
             match reread() {
-                Ok(next) => reload_configuration(&live, next).await,
+                Ok(next) => reload_configuration(&live, &slots, next).await,
                 Err(e) => error!(
                     error = format!("{e:#}"),
                     "SIGHUP: the configuration does not load; nothing reloaded, and a restart \
@@ -54,7 +56,7 @@ pub(super) async fn on_hangup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (certificates, live, reread);
+    let _ = (certificates, live, slots, reread);
 }
 
 fn reload_certificate(certificates: &Certificates) {
@@ -72,7 +74,7 @@ fn reload_certificate(certificates: &Certificates) {
 
 /// Applies what a reload can of `next` over the configuration being served, and says what it
 /// could not. Keys are logged by name only: values may be secrets.
-async fn reload_configuration(live: &LiveState, next: Config) {
+async fn reload_configuration(live: &LiveState, slots: &ConnectionSlots, next: Config) {
     let current = live.current();
     let running = &current.config;
     let changed = running.changed_keys(&next);
@@ -91,9 +93,11 @@ async fn reload_configuration(live: &LiveState, next: Config) {
         }
         return;
     }
+    let max_connections = limits::max_connections(applied.server.max_connections);
     match AppState::reloaded(Arc::new(applied), &current, &reloaded).await {
         Ok(state) => {
             live.replace(&state);
+            slots.resize(max_connections);
             info!(changed = join(&reloaded), "SIGHUP: configuration reloaded");
         }
         Err(e) => error!(

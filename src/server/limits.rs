@@ -7,10 +7,10 @@
 //! newest. So the server stops accepting at a limit below that: new connections wait in
 //! the kernel's listen backlog until one closes, as nginx does when its workers are full.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, SemaphorePermit, TryAcquireError};
 use tracing::warn;
 
 use crate::metrics::Metrics;
@@ -64,13 +64,24 @@ pub fn max_connections(configured: usize) -> usize {
     usize::try_from(room).unwrap_or(usize::MAX).max(16)
 }
 
-/// The connection slots: one is held by each open client connection.
+/// The connection slots: one is held by each open client connection. A reload may resize
+/// them ([`ConnectionSlots::resize`]), as nginx's reload applies `worker_connections`.
 pub(super) struct ConnectionSlots {
     slots: Arc<Semaphore>,
-    limit: usize,
+    sizing: Mutex<Sizing>,
+    /// Woken by each resize, so that a wait for a slot (or for open connections to fall to a
+    /// lowered limit) starts over with the new sizes.
+    resized: Notify,
     metrics: Metrics,
     /// When the limit was last reported, so that a server held at it warns once a minute.
     last_warned: Mutex<Option<Instant>>,
+}
+
+struct Sizing {
+    limit: usize,
+    /// Slots the semaphore still holds above `limit` after a lowering found them taken:
+    /// taken back as those connections close, before any new one is accepted.
+    excess: usize,
 }
 
 /// How often a server held at its connection limit says so.
@@ -82,41 +93,102 @@ impl ConnectionSlots {
         metrics.max_connections(limit);
         ConnectionSlots {
             slots: Arc::new(Semaphore::new(limit)),
-            limit,
+            sizing: Mutex::new(Sizing { limit, excess: 0 }),
+            resized: Notify::new(),
             metrics,
             last_warned: Mutex::new(None),
         }
     }
 
+    /// Makes the limit `limit`. Raised, the new slots are free at once; lowered, the free
+    /// slots above it go at once and taken ones as their connections close, while new
+    /// connections wait until fewer than `limit` are open. Open connections are never cut.
+    pub(super) fn resize(&self, limit: usize) {
+        let mut sizing = lock(&self.sizing);
+        let held = sizing.limit + sizing.excess;
+        if limit >= held {
+            self.slots.add_permits(limit - held);
+            sizing.excess = 0;
+        } else {
+            let gone = self.slots.forget_permits(held - limit);
+            sizing.excess = held - limit - gone;
+        }
+        sizing.limit = limit;
+        drop(sizing);
+        self.metrics.max_connections(limit);
+        self.resized.notify_waiters();
+    }
+
     /// A slot for the next connection, waiting (and warning) while all are taken.
     pub(super) async fn next(&self) -> OwnedSemaphorePermit {
-        match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(slot) => return slot,
-            Err(TryAcquireError::NoPermits) => self.warn_full(),
-            // Never closed: the semaphore lives as long as the server.
-            Err(TryAcquireError::Closed) => {}
+        loop {
+            // Made before the sizes are read: a resize from then on wakes it.
+            let resized = self.resized.notified();
+            let excess = lock(&self.sizing).excess;
+            if excess > 0 {
+                tokio::select! {
+                    taken = self.slots.acquire_many(clamp_u32(excess)) => {
+                        if let Ok(taken) = taken {
+                            self.take_back(taken);
+                        }
+                    }
+                    () = resized => {}
+                }
+                continue;
+            }
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(slot) => return slot,
+                Err(TryAcquireError::NoPermits) => self.warn_full(),
+                // Never closed: the semaphore lives as long as the server.
+                Err(TryAcquireError::Closed) => return std::future::pending().await,
+            }
+            tokio::select! {
+                slot = Arc::clone(&self.slots).acquire_owned() => match slot {
+                    Ok(slot) => return slot,
+                    Err(_) => return std::future::pending().await,
+                },
+                () = resized => {}
+            }
         }
-        match Arc::clone(&self.slots).acquire_owned().await {
-            Ok(slot) => slot,
-            Err(_) => std::future::pending().await,
+    }
+
+    /// Drops `taken` slots for good, as far as a lowering still asks for them; the rest go
+    /// back (a raise may have come since they were asked for).
+    fn take_back(&self, mut taken: SemaphorePermit<'_>) {
+        let mut sizing = lock(&self.sizing);
+        let kept = taken.num_permits().min(sizing.excess);
+        sizing.excess -= kept;
+        if let Some(gone) = taken.split(kept) {
+            gone.forget();
         }
+    }
+
+    /// The limit in force.
+    pub(super) fn limit(&self) -> usize {
+        lock(&self.sizing).limit
     }
 
     fn warn_full(&self) {
         self.metrics.connection_waited();
-        let mut last = self
-            .last_warned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut last = lock(&self.last_warned);
         if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
             return;
         }
         *last = Some(Instant::now());
         warn!(
-            max_connections = self.limit,
+            max_connections = self.limit(),
             "server.max_connections reached: new connections wait in the listen backlog"
         );
     }
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A lock held for a few instructions; a poisoned one holds whole values still.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -161,5 +233,81 @@ mod tests {
             text.contains("offload_connection_waits_total 1\n"),
             "{text}"
         );
+    }
+
+    /// Whether the next slot comes within a short wait.
+    async fn slot_free(slots: &ConnectionSlots) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(Duration::from_millis(50), slots.next())
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn a_raised_limit_lets_a_waiting_connection_in_at_once() {
+        let metrics = Metrics::new();
+        let slots = Arc::new(ConnectionSlots::new(1, metrics.clone()));
+        let _open = slots.next().await;
+        let waiting = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.next().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "at the limit");
+        slots.resize(2);
+        let let_in = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+        assert!(
+            let_in.is_ok(),
+            "the new slot went to the waiting connection"
+        );
+        assert!(slot_free(&slots).await.is_none(), "two open: the new limit");
+        let text = metrics.encode().expect("metrics");
+        assert!(text.contains("offload_max_connections 2\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_lowered_limit_cuts_no_connection_and_admits_none_until_under_it() {
+        let metrics = Metrics::new();
+        let slots = ConnectionSlots::new(4, metrics.clone());
+        let mut open = vec![slots.next().await, slots.next().await, slots.next().await];
+        slots.resize(1);
+        assert!(slot_free(&slots).await.is_none(), "three open, one allowed");
+        open.pop();
+        assert!(slot_free(&slots).await.is_none(), "two open, one allowed");
+        open.pop();
+        assert!(slot_free(&slots).await.is_none(), "one open, one allowed");
+        open.pop();
+        let only = slot_free(&slots).await;
+        assert!(only.is_some(), "none open: one may come in");
+        assert!(slot_free(&slots).await.is_none(), "and only one");
+        let text = metrics.encode().expect("metrics");
+        assert!(text.contains("offload_max_connections 1\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_lowering_takes_free_slots_at_once() {
+        let slots = ConnectionSlots::new(4, Metrics::new());
+        let _first = slots.next().await;
+        slots.resize(2);
+        let second = slot_free(&slots).await;
+        assert!(second.is_some(), "one open, two allowed");
+        assert!(slot_free(&slots).await.is_none(), "two open, two allowed");
+    }
+
+    #[tokio::test]
+    async fn a_raise_after_a_lowering_still_owed_counts_from_the_open_connections() {
+        let slots = ConnectionSlots::new(3, Metrics::new());
+        let open = [slots.next().await, slots.next().await, slots.next().await];
+        slots.resize(1);
+        assert!(slot_free(&slots).await.is_none(), "three open, one allowed");
+        slots.resize(4);
+        let fourth = slot_free(&slots).await;
+        assert!(fourth.is_some(), "three open, four allowed");
+        assert!(slot_free(&slots).await.is_none(), "four open, four allowed");
+        drop(open);
+        let mut again = Vec::new();
+        while let Some(slot) = slot_free(&slots).await {
+            again.push(slot);
+        }
+        assert_eq!(again.len(), 3, "four in all, as the limit says");
     }
 }

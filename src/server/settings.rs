@@ -1,6 +1,7 @@
-//! How a connection is served: `[server]`'s HTTP settings, timeouts and PROXY protocol. Each
-//! connection takes them from the live state as it is accepted, so a reload applies them to
-//! connections accepted afterwards while open ones keep what they began with.
+//! How a connection is served: `[server]`'s HTTP settings (HTTP/2 among them), timeouts and
+//! PROXY protocol. Each connection takes them from the live state as it is accepted, so a
+//! reload applies them to connections accepted afterwards while open ones keep what they
+//! began with.
 
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ impl Entry {
 /// What a connection takes from `[server]` as it is accepted.
 pub(crate) struct ConnectionSettings {
     pub(super) builder: auto::Builder<TokioExecutor>,
+    /// `server.http2`: the builder takes HTTP/2 (h2c with prior knowledge) and a TLS
+    /// handshake offers `h2` in ALPN; HTTP/1.1 only otherwise.
+    pub(super) http2: bool,
     pub(super) idle_timeout: Duration,
     /// `server.header_read_timeout`: bounds the PROXY header, the TLS handshake and each
     /// request head.
@@ -46,6 +50,7 @@ impl ConnectionSettings {
     pub(crate) fn new(cfg: &ServerConfig) -> ConnectionSettings {
         ConnectionSettings {
             builder: http_builder(cfg),
+            http2: cfg.http2,
             idle_timeout: cfg.idle_timeout,
             handshake_timeout: cfg.header_read_timeout,
             proxy_protocol: cfg.proxy_protocol,

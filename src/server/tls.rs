@@ -13,23 +13,38 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
 
-/// Builds the acceptor for `server.tls`, serving what `certificates` holds; ALPN offers
-/// `h2` (when HTTP/2 is on) and `http/1.1`.
-pub(super) fn acceptor(
-    certificates: Arc<Certificates>,
-    http2: bool,
-) -> anyhow::Result<TlsAcceptor> {
+/// The TLS acceptors for `server.tls`, both serving what `certificates` holds: one whose ALPN
+/// offers `h2` and `http/1.1`, one offering `http/1.1` alone. Each connection takes the one
+/// `server.http2` asks for as it is accepted, so that a reload turning HTTP/2 on or off
+/// applies to the handshakes from then on (as nginx's `http2` does on reload).
+#[derive(Clone)]
+pub(super) struct Acceptors {
+    http2: TlsAcceptor,
+    http1_only: TlsAcceptor,
+}
+
+impl Acceptors {
+    pub(super) fn new(certificates: &Arc<Certificates>) -> anyhow::Result<Acceptors> {
+        Ok(Acceptors {
+            http2: acceptor(Arc::clone(certificates), &[b"h2", b"http/1.1"])?,
+            http1_only: acceptor(Arc::clone(certificates), &[b"http/1.1"])?,
+        })
+    }
+
+    /// The acceptor whose ALPN offers HTTP/2 when `http2` is on.
+    pub(super) fn offering(&self, http2: bool) -> &TlsAcceptor {
+        if http2 { &self.http2 } else { &self.http1_only }
+    }
+}
+
+fn acceptor(certificates: Arc<Certificates>, alpn: &[&[u8]]) -> anyhow::Result<TlsAcceptor> {
     let mut config =
         rustls::ServerConfig::builder_with_provider(Arc::clone(&certificates.provider))
             .with_safe_default_protocol_versions()
             .context("server.tls: protocol versions")?
             .with_no_client_auth()
             .with_cert_resolver(certificates);
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

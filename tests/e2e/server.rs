@@ -223,15 +223,17 @@ async fn status_line<S: AsyncReadExt + AsyncWriteExt + Unpin>(
 /// SIGHUP reloads what can change while serving (nginx's reload): once the file names
 /// another app and trusts the client's proxy, the next request on a connection opened before
 /// goes to the new app with its X-Forwarded-For kept; a setting fixed at start
-/// (`max_connections`) is named as taking a restart; a file that no longer loads changes
+/// (`worker_threads`) is named as taking a restart; a file that no longer loads changes
 /// nothing.
 #[tokio::test]
 async fn sighup_reloads_the_configuration() {
     let (first, second) = (App::start().await, App::start().await);
-    let config = |app: std::net::SocketAddr, most: u32, trusted: &str| {
-        format!("[server]\nmax_connections = {most}\n{trusted}[upstream]\nurl = \"http://{app}\"\n")
+    let config = |app: std::net::SocketAddr, workers: u32, trusted: &str| {
+        format!(
+            "[server]\nworker_threads = {workers}\n{trusted}[upstream]\nurl = \"http://{app}\"\n"
+        )
     };
-    let started_with = config(first.addr, 100, "");
+    let started_with = config(first.addr, 1, "");
     let process =
         OffloadProcess::start_with_config(first.addr, Some(&started_with), &[], &[]).await;
     process
@@ -247,7 +249,7 @@ async fn sighup_reloads_the_configuration() {
     assert_eq!((first.seen().len(), second.seen().len()), (1, 0));
 
     let trusted = "trusted_proxies = [\"127.0.0.1/32\"]\n";
-    let edited = config(second.addr, 200, trusted);
+    let edited = config(second.addr, 2, trusted);
     let logs = process
         .reload(&edited, "SIGHUP: configuration reloaded")
         .await;
@@ -259,7 +261,7 @@ async fn sighup_reloads_the_configuration() {
         logs.contains("SIGHUP: these settings take a restart"),
         "{logs}"
     );
-    assert!(logs.contains("server.max_connections"), "{logs}");
+    assert!(logs.contains("server.worker_threads"), "{logs}");
     let echo = echo_with_forwarded_for(&mut stream).await;
     assert_eq!(echo.one("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
     assert_eq!(
@@ -276,6 +278,106 @@ async fn sighup_reloads_the_configuration() {
     let echo = echo_with_forwarded_for(&mut stream).await;
     assert_eq!(echo.one("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
     assert_eq!((first.seen().len(), second.seen().len()), (1, 2));
+}
+
+/// A reloaded `server.max_connections` applies at once: raised, a connection waiting in
+/// the backlog is served; lowered, the open connections carry on and a new one waits until
+/// fewer than the limit are open.
+#[tokio::test]
+async fn sighup_resizes_the_connection_limit() {
+    let app = App::start().await;
+    let config = |most: u32| {
+        format!(
+            "[server]\nmax_connections = {most}\n[upstream]\nurl = \"http://{}\"\n",
+            app.addr
+        )
+    };
+    let process = OffloadProcess::start_with_config(app.addr, Some(&config(1)), &[], &[]).await;
+    let mut first = TcpStream::connect(process.addr).await.expect("connect");
+    echo_with_forwarded_for(&mut first).await;
+    let mut second = connect_and_ask(process.addr).await;
+    assert_unanswered(&mut second, "one connection allowed").await;
+
+    process
+        .reload(&config(2), "SIGHUP: configuration reloaded")
+        .await;
+    let answer = read_response(&mut second).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    process
+        .reload(&config(1), "SIGHUP: configuration reloaded")
+        .await;
+    echo_with_forwarded_for(&mut first).await;
+    echo_with_forwarded_for(&mut second).await;
+    let mut third = connect_and_ask(process.addr).await;
+    assert_unanswered(&mut third, "two open, one allowed").await;
+    drop(first);
+    assert_unanswered(&mut third, "one open, one allowed").await;
+    drop(second);
+    let answer = read_response(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A new connection to `addr` with GET /echo sent on it.
+async fn connect_and_ask(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    stream
+}
+
+/// Asserts that nothing comes back on `stream` within 300 ms.
+async fn assert_unanswered(stream: &mut TcpStream, why: &str) {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await;
+    assert!(read.is_err(), "{why}: answered {read:?}");
+}
+
+/// A reloaded `server.http2` applies to the TLS handshakes from then on: ALPN offers `h2`
+/// once it is on, and no longer once it is off.
+#[tokio::test]
+async fn sighup_turns_http2_on_and_off_for_tls_handshakes_afterwards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, cert_pem) = write_localhost_certificate(dir.path());
+    let app = App::start().await;
+    let config = |http2: bool| {
+        format!(
+            "[server]\nhttp2 = {http2}\ntls = {{ cert = {:?}, key = {:?} }}\n\
+             [upstream]\nurl = \"http://{}\"\n",
+            cert.display().to_string(),
+            key.display().to_string(),
+            app.addr
+        )
+    };
+    let process = OffloadProcess::start_with_config(app.addr, Some(&config(false)), &[], &[]).await;
+    let root = reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("root");
+    // A new client, so a new connection, each time: one offering h2 and http/1.1.
+    let version_on_a_new_connection = || async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .add_root_certificate(root.clone())
+            .resolve("localhost", process.addr)
+            .build()
+            .expect("client");
+        let url = format!("https://localhost:{}/echo", process.addr.port());
+        let resp = client.get(url).send().await.expect("TLS request");
+        assert_eq!(resp.status(), 200);
+        resp.version()
+    };
+    assert_eq!(version_on_a_new_connection().await, http::Version::HTTP_11);
+
+    process
+        .reload(&config(true), "SIGHUP: configuration reloaded")
+        .await;
+    assert_eq!(version_on_a_new_connection().await, http::Version::HTTP_2);
+
+    process
+        .reload(&config(false), "SIGHUP: configuration reloaded")
+        .await;
+    assert_eq!(version_on_a_new_connection().await, http::Version::HTTP_11);
 }
 
 /// A reloaded `server.header_read_timeout` applies to connections accepted afterwards (a
