@@ -723,6 +723,7 @@ impl Config {
         if self.log.level.trim().is_empty() {
             bail!("log.level: must not be empty");
         }
+        crate::logging::level_filter(&self.log.level)?;
         if self.log.buffer > LogConfig::MAX_BUFFER {
             bail!("log.buffer: at most {}", LogConfig::MAX_BUFFER);
         }
@@ -745,7 +746,7 @@ impl Config {
     /// `next` as a reload applies it over `self`, the running configuration. What is set up
     /// once at start keeps its running value: the listeners (`listen`, `admin_listen`,
     /// `[server.tls]` but for its `proxy_protocol`), `worker_threads`, and `[log]` but for
-    /// `query`. The rest is taken from `next`: timeouts, HTTP limits, HTTP/2 and the PROXY
+    /// `level` and `query`. The rest is taken from `next`: timeouts, HTTP limits, HTTP/2 and the PROXY
     /// protocol apply to connections accepted afterwards, `max_connections` at once,
     /// everything else to requests that begin afterwards.
     pub fn reloadable_part(&self, next: Config) -> Config {
@@ -766,6 +767,7 @@ impl Config {
             ..next.server
         };
         let log = LogConfig {
+            level: next.log.level,
             query: next.log.query,
             ..self.log.clone()
         };
@@ -1084,13 +1086,14 @@ mod tests {
              max_connections = 10\nproxy_protocol = true\n\
              [server.tls]\ncert = \"b.pem\"\nkey = \"a.key\"\nlisten = \"127.0.0.1:9443\"\n\
              proxy_protocol = false\n\
-             [upstream]\nurl = \"http://127.0.0.1:9000\"\n[log]\nlevel = \"debug\"\nquery = true",
+             [upstream]\nurl = \"http://127.0.0.1:9000\"\n[log]\nlevel = \"debug\"\nquery = true\nformat = \"json\"",
         )
         .unwrap();
         let applied = running.reloadable_part(next.clone());
         assert_eq!(
             running.changed_keys(&applied),
             [
+                "log.level",
                 "log.query",
                 "server.http2",
                 "server.idle_timeout",
@@ -1106,7 +1109,7 @@ mod tests {
         assert_eq!(
             applied.changed_keys(&next),
             [
-                "log.level",
+                "log.format",
                 "server.listen",
                 "server.tls.cert",
                 "server.tls.listen",
@@ -1199,6 +1202,7 @@ mod tests {
                 "[server]\nhttp2_max_concurrent_streams = 0",
                 "server.http2_max_concurrent_streams",
             ),
+            ("[log]\nlevel = \"offload=loud\"", "log.level: "),
             (
                 "[server]\nmax_connections = 5000000000000000000",
                 "server.max_connections: at most 1073741824",

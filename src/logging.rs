@@ -1,5 +1,6 @@
 //! The process's log output: one `tracing` subscriber writing text or JSON lines to stdout,
-//! through a line buffer per worker thread.
+//! through a line buffer per worker thread, filtered by `log.level` (reloadable, see
+//! `filter`).
 //!
 //! A request's access line is small and a `write` to a file or a pipe costs more than
 //! formatting it. So a worker thread (one that opted in with [`buffer_this_thread`]) appends
@@ -17,30 +18,65 @@
 
 use std::cell::RefCell;
 use std::io::{self, IsTerminal, Write};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use anyhow::Context;
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat};
 
+mod filter;
+
+use filter::LiveFilter;
+
 /// Installs the subscriber: `RUST_LOG` when set, `log.level` otherwise.
 pub fn init(log: &LogConfig) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::try_new(&env).context("RUST_LOG")?,
-        _ => EnvFilter::try_new(&log.level).context("log.level")?,
+    let from_env = std::env::var("RUST_LOG").ok().filter(|env| !env.is_empty());
+    let filter = match &from_env {
+        Some(env) => EnvFilter::try_new(env).context("RUST_LOG")?,
+        None => level_filter(&log.level)?,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = LiveFilter::new(filter);
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(colours(io::stdout().is_terminal()))
         .with_writer(LogOutput);
+    // The filter outermost, as `fmt().with_env_filter()` puts it: it decides for all.
+    let registry = tracing_subscriber::registry();
     let installed = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry.with(lines).with(filter.clone()).try_init(),
+        LogFormat::Json => registry
+            .with(lines.json().flatten_event(true))
+            .with(filter.clone())
+            .try_init(),
     };
-    installed.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))
+    installed.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;
+    // Under RUST_LOG the file's level never applies, at start or on reload.
+    if from_env.is_none() {
+        let _ = RELOADABLE.set(filter);
+    }
+    Ok(())
+}
+
+/// The filter `log.level` says, or why it says none (the error names the key).
+pub fn level_filter(level: &str) -> anyhow::Result<EnvFilter> {
+    EnvFilter::try_new(level).context("log.level")
+}
+
+/// The installed filter, when `log.level` chose it (not `RUST_LOG`).
+static RELOADABLE: OnceLock<LiveFilter> = OnceLock::new();
+
+/// Filters the log with a reloaded `log.level` from now on. False when `RUST_LOG` chose the
+/// filter (it overrides the file) or [`init`] installed none.
+pub fn reload_level(level: &str) -> anyhow::Result<bool> {
+    let Some(live) = RELOADABLE.get() else {
+        return Ok(false);
+    };
+    live.replace(level_filter(level)?);
+    Ok(true)
 }
 
 /// Whether text lines get ANSI colours: only on a terminal, where a person reads them, and

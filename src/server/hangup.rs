@@ -6,8 +6,9 @@
 //! (its store and app connections kept when their settings did not change,
 //! [`AppState::reloaded`]); `[server]`'s timeouts, HTTP limits, HTTP/2 and PROXY protocol
 //! apply to connections accepted afterwards (`server::settings`), and the connection limit
-//! at once (`server::limits`). What is set up once at start (listeners, workers, the log) is
-//! named in a warning as taking a restart. A file that no longer loads, or a state that cannot be built from it
+//! at once (`server::limits`), as does `log.level`. What is set up once at start
+//! (listeners, workers, the log's format and buffer) is named in a warning as taking a
+//! restart. A file that no longer loads, or a state that cannot be built from it
 //! (a store that does not open), changes nothing and is logged as an error.
 //!
 //! Without a handler the signal's default action would end the process.
@@ -21,6 +22,7 @@ use super::live::LiveState;
 use super::tls::Certificates;
 use super::{AppState, notify};
 use crate::config::Config;
+use crate::logging;
 
 /// Handles every SIGHUP until the task is aborted. `reread` loads the configuration again as
 /// at start; the one being served is the live state's.
@@ -94,16 +96,32 @@ async fn reload_configuration(live: &LiveState, slots: &ConnectionSlots, next: C
         return;
     }
     let max_connections = limits::max_connections(applied.server.max_connections);
+    let level = reloaded
+        .iter()
+        .any(|key| key == "log.level")
+        .then(|| applied.log.level.clone());
     match AppState::reloaded(Arc::new(applied), &current, &reloaded).await {
         Ok(state) => {
             live.replace(&state);
             slots.resize(max_connections);
+            if let Some(level) = level {
+                reload_log_level(&level);
+            }
             info!(changed = join(&reloaded), "SIGHUP: configuration reloaded");
         }
         Err(e) => error!(
             error = format!("{e:#}"),
             "SIGHUP: configuration not reloaded; serving with the previous one"
         ),
+    }
+}
+
+/// Filters the log with a reloaded `log.level` (validated as the file loaded).
+fn reload_log_level(level: &str) {
+    match logging::reload_level(level) {
+        Ok(true) => {}
+        Ok(false) => warn!("SIGHUP: log.level changed, but RUST_LOG is set and overrides it"),
+        Err(e) => error!(error = format!("{e:#}"), "SIGHUP: log.level not applied"),
     }
 }
 

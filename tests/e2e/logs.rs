@@ -382,3 +382,65 @@ async fn every_line_is_out_when_the_process_stops() {
         .any(|line| line["message"] == "stopped");
     assert!(stopped, "no \"stopped\" line: {logs}");
 }
+
+/// A reloaded `log.level` applies at once, as nginx's reload applies `error_log`'s level:
+/// access lines the file turned off are written once a reload turns them on, and no longer
+/// once another turns them off again.
+#[tokio::test]
+async fn sighup_applies_a_changed_log_level() {
+    let app = App::start().await;
+    let config = |level: &str| {
+        format!(
+            "[log]\nlevel = \"{level}\"\n[upstream]\nurl = \"http://{}\"\n",
+            app.addr
+        )
+    };
+    let quiet = config("info,offload::access=off");
+    let process = OffloadProcess::start_with_config(app.addr, Some(&quiet), &[], &[]).await;
+    get_ok(&process, "/before").await;
+
+    let logs = process
+        .reload(&config("info"), "SIGHUP: configuration reloaded")
+        .await;
+    assert!(logs.contains("log.level"), "{logs}");
+    get_ok(&process, "/after").await;
+    assert_eq!(access_paths_after_a_while(&process).await, ["/after"]);
+
+    process
+        .reload(&quiet, "SIGHUP: configuration reloaded")
+        .await;
+    get_ok(&process, "/again").await;
+    assert_eq!(access_paths_after_a_while(&process).await, ["/after"]);
+}
+
+/// Under `RUST_LOG` the file's `log.level` applies neither at start nor on a reload, and the
+/// reload says so.
+#[tokio::test]
+async fn rust_log_overrides_a_reloaded_log_level() {
+    let app = App::start().await;
+    let config = |level: &str| {
+        format!(
+            "[log]\nlevel = \"{level}\"\n[upstream]\nurl = \"http://{}\"\n",
+            app.addr
+        )
+    };
+    let env = [("RUST_LOG", "info,offload::access=off")];
+    let process =
+        OffloadProcess::start_with_config(app.addr, Some(&config("info")), &[], &env).await;
+    let logs = process
+        .reload(&config("debug"), "SIGHUP: configuration reloaded")
+        .await;
+    assert!(logs.contains("RUST_LOG is set and overrides it"), "{logs}");
+    get_ok(&process, "/after").await;
+    assert!(access_paths_after_a_while(&process).await.is_empty());
+}
+
+/// The paths of the access lines written within 300 ms (a worker writes its buffered lines
+/// out as soon as it has nothing else to do).
+async fn access_paths_after_a_while(process: &OffloadProcess) -> Vec<String> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    access_lines(process)
+        .iter()
+        .map(|line| line["path"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
