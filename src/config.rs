@@ -522,12 +522,12 @@ impl Default for LogConfig {
     }
 }
 
-/// Sections that environment variables may address, in the order they are tried (longest
-/// first would matter only if one name prefixed another; none does).
 /// The highest `server.max_connections`: Linux's open-file limit cannot reach it
 /// (`fs.nr_open` stops below 2^30), and tokio's semaphore takes no more than 2^61.
 const MAX_CONNECTIONS: usize = 1 << 30;
 
+/// Sections that environment variables may address, in the order they are tried (longest
+/// first would matter only if one name prefixed another; none does).
 const SECTIONS: &[&str] = &["server", "upstream", "store", "assets", "rewrite", "log"];
 
 impl Config {
@@ -746,9 +746,9 @@ impl Config {
     /// `next` as a reload applies it over `self`, the running configuration. What is set up
     /// once at start keeps its running value: the listeners (`listen`, `admin_listen`,
     /// `[server.tls]` but for its `proxy_protocol`), `worker_threads`, and `[log]` but for
-    /// `level` and `query`. The rest is taken from `next`: timeouts, HTTP limits, HTTP/2 and the PROXY
-    /// protocol apply to connections accepted afterwards, `max_connections` at once,
-    /// everything else to requests that begin afterwards.
+    /// `level` and `query`. The rest is taken from `next`: timeouts, HTTP limits, HTTP/2 and
+    /// the PROXY protocol apply to connections accepted afterwards, `max_connections` and
+    /// `log.level` at once, everything else to requests that begin afterwards.
     pub fn reloadable_part(&self, next: Config) -> Config {
         let running = &self.server;
         // Only the TLS listener of its own has a PROXY setting of its own.
