@@ -389,12 +389,7 @@ async fn every_line_is_out_when_the_process_stops() {
 #[tokio::test]
 async fn sighup_applies_a_changed_log_level() {
     let app = App::start().await;
-    let config = |level: &str| {
-        format!(
-            "[log]\nlevel = \"{level}\"\n[upstream]\nurl = \"http://{}\"\n",
-            app.addr
-        )
-    };
+    let config = |level: &str| with_log_level(&app, level);
     let quiet = config("info,offload::access=off");
     let process = OffloadProcess::start_with_config(app.addr, Some(&quiet), &[], &[]).await;
     get_ok(&process, "/before").await;
@@ -418,12 +413,7 @@ async fn sighup_applies_a_changed_log_level() {
 #[tokio::test]
 async fn rust_log_overrides_a_reloaded_log_level() {
     let app = App::start().await;
-    let config = |level: &str| {
-        format!(
-            "[log]\nlevel = \"{level}\"\n[upstream]\nurl = \"http://{}\"\n",
-            app.addr
-        )
-    };
+    let config = |level: &str| with_log_level(&app, level);
     let env = [("RUST_LOG", "info,offload::access=off")];
     let process =
         OffloadProcess::start_with_config(app.addr, Some(&config("info")), &[], &env).await;
@@ -433,6 +423,14 @@ async fn rust_log_overrides_a_reloaded_log_level() {
     assert!(logs.contains("RUST_LOG is set and overrides it"), "{logs}");
     get_ok(&process, "/after").await;
     assert!(access_paths_after_a_while(&process).await.is_empty());
+}
+
+/// A configuration file for `app` with `log.level` set to `level`.
+fn with_log_level(app: &App, level: &str) -> String {
+    format!(
+        "[log]\nlevel = \"{level}\"\n[upstream]\nurl = \"http://{}\"\n",
+        app.addr
+    )
 }
 
 /// The paths of the access lines written within 300 ms (a worker writes its buffered lines
