@@ -23,15 +23,18 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use anyhow::Context;
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::{self, MakeWriter, format::JsonFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat};
 
 mod filter;
+mod format;
 
 use filter::LiveFilter;
+pub(crate) use format::ACCESS_TARGET;
+use format::EventFormat;
 
 /// Installs the subscriber: `RUST_LOG` when set, `log.level` otherwise.
 pub fn init(log: &LogConfig) -> anyhow::Result<()> {
@@ -47,9 +50,16 @@ pub fn init(log: &LogConfig) -> anyhow::Result<()> {
     // The filter outermost, as `fmt().with_env_filter()` puts it: it decides for all.
     let registry = tracing_subscriber::registry();
     let installed = match log.format {
-        LogFormat::Text => registry.with(lines).with(filter.clone()).try_init(),
+        LogFormat::Text => registry
+            .with(lines.event_format(EventFormat::text(fmt::format())))
+            .with(filter.clone())
+            .try_init(),
         LogFormat::Json => registry
-            .with(lines.json().flatten_event(true))
+            .with(
+                lines
+                    .fmt_fields(JsonFields::new())
+                    .event_format(EventFormat::json(fmt::format().json().flatten_event(true))),
+            )
             .with(filter.clone())
             .try_init(),
     };

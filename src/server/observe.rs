@@ -21,6 +21,7 @@ use tracing::info;
 use super::idle::{BodyProgress, RequestInFlight, StallTimer};
 use super::{Answer, AppState};
 use crate::body::{Body, BoxError, TooLarge};
+use crate::logging::ACCESS_TARGET;
 use crate::metrics::RequestKind;
 
 /// Boxes the request body, following its progress (bytes, end, whether it is waited on)
@@ -128,7 +129,7 @@ impl Logged {
     /// What `req`'s access log line needs, if that line is logged at all (the log level
     /// lets it through).
     pub(super) fn of<B>(req: &Request<B>, request_id: Option<HeaderValue>) -> Option<Box<Logged>> {
-        tracing::enabled!(target: "offload::access", tracing::Level::INFO).then(|| {
+        tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).then(|| {
             Box::new(Logged {
                 method: req.method().clone(),
                 target: req.uri().path_and_query().cloned(),
@@ -202,7 +203,7 @@ impl Observed {
             None => "",
         };
         info!(
-            target: "offload::access",
+            target: ACCESS_TARGET,
             method = %logged.method,
             path,
             status = done.status.as_u16(),
@@ -252,7 +253,7 @@ pub(super) fn head_timed_out(state: &AppState, peer: SocketAddr, limit: Duration
 fn log_refusal(state: &AppState, peer: SocketAddr, status: StatusCode, reason: &dyn Display) {
     state.metrics.refused(status);
     info!(
-        target: "offload::access",
+        target: ACCESS_TARGET,
         method = "-",
         path = "",
         status = status.as_u16(),
