@@ -7,6 +7,7 @@
 #   - a 200 KiB WordPress-like page with ~1,700 upload URLs, rewritten;
 #   - multipart uploads into the filesystem store (respond mode), then those files served
 #     back from the store.
+# It runs with the default log level, so the access line of every request is trained too.
 # offload is stopped with SIGTERM at the end: it exits normally and writes its profile.
 #
 #   OFFLOAD_BIN=target/pgo-instrumented/x86_64-unknown-linux-gnu/release/offload scripts/pgo-train.sh
@@ -53,8 +54,9 @@ assume_present = true
 [[uploads]]
 path = "/upload"
 mode = "respond"
+# The default level: an access line per request, as deployed offload writes them.
 [log]
-level = "warn"
+level = "info"
 CONF
 start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
 start offload "$offload_bin" serve --config "$work/offload.toml" >"$work/offload.log" 2>&1

@@ -6,6 +6,8 @@
 #   scripts/bench/instructions.sh
 #   REQUESTS_FOR=20s scripts/bench/instructions.sh
 #   CACHE_SIM=1 scripts/bench/instructions.sh   # and simulated L1 cache misses per request
+#   ACCESS_LOG=1 scripts/bench/instructions.sh  # nginx and offload log each request
+#   ACCESS_LOG=1 LOG_FORMAT=json scripts/bench/instructions.sh
 #
 # Why next to the wrk benchmarks: on a shared, noisy machine requests/s move by several
 # percent between runs, and a change worth 2% cannot be told from noise. Instructions
@@ -21,6 +23,9 @@
 # Each proxy runs under callgrind (~50x slower), so wrk uses 16 connections for
 # REQUESTS_FOR (default 10s) after a warm-up; counters are zeroed after the warm-up and
 # dumped before the proxy stops.
+#
+# ACCESS_LOG=1 has nginx write its combined log line (buffered, as passthrough.sh) and
+# offload its access line (log.level = "info", in LOG_FORMAT: text by default) to files.
 set -euo pipefail
 
 REQUESTS_FOR=${REQUESTS_FOR:-10s}
@@ -38,6 +43,11 @@ proxy_port=$((BASE_PORT + 2))
 mkdir -p "$work/www" "$work/upstream" "$work/proxy"
 head -c 1024 /dev/urandom >"$work/www/1k.bin"
 chmod 644 "$work/www/1k.bin"
+offload_log_level=warn
+if [[ ${ACCESS_LOG:-0} == 1 ]]; then
+    PROXY_ACCESS_LOG="$work/proxy/access.log combined buffer=64k flush=1s"
+    offload_log_level=info
+fi
 upstream_conf "$upstream_port" 1
 proxy_conf "$proxy_port" "$upstream_port" 1
 # One process: callgrind follows the process it starts, not nginx's forked worker.
@@ -50,7 +60,8 @@ worker_threads = 1
 [upstream]
 url = "http://127.0.0.1:$upstream_port"
 [log]
-level = "warn"
+level = "$offload_log_level"
+format = "${LOG_FORMAT:-text}"
 CONF
 
 start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
@@ -63,7 +74,7 @@ count() { # name command...
     local name=$1 out=$work/callgrind.$1 pid n
     shift
     valgrind --tool=callgrind ${CACHE_SIM:+--cache-sim=yes} --callgrind-out-file="$out" "$@" \
-        2>"$work/valgrind.$name.log" &
+        >"$work/stdout.$name" 2>"$work/valgrind.$name.log" &
     pid=$!
     pids+=("$pid")
     wait_port "$proxy_port"
