@@ -56,6 +56,7 @@ use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use activation::Listeners;
 use idle::{Activity, ConnectionState, Verdict, Watchdog};
 use limits::ConnectionSlots;
+pub(crate) use limits::open_files_limit;
 pub use limits::raise_open_files_limit;
 use live::LiveState;
 use observe::{

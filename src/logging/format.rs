@@ -63,17 +63,16 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let now = SystemTime::now();
         // Colours are text's only (the JSON format has none).
         let plain = is_plain_access_line(event)
             && (self.json || !writer.has_ansi_escapes())
             && event.parent().is_none()
-            && ctx.lookup_current().is_none()
-            && formattable(now);
-        match plain {
-            false => self.default.format_event(ctx, writer, event),
-            true if self.json => json_line(&mut writer, event, now),
-            true => text_line(&mut writer, event, now),
+            && ctx.lookup_current().is_none();
+        let now = plain.then(SystemTime::now).filter(|&now| formattable(now));
+        match now {
+            None => self.default.format_event(ctx, writer, event),
+            Some(now) if self.json => json_line(&mut writer, event, now),
+            Some(now) => text_line(&mut writer, event, now),
         }
     }
 }

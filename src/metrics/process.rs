@@ -69,7 +69,7 @@ impl Collector for ProcessCollector {
                     open,
                 )?;
             }
-            if let Some(most) = linux::max_fds() {
+            if let Some(most) = crate::server::open_files_limit() {
                 gauge(
                     &mut encoder,
                     "process_max_fds",
@@ -143,17 +143,6 @@ mod linux {
     pub(super) fn open_fds() -> Option<u64> {
         let entries = std::fs::read_dir("/proc/self/fd").ok()?;
         u64::try_from(entries.count()).ok()
-    }
-
-    /// The soft limit on open files (`RLIMIT_NOFILE`), which offload raises at start.
-    pub(super) fn max_fds() -> Option<u64> {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes the limit into `limit`, which lives through the call.
-        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-        (rc == 0).then_some(limit.rlim_cur)
     }
 
     /// System boot time (`btime` of `/proc/stat`), seconds since the epoch.

@@ -95,17 +95,12 @@ async fn reload_configuration(live: &LiveState, slots: &ConnectionSlots, next: C
         }
         return;
     }
-    let max_connections = limits::max_connections(applied.server.max_connections);
-    let level = reloaded
-        .iter()
-        .any(|key| key == "log.level")
-        .then(|| applied.log.level.clone());
     match AppState::reloaded(Arc::new(applied), &current, &reloaded).await {
         Ok(state) => {
             live.replace(&state);
-            slots.resize(max_connections);
-            if let Some(level) = level {
-                reload_log_level(&level);
+            slots.resize(limits::max_connections(state.config.server.max_connections));
+            if reloaded.iter().any(|key| key == "log.level") {
+                reload_log_level(&state.config.log.level);
             }
             info!(changed = join(&reloaded), "SIGHUP: configuration reloaded");
         }

@@ -33,6 +33,12 @@ pub fn raise_open_files_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
+/// The soft open-file limit in force (what `process_max_fds` shows), `None` where it cannot
+/// be read.
+pub(crate) fn open_files_limit() -> Option<u64> {
+    nofile().map(|limit| limit.rlim_cur)
+}
+
 /// The open-file limits (soft, hard), `None` where they cannot be read.
 fn nofile() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
