@@ -5,7 +5,8 @@
 #
 #   scripts/bench/instructions.sh
 #   REQUESTS_FOR=20s scripts/bench/instructions.sh
-#   CACHE_SIM=1 scripts/bench/instructions.sh   # and simulated L1 cache misses per request
+#   CACHE_SIM=1 scripts/bench/instructions.sh   # and simulated cache misses per request
+#   CACHE_SIM=1 CONNECTIONS=256 scripts/bench/instructions.sh
 #   ACCESS_LOG=1 scripts/bench/instructions.sh  # nginx and offload log each request
 #   ACCESS_LOG=1 LOG_FORMAT=json scripts/bench/instructions.sh
 #
@@ -16,19 +17,24 @@
 # the whole cost: the kernel's share (sockets, wake-ups) and cache misses are left out, so
 # wrk (scripts/bench/passthrough.sh) has the last word on speed.
 #
-# CACHE_SIM=1 has callgrind simulate the caches too (the host's L1 sizes) and adds L1
-# instruction, data-read and data-write misses per request: two proxies with about the same
-# instructions can differ in those, and a miss costs several instructions' time.
+# CACHE_SIM=1 has callgrind simulate the caches too and adds misses per request: L1
+# instruction, data-read and data-write (the host's L1 sizes), and data-read and data-write
+# misses in the host's per-core L2, which callgrind simulates as its last level (read from
+# /sys; its own default would be the shared L3). Two proxies with about the same
+# instructions can differ in those, and a miss costs several instructions' time (an L2
+# miss, dozens). L2 misses grow with CONNECTIONS: each connection's state that a request
+# touches has to be fetched again once the other connections' have pushed it out.
 #
-# Each proxy runs under callgrind (~50x slower), so wrk uses 16 connections for
-# REQUESTS_FOR (default 10s) after a warm-up; counters are zeroed after the warm-up and
-# dumped before the proxy stops.
+# Each proxy runs under callgrind (~50x slower), so wrk uses CONNECTIONS (default 16)
+# connections for REQUESTS_FOR (default 10s) after a warm-up; counters are zeroed after the
+# warm-up and dumped before the proxy stops.
 #
 # ACCESS_LOG=1 has nginx write its combined log line (buffered, as passthrough.sh) and
 # offload its access line (log.level = "info", in LOG_FORMAT: text by default) to files.
 set -euo pipefail
 
 REQUESTS_FOR=${REQUESTS_FOR:-10s}
+CONNECTIONS=${CONNECTIONS:-16}
 BASE_PORT=${BASE_PORT:-28380}
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -67,20 +73,35 @@ CONF
 start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
 wait_port "$upstream_port"
 
+# callgrind's cache options: with CACHE_SIM, its last level is the host's L2 of one core
+# (sizes from /sys), where callgrind would take the last level the CPU reports (L3).
+cache_args=()
+last_level=LL
+if [[ -n ${CACHE_SIM:-} ]]; then
+    cache_args=(--cache-sim=yes)
+    for dir in /sys/devices/system/cpu/cpu0/cache/index*; do
+        [[ $(cat "$dir/level" 2>/dev/null) == 2 && $(cat "$dir/type") == Unified ]] || continue
+        size=$(cat "$dir/size")
+        [[ $size == *K ]] && size=$((${size%K} * 1024))
+        cache_args+=("--LL=$size,$(cat "$dir/ways_of_associativity"),$(cat "$dir/coherency_line_size")")
+        last_level=L2
+    done
+fi
+
 declare -A instructions requests misses
 # Runs `command...` under callgrind on proxy_port, loads it and records its instructions
 # per request under `name`.
 count() { # name command...
     local name=$1 out=$work/callgrind.$1 pid n
     shift
-    valgrind --tool=callgrind ${CACHE_SIM:+--cache-sim=yes} --callgrind-out-file="$out" "$@" \
+    valgrind --tool=callgrind "${cache_args[@]}" --callgrind-out-file="$out" "$@" \
         >"$work/stdout.$name" 2>"$work/valgrind.$name.log" &
     pid=$!
     pids+=("$pid")
     wait_port "$proxy_port"
-    wrk -t1 -c16 -d3s "http://127.0.0.1:$proxy_port/1k.bin" >/dev/null
+    wrk -t1 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$proxy_port/1k.bin" >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
-    n=$(wrk -t1 -c16 -d"$REQUESTS_FOR" "http://127.0.0.1:$proxy_port/1k.bin" |
+    n=$(wrk -t1 -c"$CONNECTIONS" -d"$REQUESTS_FOR" "http://127.0.0.1:$proxy_port/1k.bin" |
         awk '/requests in/ {print $1}')
     callgrind_control -d "$pid" >/dev/null 2>&1
     for _ in $(seq 100); do [[ -s $out.1 ]] && break; sleep 0.1; done
@@ -90,8 +111,8 @@ count() { # name command...
     requests[$name]=$n
     instructions[$name]=$(awk -v n="$n" '/^summary:/ { printf "%.0f", $2 / n }' "$out.1")
     # With the cache simulation the summary reads: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
-    misses[$name]=$(awk -v n="$n" '/^summary:/ && NF >= 8 {
-        printf "%.0f %.0f %.0f", $5 / n, $6 / n, $7 / n }' "$out.1")
+    misses[$name]=$(awk -v n="$n" '/^summary:/ && NF >= 10 {
+        printf "%.0f %.0f %.0f %.0f %.0f", $5 / n, $6 / n, $7 / n, $9 / n, $10 / n }' "$out.1")
 }
 
 names=(nginx hyper-paired hyper-pooled offload)
@@ -100,14 +121,15 @@ count hyper-paired "$work/hyper_floor" paired "127.0.0.1:$proxy_port" "127.0.0.1
 count hyper-pooled "$work/hyper_floor" pooled "127.0.0.1:$proxy_port" "127.0.0.1:$upstream_port"
 count offload "$offload_bin" serve --config "$work/offload.toml"
 
-printf '\n1k.bin through each proxy under callgrind, wrk -t1 -c16 -d%s\n' "$REQUESTS_FOR"
+printf '\n1k.bin through each proxy under callgrind, wrk -t1 -c%s -d%s\n' "$CONNECTIONS" "$REQUESTS_FOR"
 printf '%-13s %10s %22s %10s' target requests "instructions/request" "vs nginx"
-[[ -n ${CACHE_SIM:-} ]] && printf ' %15s %15s %15s' "L1i miss/req" "L1d rd miss/req" "L1d wr miss/req"
+[[ -n ${CACHE_SIM:-} ]] && printf ' %13s %13s %13s %13s %13s' "L1i miss/req" "L1d rd/req" "L1d wr/req" \
+    "$last_level rd/req" "$last_level wr/req"
 echo
 for name in "${names[@]}"; do
     ratio=$(awk -v a="${instructions[$name]}" -v b="${instructions[nginx]}" 'BEGIN { printf "%.2fx", a / b }')
     printf '%-13s %10s %22s %10s' "$name" "${requests[$name]}" "${instructions[$name]}" "$ratio"
-    # shellcheck disable=SC2086 # three numbers
-    [[ -n ${CACHE_SIM:-} ]] && printf ' %15s %15s %15s' ${misses[$name]}
+    # shellcheck disable=SC2086 # five numbers
+    [[ -n ${CACHE_SIM:-} ]] && printf ' %13s %13s %13s %13s %13s' ${misses[$name]}
     echo
 done
