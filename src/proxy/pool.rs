@@ -338,10 +338,10 @@ impl Conn {
     /// each `.await` level, and this one runs for every request.
     pub(super) async fn exchange(
         mut self,
-        req: Request<Body>,
+        req: Box<Request<Body>>,
         response_timeout: Duration,
     ) -> Result<(Response<Incoming>, Conn), SendError> {
-        let (req, mut body_sent) = watch_body_end(req);
+        let (req, mut body_sent) = watch_body_end(*req);
         let mut response = std::pin::pin!(self.sender.try_send_request(req));
         let mut deadline = std::pin::pin!(tokio::time::sleep(response_timeout));
         let mut sending = true;

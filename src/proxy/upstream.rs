@@ -146,7 +146,7 @@ impl Upstream {
         req: Request<Body>,
         client: &ClientInfo,
     ) -> Result<Response<Body>, ProxyError> {
-        let (mut response, took) = self.forward_timed(req, client).await?;
+        let (mut response, took) = self.forward_timed(Box::new(req), client).await?;
         response.extensions_mut().insert(UpstreamTiming(took));
         Ok(response)
     }
@@ -155,7 +155,7 @@ impl Upstream {
     /// next to the response rather than in it.
     pub async fn forward_timed(
         &self,
-        mut req: Request<Body>,
+        mut req: Box<Request<Body>>,
         client: &ClientInfo,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         // Changed in place: taken apart and put together again, the request (240 bytes)
@@ -190,7 +190,7 @@ impl Upstream {
         let started = Instant::now();
         let mut response = match (tunnel, client_upgrade) {
             (true, Some(client_upgrade)) => {
-                let response = Box::pin(self.send_upgradable(req)).await?;
+                let response = Box::pin(self.send_upgradable(*req)).await?;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let took = started.elapsed();
                     return Ok((self.switch_protocols(response, client_upgrade)?, took));
@@ -224,7 +224,7 @@ impl Upstream {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
-        let mut response = self.send(req).await?;
+        let mut response = self.send(Box::new(req)).await?;
         headers::strip_hop_by_hop(response.headers_mut(), false);
         Ok(response)
     }
@@ -233,7 +233,7 @@ impl Upstream {
     /// the app closed meanwhile (its keep-alive timeout racing our reuse) is sent once more,
     /// on a fresh connection, as nginx does, when that is safe: hyper had not begun sending
     /// it, or it is idempotent and bodiless. The client never sees that race as a `502`.
-    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    async fn send(&self, req: Box<Request<Body>>) -> Result<Response<Body>, ProxyError> {
         let conn = self.pool().checkout().await?;
         let reused = conn.reused();
         // Only a reused connection can meet that race: a fresh one needs no copy.
@@ -258,7 +258,7 @@ impl Upstream {
     /// The retry of [`Upstream::send`], on a new connection.
     async fn send_again(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let conn = self.pool().connect().await?;
-        let (response, conn) = conn.exchange(req, self.response_timeout).await?;
+        let (response, conn) = conn.exchange(Box::new(req), self.response_timeout).await?;
         Ok(self.leased(response, conn))
     }
 
@@ -271,7 +271,7 @@ impl Upstream {
     /// Sends an upgrade request on a connection of its own, for a tunnel if the app agrees.
     async fn send_upgradable(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
         let conn = self.pool().connect_upgradable().await?;
-        let (response, _) = conn.exchange(req, self.response_timeout).await?;
+        let (response, _) = conn.exchange(Box::new(req), self.response_timeout).await?;
         Ok(response)
     }
 
