@@ -190,7 +190,7 @@ impl Upstream {
         let started = Instant::now();
         let mut response = match (tunnel, client_upgrade) {
             (true, Some(client_upgrade)) => {
-                let response = Box::pin(self.send_upgradable(*req)).await?;
+                let response = Box::pin(self.send_upgradable(req)).await?;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let took = started.elapsed();
                     return Ok((self.switch_protocols(response, client_upgrade)?, took));
@@ -269,9 +269,12 @@ impl Upstream {
     }
 
     /// Sends an upgrade request on a connection of its own, for a tunnel if the app agrees.
-    async fn send_upgradable(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+    async fn send_upgradable(
+        &self,
+        req: Box<Request<Body>>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let conn = self.pool().connect_upgradable().await?;
-        let (response, _) = conn.exchange(Box::new(req), self.response_timeout).await?;
+        let (response, _) = conn.exchange(req, self.response_timeout).await?;
         Ok(response)
     }
 
