@@ -83,6 +83,7 @@ if [[ -n ${CACHE_SIM:-} ]]; then
         [[ $(cat "$dir/level" 2>/dev/null) == 2 && $(cat "$dir/type") == Unified ]] || continue
         size=$(cat "$dir/size")
         [[ $size == *K ]] && size=$((${size%K} * 1024))
+        [[ $size == *M ]] && size=$((${size%M} * 1024 * 1024))
         cache_args+=("--LL=$size,$(cat "$dir/ways_of_associativity"),$(cat "$dir/coherency_line_size")")
         last_level=L2
     done
