@@ -14,6 +14,7 @@ mod connect;
 mod error;
 mod headers;
 mod pool;
+mod replay;
 mod tls;
 mod upgrade;
 mod upstream;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,6 +16,7 @@ use tracing::debug;
 
 use super::connect::AppConnector;
 use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
+use super::replay::Replay;
 use super::{ProxyError, error, headers, tls, upgrade};
 use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
@@ -237,7 +238,7 @@ impl Upstream {
         let conn = self.pool().checkout().await?;
         let reused = conn.reused();
         // Only a reused connection can meet that race: a fresh one needs no copy.
-        let replay = if reused { replayable_copy(&req) } else { None };
+        let replay = if reused { Replay::of(&req) } else { None };
         let failure = match conn.exchange(req, self.response_timeout).await {
             Ok((response, conn)) => return Ok(self.leased(response, conn)),
             Err(SendError::Failed(failure)) if reused => failure,
@@ -245,7 +246,10 @@ impl Upstream {
         };
         let retry = match failure.request {
             Some(unsent) => unsent,
-            None => match replay.filter(|_| closed_before_answer(&failure.error)) {
+            None => match replay
+                .filter(|_| closed_before_answer(&failure.error))
+                .and_then(Replay::into_request)
+            {
                 Some(copy) => copy,
                 None => return Err(ProxyError::from_hyper(&failure.error)),
             },
@@ -337,24 +341,6 @@ impl From<ConnectError> for ProxyError {
     fn from(err: ConnectError) -> ProxyError {
         ProxyError::Connect(error::chain(&*err.0))
     }
-}
-
-/// A copy of a request that may be sent again: idempotent and without a body.
-fn replayable_copy(req: &Request<Body>) -> Option<Request<Body>> {
-    use http_body::Body as _;
-    let idempotent = matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    );
-    if !idempotent || !req.body().is_end_stream() {
-        return None;
-    }
-    let mut copy = Request::new(body::empty());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy)
 }
 
 /// The app closed the connection before any answer: what a pooled connection that timed out

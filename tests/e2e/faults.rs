@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use offload::store::{FsStore, PutOptions, Store, StoreError};
@@ -648,4 +649,58 @@ async fn a_pooled_connection_closed_by_the_app_is_retried_for_idempotent_request
         .await
         .expect("answer");
     assert_eq!(resp.status(), 502);
+}
+
+/// What the proxy sends again after that race is the request it sent first, byte for byte:
+/// the same target, the same headers in the same order, duplicates and all.
+#[tokio::test]
+async fn a_request_sent_again_is_the_request_sent_first() {
+    // Each head the app read: whether it was the one at a closed door (never answered),
+    // and the head.
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let app = RawApp::start({
+        let heads = Arc::clone(&heads);
+        move |mut stream, first| {
+            let heads = Arc::clone(&heads);
+            async move {
+                heads.lock().expect("heads").push((false, first));
+                if answer_hello(&mut stream).await
+                    && let Some(next) = read_head(&mut stream).await
+                {
+                    heads.lock().expect("heads").push((true, next));
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for(&app).await;
+    for round in 0..4 {
+        let resp = client()
+            .get(proxy.url(&format!("/a%2Fb/page-{round}?x=%41&&y")))
+            .header("x-dup", "one")
+            .header("cookie", "a=1")
+            .header("x-dup", "two: with a colon")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200, "round {round}");
+        assert_eq!(resp.text().await.expect("body"), "hello");
+    }
+    let heads = heads.lock().expect("heads").clone();
+    let unanswered: Vec<_> = heads.iter().filter(|(door, _)| *door).collect();
+    assert!(
+        !unanswered.is_empty(),
+        "no request met a closed door: {heads:#?}"
+    );
+    for (_, head) in unanswered {
+        assert!(head.contains("?x=%41&&y HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.contains("x-dup: one\r\nx-dup: two: with a colon\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("cookie: a=1\r\n"), "{head}");
+        // Each round has a target of its own: the same head again is the same request.
+        let sent_again = heads.iter().filter(|(door, h)| !door && h == head).count();
+        assert_eq!(sent_again, 1, "{head} not sent again as it was: {heads:#?}");
+    }
 }
