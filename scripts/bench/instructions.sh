@@ -9,6 +9,7 @@
 #   CACHE_SIM=1 CONNECTIONS=256 scripts/bench/instructions.sh
 #   ACCESS_LOG=1 scripts/bench/instructions.sh  # nginx and offload log each request
 #   ACCESS_LOG=1 LOG_FORMAT=json scripts/bench/instructions.sh
+#   LOCKED=1 CONNECTIONS=64 scripts/bench/instructions.sh  # and locked instructions, clock reads
 #
 # Why next to the wrk benchmarks: on a shared, noisy machine requests/s move by several
 # percent between runs, and a change worth 2% cannot be told from noise. Instructions
@@ -28,6 +29,10 @@
 # Each proxy runs under callgrind (~50x slower), so wrk uses CONNECTIONS (default 16)
 # connections for REQUESTS_FOR (default 10s) after a warm-up; counters are zeroed after the
 # warm-up and dumped before the proxy stops.
+#
+# LOCKED=1 adds what the count weighs as one instruction each though each costs more:
+# locked (atomic) read-modify-write instructions and clock reads per request
+# (scripts/bench/locked.py, from callgrind's per-instruction counts and objdump).
 #
 # ACCESS_LOG=1 has nginx write its combined log line (buffered, as passthrough.sh) and
 # offload its access line (log.level = "info", in LOG_FORMAT: text by default) to files.
@@ -89,7 +94,9 @@ if [[ -n ${CACHE_SIM:-} ]]; then
     done
 fi
 
-declare -A instructions requests misses
+[[ ${LOCKED:-0} == 1 ]] && cache_args+=(--dump-instr=yes)
+
+declare -A instructions requests misses locked
 # Runs `command...` under callgrind on proxy_port, loads it and records its instructions
 # per request under `name`.
 count() { # name command...
@@ -114,6 +121,9 @@ count() { # name command...
     # With the cache simulation the summary reads: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
     misses[$name]=$(awk -v n="$n" '/^summary:/ && NF >= 10 {
         printf "%.0f %.0f %.0f %.0f %.0f", $5 / n, $6 / n, $7 / n, $9 / n, $10 / n }' "$out.1")
+    # Read now: objdump needs the binaries, which go with $work.
+    [[ ${LOCKED:-0} == 1 ]] && locked[$name]=$(python3 "$repo/scripts/bench/locked.py" "$out.1" "$n")
+    return 0
 }
 
 names=(nginx hyper-paired hyper-pooled offload)
@@ -126,11 +136,14 @@ printf '\n1k.bin through each proxy under callgrind, wrk -t1 -c%s -d%s\n' "$CONN
 printf '%-13s %10s %22s %10s' target requests "instructions/request" "vs nginx"
 [[ -n ${CACHE_SIM:-} ]] && printf ' %13s %13s %13s %13s %13s' "L1i miss/req" "L1d rd/req" "L1d wr/req" \
     "$last_level rd/req" "$last_level wr/req"
+[[ ${LOCKED:-0} == 1 ]] && printf ' %13s %13s' "locked/req" "clock/req"
 echo
 for name in "${names[@]}"; do
     ratio=$(awk -v a="${instructions[$name]}" -v b="${instructions[nginx]}" 'BEGIN { printf "%.2fx", a / b }')
     printf '%-13s %10s %22s %10s' "$name" "${requests[$name]}" "${instructions[$name]}" "$ratio"
     # shellcheck disable=SC2086 # five numbers
     [[ -n ${CACHE_SIM:-} ]] && printf ' %13s %13s %13s %13s %13s' ${misses[$name]}
+    # shellcheck disable=SC2086 # two numbers
+    [[ ${LOCKED:-0} == 1 ]] && printf ' %13s %13s' ${locked[$name]}
     echo
 done
