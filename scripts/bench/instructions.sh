@@ -94,7 +94,10 @@ if [[ -n ${CACHE_SIM:-} ]]; then
     done
 fi
 
-[[ ${LOCKED:-0} == 1 ]] && cache_args+=(--dump-instr=yes)
+if [[ ${LOCKED:-0} == 1 ]]; then
+    cache_args+=(--dump-instr=yes)
+    command -v objdump >/dev/null || "$repo/scripts/apt-install.sh" binutils
+fi
 
 declare -A instructions requests misses locked
 # Runs `command...` under callgrind on proxy_port, loads it and records its instructions
