@@ -18,7 +18,9 @@ import sys
 
 def executions(path):
     """{object file: {instruction address: executions}} and the function of each address."""
-    names = {}
+    # Compressed names ("(7) name" once, "(7)" after) are numbered per kind: objects
+    # (ob=, cob=) apart from functions (fn=, cfn=).
+    names = {"ob": {}, "fn": {}}
     counts = collections.defaultdict(collections.Counter)
     function_at = {}
     obj = function = None
@@ -26,13 +28,13 @@ def executions(path):
     positions = 2
     skip_next = False
 
-    def name(rest):
+    def name(kind, rest):
         m = re.match(r"\((\d+)\)(?: (.*))?", rest)
         if not m:
             return rest
         if m.group(2) is not None:
-            names[m.group(1)] = m.group(2)
-        return names.get(m.group(1), rest)
+            names[kind][m.group(1)] = m.group(2)
+        return names[kind].get(m.group(1), rest)
 
     def position(token, i):
         if token == "*":
@@ -45,15 +47,13 @@ def executions(path):
             if line.startswith("positions:"):
                 positions = len(line.split()) - 1
             elif line.startswith("ob="):
-                obj = name(line[3:].strip())
+                obj = name("ob", line[3:].strip())
             elif line.startswith("fn="):
-                function = name(line[3:].strip())
-            elif line.startswith(("cob=", "cfn=", "fl=", "fi=", "fe=", "cfi=", "cfl=")):
-                # Compressed names are numbered per kind; only object and function names
-                # are looked up again, and their numbers do not collide with file names'.
+                function = name("fn", line[3:].strip())
+            elif line.startswith(("cob=", "cfn=")):
+                # A callee's names: only recorded, for later references by number.
                 kind, rest = line.split("=", 1)
-                if kind in ("cob", "cfn"):
-                    name(rest.strip())
+                name(kind[1:], rest.strip())
             elif line.startswith(("calls=", "jump=", "jcnd=")):
                 # The next cost line is a call's inclusive cost, not executions.
                 skip_next = True
