@@ -7,7 +7,7 @@
 //! `prometheus_client`'s histograms, which take a lock per sample) cost a cross-core cache
 //! miss per update once two workers serve requests: with two threads recording at once,
 //! ~15x the time of one (`cargo bench --bench metrics`). `/metrics` adds the workers'
-//! cells up when it is scraped. Upstream errors are rare and use a label family directly.
+//! cells up when it is scraped. Upstream and store errors are rare and use label families directly.
 
 mod process;
 
@@ -75,6 +75,7 @@ fn status_class(status: StatusCode) -> usize {
 }
 
 type CauseLabels = [(&'static str, &'static str); 1];
+type StoreErrorLabels = [(&'static str, &'static str); 2];
 type WorkerLabels = [(&'static str, String); 1];
 
 /// Latency histograms' finite buckets: 1 ms to ~33 s, doubling (then `+Inf`).
@@ -90,6 +91,7 @@ struct Inner {
     registry: Registry,
     cells: Arc<WorkerCells>,
     upstream_errors: Family<CauseLabels, Counter>,
+    store_errors: Family<StoreErrorLabels, Counter>,
     open_connections: Family<WorkerLabels, Gauge>,
     max_connections: Gauge,
     connection_waits: Counter,
@@ -117,6 +119,7 @@ impl Metrics {
     pub fn for_workers(workers: usize) -> Metrics {
         let cells = Arc::new(WorkerCells::new(workers));
         let upstream_errors = Family::<CauseLabels, Counter>::default();
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
         let open_connections = Family::<WorkerLabels, Gauge>::default();
         let max_connections = Gauge::default();
         let connection_waits = Counter::default();
@@ -156,6 +159,11 @@ impl Metrics {
             upstream_errors.clone(),
         );
         registry.register(
+            "offload_store_errors",
+            "Store operations that failed on the store's side, by operation and error",
+            store_errors.clone(),
+        );
+        registry.register(
             "offload_open_connections",
             "Client connections open, by worker thread",
             open_connections.clone(),
@@ -176,6 +184,7 @@ impl Metrics {
                 registry,
                 cells,
                 upstream_errors,
+                store_errors,
                 open_connections,
                 max_connections,
                 connection_waits,
@@ -219,6 +228,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a store operation (`put`, `get`, …) that failed on the store's side: `error` is
+    /// `unavailable`, `refused`, `io` or `interrupted` (an object's bytes stopped coming).
+    pub fn store_error(&self, operation: &'static str, error: &'static str) {
+        self.inner
+            .store_errors
+            .get_or_create(&[("operation", operation), ("error", error)])
+            .inc();
+    }
+
     /// The count of client connections open on `worker` (the server keeps it).
     pub fn open_connections(&self, worker: usize) -> Gauge {
         self.inner
@@ -237,12 +255,6 @@ impl Metrics {
     /// Counts a connection that found every slot taken.
     pub fn connection_waited(&self) {
         self.inner.connection_waits.inc();
-    }
-
-    /// The registry, for modules that register metrics of their own at start-up.
-    /// (Registration needs `&mut`, so it must happen before the metrics are shared.)
-    pub fn registry_mut(&mut self) -> Option<&mut Registry> {
-        Arc::get_mut(&mut self.inner).map(|inner| &mut inner.registry)
     }
 
     /// The Prometheus text exposition of every metric.

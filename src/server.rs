@@ -123,6 +123,7 @@ impl AppState {
     /// presence cache, key prefix and serve prefix.
     pub fn with_store(config: Arc<Config>, store: Arc<dyn Store>) -> anyhow::Result<AppState> {
         let metrics = Metrics::for_workers(config.server.workers());
+        let store = measured(store, &metrics);
         let connected = Connected {
             presence: Arc::new(Presence::new(store.clone(), &config.store)),
             store,
@@ -154,6 +155,7 @@ impl AppState {
                 let store = store::open(&config.store)
                     .await
                     .context("store: opening the configured store")?;
+                let store = measured(store, &running.metrics);
                 let presence = Arc::new(Presence::new(store.clone(), &config.store));
                 (store, presence)
             }
@@ -228,6 +230,11 @@ struct Connected {
     store: Arc<dyn Store>,
     presence: Arc<Presence>,
     upstream: Arc<Upstream>,
+}
+
+/// `store` with its failures counted in `metrics`.
+fn measured(store: Arc<dyn Store>, metrics: &Metrics) -> Arc<dyn Store> {
+    Arc::new(store::Measured::new(store, metrics.clone()))
 }
 
 /// The app's client: a pool of connections per worker.

@@ -12,14 +12,17 @@
 //! - [`FsStore`]: a folder; atomic writes (temp file + rename), metadata in sidecar JSON.
 //! - [`serve_object`]: one object as an HTTP response (ranges, conditionals).
 //! - [`Presence`]: the per-replica cache of which keys exist.
+//! - [`Measured`]: any store, with its failures counted for `/metrics`.
 //! - [`open`]: the store the config asks for.
 
 mod fs;
+mod measured;
 mod presence;
 mod s3;
 mod serve;
 
 pub use fs::FsStore;
+pub use measured::Measured;
 pub use presence::Presence;
 pub use s3::S3Store;
 pub use serve::serve_object;

@@ -176,3 +176,131 @@ fn cpu_seconds() -> f64 {
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
+
+/// A store failure the client never sees (mirror mode forwarding an upload the store did not
+/// take) is counted in `offload_store_errors_total`, by operation and error; answers from a
+/// working store, an absent object among them, are not.
+#[tokio::test]
+async fn store_failures_clients_never_see_are_counted() {
+    use offload::config::{OnStoreError, UploadMode, UploadRouteConfig};
+    use std::sync::Arc;
+
+    let app = crate::support::App::start().await;
+    let mut s3 = crate::support::s3::start().await;
+    let mut config = crate::support::config_for(app.addr);
+    config.store = s3.target().store_config();
+    config.store.max_attempts = 1;
+    config.assets.prefixes = vec!["/wp-content/uploads/".into()];
+    config.uploads = vec![UploadRouteConfig {
+        path: "/mirror".into(),
+        mode: UploadMode::Mirror,
+        on_store_error: OnStoreError::Forward,
+        ..UploadRouteConfig::default()
+    }];
+    let store: Arc<dyn offload::store::Store> =
+        Arc::new(s3.target().store_with(&config.store).await);
+    let proxy = crate::support::Proxy::start_with_store(config, store).await;
+    let upload = || {
+        let boundary = "countedBoundary";
+        client()
+            .post(proxy.url("/mirror"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
+                 filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nsome bytes\r\n\
+                 --{boundary}--\r\n"
+            ))
+            .send()
+    };
+    let series = "offload_store_errors_total{operation=\"put\",error=\"unavailable\"}";
+
+    let resp = client()
+        .get(proxy.url("/wp-content/uploads/absent.jpg"))
+        .send()
+        .await
+        .expect("asset");
+    let _ = resp.bytes().await;
+    assert_eq!(upload().await.expect("upload").status(), 200);
+    let text = proxy
+        .metrics_until("offload_requests_total{kind=\"upload\",class=\"2xx\"} 1")
+        .await;
+    assert!(!text.contains("offload_store_errors_total{"), "{text}");
+
+    s3.stop();
+    let resp = upload().await.expect("upload while the store is down");
+    assert_eq!(resp.status(), 200, "forwarded to the app all the same");
+    let text = proxy.metrics_until(&format!("{series} 1")).await;
+    assert!(text.contains(&format!("{series} 1")), "{text}");
+
+    s3.restart().await;
+    assert_eq!(upload().await.expect("upload").status(), 200);
+    let text = proxy
+        .metrics_until("offload_requests_total{kind=\"upload\",class=\"2xx\"} 3")
+        .await;
+    assert!(
+        text.contains("offload_requests_total{kind=\"upload\",class=\"2xx\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{series} 1")), "{text}");
+    assert_eq!(
+        text.matches("offload_store_errors_total{").count(),
+        1,
+        "one failure, one series: {text}"
+    );
+    assert_eq!(
+        app.seen()
+            .iter()
+            .filter(|r| r.starts_with("POST /mirror"))
+            .count(),
+        3,
+        "every upload reached the app"
+    );
+}
+
+/// An object whose bytes stop coming (the store gone mid-download) is counted as an
+/// interrupted `get`: the client's response ends short, and nothing else would tell.
+#[tokio::test]
+async fn a_store_gone_mid_object_is_counted_as_an_interrupted_get() {
+    use futures_util::StreamExt;
+    use std::sync::Arc;
+
+    const LEN: u64 = 64 << 20;
+    let app = crate::support::App::start().await;
+    let mut s3 = crate::support::s3::start().await;
+    let mut config = crate::support::config_for(app.addr);
+    config.store = s3.target().store_config();
+    config.assets.prefixes = vec!["/wp-content/uploads/".into()];
+    let store: Arc<dyn offload::store::Store> =
+        Arc::new(s3.target().store_with(&config.store).await);
+    let stream = crate::support::pattern_stream(LEN).boxed();
+    store
+        .put("wp-content/uploads/big.bin", stream, Default::default())
+        .await
+        .expect("put");
+    let proxy = crate::support::Proxy::start_with_store(config, store).await;
+
+    let resp = client()
+        .get(proxy.url("/wp-content/uploads/big.bin"))
+        .send()
+        .await
+        .expect("asset");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut got = body
+        .next()
+        .await
+        .expect("a first chunk")
+        .expect("bytes")
+        .len() as u64;
+    s3.stop();
+    while let Some(Ok(chunk)) = body.next().await {
+        got += chunk.len() as u64;
+    }
+    assert!(got < LEN, "the whole object came: {got}");
+    let series = "offload_store_errors_total{operation=\"get\",error=\"interrupted\"} 1";
+    let text = proxy.metrics_until(series).await;
+    assert!(text.contains(series), "{text}");
+}

@@ -1,0 +1,118 @@
+//! A store that counts its failures in `/metrics` (`offload_store_errors_total`).
+//!
+//! Clients see few of them: mirror mode forwards an upload the store refused, an asset the
+//! store cannot give is asked of the app, an origin pull that fails is given up. Without a
+//! count an unreachable bucket shows only in the logs, and nothing can alert on it. Only
+//! the store's own failures count: a bad key, a range outside the object or a client's
+//! failing upload body are not the store's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+
+use super::{ByteRange, ByteStream, GetObject, ObjectInfo, PutOptions, Store, StoreError};
+use crate::metrics::Metrics;
+
+/// `inner`, with each failed operation counted in `metrics`.
+pub struct Measured {
+    inner: Arc<dyn Store>,
+    metrics: Metrics,
+}
+
+impl Measured {
+    pub fn new(inner: Arc<dyn Store>, metrics: Metrics) -> Measured {
+        Measured { inner, metrics }
+    }
+
+    /// `result`, counted when it is a failure of the store's.
+    fn count<T>(
+        &self,
+        operation: &'static str,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Err(error) = &result
+            && let Some(label) = store_side(error)
+        {
+            self.metrics.store_error(operation, label);
+        }
+        result
+    }
+}
+
+/// The metric's label for a failure of the store's, `None` for one that is not.
+fn store_side(error: &StoreError) -> Option<&'static str> {
+    match error {
+        StoreError::Unavailable(_) => Some("unavailable"),
+        StoreError::Refused(_) => Some("refused"),
+        StoreError::Io(_) => Some("io"),
+        StoreError::InvalidKey(_)
+        | StoreError::RangeNotSatisfiable
+        | StoreError::Body(_)
+        | StoreError::Unsupported(_) => None,
+    }
+}
+
+#[async_trait]
+impl Store for Measured {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        opts: PutOptions,
+    ) -> Result<ObjectInfo, StoreError> {
+        self.count("put", self.inner.put(key, body, opts).await)
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        self.count("head", self.inner.head(key).await)
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<GetObject>, StoreError> {
+        let object = self.count("get", self.inner.get(key, range).await)?;
+        Ok(object.map(|object| GetObject {
+            body: interruptions_counted(object.body, self.metrics.clone()),
+            ..object
+        }))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.count("delete", self.inner.delete(key).await)
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>> {
+        self.inner
+            .list(prefix)
+            .map(|page| self.count("list", page))
+            .boxed()
+    }
+
+    fn public_url(&self, key: &str) -> String {
+        self.inner.public_url(key)
+    }
+
+    fn push_public_url(&self, key: &str, url: &mut String) {
+        self.inner.push_public_url(key, url);
+    }
+
+    async fn presign_get(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
+        self.count("presign", self.inner.presign_get(key, expires).await)
+    }
+}
+
+/// `body`, with a failure while its bytes come counted as an interrupted `get` (the store
+/// went away mid-object; the client's response ends short).
+fn interruptions_counted(body: ByteStream, metrics: Metrics) -> ByteStream {
+    body.inspect(move |chunk| {
+        if chunk.is_err() {
+            metrics.store_error("get", "interrupted");
+        }
+    })
+    .boxed()
+}
