@@ -2,6 +2,7 @@
 //! the load-balancer configs are checked by their own tools where those are installed (a
 //! message says which were skipped).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -149,4 +150,135 @@ fn load_balancer_configs_check() {
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
     }
+}
+
+/// The Prometheus config loads the alerting rules (`promtool check config` checks both), and
+/// each alert fires on the failure it names and stays quiet on a healthy instance
+/// (`promtool test rules`, deploy/prometheus/offload-alerts.test.yml).
+#[test]
+fn prometheus_rules_check_and_pass_their_tests() {
+    if !have("promtool", &["--version"]) {
+        return;
+    }
+    let dir = repo().join("deploy/prometheus");
+    for args in [
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "offload-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "promtool {args:?}: {}", text(&out));
+    }
+}
+
+/// Every series the alerting rules and their tests select is one offload exports, with the
+/// labels they match on: a renamed metric or label would leave an alert that never fires.
+#[tokio::test]
+async fn prometheus_rules_select_what_offload_exports() {
+    let (app, proxy) = crate::support::app_and_proxy(|_| {}).await;
+    let get = |path| crate::support::client().get(proxy.url(path)).send();
+    let _ = get("/counted").await.expect("request").bytes().await;
+    // An upstream error, so that its family has a sample with labels.
+    drop(app);
+    let _ = get("/refused").await.expect("502").bytes().await;
+    let exported = proxy
+        .metrics_until("offload_upstream_errors_total{cause=\"connect\"} 1")
+        .await;
+    let exported = exported_series(&exported);
+    for file in ["offload-alerts.yml", "offload-alerts.test.yml"] {
+        let rules = std::fs::read_to_string(repo().join("deploy/prometheus").join(file)).unwrap();
+        let selected = selected_series(&rules);
+        assert!(selected.len() >= 8, "{file}: {selected:?}");
+        for (name, labels) in selected {
+            let Some(known) = exported.get(&name) else {
+                panic!(
+                    "{file}: offload exports no {name}; it has {:?}",
+                    exported.keys()
+                );
+            };
+            // A family with no sample yet (no error counted) shows its name only.
+            if known.is_empty() {
+                continue;
+            }
+            for label in labels {
+                assert!(
+                    ["job", "instance"].contains(&label.as_str()) || known.contains(&label),
+                    "{file}: {name} has no label {label:?} (it has {known:?})"
+                );
+            }
+        }
+    }
+}
+
+/// Each sample name in a Prometheus text exposition with its label names; a counter family
+/// with no sample yet (`# TYPE x counter`) as `x_total` with none.
+fn exported_series(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut series: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(family) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = family.strip_suffix(" counter") {
+                series.entry(format!("{name}_total")).or_default();
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (name, labels) = split_selector(line);
+        let known = series.entry(name.to_string()).or_default();
+        for label in labels {
+            if !known.contains(&label) {
+                known.push(label);
+            }
+        }
+    }
+    series
+}
+
+/// The offload and process series named in `rules` (PromQL expressions and test series),
+/// each with the label names it matches on.
+fn selected_series(rules: &str) -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut rest = rules;
+    while let Some(at) = ["offload_", "process_"]
+        .iter()
+        .filter_map(|prefix| rest.find(prefix))
+        .min()
+    {
+        let preceded_by_name = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let (name, labels) = split_selector(&rest[at..]);
+        let consumed = at + name.len().max(1);
+        rest = &rest[consumed..];
+        if preceded_by_name || name.ends_with('_') {
+            continue;
+        }
+        found.push((name.to_string(), labels));
+    }
+    found
+}
+
+/// A series selector's metric name and label names (`name{a="1",b=~"x|y"}` → `name`,
+/// `[a, b]`).
+fn split_selector(s: &str) -> (&str, Vec<String>) {
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    let (name, after) = s.split_at(end);
+    let Some(inside) = after.strip_prefix('{').and_then(|a| a.split('}').next()) else {
+        return (name, Vec::new());
+    };
+    let labels = inside
+        .split(',')
+        .filter_map(|matcher| {
+            let label = matcher.split(['=', '!']).next()?.trim();
+            (!label.is_empty()).then(|| label.to_string())
+        })
+        .collect();
+    (name, labels)
 }
