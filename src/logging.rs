@@ -33,8 +33,8 @@ mod filter;
 mod format;
 
 use filter::LiveFilter;
-pub(crate) use format::ACCESS_TARGET;
 use format::EventFormat;
+pub(crate) use format::{ACCESS_TARGET, ClientAddr};
 
 /// Installs the subscriber: `RUST_LOG` when set, `log.level` otherwise.
 pub fn init(log: &LogConfig) -> anyhow::Result<()> {

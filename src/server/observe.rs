@@ -21,7 +21,7 @@ use tracing::info;
 use super::idle::{BodyProgress, RequestInFlight, StallTimer};
 use super::{Answer, AppState};
 use crate::body::{Body, BoxError, TooLarge};
-use crate::logging::ACCESS_TARGET;
+use crate::logging::{ACCESS_TARGET, ClientAddr};
 use crate::metrics::RequestKind;
 
 /// Boxes the request body, following its progress (bytes, end, whether it is waited on)
@@ -212,7 +212,7 @@ impl Observed {
             bytes_out = self.sent,
             duration_ms = millis(took),
             upstream_ms = done.upstream.map(millis),
-            peer = %r.peer,
+            peer = %ClientAddr(r.peer),
             complete,
             request_id = logged.request_id.as_ref().and_then(|id| id.to_str().ok()),
         );
@@ -258,7 +258,7 @@ fn log_refusal(state: &AppState, peer: SocketAddr, status: StatusCode, reason: &
         path = "",
         status = status.as_u16(),
         kind = RequestKind::Refused.as_str(),
-        peer = %peer,
+        peer = %ClientAddr(peer),
         reason = %reason,
     );
 }
