@@ -7,7 +7,8 @@
 //! `prometheus_client`'s histograms, which take a lock per sample) cost a cross-core cache
 //! miss per update once two workers serve requests: with two threads recording at once,
 //! ~15x the time of one (`cargo bench --bench metrics`). `/metrics` adds the workers'
-//! cells up when it is scraped. Upstream and store errors are rare and use label families directly.
+//! cells up when it is scraped. Upstream and store errors are rare and use label families
+//! directly.
 
 mod process;
 
