@@ -24,6 +24,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Which of the ways through the proxy answered a request.
@@ -77,6 +78,15 @@ fn status_class(status: StatusCode) -> usize {
 
 type CauseLabels = [(&'static str, &'static str); 1];
 type StoreErrorLabels = [(&'static str, &'static str); 2];
+type OperationLabels = [(&'static str, &'static str); 1];
+type StoreTimes = Family<OperationLabels, Histogram, fn() -> Histogram>;
+
+/// A store operation's time: 1 ms to ~16 s, doubling (then `+Inf`). The store is asked far
+/// less often than requests come, so `prometheus_client`'s histogram (a lock per sample) is
+/// fine here.
+fn store_times() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
 type WorkerLabels = [(&'static str, String); 1];
 
 /// Latency histograms' finite buckets: 1 ms to ~33 s, doubling (then `+Inf`).
@@ -93,6 +103,7 @@ struct Inner {
     cells: Arc<WorkerCells>,
     upstream_errors: Family<CauseLabels, Counter>,
     store_errors: Family<StoreErrorLabels, Counter>,
+    store_times: StoreTimes,
     open_connections: Family<WorkerLabels, Gauge>,
     max_connections: Gauge,
     connection_waits: Counter,
@@ -121,6 +132,7 @@ impl Metrics {
         let cells = Arc::new(WorkerCells::new(workers));
         let upstream_errors = Family::<CauseLabels, Counter>::default();
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        let store_times = StoreTimes::new_with_constructor(store_times);
         let open_connections = Family::<WorkerLabels, Gauge>::default();
         let max_connections = Gauge::default();
         let connection_waits = Counter::default();
@@ -165,6 +177,11 @@ impl Metrics {
             store_errors.clone(),
         );
         registry.register(
+            "offload_store_response_seconds",
+            "Time the store took to answer, by operation (head; get: to the object's first bytes; delete)",
+            store_times.clone(),
+        );
+        registry.register(
             "offload_open_connections",
             "Client connections open, by worker thread",
             open_connections.clone(),
@@ -186,6 +203,7 @@ impl Metrics {
                 cells,
                 upstream_errors,
                 store_errors,
+                store_times,
                 open_connections,
                 max_connections,
                 connection_waits,
@@ -236,6 +254,14 @@ impl Metrics {
             .store_errors
             .get_or_create(&[("operation", operation), ("error", error)])
             .inc();
+    }
+
+    /// Records how long the store took to answer an `operation`, failures included.
+    pub fn store_answered(&self, operation: &'static str, took: Duration) {
+        self.inner
+            .store_times
+            .get_or_create(&[("operation", operation)])
+            .observe(took.as_secs_f64());
     }
 
     /// The count of client connections open on `worker` (the server keeps it).

@@ -1,13 +1,18 @@
-//! A store that counts its failures in `/metrics` (`offload_store_errors_total`).
+//! A store that counts its failures in `/metrics` (`offload_store_errors_total`) and times
+//! its answers (`offload_store_response_seconds`).
 //!
 //! Clients see few of them: mirror mode forwards an upload the store refused, an asset the
 //! store cannot give is asked of the app, an origin pull that fails is given up. Without a
 //! count an unreachable bucket shows only in the logs, and nothing can alert on it. Only
 //! the store's own failures count: a bad key, a range outside the object or a client's
 //! failing upload body are not the store's.
+//!
+//! The times are those of the operations on a request's way: `head` (is the asset there),
+//! `get` until the object's first bytes, `delete`. A `put` takes as long as its body takes to
+//! come (a client's upload), which would say more of the client than of the store.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -67,7 +72,10 @@ impl Store for Measured {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        self.count("head", self.inner.head(key).await)
+        let started = Instant::now();
+        let result = self.inner.head(key).await;
+        self.metrics.store_answered("head", started.elapsed());
+        self.count("head", result)
     }
 
     async fn get(
@@ -75,7 +83,10 @@ impl Store for Measured {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<Option<GetObject>, StoreError> {
-        let object = self.count("get", self.inner.get(key, range).await)?;
+        let started = Instant::now();
+        let result = self.inner.get(key, range).await;
+        self.metrics.store_answered("get", started.elapsed());
+        let object = self.count("get", result)?;
         Ok(object.map(|object| GetObject {
             body: interruptions_counted(object.body, self.metrics.clone()),
             ..object
@@ -83,7 +94,10 @@ impl Store for Measured {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.count("delete", self.inner.delete(key).await)
+        let started = Instant::now();
+        let result = self.inner.delete(key).await;
+        self.metrics.store_answered("delete", started.elapsed());
+        self.count("delete", result)
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>> {

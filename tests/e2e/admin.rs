@@ -228,6 +228,11 @@ async fn store_failures_clients_never_see_are_counted() {
         .metrics_until("offload_requests_total{kind=\"upload\",class=\"2xx\"} 1")
         .await;
     assert!(!text.contains("offload_store_errors_total{"), "{text}");
+    // The asset was looked for in the store: its answer was timed.
+    assert!(
+        text.contains("offload_store_response_seconds_count{operation=\"head\"} "),
+        "{text}"
+    );
 
     s3.stop();
     let resp = upload().await.expect("upload while the store is down");
@@ -303,4 +308,9 @@ async fn a_store_gone_mid_object_is_counted_as_an_interrupted_get() {
     let series = "offload_store_errors_total{operation=\"get\",error=\"interrupted\"} 1";
     let text = proxy.metrics_until(series).await;
     assert!(text.contains(series), "{text}");
+    // The get itself answered (its first bytes came): timed once, as an answer.
+    assert!(
+        text.contains("offload_store_response_seconds_count{operation=\"get\"} 1"),
+        "{text}"
+    );
 }
