@@ -213,14 +213,21 @@ async fn prometheus_rules_select_what_offload_exports() {
     }
 }
 
-/// Each sample name in a Prometheus text exposition with its label names; a counter family
-/// with no sample yet (`# TYPE x counter`) as `x_total` with none.
+/// Each sample name in a Prometheus text exposition with its label names; the samples of a
+/// family with none yet (`# TYPE x counter`: `x_total`; `histogram`: `x_bucket`, `x_count`,
+/// `x_sum`) with none.
 fn exported_series(text: &str) -> BTreeMap<String, Vec<String>> {
     let mut series: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in text.lines() {
         if let Some(family) = line.strip_prefix("# TYPE ") {
-            if let Some(name) = family.strip_suffix(" counter") {
-                series.entry(format!("{name}_total")).or_default();
+            let (name, kind) = family.split_once(' ').unwrap_or((family, ""));
+            let samples: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_count", "_sum"],
+                _ => &[""],
+            };
+            for suffix in samples {
+                series.entry(format!("{name}{suffix}")).or_default();
             }
             continue;
         }
