@@ -1,7 +1,7 @@
 //! A store that counts its failures in `/metrics` (`offload_store_errors_total`) and times
 //! its answers (`offload_store_response_seconds`).
 //!
-//! Clients see few of them: mirror mode forwards an upload the store refused, an asset the
+//! Clients see few of its failures: mirror mode forwards an upload the store refused, an asset the
 //! store cannot give is asked of the app, an origin pull that fails is given up. Without a
 //! count an unreachable bucket shows only in the logs, and nothing can alert on it. Only
 //! the store's own failures count: a bad key, a range outside the object or a client's
@@ -11,6 +11,7 @@
 //! `get` until the object's first bytes, `delete`. A `put` takes as long as its body takes to
 //! come (a client's upload), which would say more of the client than of the store.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use futures_util::stream::BoxStream;
 use super::{ByteRange, ByteStream, GetObject, ObjectInfo, PutOptions, Store, StoreError};
 use crate::metrics::Metrics;
 
-/// `inner`, with each failed operation counted in `metrics`.
+/// `inner`, with its failures counted and its answers timed in `metrics`.
 pub struct Measured {
     inner: Arc<dyn Store>,
     metrics: Metrics,
@@ -44,6 +45,18 @@ impl Measured {
             self.metrics.store_error(operation, label);
         }
         result
+    }
+
+    /// What `call` gives, timed as `operation` and counted when it fails.
+    async fn answered<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics.store_answered(operation, started.elapsed());
+        self.count(operation, result)
     }
 }
 
@@ -72,10 +85,7 @@ impl Store for Measured {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.head(key).await;
-        self.metrics.store_answered("head", started.elapsed());
-        self.count("head", result)
+        self.answered("head", self.inner.head(key)).await
     }
 
     async fn get(
@@ -83,10 +93,7 @@ impl Store for Measured {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<Option<GetObject>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.get(key, range).await;
-        self.metrics.store_answered("get", started.elapsed());
-        let object = self.count("get", result)?;
+        let object = self.answered("get", self.inner.get(key, range)).await?;
         Ok(object.map(|object| GetObject {
             body: interruptions_counted(object.body, self.metrics.clone()),
             ..object
@@ -94,10 +101,7 @@ impl Store for Measured {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let result = self.inner.delete(key).await;
-        self.metrics.store_answered("delete", started.elapsed());
-        self.count("delete", result)
+        self.answered("delete", self.inner.delete(key)).await
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>> {
