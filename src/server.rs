@@ -232,7 +232,7 @@ struct Connected {
     upstream: Arc<Upstream>,
 }
 
-/// `store` with its failures counted in `metrics`.
+/// `store` with its failures counted and its answers timed in `metrics`.
 fn measured(store: Arc<dyn Store>, metrics: &Metrics) -> Arc<dyn Store> {
     Arc::new(store::Measured::new(store, metrics.clone()))
 }

@@ -18,7 +18,7 @@
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
-use std::io::{self, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -289,7 +289,7 @@ fn push_f64(line: &mut String, value: f64) -> fmt::Result {
         push_padded(line, decimals as u32, width);
         return Ok(());
     }
-    push_number(line, |f, out| f.write_f64(out, value))
+    push_serde_f64(line, value)
 }
 
 /// `value` as `{:?}` writes it: quoted, with nothing to escape in the common case.
@@ -385,17 +385,16 @@ impl Visit for JsonFields<'_> {
     }
 }
 
-/// A number as serde_json writes it, in its own digits (floats as short as they
-/// round-trip, `1e+300` style), through its formatter onto the stack.
-fn push_number(
-    line: &mut String,
-    write: impl FnOnce(&mut CompactFormatter, &mut &mut [u8]) -> io::Result<()>,
-) -> fmt::Result {
+/// A finite `value` as serde_json writes it in general: the shortest digits that read back
+/// as it, `1e+300` style for the large and small, through its formatter onto the stack.
+fn push_serde_f64(line: &mut String, value: f64) -> fmt::Result {
     const ROOM: usize = 40;
     let mut digits = [0u8; ROOM];
     let written = {
         let mut rest = &mut digits[..];
-        write(&mut CompactFormatter, &mut rest).map_err(|_| fmt::Error)?;
+        CompactFormatter
+            .write_f64(&mut rest, value)
+            .map_err(|_| fmt::Error)?;
         ROOM - rest.len()
     };
     let number = std::str::from_utf8(&digits[..written]).map_err(|_| fmt::Error)?;

@@ -12,7 +12,7 @@
 //! - [`FsStore`]: a folder; atomic writes (temp file + rename), metadata in sidecar JSON.
 //! - [`serve_object`]: one object as an HTTP response (ranges, conditionals).
 //! - [`Presence`]: the per-replica cache of which keys exist.
-//! - [`Measured`]: any store, with its failures counted for `/metrics`.
+//! - [`Measured`]: any store, with its failures counted and its answers timed for `/metrics`.
 //! - [`open`]: the store the config asks for.
 
 mod fs;
