@@ -242,7 +242,11 @@ class WP:
     def media(self, attachment_id):
         return self.rest("GET", f"/wp-json/wp/v2/media/{attachment_id}?context=edit")
 
-    def create_post(self, attachment_id, title="offload e2e post"):
+    def create_post(self, attachment_id, title=None):
+        # A title of its own per post: WordPress makes a slug unique by looking before it
+        # inserts, so posts of one title created at once (tests run in parallel) can share a
+        # slug, and its page then shows only one of them.
+        title = title or f"offload e2e post {attachment_id}"
         m = self.media(attachment_id)
         if m.status != 200:
             raise SystemExit(f"media {attachment_id}: HTTP {m.status}: {m.text()[:300]}")
@@ -336,7 +340,7 @@ def main():
     ap.add_argument("--name", help="file name to give WordPress (default: the file's)")
     ap.add_argument("--via", default="async", choices=["async", "rest", "rest-raw"])
     ap.add_argument("--attachment-id", type=int)
-    ap.add_argument("--title", default="offload e2e post")
+    ap.add_argument("--title", help="post title (default: one naming the attachment)")
     ap.add_argument("--url", help="page URL for `page`")
     ap.add_argument("--out", help="output file for make-jpeg")
     ap.add_argument("--width", type=int, default=2000)
