@@ -167,6 +167,8 @@ start_web() { # index
   for sub in themes plugins languages index.php; do
     [[ -e "$content/$sub" || -L "$content/$sub" ]] || ln -s "$DEBIAN_CONTENT/$sub" "$content/$sub"
   done
+  # The e2e site's own must-use plugins (see the folder), from this checkout.
+  ln -sfn "$here/wordpress/mu-plugins" "$content/mu-plugins"
   chmod -R a+rwX "$content/uploads" "$content/upgrade"
   web_port[i]=$port web_content[i]=$content web_public[i]=$pub
   pid="$(read_pid "$pidfile")"
