@@ -113,13 +113,21 @@ ratios() { # label ours theirs
 # back to back, so a slow spell of the shared machine moves both figures of a pair; the
 # median of the pairs shows less of it than the ratio of the medians.
 paired_ratios() { # label ours theirs rounds [names]
-    local round metric ours theirs values
+    local round metric ours theirs values ratio ahead=0 ahead_in_round
     local -A per_round=()
     for round in $(seq "$4"); do
+        ahead_in_round=1
         for metric in rps p99 cpu_us; do
             ours="${metric}[$2/$round]" theirs="${metric}[$3/$round]"
-            per_round[$metric]+="$(awk -v o="${!ours}" -v n="${!theirs}" 'BEGIN { print o / n }') "
+            ratio=$(awk -v o="${!ours}" -v n="${!theirs}" 'BEGIN { print o / n }')
+            per_round[$metric]+="$ratio "
+            # Ahead: at least the requests/s with at most the p99 (the issue's target).
+            case $metric in
+                rps) awk -v r="$ratio" 'BEGIN { exit !(r < 1) }' && ahead_in_round=0 ;;
+                p99) awk -v r="$ratio" 'BEGIN { exit !(r > 1) }' && ahead_in_round=0 ;;
+            esac
         done
+        ahead=$((ahead + ahead_in_round))
     done
     printf '%-9s %s per round:' "$1" "${5:-offload/nginx}"
     for metric in rps p99 cpu_us; do
@@ -130,7 +138,7 @@ paired_ratios() { # label ours theirs rounds [names]
             'BEGIN { name["rps"] = "requests/s"; name["p99"] = "p99"; name["cpu_us"] = "CPU/request";
                      printf "%s %s %.2fx (%.2f-%.2f)", (m == "rps" ? "" : ","), name[m], med, lo, hi }'
     done
-    echo
+    echo "; both requests/s and p99 ahead in $ahead of $4 rounds"
 }
 
 # The median of the numbers given.
