@@ -127,7 +127,9 @@ class WP:
     def login(self, attempts=3):
         """Logs in and checks the session took: concurrent logins of one user race on its
         session tokens in the database (a WordPress read-modify-write), so a login can come
-        back with cookies whose session another login has just overwritten."""
+        back with cookies whose session another login has just overwritten. The e2e site's
+        must-use plugin (scripts/e2e/wordpress/mu-plugins) removes that race; the check
+        stays for sites without it."""
         for attempt in range(1, attempts + 1):
             self.sign_on()
             r = self.fetch_rest_nonce()
