@@ -188,6 +188,9 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Most idle keep-alive connections kept to the app, per worker thread.
     pub pool_max_idle: usize,
+    /// Most requests at the app at once, over all workers (0: no limit). A request past it
+    /// waits up to `connect_timeout` for one to finish, then gets `503`.
+    pub max_connections: usize,
     /// Send the client's `Host` to the app (true) or the upstream URL's host (false).
     pub preserve_host: bool,
     /// PEM certificates trusted for an `https://` app, besides the system's roots (a private
@@ -206,6 +209,7 @@ impl Default for UpstreamConfig {
             response_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle: 256,
+            max_connections: 0,
             preserve_host: true,
             tls_ca_file: None,
             unix_socket: None,

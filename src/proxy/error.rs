@@ -23,6 +23,10 @@ pub enum ProxyError {
     /// `proxy_send_timeout`.
     #[error("upstream stopped reading the request body: none taken for {}", humantime::format_duration(*.0))]
     BodyNotTaken(Duration),
+    /// `upstream.max_connections` requests were at the app, and none finished within this
+    /// long: `503`, as haproxy answers a request whose queue time ran out.
+    #[error("upstream busy: upstream.max_connections ({max}) requests at the app, none finished within {}", humantime::format_duration(*waited))]
+    Busy { max: usize, waited: Duration },
     /// The app was reached but the exchange failed (reset, malformed answer): `502`.
     #[error("upstream failed: {0}")]
     Upstream(String),
@@ -52,6 +56,7 @@ impl ProxyError {
         match self {
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) | ProxyError::BodyNotTaken(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,6 +81,7 @@ impl ProxyError {
             ProxyError::Connect(_) => "connect",
             ProxyError::Timeout(_) => "timeout",
             ProxyError::BodyNotTaken(_) => "body_not_taken",
+            ProxyError::Busy { .. } => "busy",
             ProxyError::Upstream(_) => "upstream",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientBody(_) => "client_body",
@@ -150,6 +156,13 @@ mod tests {
             ProxyError::ClientStalled(Duration::from_secs(1)).status(),
             StatusCode::REQUEST_TIMEOUT
         );
+        let busy = ProxyError::Busy {
+            max: 8,
+            waited: Duration::from_secs(5),
+        };
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.cause(), "busy");
+        assert!(!busy.is_clients());
         assert!(ProxyError::ClientBody("x".into()).is_clients());
         assert!(!ProxyError::Upstream("x".into()).is_clients());
     }

@@ -34,7 +34,7 @@ use http::{Request, Response, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::debug;
 
 use super::connect::{AppConnector, AppIo};
@@ -51,6 +51,8 @@ pub(super) struct Conn {
     io: Option<Box<AppConnection>>,
     /// Taken from the pool (it served a request before), as opposed to freshly opened.
     reused: bool,
+    /// The request's place under `upstream.max_connections`, given back with the connection.
+    admitted: Option<OwnedSemaphorePermit>,
 }
 
 type AppConnection = http1::Connection<AppIo, Body>;
@@ -154,6 +156,7 @@ impl Pool {
             sender,
             io: Some(Box::new(io)),
             reused: false,
+            admitted: None,
         })
     }
 
@@ -170,6 +173,7 @@ impl Pool {
             sender,
             io: None,
             reused: false,
+            admitted: None,
         })
     }
 
@@ -207,6 +211,8 @@ impl Pool {
 
     /// Takes a connection back after its response ended.
     fn checkin(self: &Arc<Pool>, mut conn: Conn) {
+        // The request is done with the app: an idle connection keeps no place.
+        conn.admitted = None;
         if conn.io.is_none() || conn.sender.is_closed() {
             return;
         }
@@ -259,6 +265,12 @@ async fn sweep(pool: Weak<Pool>, every: Duration) {
 }
 
 impl Conn {
+    /// Keeps the request's place under `upstream.max_connections` until the response has
+    /// been read (or the connection dropped).
+    pub(super) fn hold(&mut self, admitted: Option<OwnedSemaphorePermit>) {
+        self.admitted = admitted;
+    }
+
     /// Whether this connection served a request before (taken from the pool).
     pub(super) fn reused(&self) -> bool {
         self.reused

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use ipnet::IpNet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::connect::AppConnector;
@@ -50,6 +51,48 @@ pub struct Upstream {
     preserve_host: bool,
     response_timeout: Duration,
     trusted_proxies: Vec<IpNet>,
+    /// `upstream.max_connections`, when set.
+    admission: Option<Admission>,
+}
+
+/// Bounds the requests at the app at once (`upstream.max_connections`), over all workers.
+#[derive(Debug)]
+struct Admission {
+    slots: Arc<Semaphore>,
+    max: usize,
+    /// How long a request past the limit waits for a place (`upstream.connect_timeout`, as
+    /// haproxy's `timeout queue` defaults to its `timeout connect`).
+    wait: Duration,
+}
+
+impl Admission {
+    fn new(max: usize, wait: Duration) -> Option<Admission> {
+        (max > 0).then(|| Admission {
+            slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            max,
+            wait,
+        })
+    }
+
+    /// A place among the requests at the app, held until the permit is dropped.
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(permit);
+        }
+        // Boxed: waiting is the exception, and every request's future would carry its state.
+        Box::pin(self.queue()).await
+    }
+
+    async fn queue(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+        match tokio::time::timeout(self.wait, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a timeout is the one way here.
+            Ok(Err(_)) | Err(_) => Err(ProxyError::Busy {
+                max: self.max,
+                waited: self.wait,
+            }),
+        }
+    }
 }
 
 impl Upstream {
@@ -116,6 +159,7 @@ impl Upstream {
             preserve_host: cfg.preserve_host,
             response_timeout: cfg.response_timeout,
             trusted_proxies: Vec::new(),
+            admission: Admission::new(cfg.max_connections, cfg.connect_timeout),
         })
     }
 
@@ -235,12 +279,19 @@ impl Upstream {
     /// on a fresh connection, as nginx does, when that is safe: hyper had not begun sending
     /// it, or it is idempotent and bodiless. The client never sees that race as a `502`.
     async fn send(&self, req: Box<Request<Body>>) -> Result<Response<Body>, ProxyError> {
+        let admitted = match &self.admission {
+            Some(admission) => Some(admission.admit().await?),
+            None => None,
+        };
         let conn = self.pool().checkout().await?;
         let reused = conn.reused();
         // Only a reused connection can meet that race: a fresh one needs no copy.
         let replay = if reused { Replay::of(&req) } else { None };
         let failure = match conn.exchange(req, self.response_timeout).await {
-            Ok((response, conn)) => return Ok(self.leased(response, conn)),
+            Ok((response, mut conn)) => {
+                conn.hold(admitted);
+                return Ok(self.leased(response, conn));
+            }
             Err(SendError::Failed(failure)) if reused => failure,
             Err(other) => return Err(other.into()),
         };
@@ -256,13 +307,18 @@ impl Upstream {
         };
         debug!(error = %failure.error, "app closed a pooled connection; sending again");
         // Boxed: rare, and every request's future would otherwise carry its state.
-        Box::pin(self.send_again(retry)).await
+        Box::pin(self.send_again(retry, admitted)).await
     }
 
-    /// The retry of [`Upstream::send`], on a new connection.
-    async fn send_again(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    /// The retry of [`Upstream::send`], on a new connection, in the place it was admitted to.
+    async fn send_again(
+        &self,
+        req: Request<Body>,
+        admitted: Option<OwnedSemaphorePermit>,
+    ) -> Result<Response<Body>, ProxyError> {
         let conn = self.pool().connect().await?;
-        let (response, conn) = conn.exchange(Box::new(req), self.response_timeout).await?;
+        let (response, mut conn) = conn.exchange(Box::new(req), self.response_timeout).await?;
+        conn.hold(admitted);
         Ok(self.leased(response, conn))
     }
 
@@ -277,6 +333,11 @@ impl Upstream {
         &self,
         req: Box<Request<Body>>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        // Counted until the app answers: an open tunnel does not keep a place.
+        let _admitted = match &self.admission {
+            Some(admission) => Some(admission.admit().await?),
+            None => None,
+        };
         let conn = self.pool().connect_upgradable().await?;
         let (response, _) = conn.exchange(req, self.response_timeout).await?;
         Ok(response)

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -177,6 +178,109 @@ async fn an_app_that_never_answers_is_504_within_the_timeout() {
     );
     assert!(took >= Duration::from_millis(700), "{took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_serves_hello(&proxy).await;
+}
+
+/// An app that answers `/slow` after `hold`, counting the requests at it at once (now and
+/// the most seen); anything else answers `hello` at once.
+struct CountingApp {
+    app: RawApp,
+    at_once: Arc<AtomicUsize>,
+    most_at_once: Arc<AtomicUsize>,
+}
+
+async fn counting_app(hold: Duration) -> CountingApp {
+    let at_once = Arc::new(AtomicUsize::new(0));
+    let most_at_once = Arc::new(AtomicUsize::new(0));
+    let app = RawApp::start({
+        let at_once = Arc::clone(&at_once);
+        let most_at_once = Arc::clone(&most_at_once);
+        move |mut stream, mut head| {
+            let at_once = Arc::clone(&at_once);
+            let most_at_once = Arc::clone(&most_at_once);
+            async move {
+                loop {
+                    if head.starts_with("GET /slow ") {
+                        let now = at_once.fetch_add(1, Ordering::SeqCst) + 1;
+                        most_at_once.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(hold).await;
+                        at_once.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    if !answer_hello(&mut stream).await {
+                        return;
+                    }
+                    match read_head(&mut stream).await {
+                        Some(next) => head = next,
+                        None => return,
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    CountingApp {
+        app,
+        at_once,
+        most_at_once,
+    }
+}
+
+#[tokio::test]
+async fn max_connections_keeps_requests_at_the_app_to_the_limit_and_queues_the_rest() {
+    let hold = Duration::from_millis(300);
+    let app = counting_app(hold).await;
+    let mut config = config_for(app.app.addr);
+    config.upstream.max_connections = 2;
+    let proxy = Proxy::start(config).await;
+    let http = client();
+    let started = Instant::now();
+    let answers = futures_util::future::join_all((0..6).map(|_| async {
+        let resp = http.get(proxy.url("/slow")).send().await.expect("answer");
+        (resp.status(), resp.text().await.expect("body"))
+    }))
+    .await;
+    let took = started.elapsed();
+    for (status, body) in answers {
+        assert_eq!((status.as_u16(), body.as_str()), (200, "hello"));
+    }
+    // Two at a time, never more, and the others waited their turn rather than failing.
+    assert_eq!(app.most_at_once.load(Ordering::SeqCst), 2);
+    assert!(took >= hold * 3, "{took:?}");
+    assert_eq!(app.at_once.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_request_that_waits_past_connect_timeout_for_a_busy_app_is_503() {
+    let hold = Duration::from_millis(1500);
+    let app = counting_app(hold).await;
+    let mut config = config_for(app.app.addr);
+    config.upstream.max_connections = 1;
+    config.upstream.connect_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(config).await;
+    let http = client();
+    let first = tokio::spawn({
+        let (http, url) = (http.clone(), proxy.url("/slow"));
+        async move {
+            let resp = http.get(url).send().await.expect("answer");
+            (resp.status(), resp.text().await.expect("body"))
+        }
+    });
+    app.app.request_seen.notified().await;
+    let started = Instant::now();
+    let resp = http.get(proxy.url("/ok")).send().await.expect("answer");
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.text().await.expect("body"),
+        "upstream busy: upstream.max_connections (1) requests at the app, \
+         none finished within 300ms\n"
+    );
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited < hold, "{waited:?}");
+    let (status, body) = first.await.expect("first request");
+    assert_eq!((status.as_u16(), body.as_str()), (200, "hello"));
+    // The first request gave its place back with its response: the next one gets through.
+    assert_serves_hello(&proxy).await;
     assert_serves_hello(&proxy).await;
 }
 
