@@ -107,6 +107,7 @@ struct Inner {
     open_connections: Family<WorkerLabels, Gauge>,
     max_connections: Gauge,
     connection_waits: Counter,
+    upstream_waits: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -136,6 +137,7 @@ impl Metrics {
         let open_connections = Family::<WorkerLabels, Gauge>::default();
         let max_connections = Gauge::default();
         let connection_waits = Counter::default();
+        let upstream_waits = Counter::default();
         let view = |what| View {
             cells: Arc::clone(&cells),
             what,
@@ -196,6 +198,11 @@ impl Metrics {
             "Times a new connection had to wait in the listen backlog for a free slot",
             connection_waits.clone(),
         );
+        registry.register(
+            "offload_upstream_waits",
+            "Requests that found upstream.max_connections requests at the app and waited for a place",
+            upstream_waits.clone(),
+        );
         registry.register_collector(Box::new(process::ProcessCollector));
         Metrics {
             inner: Arc::new(Inner {
@@ -207,6 +214,7 @@ impl Metrics {
                 open_connections,
                 max_connections,
                 connection_waits,
+                upstream_waits,
             }),
         }
     }
@@ -282,6 +290,11 @@ impl Metrics {
     /// Counts a connection that found every slot taken.
     pub fn connection_waited(&self) {
         self.inner.connection_waits.inc();
+    }
+
+    /// Counts a request that found every place at the app taken (`upstream.max_connections`).
+    pub fn upstream_waited(&self) {
+        self.inner.upstream_waits.inc();
     }
 
     /// The Prometheus text exposition of every metric.

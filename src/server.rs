@@ -127,7 +127,7 @@ impl AppState {
         let connected = Connected {
             presence: Arc::new(Presence::new(store.clone(), &config.store)),
             store,
-            upstream: app_upstream(&config)?,
+            upstream: app_upstream(&config, &metrics)?,
         };
         AppState::build(config, connected, metrics)
     }
@@ -162,7 +162,7 @@ impl AppState {
         };
         let upstream = match changed_in("upstream") || changed_in("server.trusted_proxies") {
             false => running.upstream.clone(),
-            true => app_upstream(&config)?,
+            true => app_upstream(&config, &running.metrics)?,
         };
         let connected = Connected {
             store,
@@ -238,9 +238,10 @@ fn measured(store: Arc<dyn Store>, metrics: &Metrics) -> Arc<dyn Store> {
 }
 
 /// The app's client: a pool of connections per worker.
-fn app_upstream(config: &Config) -> anyhow::Result<Arc<Upstream>> {
+fn app_upstream(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<Upstream>> {
     let upstream = Upstream::for_workers(&config.upstream, config.server.workers())?
-        .with_trusted_proxies(config.server.trusted_proxies.clone());
+        .with_trusted_proxies(config.server.trusted_proxies.clone())
+        .with_metrics(metrics);
     Ok(Arc::new(upstream))
 }
 

@@ -21,6 +21,7 @@ use super::replay::Replay;
 use super::{ProxyError, error, headers, tls, upgrade};
 use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
 
 /// Who sent a request: the peer address and whether it came over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,8 @@ struct Admission {
     /// How long a request past the limit waits for a place (`upstream.connect_timeout`, as
     /// haproxy's `timeout queue` defaults to its `timeout connect`).
     wait: Duration,
+    /// Where a wait is counted (`offload_upstream_waits_total`), when set.
+    metrics: Option<Metrics>,
 }
 
 impl Admission {
@@ -71,6 +74,7 @@ impl Admission {
             slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             max,
             wait,
+            metrics: None,
         })
     }
 
@@ -78,6 +82,9 @@ impl Admission {
     async fn admit(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
         if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
             return Ok(permit);
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.upstream_waited();
         }
         // Boxed: waiting is the exception, and every request's future would carry its state.
         Box::pin(self.queue()).await
@@ -167,6 +174,15 @@ impl Upstream {
     /// (`server.trusted_proxies`). Default: none.
     pub fn with_trusted_proxies(mut self, nets: Vec<IpNet>) -> Self {
         self.trusted_proxies = nets;
+        self
+    }
+
+    /// Counts the requests that wait for a place under `upstream.max_connections` in
+    /// `metrics`.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        if let Some(admission) = &mut self.admission {
+            admission.metrics = Some(metrics.clone());
+        }
         self
     }
 

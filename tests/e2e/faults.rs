@@ -277,6 +277,15 @@ async fn a_request_that_waits_past_connect_timeout_for_a_busy_app_is_503() {
     );
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
     assert!(waited < hold, "{waited:?}");
+    // Operators see the wait, and the 503 by its cause.
+    let metrics = proxy
+        .metrics_until("offload_upstream_errors_total{cause=\"busy\"} 1\n")
+        .await;
+    assert!(metrics.contains("offload_upstream_errors_total{cause=\"busy\"} 1\n"));
+    assert!(
+        metrics.contains("offload_upstream_waits_total 1\n"),
+        "{metrics}"
+    );
     let (status, body) = first.await.expect("first request");
     assert_eq!((status.as_u16(), body.as_str()), (200, "hello"));
     // The first request gave its place back with its response: the next one gets through.
