@@ -295,10 +295,7 @@ impl Upstream {
     /// on a fresh connection, as nginx does, when that is safe: hyper had not begun sending
     /// it, or it is idempotent and bodiless. The client never sees that race as a `502`.
     async fn send(&self, req: Box<Request<Body>>) -> Result<Response<Body>, ProxyError> {
-        let admitted = match &self.admission {
-            Some(admission) => Some(admission.admit().await?),
-            None => None,
-        };
+        let admitted = self.admit().await?;
         let conn = self.pool().checkout().await?;
         let reused = conn.reused();
         // Only a reused connection can meet that race: a fresh one needs no copy.
@@ -326,6 +323,14 @@ impl Upstream {
         Box::pin(self.send_again(retry, admitted)).await
     }
 
+    /// The request's place under `upstream.max_connections`; `None` when there is no limit.
+    async fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+        match &self.admission {
+            Some(admission) => admission.admit().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The retry of [`Upstream::send`], on a new connection, in the place it was admitted to.
     async fn send_again(
         &self,
@@ -350,10 +355,7 @@ impl Upstream {
         req: Box<Request<Body>>,
     ) -> Result<Response<Incoming>, ProxyError> {
         // Counted until the app answers: an open tunnel does not keep a place.
-        let _admitted = match &self.admission {
-            Some(admission) => Some(admission.admit().await?),
-            None => None,
-        };
+        let _admitted = self.admit().await?;
         let conn = self.pool().connect_upgradable().await?;
         let (response, _) = conn.exchange(req, self.response_timeout).await?;
         Ok(response)

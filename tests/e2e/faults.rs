@@ -225,13 +225,20 @@ async fn counting_app(hold: Duration) -> CountingApp {
     }
 }
 
+/// offload in front of `app` with `upstream.max_connections = max`, a request past it
+/// waiting up to `wait` (`upstream.connect_timeout`).
+async fn proxy_limited(app: &CountingApp, max: usize, wait: Duration) -> Proxy {
+    let mut config = config_for(app.app.addr);
+    config.upstream.max_connections = max;
+    config.upstream.connect_timeout = wait;
+    Proxy::start(config).await
+}
+
 #[tokio::test]
 async fn max_connections_keeps_requests_at_the_app_to_the_limit_and_queues_the_rest() {
     let hold = Duration::from_millis(300);
     let app = counting_app(hold).await;
-    let mut config = config_for(app.app.addr);
-    config.upstream.max_connections = 2;
-    let proxy = Proxy::start(config).await;
+    let proxy = proxy_limited(&app, 2, Duration::from_secs(5)).await;
     let http = client();
     let started = Instant::now();
     let answers = futures_util::future::join_all((0..6).map(|_| async {
@@ -253,10 +260,7 @@ async fn max_connections_keeps_requests_at_the_app_to_the_limit_and_queues_the_r
 async fn a_request_that_waits_past_connect_timeout_for_a_busy_app_is_503() {
     let hold = Duration::from_millis(1500);
     let app = counting_app(hold).await;
-    let mut config = config_for(app.app.addr);
-    config.upstream.max_connections = 1;
-    config.upstream.connect_timeout = Duration::from_millis(300);
-    let proxy = Proxy::start(config).await;
+    let proxy = proxy_limited(&app, 1, Duration::from_millis(300)).await;
     let http = client();
     let first = tokio::spawn({
         let (http, url) = (http.clone(), proxy.url("/slow"));
