@@ -107,7 +107,20 @@ struct Inner {
     open_connections: Family<WorkerLabels, Gauge>,
     max_connections: Gauge,
     connection_waits: Counter,
-    upstream_waits: Counter,
+    upstream_max_connections: Gauge,
+    app_places: AppPlaces,
+}
+
+/// What `upstream.max_connections` shows (kept by the proxy as it admits requests to the
+/// app): cloning shares them.
+#[derive(Clone, Debug, Default)]
+pub struct AppPlaces {
+    /// Requests at the app now.
+    pub active: Gauge,
+    /// Requests waiting for a place now.
+    pub queued: Gauge,
+    /// Requests that found the limit reached and waited, ever.
+    pub waits: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -137,7 +150,8 @@ impl Metrics {
         let open_connections = Family::<WorkerLabels, Gauge>::default();
         let max_connections = Gauge::default();
         let connection_waits = Counter::default();
-        let upstream_waits = Counter::default();
+        let upstream_max_connections = Gauge::default();
+        let app_places = AppPlaces::default();
         let view = |what| View {
             cells: Arc::clone(&cells),
             what,
@@ -199,9 +213,24 @@ impl Metrics {
             connection_waits.clone(),
         );
         registry.register(
+            "offload_upstream_max_connections",
+            "upstream.max_connections: requests at the app at once at most, all workers together (0: no limit)",
+            upstream_max_connections.clone(),
+        );
+        registry.register(
+            "offload_upstream_active_requests",
+            "Requests at the app now (counted while upstream.max_connections is set)",
+            app_places.active.clone(),
+        );
+        registry.register(
+            "offload_upstream_queued_requests",
+            "Requests waiting for a place at the app now (upstream.max_connections)",
+            app_places.queued.clone(),
+        );
+        registry.register(
             "offload_upstream_waits",
             "Requests that found upstream.max_connections requests at the app and waited for a place",
-            upstream_waits.clone(),
+            app_places.waits.clone(),
         );
         registry.register_collector(Box::new(process::ProcessCollector));
         Metrics {
@@ -214,7 +243,8 @@ impl Metrics {
                 open_connections,
                 max_connections,
                 connection_waits,
-                upstream_waits,
+                upstream_max_connections,
+                app_places,
             }),
         }
     }
@@ -292,9 +322,15 @@ impl Metrics {
         self.inner.connection_waits.inc();
     }
 
-    /// Counts a request that found every place at the app taken (`upstream.max_connections`).
-    pub fn upstream_waited(&self) {
-        self.inner.upstream_waits.inc();
+    /// Shows `upstream.max_connections` as `max` (0: no limit) and returns where the
+    /// requests at the app and waiting for a place under it are counted. The counts are
+    /// shared by every upstream built on these metrics, so that requests still at the app
+    /// from before a reload are counted with the new ones.
+    pub fn app_places(&self, max: usize) -> AppPlaces {
+        self.inner
+            .upstream_max_connections
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+        self.inner.app_places.clone()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -10,6 +10,7 @@
 //! the short answer the client sees (`502` app unreachable, `504` app too slow, `400` bad
 //! request).
 
+mod admission;
 mod connect;
 mod error;
 mod headers;

@@ -34,9 +34,10 @@ use http::{Request, Response, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 use tracing::debug;
 
+use super::admission::Place;
 use super::connect::{AppConnector, AppIo};
 use crate::body::{Body, BoxError};
 use crate::config::UpstreamConfig;
@@ -52,7 +53,7 @@ pub(super) struct Conn {
     /// Taken from the pool (it served a request before), as opposed to freshly opened.
     reused: bool,
     /// The request's place under `upstream.max_connections`, given back with the connection.
-    admitted: Option<OwnedSemaphorePermit>,
+    admitted: Option<Place>,
 }
 
 type AppConnection = http1::Connection<AppIo, Body>;
@@ -267,7 +268,7 @@ async fn sweep(pool: Weak<Pool>, every: Duration) {
 impl Conn {
     /// Keeps the request's place under `upstream.max_connections` until the response has
     /// been read (or the connection dropped).
-    pub(super) fn hold(&mut self, admitted: Option<OwnedSemaphorePermit>) {
+    pub(super) fn hold(&mut self, admitted: Option<Place>) {
         self.admitted = admitted;
     }
 

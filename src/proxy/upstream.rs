@@ -12,9 +12,9 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use ipnet::IpNet;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
+use super::admission::{Admission, Place};
 use super::connect::AppConnector;
 use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
 use super::replay::Replay;
@@ -54,52 +54,6 @@ pub struct Upstream {
     trusted_proxies: Vec<IpNet>,
     /// `upstream.max_connections`, when set.
     admission: Option<Admission>,
-}
-
-/// Bounds the requests at the app at once (`upstream.max_connections`), over all workers.
-#[derive(Debug)]
-struct Admission {
-    slots: Arc<Semaphore>,
-    max: usize,
-    /// How long a request past the limit waits for a place (`upstream.connect_timeout`, as
-    /// haproxy's `timeout queue` defaults to its `timeout connect`).
-    wait: Duration,
-    /// Where a wait is counted (`offload_upstream_waits_total`), when set.
-    metrics: Option<Metrics>,
-}
-
-impl Admission {
-    fn new(max: usize, wait: Duration) -> Option<Admission> {
-        (max > 0).then(|| Admission {
-            slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
-            max,
-            wait,
-            metrics: None,
-        })
-    }
-
-    /// A place among the requests at the app, held until the permit is dropped.
-    async fn admit(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
-        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Ok(permit);
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.upstream_waited();
-        }
-        // Boxed: waiting is the exception, and every request's future would carry its state.
-        Box::pin(self.queue()).await
-    }
-
-    async fn queue(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
-        match tokio::time::timeout(self.wait, Arc::clone(&self.slots).acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            // The semaphore is never closed; a timeout is the one way here.
-            Ok(Err(_)) | Err(_) => Err(ProxyError::Busy {
-                max: self.max,
-                waited: self.wait,
-            }),
-        }
-    }
 }
 
 impl Upstream {
@@ -177,11 +131,14 @@ impl Upstream {
         self
     }
 
-    /// Counts the requests that wait for a place under `upstream.max_connections` in
-    /// `metrics`.
+    /// Shows `upstream.max_connections` in `metrics`, with the requests at the app and
+    /// waiting for a place under it.
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
-        if let Some(admission) = &mut self.admission {
-            admission.metrics = Some(metrics.clone());
+        match &mut self.admission {
+            Some(admission) => admission.show_in(metrics.app_places(admission.max())),
+            None => {
+                metrics.app_places(0);
+            }
         }
         self
     }
@@ -324,7 +281,7 @@ impl Upstream {
     }
 
     /// The request's place under `upstream.max_connections`; `None` when there is no limit.
-    async fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+    async fn admit(&self) -> Result<Option<Place>, ProxyError> {
         match &self.admission {
             Some(admission) => admission.admit().await.map(Some),
             None => Ok(None),
@@ -335,7 +292,7 @@ impl Upstream {
     async fn send_again(
         &self,
         req: Request<Body>,
-        admitted: Option<OwnedSemaphorePermit>,
+        admitted: Option<Place>,
     ) -> Result<Response<Body>, ProxyError> {
         let conn = self.pool().connect().await?;
         let (response, mut conn) = conn.exchange(Box::new(req), self.response_timeout).await?;

@@ -297,6 +297,65 @@ async fn a_request_that_waits_past_connect_timeout_for_a_busy_app_is_503() {
     assert_serves_hello(&proxy).await;
 }
 
+#[tokio::test]
+async fn metrics_show_the_requests_at_the_app_and_those_waiting_for_a_place() {
+    let hold = Duration::from_secs(2);
+    let app = counting_app(hold).await;
+    let proxy = proxy_limited(&app, 1, Duration::from_secs(10)).await;
+    let http = client();
+    let slow = |http: reqwest::Client| {
+        let url = proxy.url("/slow");
+        tokio::spawn(async move {
+            let resp = http.get(url).send().await.expect("answer");
+            (resp.status().as_u16(), resp.text().await.expect("body"))
+        })
+    };
+    let first = slow(http.clone());
+    app.app.request_seen.notified().await;
+    // Two more wait for the first's place; the client of one of them then leaves.
+    let second = slow(http.clone());
+    let mut leaving = TcpStream::connect(proxy.addr).await.expect("connect");
+    leaving
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .expect("send");
+    let metrics = proxy
+        .metrics_until("offload_upstream_queued_requests 2\n")
+        .await;
+    for line in [
+        "offload_upstream_max_connections 1\n",
+        "offload_upstream_active_requests 1\n",
+        "offload_upstream_queued_requests 2\n",
+    ] {
+        assert!(metrics.contains(line), "{line}{metrics}");
+    }
+    drop(leaving);
+    let metrics = proxy
+        .metrics_until("offload_upstream_queued_requests 1\n")
+        .await;
+    assert!(
+        metrics.contains("offload_upstream_queued_requests 1\n"),
+        "{metrics}"
+    );
+    // The first still holds the one place: the wait that ended was the leaving client's.
+    assert!(!first.is_finished());
+    assert!(metrics.contains("offload_upstream_active_requests 1\n"));
+    for request in [first, second] {
+        let (status, body) = request.await.expect("request");
+        assert_eq!((status, body.as_str()), (200, "hello"));
+    }
+    let metrics = proxy
+        .metrics_until("offload_upstream_active_requests 0\n")
+        .await;
+    for line in [
+        "offload_upstream_active_requests 0\n",
+        "offload_upstream_queued_requests 0\n",
+        "offload_upstream_waits_total 2\n",
+    ] {
+        assert!(metrics.contains(line), "{line}{metrics}");
+    }
+}
+
 /// Unmounts on drop.
 struct Mounted(PathBuf);
 
