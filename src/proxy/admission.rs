@@ -39,8 +39,8 @@ impl Drop for Place {
     }
 }
 
-/// Counts a request among those waiting for as long as it waits, even when its client
-/// leaves (the wait's future is then dropped).
+/// Counts a request out of those waiting when its wait ends: with a place, with a `503`, or
+/// with its client leaving (the wait's future is then dropped).
 struct Waiting<'a>(&'a Gauge);
 
 impl Drop for Waiting<'_> {
