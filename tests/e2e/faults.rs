@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use offload::store::{FsStore, PutOptions, Store, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::support::data;
 use crate::support::process::OffloadProcess;
@@ -234,6 +235,15 @@ async fn proxy_limited(app: &CountingApp, max: usize, wait: Duration) -> Proxy {
     Proxy::start(config).await
 }
 
+/// A GET of `url` sent in a task of its own: its status and body text when awaited.
+fn get_in_background(http: &reqwest::Client, url: String) -> JoinHandle<(u16, String)> {
+    let http = http.clone();
+    tokio::spawn(async move {
+        let resp = http.get(url).send().await.expect("answer");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    })
+}
+
 #[tokio::test]
 async fn max_connections_keeps_requests_at_the_app_to_the_limit_and_queues_the_rest() {
     let hold = Duration::from_millis(300);
@@ -262,13 +272,7 @@ async fn a_request_that_waits_past_connect_timeout_for_a_busy_app_is_503() {
     let app = counting_app(hold).await;
     let proxy = proxy_limited(&app, 1, Duration::from_millis(300)).await;
     let http = client();
-    let first = tokio::spawn({
-        let (http, url) = (http.clone(), proxy.url("/slow"));
-        async move {
-            let resp = http.get(url).send().await.expect("answer");
-            (resp.status(), resp.text().await.expect("body"))
-        }
-    });
+    let first = get_in_background(&http, proxy.url("/slow"));
     app.app.request_seen.notified().await;
     let started = Instant::now();
     let resp = http.get(proxy.url("/ok")).send().await.expect("answer");
@@ -291,7 +295,7 @@ async fn a_request_that_waits_past_connect_timeout_for_a_busy_app_is_503() {
         "{metrics}"
     );
     let (status, body) = first.await.expect("first request");
-    assert_eq!((status.as_u16(), body.as_str()), (200, "hello"));
+    assert_eq!((status, body.as_str()), (200, "hello"));
     // The first request gave its place back with its response: the next one gets through.
     assert_serves_hello(&proxy).await;
     assert_serves_hello(&proxy).await;
@@ -305,17 +309,10 @@ async fn metrics_show_the_requests_at_the_app_and_those_waiting_for_a_place() {
     let app = counting_app(hold).await;
     let proxy = proxy_limited(&app, 1, Duration::from_secs(10)).await;
     let http = client();
-    let slow = |http: reqwest::Client| {
-        let url = proxy.url("/slow");
-        tokio::spawn(async move {
-            let resp = http.get(url).send().await.expect("answer");
-            (resp.status().as_u16(), resp.text().await.expect("body"))
-        })
-    };
-    let first = slow(http.clone());
+    let first = get_in_background(&http, proxy.url("/slow"));
     app.app.request_seen.notified().await;
     // Two more wait for the first's place; the client of one of them then leaves.
-    let second = slow(http.clone());
+    let second = get_in_background(&http, proxy.url("/slow"));
     let mut leaving = TcpStream::connect(proxy.addr).await.expect("connect");
     leaving
         .write_all(b"GET /slow HTTP/1.1\r\nHost: app\r\n\r\n")
