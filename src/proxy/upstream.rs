@@ -134,11 +134,9 @@ impl Upstream {
     /// Shows `upstream.max_connections` in `metrics`, with the requests at the app and
     /// waiting for a place under it.
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
-        match &mut self.admission {
-            Some(admission) => admission.show_in(metrics.app_places(admission.max())),
-            None => {
-                metrics.app_places(0);
-            }
+        let places = metrics.app_places(self.admission.as_ref().map_or(0, Admission::max));
+        if let Some(admission) = &mut self.admission {
+            admission.show_in(places);
         }
         self
     }
