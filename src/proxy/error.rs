@@ -33,6 +33,11 @@ pub enum ProxyError {
     /// The client's request cannot be forwarded as it is: `400`.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client's request asks for what a reverse proxy does not do (`CONNECT`, a
+    /// transfer coding other than `chunked`): `501`, as RFC 9110 §15.6.2 and RFC 9112 §6.1
+    /// say, and as nginx answers an unknown transfer coding.
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
     /// The client's request body failed while it was being forwarded (the client went away
     /// or sent a malformed body): `400`, and not the app's fault.
     #[error("request body failed: {0}")]
@@ -59,6 +64,7 @@ impl ProxyError {
             ProxyError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,6 +75,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::BadRequest(_)
+                | ProxyError::NotImplemented(_)
                 | ProxyError::ClientBody(_)
                 | ProxyError::ClientStalled(_)
                 | ProxyError::BodyTooLarge(_)
@@ -84,6 +91,7 @@ impl ProxyError {
             ProxyError::Busy { .. } => "busy",
             ProxyError::Upstream(_) => "upstream",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::ClientBody(_) => "client_body",
             ProxyError::ClientStalled(_) => "client_stalled",
             ProxyError::BodyTooLarge(_) => "body_too_large",
@@ -111,13 +119,28 @@ impl ProxyError {
             }
             source = cause.source();
         }
-        // hyper's only user error that carries a cause is the request body's own.
-        if err.is_user() && err.source().is_some() {
-            return ProxyError::ClientBody(chain(err));
+        // hyper's only user error that carries a cause is the request body's own; hyper's
+        // own words for it ("error from user's Body stream") would only puzzle the client.
+        if err.is_user()
+            && let Some(cause) = err.source()
+        {
+            return ProxyError::ClientBody(chain(cause));
+        }
+        if err.is_parse_too_large() {
+            return ProxyError::Upstream(format!(
+                "response head too large: more than {APP_MAX_HEADERS} header lines or {} KiB",
+                APP_MAX_HEAD / 1024
+            ));
         }
         ProxyError::Upstream(chain(err))
     }
 }
+
+/// hyper's limits on an app's response head (its client's defaults: `max_headers`, and
+/// `max_buf_size` for the head's bytes), which nginx words as `proxy_buffer_size` (4 or
+/// 8 KiB) instead.
+const APP_MAX_HEADERS: usize = 100;
+const APP_MAX_HEAD: usize = 8192 + 4096 * 100;
 
 /// The error and its sources joined with ": " (hyper's own messages are terse).
 pub(super) fn chain(err: &(dyn StdError + 'static)) -> String {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Version};
+use http::{Request, StatusCode, Version};
 
 use super::ClientInfo;
 
@@ -19,7 +19,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Headers that describe one connection, never the message: RFC 9110 §7.6.1, plus the
 /// obsolete `Proxy-Connection` that old clients still send. `Connection` comes first (the
-/// headers it names go too); `Upgrade` last (it stays when a tunnel is passed on).
+/// headers it names go too).
 fn hop_by_hop() -> [&'static HeaderName; 6] {
     [
         &header::CONNECTION,
@@ -78,11 +78,23 @@ fn is_host(value: &[u8]) -> bool {
         })
 }
 
-/// Whether the message asks to switch protocols: an `Upgrade` header and the `upgrade`
-/// option in `Connection`.
-pub(super) fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+/// Whether the message asks to switch to WebSocket: `websocket` among its `Upgrade`
+/// protocols and the `upgrade` option in `Connection`. No other protocol is tunnelled:
+/// through an `h2c` tunnel a client would send requests the proxy never sees (no forwarding
+/// headers, upload routes, body limits or logs), which is why RFC 9113 §3.1 dropped that
+/// upgrade and Envoy and HAProxy refuse it.
+pub(super) fn wants_websocket(headers: &HeaderMap) -> bool {
+    upgrades_to_websocket(headers)
         && connection_options(headers).any(|o| o.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Whether `websocket` is among the message's `Upgrade` protocols.
+pub(super) fn upgrades_to_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|protocol| protocol.trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// The comma-separated options of every `Connection` header.
@@ -103,16 +115,43 @@ fn is_connection_keyword(option: &[u8]) -> bool {
         .any(|k| option.eq_ignore_ascii_case(k))
 }
 
-/// Removes hop-by-hop headers and every header named in `Connection`. When `tunnel` is set
-/// (an upgrade is being passed on), `Upgrade` stays and `Connection: upgrade` is re-added,
-/// as the next hop needs both to switch protocols.
+/// What [`strip_hop_by_hop`] saw of a message's framing, which hyper has already acted on
+/// (the body it hands over is decoded, and is framed anew on the way out): what the proxy
+/// must check because it cannot pass it on as it came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Framing {
+    /// `Transfer-Encoding` was there.
+    pub transfer_encoding: bool,
+    /// It named a coding besides `chunked` (`gzip`, an unknown one): hyper undid only the
+    /// chunking, and once `Transfer-Encoding` goes the rest would be lost.
+    pub other_coding: bool,
+    /// `Content-Length` was there.
+    pub content_length: bool,
+    /// It was there more than once, or as a list (`5, 5`; hyper checked that the values
+    /// agree): to be passed on as one value.
+    pub content_length_list: bool,
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`, and tells what the
+/// message's framing headers were. When `tunnel` is set (a switch to WebSocket is being
+/// passed on), `Upgrade: websocket` and `Connection: upgrade` are set, as the next hop needs
+/// both to switch protocols; any other protocol offered beside it goes.
 ///
 /// Runs twice per forwarded request, and nearly every message carries nothing to remove but
-/// `Connection: keep-alive`: one pass over the names finds what is there, and only that is
-/// looked up and removed.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
+/// `Connection: keep-alive`: one pass over the headers finds what is there, and only that
+/// is looked up and removed.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) -> Framing {
     let names = hop_by_hop();
-    let found = hop_by_hop_present(headers);
+    let (found, mut framing) = scan(headers);
+    if found[4] {
+        framing.transfer_encoding = true;
+        framing.other_coding = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|coding| !coding.eq_ignore_ascii_case(b"chunked"));
+    }
     // Options that name another header, which are rare: nearly every `Connection` says
     // only `keep-alive` or `close`, and is looked through once without collecting anything.
     if found[0] && connection_options(headers).any(|o| !is_connection_keyword(o)) {
@@ -124,32 +163,100 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
             headers.remove(&name);
         }
     }
-    let kept = |name: &HeaderName| tunnel && name == header::UPGRADE;
-    for (name, _) in names
-        .iter()
-        .zip(found)
-        .filter(|(name, here)| *here && !kept(name))
-    {
+    for (name, _) in names.iter().zip(found).filter(|(_, here)| *here) {
         headers.remove(*name);
     }
     if tunnel {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    framing
+}
+
+/// Which of [`hop_by_hop`]'s headers `headers` has, in its order, and whether (and how) it
+/// has `Content-Length`, in one pass. Each name is looked at once, by its text: a `match` on
+/// it is a switch on the length and at most one comparison, where comparing each name with
+/// all six (two of them not among `http`'s standard names, so compared as text anyway) cost
+/// ~200 instructions a request more, and [`present`] comparing names by their text ~460 more.
+fn scan(headers: &HeaderMap) -> ([bool; 6], Framing) {
+    let mut found = [false; 6];
+    let mut framing = Framing::default();
+    for (name, value) in headers {
+        if let Some(i) = hop_by_hop_index(name) {
+            found[i] = true;
+        } else if name == header::CONTENT_LENGTH {
+            framing.content_length_list |=
+                framing.content_length || value.as_bytes().contains(&b',');
+            framing.content_length = true;
+        }
+    }
+    (found, framing)
+}
+
+/// Joins the `cookie` fields an HTTP/2 client may send one per cookie (RFC 9113 §8.2.3:
+/// "; " between them) into one, as an HTTP/1.1 app reads a single `Cookie` header.
+pub(super) fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Each part was a valid value, and "; " is too.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
-/// Which of [`hop_by_hop`]'s headers `headers` has, in its order, in one pass over the names.
-/// Each name is looked at once, by its text: a `match` on it is a switch on the length and
-/// at most one comparison, where comparing each name with all six (two of them not among
-/// `http`'s standard names, so compared as text anyway) cost ~200 instructions a request more,
-/// and [`present`] comparing names by their text ~460 more.
-fn hop_by_hop_present(headers: &HeaderMap) -> [bool; 6] {
-    let mut found = [false; 6];
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
-            found[i] = true;
-        }
+/// What is wrong with an HTTP/2 request that hyper's HTTP/2 server lets through where its
+/// HTTP/1 parser would not, if anything: more headers than `server.max_headers` (`431`;
+/// the HTTP/2 server bounds only their bytes), userinfo in `:authority` (RFC 9113 §8.3.1)
+/// or a value with whitespace at either end (§8.2.1), each `400`.
+pub fn h2_problem<B>(req: &Request<B>, max_headers: usize) -> Option<(StatusCode, &'static str)> {
+    if req.headers().len() > max_headers {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "more headers than server.max_headers",
+        ));
     }
-    found
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Some((StatusCode::BAD_REQUEST, "userinfo in :authority"));
+    }
+    let padded = |v: &HeaderValue| {
+        let bytes = v.as_bytes();
+        [bytes.first(), bytes.last()]
+            .into_iter()
+            .flatten()
+            .any(|b| matches!(b, b' ' | b'\t'))
+    };
+    if req.headers().values().any(padded) {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "a header value with whitespace at either end",
+        ));
+    }
+    None
+}
+
+/// Replaces a `Content-Length` given more than once, or as a list, with its first value
+/// (hyper has checked that the values agree; a client may not accept them repeated).
+pub(super) fn single_content_length(headers: &mut HeaderMap) {
+    let first = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.as_bytes().split(|&b| b == b',').next())
+        .map(<[u8]>::trim_ascii)
+        .and_then(|v| HeaderValue::from_bytes(v).ok());
+    if let Some(length) = first {
+        headers.insert(header::CONTENT_LENGTH, length);
+    }
 }
 
 /// `name`'s place in [`hop_by_hop`], if it is one of them.
@@ -529,13 +636,75 @@ mod tests {
     }
 
     #[test]
-    fn tunnel_keeps_upgrade() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        assert!(wants_upgrade(&h));
+    fn tunnel_passes_on_websocket_only() {
+        let mut h = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c, WebSocket"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+        ]);
+        assert!(wants_websocket(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
-        assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(!wants_websocket(&map(&[("upgrade", "websocket")])));
+        for other in ["h2c", "TLS/1.0", "websocketx"] {
+            let h = map(&[("connection", "upgrade"), ("upgrade", other)]);
+            assert!(!wants_websocket(&h), "{other}");
+        }
+    }
+
+    #[test]
+    fn framing_headers_are_told() {
+        let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
+        let framing = strip_hop_by_hop(&mut h, false);
+        assert!(framing.transfer_encoding && framing.content_length);
+        assert!(!framing.other_coding && !framing.content_length_list);
+        for codings in [
+            &["gzip, chunked"][..],
+            &["gzip", "chunked"],
+            &["chunked, x"],
+        ] {
+            let pairs: Vec<_> = codings.iter().map(|c| ("transfer-encoding", *c)).collect();
+            let framing = strip_hop_by_hop(&mut map(&pairs), false);
+            assert!(framing.other_coding, "{codings:?}");
+        }
+        let framing = strip_hop_by_hop(&mut map(&[("transfer-encoding", " Chunked ")]), false);
+        assert!(framing.transfer_encoding && !framing.other_coding);
+        for lengths in [&["5, 5"][..], &["5", "5"]] {
+            let pairs: Vec<_> = lengths.iter().map(|l| ("content-length", *l)).collect();
+            let mut h = map(&pairs);
+            assert!(
+                strip_hop_by_hop(&mut h, false).content_length_list,
+                "{lengths:?}"
+            );
+            single_content_length(&mut h);
+            assert_eq!(
+                h.get_all("content-length").iter().collect::<Vec<_>>(),
+                ["5"]
+            );
+        }
+        let framing = strip_hop_by_hop(&mut map(&[("content-length", "5")]), false);
+        assert!(framing.content_length && !framing.content_length_list);
+        assert_eq!(strip_hop_by_hop(&mut map(&[]), false), Framing::default());
+    }
+
+    #[test]
+    fn cookies_split_over_http2_are_joined() {
+        let mut h = map(&[
+            ("cookie", "a=1"),
+            ("x", "y"),
+            ("cookie", "b=2"),
+            ("cookie", "c=3"),
+        ]);
+        join_cookies(&mut h);
+        assert_eq!(
+            h.get_all("cookie").iter().collect::<Vec<_>>(),
+            ["a=1; b=2; c=3"]
+        );
+        let mut h = map(&[("cookie", "a=1; b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1; b=2");
     }
 
     #[test]

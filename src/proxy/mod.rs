@@ -21,5 +21,5 @@ mod upgrade;
 mod upstream;
 
 pub use error::ProxyError;
-pub use headers::{canonical_ip, host_problem};
+pub use headers::{canonical_ip, h2_problem, host_problem};
 pub use upstream::{ClientInfo, Upstream, UpstreamTiming};

@@ -1,13 +1,16 @@
 //! Forwarding one request to the app: header hygiene, retries, upgrades (the connections
 //! come from [`super::pool`]).
 
+use std::error::Error as StdError;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,8 +22,9 @@ use super::connect::AppConnector;
 use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
 use super::replay::Replay;
 use super::{ProxyError, error, headers, tls, upgrade};
+
 use crate::body::{self, Body};
-use crate::config::UpstreamConfig;
+use crate::config::{ServerConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 
 /// Who sent a request: the peer address and whether it came over TLS.
@@ -54,6 +58,8 @@ pub struct Upstream {
     trusted_proxies: Vec<IpNet>,
     /// `upstream.max_connections`, when set.
     admission: Option<Admission>,
+    /// `server.idle_timeout`, for WebSocket tunnels.
+    tunnel_idle_timeout: Duration,
 }
 
 impl Upstream {
@@ -121,6 +127,7 @@ impl Upstream {
             response_timeout: cfg.response_timeout,
             trusted_proxies: Vec::new(),
             admission: Admission::new(cfg.max_connections, cfg.connect_timeout),
+            tunnel_idle_timeout: ServerConfig::default().idle_timeout,
         })
     }
 
@@ -128,6 +135,13 @@ impl Upstream {
     /// (`server.trusted_proxies`). Default: none.
     pub fn with_trusted_proxies(mut self, nets: Vec<IpNet>) -> Self {
         self.trusted_proxies = nets;
+        self
+    }
+
+    /// How long a WebSocket tunnel may carry nothing either way before it is closed
+    /// (`server.idle_timeout`).
+    pub fn with_tunnel_idle_timeout(mut self, idle: Duration) -> Self {
+        self.tunnel_idle_timeout = idle;
         self
     }
 
@@ -177,7 +191,7 @@ impl Upstream {
         // Changed in place: taken apart and put together again, the request (240 bytes)
         // would be copied twice more into every request's future.
         // Upgrades exist in HTTP/1.1 only (HTTP/2's extended CONNECT is not tunnelled).
-        let tunnel = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+        let tunnel = req.version() == Version::HTTP_11 && headers::wants_websocket(req.headers());
         let client_upgrade = req.extensions_mut().remove::<OnUpgrade>();
 
         // The absolute-form or HTTP/2 authority wins over Host (RFC 9112 §3.2.2).
@@ -186,8 +200,23 @@ impl Upstream {
             None => req.headers().get(header::HOST).cloned(),
         };
         let trusted = self.is_trusted(client.peer.ip());
+        if req.method() == Method::CONNECT {
+            // A tunnel to any host the client names: a forward proxy's job, not ours.
+            return Err(ProxyError::NotImplemented(
+                "CONNECT (offload is a reverse proxy)".into(),
+            ));
+        }
+        let from_h2 = req.version() == Version::HTTP_2;
         let headers = req.headers_mut();
-        headers::strip_hop_by_hop(headers, tunnel);
+        if from_h2 {
+            headers::join_cookies(headers);
+        }
+        if headers::strip_hop_by_hop(headers, tunnel).other_coding {
+            // hyper undid the chunking only: the app would get gzip as if it were plain.
+            return Err(ProxyError::NotImplemented(
+                "a transfer coding other than chunked".into(),
+            ));
+        }
         headers::strip_proxy_credentials(headers);
         // The client already got its `100 Continue` from our server when the body was first
         // polled; an app that never answers 100 (PHP's built-in server) must not stall us.
@@ -202,6 +231,15 @@ impl Upstream {
         *req.uri_mut() = self.uri_for(req.uri().path_and_query())?;
         *req.version_mut() = Version::HTTP_11;
         *req.extensions_mut() = http::Extensions::new();
+        if has_unsized_body_hyper_would_drop(&req) {
+            // The client sent a body of no stated length (chunked, or HTTP/2 without
+            // content-length) with a GET or HEAD: hyper sends such a request without its
+            // body unless told to chunk it.
+            req.headers_mut().insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
 
         let started = Instant::now();
         let mut response = match (tunnel, client_upgrade) {
@@ -221,7 +259,7 @@ impl Upstream {
                 "switched protocols without an upgrade request".into(),
             ));
         }
-        headers::strip_hop_by_hop(response.headers_mut(), false);
+        clean_response(response.headers_mut())?;
         Ok((response, took))
     }
 
@@ -241,7 +279,7 @@ impl Upstream {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
         let mut response = self.send(Box::new(req)).await?;
-        headers::strip_hop_by_hop(response.headers_mut(), false);
+        clean_response(response.headers_mut())?;
         Ok(response)
     }
 
@@ -323,12 +361,17 @@ impl Upstream {
         mut response: Response<Incoming>,
         client_upgrade: OnUpgrade,
     ) -> Result<Response<Body>, ProxyError> {
+        if !headers::upgrades_to_websocket(response.headers()) {
+            return Err(ProxyError::Upstream(
+                "switched to a protocol other than the websocket asked for".into(),
+            ));
+        }
         let Some(app_upgrade) = response.extensions_mut().remove::<OnUpgrade>() else {
             return Err(ProxyError::Upstream(
                 "switched protocols without a connection".into(),
             ));
         };
-        upgrade::tunnel(client_upgrade, app_upgrade);
+        upgrade::tunnel(client_upgrade, app_upgrade, self.tunnel_idle_timeout);
         headers::strip_hop_by_hop(response.headers_mut(), true);
         Ok(response.map(|_| body::empty()))
     }
@@ -378,9 +421,53 @@ impl From<ConnectError> for ProxyError {
 }
 
 /// The app closed the connection before any answer: what a pooled connection that timed out
-/// on the app's side looks like when we reuse it.
+/// on the app's side looks like when we reuse it. Closed with our request unread in its
+/// socket, the app's kernel answers with a reset rather than an end of stream.
 fn closed_before_answer(err: &hyper::Error) -> bool {
-    err.is_incomplete_message() || err.is_canceled()
+    if err.is_incomplete_message() || err.is_canceled() {
+        return true;
+    }
+    StdError::source(err)
+        .and_then(|cause| cause.downcast_ref::<io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            )
+        })
+}
+
+/// Whether `req` is a GET or HEAD with a body of unknown length, which hyper would send
+/// without it.
+fn has_unsized_body_hyper_would_drop(req: &Request<Body>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && !req.body().is_end_stream()
+        && req.body().size_hint().exact().is_none()
+}
+
+/// Removes the app's response's hop-by-hop headers, and refuses a framing that cannot be
+/// passed on as it came, as nginx does: `Transfer-Encoding` with `Content-Length` (RFC 9112
+/// §6.3: a smuggling pattern; the length would be forwarded with the chunked body), or a
+/// coding besides `chunked` (once `Transfer-Encoding` goes, it would be lost). A length
+/// given twice over (`5, 5`) goes on once.
+fn clean_response(headers: &mut HeaderMap) -> Result<(), ProxyError> {
+    let framing = headers::strip_hop_by_hop(headers, false);
+    if framing.transfer_encoding && framing.content_length {
+        return Err(ProxyError::Upstream(
+            "response has both Transfer-Encoding and Content-Length".into(),
+        ));
+    }
+    if framing.other_coding {
+        return Err(ProxyError::Upstream(
+            "response has a transfer coding other than chunked".into(),
+        ));
+    }
+    if framing.content_length_list {
+        headers::single_content_length(headers);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

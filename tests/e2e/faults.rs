@@ -19,7 +19,7 @@ use crate::support::{Proxy, client, config_for};
 
 /// An app that misbehaves by path: `/die-cl` and `/die-chunked` send a head and part of the
 /// body, then close; `/garbage` answers something that is not HTTP; `/huge-head` sends an
-/// endless head; `/close` closes without a word; `/hang` never answers; anything else
+/// endless head, `/many-headers` 120 header lines; `/close` closes without a word; `/hang` never answers; anything else
 /// answers `hello`.
 async fn bad_app() -> RawApp {
     RawApp::start(|mut stream, mut head| async move {
@@ -73,6 +73,11 @@ async fn misbehave(stream: &mut TcpStream, target: &str) -> bool {
                     break;
                 }
             }
+        }
+        "/many-headers" => {
+            let lines: String = (0..120).map(|i| format!("X-H{i}: 1\r\n")).collect();
+            let answer = format!("HTTP/1.1 200 OK\r\n{lines}Content-Length: 2\r\n\r\nok");
+            let _ = stream.write_all(answer.as_bytes()).await;
         }
         "/close" => {}
         "/hang" => {
@@ -144,7 +149,13 @@ async fn app_dying_mid_response_truncates_visibly_and_the_proxy_carries_on() {
 async fn garbage_from_the_app_is_502_with_a_short_body() {
     let app = bad_app().await;
     let proxy = proxy_for(&app).await;
-    for path in ["/garbage", "/bad-length", "/huge-head", "/close"] {
+    for path in [
+        "/garbage",
+        "/bad-length",
+        "/huge-head",
+        "/many-headers",
+        "/close",
+    ] {
         let started = Instant::now();
         let resp = client().get(proxy.url(path)).send().await.expect("answer");
         assert_eq!(resp.status(), 502, "{path}");
@@ -157,6 +168,13 @@ async fn garbage_from_the_app_is_502_with_a_short_body() {
         assert!(body.starts_with("upstream failed: "), "{path}: {body:?}");
         assert!(body.len() < 200 && body.ends_with('\n'), "{path}: {body:?}");
         assert!(started.elapsed() < Duration::from_secs(10), "{path}");
+        if path.starts_with("/huge") || path.starts_with("/many") {
+            assert_eq!(
+                body,
+                "upstream failed: response head too large: more than 100 header lines or 408 KiB\n",
+                "the limit it passed is named"
+            );
+        }
     }
     assert_serves_hello(&proxy).await;
 }
@@ -823,6 +841,39 @@ async fn a_pooled_connection_closed_by_the_app_is_retried_for_idempotent_request
         .await
         .expect("answer");
     assert_eq!(resp.status(), 502);
+}
+
+/// The same race where the app closes with the request unread in its socket: its kernel
+/// answers with a reset, not an end of stream. Idempotent requests are sent again (as nginx
+/// does on an error from a cached connection); a POST is not.
+#[tokio::test]
+async fn a_pooled_connection_reset_by_the_app_is_retried_for_idempotent_requests() {
+    let app = RawApp::start(|mut stream, _first| async move {
+        if answer_hello(&mut stream).await {
+            // Closed once the next request has arrived, unread: a reset.
+            let _ = stream.readable().await;
+        }
+    })
+    .await;
+    let proxy = proxy_for(&app).await;
+    for (round, method) in ["GET", "HEAD", "GET", "OPTIONS"].into_iter().enumerate() {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = client()
+            .request(method.clone(), proxy.url(&format!("/page-{round}")))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200, "round {round}: {method}");
+    }
+    let resp = client()
+        .post(proxy.url("/form"))
+        .body("a=1")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.expect("body");
+    assert!(text.contains("reset"), "{text}");
 }
 
 /// What the proxy sends again after that race is the request it sent first, byte for byte:

@@ -8,6 +8,7 @@ mod admin;
 mod assets;
 mod cli;
 mod faults;
+mod framing;
 mod joomla;
 mod logs;
 mod ops;

@@ -1,0 +1,337 @@
+//! Message framing and protocol edges the proxy must not pass on as they came: an app's
+//! response framed two ways, transfer codings besides chunked, a chunked GET body, CONNECT,
+//! upgrades to anything but WebSocket, HTTP/2 requests that HTTP/1.1 apps cannot take as
+//! they are, `server.http2 = false`, and tunnels left idle.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::app::Echo;
+use crate::support::raw::{RawApp, read_head};
+use crate::support::{Proxy, app_and_proxy, config_for, raw_body, raw_exchange};
+
+/// An app answering each request with the raw `answer`, and keeping the heads it read.
+async fn answering(answer: &'static [u8]) -> (RawApp, Arc<Mutex<Vec<String>>>) {
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let app = RawApp::start({
+        let heads = Arc::clone(&heads);
+        move |mut stream, head| {
+            let heads = Arc::clone(&heads);
+            async move {
+                heads.lock().expect("heads").push(head);
+                let _ = stream.write_all(answer).await;
+                // Held open: the proxy decides whether the connection is used again.
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            }
+        }
+    })
+    .await;
+    (app, heads)
+}
+
+/// One request to `proxy` as raw bytes, with `Connection: close`: the whole raw answer.
+async fn raw_request(proxy: &Proxy, head_and_body: &str) -> String {
+    raw_exchange(proxy.addr, head_and_body.as_bytes(), Duration::from_secs(5)).await
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+}
+
+#[tokio::test]
+async fn an_app_answer_with_both_lengths_is_502_and_its_connection_is_not_used_again() {
+    // Read by its Content-Length, the client would get "hel" and take it for the whole
+    // answer; read chunked, the length would go on with the chunked body.
+    let (app, _) = answering(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(config_for(app.addr)).await;
+    for round in 0..2 {
+        let response = raw_request(&proxy, &get("/page")).await;
+        assert!(
+            response.starts_with("HTTP/1.1 502 "),
+            "round {round}: {response}"
+        );
+        assert_eq!(
+            raw_body(&response),
+            "upstream failed: response has both Transfer-Encoding and Content-Length\n"
+        );
+    }
+    assert_eq!(
+        app.connections(),
+        2,
+        "a connection framed two ways is dropped"
+    );
+}
+
+#[tokio::test]
+async fn an_app_answer_with_a_transfer_coding_besides_chunked_is_502() {
+    // hyper undoes the chunking only: passed on, the gzip would reach the client unlabelled.
+    let (app, _) = answering(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(config_for(app.addr)).await;
+    let response = raw_request(&proxy, &get("/page")).await;
+    assert!(response.starts_with("HTTP/1.1 502 "), "{response}");
+    assert_eq!(
+        raw_body(&response),
+        "upstream failed: response has a transfer coding other than chunked\n"
+    );
+}
+
+#[tokio::test]
+async fn a_length_the_app_gives_twice_over_goes_on_once() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    ] {
+        let answer: &'static [u8] = answer;
+        let (app, _) = answering(answer).await;
+        let proxy = Proxy::start(config_for(app.addr)).await;
+        let response = raw_request(&proxy, &get("/page")).await;
+        assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+        let lengths: Vec<_> = response
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("content-length:"))
+            .collect();
+        assert_eq!(lengths, ["content-length: 5"], "{response}");
+        assert_eq!(raw_body(&response), "hello");
+    }
+}
+
+#[tokio::test]
+async fn a_request_with_a_transfer_coding_besides_chunked_is_501_and_reaches_no_app() {
+    let (app, _) = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = Proxy::start(config_for(app.addr)).await;
+    for codings in ["gzip, chunked", "x-custom, chunked"] {
+        let request = format!(
+            "POST /form HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\
+             Transfer-Encoding: {codings}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let response = raw_request(&proxy, &request).await;
+        assert!(
+            response.starts_with("HTTP/1.1 501 "),
+            "{codings}: {response}"
+        );
+        assert_eq!(
+            raw_body(&response),
+            "not implemented: a transfer coding other than chunked\n"
+        );
+    }
+    assert_eq!(app.connections(), 0);
+}
+
+#[tokio::test]
+async fn a_chunked_get_body_reaches_the_app() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    for method in ["GET", "HEAD"] {
+        let request = format!(
+            "{method} /search HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        );
+        let response = raw_request(&proxy, &request).await;
+        assert!(
+            response.starts_with("HTTP/1.1 200 "),
+            "{method}: {response}"
+        );
+        if method == "GET" {
+            let echo = Echo::parse(raw_body(&response));
+            assert_eq!(echo.body_len, 11);
+            assert_eq!(echo.body_head, "hello world");
+        }
+    }
+    // Over HTTP/2 a body comes without a length unless the client gives one.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter([
+        Ok::<_, std::io::Error>(Bytes::from_static(b"hello")),
+        Ok(Bytes::from_static(b" h2")),
+    ]));
+    let resp = h2
+        .get(proxy.url("/search"))
+        .body(body)
+        .send()
+        .await
+        .expect("h2 GET");
+    let echo = Echo::parse(&resp.text().await.expect("body"));
+    assert_eq!((echo.body_len, echo.body_head.as_str()), (8, "hello h2"));
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_400_in_plain_words() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let request = "POST /form HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\
+                   Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\nworld\r\n0\r\n\r\n";
+    let response = raw_request(&proxy, request).await;
+    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+    let body = raw_body(&response);
+    assert!(body.starts_with("request body failed: "), "{body}");
+    assert!(body.contains("chunk size"), "names what was wrong: {body}");
+    assert!(
+        !body.contains("user's Body stream"),
+        "hyper's inner words: {body}"
+    );
+}
+
+#[tokio::test]
+async fn connect_is_501_and_reaches_no_app() {
+    let (app, _) = answering(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+    let proxy = Proxy::start(config_for(app.addr)).await;
+    let response = raw_request(
+        &proxy,
+        "CONNECT 10.0.0.1:22 HTTP/1.1\r\nHost: 10.0.0.1:22\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 501 "), "{response}");
+    assert_eq!(
+        raw_body(&response),
+        "not implemented: CONNECT (offload is a reverse proxy)\n"
+    );
+    assert_eq!(app.connections(), 0);
+}
+
+/// An app that switches to whatever protocol a request asks for (as an h2c-capable server
+/// does), naming `protocol` in its `101`; the heads it read are kept.
+async fn switching_app(protocol: &'static str) -> (RawApp, Arc<Mutex<Vec<String>>>) {
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let app = RawApp::start({
+        let heads = Arc::clone(&heads);
+        move |mut stream, head| {
+            let heads = Arc::clone(&heads);
+            async move {
+                heads.lock().expect("heads").push(head);
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                     Upgrade: {protocol}\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                // Whatever comes through the tunnel is a smuggled request: keep it.
+                if let Some(smuggled) = read_head(&mut stream).await {
+                    heads.lock().expect("heads").push(smuggled);
+                }
+            }
+        }
+    })
+    .await;
+    (app, heads)
+}
+
+#[tokio::test]
+async fn an_upgrade_to_anything_but_websocket_is_not_tunnelled() {
+    let (app, heads) = switching_app("h2c").await;
+    let proxy = Proxy::start(config_for(app.addr)).await;
+    // The h2c smuggling pattern: once switched, the client's next bytes would pass the
+    // proxy unseen (no forwarding headers, upload checks or logs).
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n\
+              GET /admin HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+        )
+        .await
+        .expect("send");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert!(
+        answer.contains("switched protocols without an upgrade request"),
+        "{answer}"
+    );
+    let heads = heads.lock().expect("heads").clone();
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("upgrade: h2c"),
+        "{heads:?}"
+    );
+    assert!(
+        heads.iter().all(|h| !h.contains("10.0.0.1")),
+        "a request passed the proxy inside a tunnel: {heads:?}"
+    );
+}
+
+#[tokio::test]
+async fn only_websocket_is_offered_to_the_app_and_only_websocket_accepted_from_it() {
+    // A client offering h2c beside websocket: the app is offered websocket alone.
+    let (app, heads) = switching_app("h2c").await;
+    let proxy = Proxy::start(config_for(app.addr)).await;
+    let request = "GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\n\
+                   Upgrade: h2c, websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(1)).await;
+    let head = heads.lock().expect("heads")[0].to_ascii_lowercase();
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(!head.contains("h2c"), "{head}");
+    // And an app that switches to another protocol than the one asked for is refused.
+    assert!(response.starts_with("HTTP/1.1 502 "), "{response}");
+    assert_eq!(
+        raw_body(&response),
+        "upstream failed: switched to a protocol other than the websocket asked for\n"
+    );
+}
+
+#[tokio::test]
+async fn cookies_an_http2_client_splits_reach_the_app_as_one_header() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let resp = h2
+        .get(proxy.url("/cookies"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("cookie", "c=3")
+        .send()
+        .await
+        .expect("h2 request");
+    let echo = Echo::parse(&resp.text().await.expect("body"));
+    assert_eq!(echo.all("cookie"), ["a=1; b=2; c=3"]);
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_idle_past_idle_timeout_is_closed_and_a_busy_one_is_not() {
+    let (_app, proxy) = app_and_proxy(|c| c.server.idle_timeout = Duration::from_secs(1)).await;
+    let url = format!("ws://{}/ws", proxy.addr);
+    let (mut busy, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("websocket handshake");
+    let (mut idle, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("websocket handshake");
+    // Three idle timeouts long, the busy tunnel carries a message every 400 ms.
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let text = format!("ping {i}");
+        busy.send(Message::text(text.clone())).await.expect("send");
+        assert_eq!(
+            busy.next().await.expect("reply").expect("frame"),
+            Message::text(text)
+        );
+    }
+    // The idle one was closed under it: the end of the stream, or an error.
+    let ended = tokio::time::timeout(Duration::from_secs(1), idle.next())
+        .await
+        .expect("the idle tunnel ended");
+    assert!(
+        !matches!(ended, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+        "{ended:?}"
+    );
+}
