@@ -17,6 +17,7 @@ mod observe;
 mod proxy_protocol;
 mod redirect;
 mod request_id;
+mod served;
 mod settings;
 mod tls;
 mod workers;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use http::{Method, Request, Response, header};
+use http::{Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -46,10 +47,12 @@ use url::Url;
 
 use crate::admin::{Admin, NotShuttingDown, ReadinessCheck, StoreReachable, UpstreamReachable};
 use crate::assets::{self, Assets, MirrorCopy};
-use crate::body::Body;
+use crate::body::{self, Body};
 use crate::config::{Config, RewriteConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
-use crate::proxy::{ClientInfo, ProxyError, Upstream, UpstreamTiming, canonical_ip, host_problem};
+use crate::proxy::{
+    ClientInfo, ProxyError, Upstream, UpstreamTiming, canonical_ip, h2_problem, host_problem,
+};
 use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
@@ -63,6 +66,7 @@ use observe::{
     Logged, Observed, RequestRecord, head_timed_out, observe, refused_head, track_request_body,
 };
 use request_id::RequestIds;
+use served::Served;
 use settings::{ConnectionSettings, Entry};
 pub use tls::Certificates;
 use workers::Workers;
@@ -348,6 +352,12 @@ pub async fn route(state: &AppState, mut req: Box<Request<Body>>, client: Client
         let response = ProxyError::BadRequest(problem.into()).into_response();
         return Answer::of_way(response, RequestKind::Passthrough);
     }
+    if req.version() == Version::HTTP_2
+        && let Some((status, problem)) = h2_problem(&req, state.config.server.max_headers)
+    {
+        let response = body::text(status, format!("{problem}\n"));
+        return Answer::of_way(response, RequestKind::Passthrough);
+    }
     if !client.tls
         && let Some(port) = state.https_redirect
         && let Some(response) = redirect::to_https(&req, port)
@@ -566,7 +576,7 @@ async fn handle(
     connection: Arc<ConnectionState>,
 ) -> Result<Response<Observed>, Infallible> {
     let started = Instant::now();
-    let http2 = req.version() == http::Version::HTTP_2;
+    let http2 = req.version() == Version::HTTP_2;
     let request_id = state
         .request_ids
         .as_ref()
@@ -1040,7 +1050,26 @@ async fn serve_connection<I>(
     let live = Arc::clone(&shared.live);
     let requests = Arc::clone(&connection);
     let service = service_fn(move |req| handle(live.current(), req, client, Arc::clone(&requests)));
-    let mut conn = pin!(settings.builder.serve_connection_with_upgrades(io, service));
+    match &settings.http1_only {
+        None => {
+            let conn = pin!(settings.builder.serve_connection_with_upgrades(io, service));
+            drive(conn, connection, client, &shared, &settings).await;
+        }
+        Some(http1) => {
+            let conn = pin!(http1.serve_connection(io, service).with_upgrades());
+            drive(conn, connection, client, &shared, &settings).await;
+        }
+    }
+}
+
+/// [`serve_connection`]'s watch over the connection being served, until it ends.
+async fn drive<C: Served>(
+    mut conn: Pin<&mut C>,
+    connection: Arc<ConnectionState>,
+    client: ClientInfo,
+    shared: &Shared,
+    settings: &ConnectionSettings,
+) {
     let watchdog = Watchdog::new(
         connection,
         settings.idle_timeout,
@@ -1057,7 +1086,7 @@ async fn serve_connection<I>(
     loop {
         tokio::select! {
             biased;
-            result = conn.as_mut() => {
+            result = std::future::poll_fn(|cx| conn.as_mut().poll_end(cx)) => {
                 if let Err(e) = result
                     && !refused_head(&shared.live.current(), client.peer, e.as_ref())
                 {
@@ -1067,7 +1096,7 @@ async fn serve_connection<I>(
             }
             Some(event) = watchers.next() => match event {
                 ConnectionEvent::ShutdownBegan | ConnectionEvent::Watchdog(Verdict::Idle) => {
-                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().close_gracefully();
                     // Closing: from now on only the end of the shutdown grace is watched.
                     watchers.clear();
                     watchers.push(watch(ConnectionEvent::GraceExpired, shared.abandon.clone()));

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
@@ -32,9 +33,13 @@ impl Entry {
 
 /// What a connection takes from `[server]` as it is accepted.
 pub(crate) struct ConnectionSettings {
+    /// HTTP/1.1, and HTTP/2 (h2c with prior knowledge, or `h2` in ALPN) when
+    /// `server.http2` is on.
     pub(super) builder: auto::Builder<TokioExecutor>,
-    /// `server.http2`: the builder takes HTTP/2 (h2c with prior knowledge) and a TLS
-    /// handshake offers `h2` in ALPN; HTTP/1.1 only otherwise.
+    /// `server.http2 = false`: HTTP/1.1 only, from this builder (see `super::served` for
+    /// why not the auto one), and no `h2` in ALPN.
+    pub(super) http1_only: Option<http1::Builder>,
+    /// `server.http2`, for the `h2` a TLS handshake offers in ALPN.
     pub(super) http2: bool,
     pub(super) idle_timeout: Duration,
     /// `server.header_read_timeout`: bounds the PROXY header, the TLS handshake and each
@@ -50,6 +55,7 @@ impl ConnectionSettings {
     pub(crate) fn new(cfg: &ServerConfig) -> ConnectionSettings {
         ConnectionSettings {
             builder: http_builder(cfg),
+            http1_only: (!cfg.http2).then(|| http1_builder(cfg)),
             http2: cfg.http2,
             idle_timeout: cfg.idle_timeout,
             handshake_timeout: cfg.header_read_timeout,
@@ -70,30 +76,49 @@ impl ConnectionSettings {
 /// The request-head header limit hyper applies when none is configured.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
-/// The HTTP/1.1 + HTTP/2 connection builder, set up from `[server]`.
+/// `server.max_header_size` in bytes.
+fn max_head(cfg: &ServerConfig) -> usize {
+    usize::try_from(cfg.max_header_size.as_u64()).unwrap_or(usize::MAX)
+}
+
+/// The HTTP/1.1 + HTTP/2 connection builder, set up from `[server]`. Its HTTP/1 settings
+/// are [`http1_builder`]'s (the two builders are of different types).
 fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let max_head = usize::try_from(cfg.max_header_size.as_u64()).unwrap_or(usize::MAX);
-    // No hyper header read timeout: the connection's watchdog (server/idle.rs) enforces
-    // `server.header_read_timeout` without a timer per request.
     let mut http1 = builder.http1();
-    http1
-        // hyper refuses buffers under 8 KiB (config validation guarantees it; stay safe).
-        .max_buf_size(max_head.max(8192))
-        .keep_alive(true);
-    // hyper parses into a fixed array of its default size (100) unless a limit is set, and
-    // then builds a vector of that many slots per request head: set only a different limit.
-    if cfg.max_headers != HYPER_DEFAULT_MAX_HEADERS {
-        http1.max_headers(cfg.max_headers);
+    http1.max_buf_size(max_buf_size(cfg)).keep_alive(true);
+    if let Some(max) = max_headers(cfg) {
+        http1.max_headers(max);
     }
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.http2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
-    if cfg.http2 {
-        builder
-    } else {
-        builder.http1_only()
+        .max_header_list_size(u32::try_from(max_head(cfg)).unwrap_or(u32::MAX));
+    builder
+}
+
+/// The HTTP/1.1-only connection builder, set up from `[server]`.
+fn http1_builder(cfg: &ServerConfig) -> http1::Builder {
+    let mut http1 = http1::Builder::new();
+    http1.max_buf_size(max_buf_size(cfg)).keep_alive(true);
+    if let Some(max) = max_headers(cfg) {
+        http1.max_headers(max);
     }
+    http1
+}
+
+/// hyper's read buffer limit, which bounds a request head: `server.max_header_size`, and
+/// no less than the 8 KiB hyper requires (config validation guarantees it; stay safe). No
+/// hyper header read timeout is set: the connection's watchdog (server/idle.rs) enforces
+/// `server.header_read_timeout` without a timer per request.
+fn max_buf_size(cfg: &ServerConfig) -> usize {
+    max_head(cfg).max(8192)
+}
+
+/// `server.max_headers` for hyper's HTTP/1 parser, unless it is hyper's default: hyper
+/// parses into a fixed array of that size unless a limit is set, and then builds a vector of
+/// that many slots per request head.
+fn max_headers(cfg: &ServerConfig) -> Option<usize> {
+    (cfg.max_headers != HYPER_DEFAULT_MAX_HEADERS).then_some(cfg.max_headers)
 }

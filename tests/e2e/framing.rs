@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -304,6 +307,79 @@ async fn cookies_an_http2_client_splits_reach_the_app_as_one_header() {
         .expect("h2 request");
     let echo = Echo::parse(&resp.text().await.expect("body"));
     assert_eq!(echo.all("cookie"), ["a=1; b=2; c=3"]);
+}
+
+/// Sends `req` over a new HTTP/2 (prior knowledge) connection to `proxy`: the status and
+/// body.
+async fn h2_send(proxy: &Proxy, req: Request<Empty<Bytes>>) -> (StatusCode, String) {
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.expect("h2 answer");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn http2_requests_an_http1_parser_would_refuse_are_refused() {
+    let (app, proxy) = app_and_proxy(|_| {}).await;
+    let base = format!("http://{}", proxy.addr);
+    // More headers than server.max_headers (100 by default), as HTTP/1.1 gets 431 for.
+    let mut many = Request::get(format!("{base}/many"));
+    for i in 0..120 {
+        many = many.header(format!("x-h{i}"), "1");
+    }
+    let (status, body) = h2_send(&proxy, many.body(Empty::new()).expect("request")).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(body, "more headers than server.max_headers\n");
+    // Userinfo in :authority (RFC 9113 §8.3.1).
+    let userinfo = Request::get(format!("http://user:pw@{}/x", proxy.addr))
+        .body(Empty::new())
+        .expect("request");
+    let (status, body) = h2_send(&proxy, userinfo).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_REQUEST, "userinfo in :authority\n")
+    );
+    // A value with whitespace at either end (RFC 9113 §8.2.1).
+    let padded = Request::get(format!("{base}/x"))
+        .header("x-padded", " value ")
+        .body(Empty::new())
+        .expect("request");
+    let (status, body) = h2_send(&proxy, padded).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "a header value with whitespace at either end\n"
+        )
+    );
+    assert!(app.seen().is_empty(), "reached the app: {:?}", app.seen());
+    // Within the limits, the same requests pass.
+    let mut fine = Request::get(format!("{base}/fine"));
+    for i in 0..90 {
+        fine = fine.header(format!("x-h{i}"), "1");
+    }
+    let (status, _) = h2_send(&proxy, fine.body(Empty::new()).expect("request")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn with_http2_off_an_h2c_client_is_not_served_http2() {
+    let (_app, proxy) = app_and_proxy(|c| c.server.http2 = false).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let refused = h2.get(proxy.url("/x")).send().await;
+    assert!(refused.is_err(), "served HTTP/2: {refused:?}");
+    let response = raw_request(&proxy, &get("/x")).await;
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
 }
 
 #[tokio::test]
