@@ -22,7 +22,6 @@ use super::connect::AppConnector;
 use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
 use super::replay::Replay;
 use super::{ProxyError, error, headers, tls, upgrade};
-
 use crate::body::{self, Body};
 use crate::config::{ServerConfig, UpstreamConfig};
 use crate::metrics::Metrics;
@@ -188,6 +187,12 @@ impl Upstream {
         mut req: Box<Request<Body>>,
         client: &ClientInfo,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
+        if req.method() == Method::CONNECT {
+            // A tunnel to any host the client names: a forward proxy's job, not ours.
+            return Err(ProxyError::NotImplemented(
+                "CONNECT (offload is a reverse proxy)".into(),
+            ));
+        }
         // Changed in place: taken apart and put together again, the request (240 bytes)
         // would be copied twice more into every request's future.
         // Upgrades exist in HTTP/1.1 only (HTTP/2's extended CONNECT is not tunnelled).
@@ -200,12 +205,6 @@ impl Upstream {
             None => req.headers().get(header::HOST).cloned(),
         };
         let trusted = self.is_trusted(client.peer.ip());
-        if req.method() == Method::CONNECT {
-            // A tunnel to any host the client names: a forward proxy's job, not ours.
-            return Err(ProxyError::NotImplemented(
-                "CONNECT (offload is a reverse proxy)".into(),
-            ));
-        }
         let from_h2 = req.version() == Version::HTTP_2;
         let headers = req.headers_mut();
         if from_h2 {

@@ -203,6 +203,12 @@ async fn connect_is_501_and_reaches_no_app() {
         raw_body(&response),
         "not implemented: CONNECT (offload is a reverse proxy)\n"
     );
+    // Over HTTP/2 too (without :protocol: no extended CONNECT).
+    let connect = Request::connect("10.0.0.1:22")
+        .body(Empty::new())
+        .expect("request");
+    let (status, body) = h2_send(&proxy, connect).await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
     assert_eq!(app.connections(), 0);
 }
 
