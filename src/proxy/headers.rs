@@ -182,12 +182,14 @@ fn scan(headers: &HeaderMap) -> ([bool; 6], Framing) {
     let mut found = [false; 6];
     let mut framing = Framing::default();
     for (name, value) in headers {
-        if let Some(i) = hop_by_hop_index(name) {
-            found[i] = true;
-        } else if name == header::CONTENT_LENGTH {
-            framing.content_length_list |=
-                framing.content_length || value.as_bytes().contains(&b',');
-            framing.content_length = true;
+        match scanned_index(name) {
+            Some(CONTENT_LENGTH_INDEX) => {
+                framing.content_length_list |=
+                    framing.content_length || value.as_bytes().contains(&b',');
+                framing.content_length = true;
+            }
+            Some(i) => found[i] = true,
+            None => {}
         }
     }
     (found, framing)
@@ -259,8 +261,13 @@ pub(super) fn single_content_length(headers: &mut HeaderMap) {
     }
 }
 
-/// `name`'s place in [`hop_by_hop`], if it is one of them.
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+/// Where [`scanned_index`] puts `Content-Length`: after [`hop_by_hop`]'s names.
+const CONTENT_LENGTH_INDEX: usize = 6;
+
+/// `name`'s place in [`hop_by_hop`], or [`CONTENT_LENGTH_INDEX`]: the names [`scan`] looks
+/// for. Compared by text in one `match`, as `name.as_str()` is at hand: comparing the name
+/// with `header::CONTENT_LENGTH` besides cost ~10 instructions per header.
+fn scanned_index(name: &HeaderName) -> Option<usize> {
     match name.as_str() {
         "connection" => Some(0),
         "keep-alive" => Some(1),
@@ -268,6 +275,7 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
         "te" => Some(3),
         "transfer-encoding" => Some(4),
         "upgrade" => Some(5),
+        "content-length" => Some(CONTENT_LENGTH_INDEX),
         _ => None,
     }
 }
@@ -624,14 +632,14 @@ mod tests {
     #[test]
     fn hop_by_hop_names_are_found_in_their_place() {
         for (i, name) in hop_by_hop().into_iter().enumerate() {
-            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+            assert_eq!(scanned_index(name), Some(i), "{name}");
         }
-        for other in [
-            header::HOST,
-            header::CONTENT_LENGTH,
-            X_FORWARDED_FOR.clone(),
-        ] {
-            assert_eq!(hop_by_hop_index(&other), None, "{other}");
+        assert_eq!(
+            scanned_index(&header::CONTENT_LENGTH),
+            Some(CONTENT_LENGTH_INDEX)
+        );
+        for other in [header::HOST, X_FORWARDED_FOR.clone()] {
+            assert_eq!(scanned_index(&other), None, "{other}");
         }
     }
 
