@@ -58,16 +58,6 @@ CONF
 start_servers
 for port in "$UPSTREAM_PORT" "$NGINX_PORT" "$OFFLOAD_PORT"; do wait_port "$port"; done
 
-# Resident KiB of a server: the process and its children (nginx's worker).
-rss_kib() { # pid
-    local total=0 pid kib
-    for pid in "$1" $(pgrep -P "$1" || true); do
-        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
-        total=$((total + ${kib:-0}))
-    done
-    echo "$total"
-}
-
 # Opens `count` connections to `port`, a 1 KiB GET answered on each, then writes "open" to
 # stdout and holds them until its stdin closes (so the script is given with -c, not on
 # stdin).

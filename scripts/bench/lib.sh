@@ -72,6 +72,17 @@ machine_ticks() {
     awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
 }
 
+# Resident KiB of a server: the process and its children (nginx's worker); `field` VmHWM
+# gives their peaks instead.
+rss_kib() { # pid [field]
+    local total=0 pid kib
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        kib=$(awk -v f="${2:-VmRSS}:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+
 # Runs wrk against a URL served by the process `pid`; fills rps, p50, p99 (ms), cpu_us
 # (the server's CPU microseconds per request) and machine_us (the whole machine's: where
 # wrk, the upstream and the proxy share the cores, requests/s follow this sum) under `key`.

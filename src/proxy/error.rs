@@ -129,18 +129,15 @@ impl ProxyError {
         if err.is_parse_too_large() {
             return ProxyError::Upstream(format!(
                 "response head too large: more than {APP_MAX_HEADERS} header lines or {} KiB",
-                APP_MAX_HEAD / 1024
+                super::pool::APP_READ_BUFFER / 1024
             ));
         }
         ProxyError::Upstream(chain(err))
     }
 }
 
-/// hyper's limits on an app's response head (its client's defaults: `max_headers`, and
-/// `max_buf_size` for the head's bytes), which nginx words as `proxy_buffer_size` (4 or
-/// 8 KiB) instead.
+/// hyper's limit on the header lines of an app's response head (its client's default).
 const APP_MAX_HEADERS: usize = 100;
-const APP_MAX_HEAD: usize = 8192 + 4096 * 100;
 
 /// The error and its sources joined with ": " (hyper's own messages are terse).
 pub(super) fn chain(err: &(dyn StdError + 'static)) -> String {

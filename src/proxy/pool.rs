@@ -58,6 +58,14 @@ pub(super) struct Conn {
 
 type AppConnection = http1::Connection<AppIo, Body>;
 
+/// The most an app connection reads at once, which bounds the response head too (as
+/// nginx's `proxy_buffer_size` does, at 4 or 8 KiB). hyper's default (408 KiB) lets its
+/// read buffer grow that far on a fast app, and each piece of body it hands on is one such
+/// read: a client that reads slower than the app answers then holds that much per request,
+/// and an HTTP/2 client with large flow-control windows that much per stream (32
+/// connections of 32 streams of 1 MiB answers took 1.2 GB).
+pub(super) const APP_READ_BUFFER: usize = 64 * 1024;
+
 /// Why an exchange with the app failed.
 pub(super) enum SendError {
     /// Boxed: failures are rare, and this travels in every request's `Result`.
@@ -194,7 +202,9 @@ impl Pool {
                 )
             })?
             .map_err(ConnectError)?;
-        http1::handshake(io)
+        http1::Builder::new()
+            .max_buf_size(APP_READ_BUFFER)
+            .handshake(io)
             .await
             .map_err(|e| ConnectError(e.into()))
     }

@@ -73,6 +73,13 @@ impl ConnectionSettings {
     }
 }
 
+/// The most of an answer each HTTP/2 stream holds while it waits to be sent (hyper's
+/// default: 400 KiB). A client that grants large flow-control windows (h2load's is 1 GiB)
+/// and reads slower than the app answers had each stream hold its default and the app's
+/// read buffers that data pins: 32 connections of 32 streams of 1 MiB answers took
+/// 1.2 GB. Throughput needs no more than this: the socket's buffer holds what is in flight.
+const HTTP2_SEND_BUFFER: usize = 64 * 1024;
+
 /// The request-head header limit hyper applies when none is configured.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
@@ -94,6 +101,7 @@ fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.http2_max_concurrent_streams)
+        .max_send_buf_size(HTTP2_SEND_BUFFER)
         .max_header_list_size(u32::try_from(max_head(cfg)).unwrap_or(u32::MAX));
     builder
 }
