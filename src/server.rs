@@ -1017,13 +1017,19 @@ async fn accept(
 
 /// The TLS handshake on an accepted connection, then [`serve_connection`] over it.
 async fn accept_tls(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     settings: Arc<ConnectionSettings>,
 ) {
-    let handshake = tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream));
+    let deadline = tokio::time::Instant::now() + settings.handshake_timeout;
+    match tokio::time::timeout_at(deadline, tls::sent_plain_http(&stream)).await {
+        Ok(true) => return tls::answer_plain_http(&mut stream, peer).await,
+        Ok(false) => {}
+        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+    }
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
     match handshake.await {
         Ok(Ok(tls_stream)) => {
             let client = ClientInfo { peer, tls: true };

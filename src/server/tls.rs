@@ -3,13 +3,17 @@
 
 use std::fs::File;
 use std::io::BufReader;
+use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tracing::debug;
 
 use crate::config::TlsConfig;
 
@@ -35,6 +39,30 @@ impl Acceptors {
     pub(super) fn offering(&self, http2: bool) -> &TlsAcceptor {
         if http2 { &self.http2 } else { &self.http1_only }
     }
+}
+
+/// Whether a connection to a TLS port begins with plain HTTP (a request line's method,
+/// letters) rather than a TLS record (a handshake's begins with 22). Peeked: the bytes stay
+/// for the handshake. A connection closed before a byte is neither.
+pub(super) async fn sent_plain_http(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+/// Answers plain HTTP sent to a TLS port with a `400` that says so, as nginx does ("The
+/// plain HTTP request was sent to HTTPS port"), rather than a TLS alert the client cannot
+/// read: the usual cause is a load balancer or a link with `http://` and the TLS port.
+pub(super) async fn answer_plain_http(stream: &mut TcpStream, peer: SocketAddr) {
+    const BODY: &str = "plain HTTP request sent to the HTTPS port: use https://\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    debug!(%peer, "plain HTTP on a TLS port; answered 400");
+    // The client may be gone already; nothing more to do either way.
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 fn acceptor(certificates: Arc<Certificates>, alpn: &[&[u8]]) -> anyhow::Result<TlsAcceptor> {

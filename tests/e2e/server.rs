@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 use crate::support::app::Echo;
 use crate::support::process::{OffloadProcess, activated};
 use crate::support::raw::RawApp;
-use crate::support::{App, Proxy, app_and_proxy, client, config_for, get_text, raw_body};
+use crate::support::{
+    App, Proxy, app_and_proxy, client, config_for, get_text, raw_body, raw_exchange,
+};
 
 #[tokio::test]
 async fn tls_with_alpn_h2_and_http1() {
@@ -64,6 +66,39 @@ async fn tls_with_alpn_h2_and_http1() {
                 .is_some_and(|f| f.ends_with("proto=https"))
         );
     }
+}
+
+/// Plain HTTP sent to the TLS port gets a `400` that says so (as nginx answers), not a TLS
+/// alert; the app never sees it.
+#[tokio::test]
+async fn plain_http_on_the_tls_port_is_400_naming_the_mistake() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, _) = write_localhost_certificate(dir.path());
+    let app = App::start().await;
+    let mut config = config_for(app.addr);
+    config.server.tls = Some(offload::config::TlsConfig {
+        cert,
+        key,
+        listen: None,
+        redirect_http: false,
+        proxy_protocol: None,
+    });
+    let proxy = Proxy::start(config).await;
+    let response = raw_exchange(
+        proxy.addr,
+        b"GET /page HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{response}"
+    );
+    assert_eq!(
+        raw_body(&response),
+        "plain HTTP request sent to the HTTPS port: use https://\n"
+    );
+    assert!(app.seen().is_empty(), "{:?}", app.seen());
 }
 
 /// `server.tls.listen` beside `server.listen`: TLS on one, plain HTTP on the other, each
