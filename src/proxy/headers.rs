@@ -385,7 +385,15 @@ fn forwarding_values(
     list_item(&mut buf, old_xff);
     buf.extend_from_slice(ip_text.as_bytes());
     let xff = buf.split().freeze();
-    list_item(&mut buf, old_forwarded);
+    if old_forwarded.is_empty() && !old_xff.is_empty() {
+        // A trusted peer that sends X-Forwarded-For alone (AWS's load balancers, nginx's
+        // $proxy_add_x_forwarded_for): its hops go into Forwarded too, or an app reading
+        // Forwarded would take the peer for the client.
+        forwarded_from_xff(&mut buf, old_xff);
+        buf.extend_from_slice(b", ");
+    } else {
+        list_item(&mut buf, old_forwarded);
+    }
     forwarded_element(&mut buf, ip.is_ipv6(), ip_text.as_bytes(), host, proto);
     let forwarded = buf.split().freeze();
     (
@@ -469,6 +477,46 @@ fn remove_present<const N: usize>(headers: &mut HeaderMap, names: [&HeaderName; 
     }
 }
 
+/// The `Forwarded` elements an `X-Forwarded-For` list stands for (RFC 7239 §7.4): each
+/// address as `for=`, an IPv6 one bracketed and quoted, anything else (`unknown`, an
+/// address with a port) quoted as it came.
+fn forwarded_from_xff(out: &mut BytesMut, xff: &[u8]) {
+    let items = xff
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty());
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"for=");
+        let ip = std::str::from_utf8(item)
+            .ok()
+            .and_then(|text| text.parse::<IpAddr>().ok());
+        match ip {
+            Some(IpAddr::V4(_)) => out.extend_from_slice(item),
+            Some(IpAddr::V6(_)) => {
+                out.extend_from_slice(b"\"[");
+                out.extend_from_slice(item);
+                out.extend_from_slice(b"]\"");
+            }
+            None => quoted(out, item),
+        }
+    }
+}
+
+/// `value` as an RFC 7230 quoted-string: in quotes, with `"` and `\` escaped.
+fn quoted(out: &mut BytesMut, value: &[u8]) {
+    out.put_u8(b'"');
+    for &b in value {
+        if b == b'"' || b == b'\\' {
+            out.put_u8(b'\\');
+        }
+        out.put_u8(b);
+    }
+    out.put_u8(b'"');
+}
+
 /// One RFC 7239 element: `for=…;host="…";proto=…`. IPv6 nodes and hosts are quoted (":"
 /// and "[" are not token characters).
 fn forwarded_element(
@@ -487,14 +535,8 @@ fn forwarded_element(
         out.extend_from_slice(ip);
     }
     if let Some(host) = host {
-        out.extend_from_slice(b";host=\"");
-        for &b in host.as_bytes() {
-            if b == b'"' || b == b'\\' {
-                out.put_u8(b'\\');
-            }
-            out.put_u8(b);
-        }
-        out.put_u8(b'"');
+        out.extend_from_slice(b";host=");
+        quoted(out, host.as_bytes());
     }
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(proto.as_bytes());
@@ -797,6 +839,31 @@ mod tests {
             h["forwarded"],
             "for=203.0.113.9;proto=https, for=\"[::1]\";proto=https"
         );
+    }
+
+    #[test]
+    fn a_trusted_peers_x_forwarded_for_alone_goes_into_forwarded_too() {
+        let mut h = map(&[(
+            "x-forwarded-for",
+            "203.0.113.9, 2001:db8::7, unknown, 198.51.100.2:4711",
+        )]);
+        set_forwarding(&mut h, &client("10.0.0.2:5000", false), true, None);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.9, 2001:db8::7, unknown, 198.51.100.2:4711, 10.0.0.2"
+        );
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.9, for=\"[2001:db8::7]\", for=\"unknown\", \
+             for=\"198.51.100.2:4711\", for=10.0.0.2;proto=http"
+        );
+        // A Forwarded it sent is extended as it is.
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=192.0.2.1"),
+        ]);
+        set_forwarding(&mut h, &client("10.0.0.2:5000", false), true, None);
+        assert_eq!(h["forwarded"], "for=192.0.2.1, for=10.0.0.2;proto=http");
     }
 
     #[test]
