@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::app::Echo;
 use crate::support::raw::{RawApp, read_head};
-use crate::support::{Proxy, app_and_proxy, config_for, raw_body, raw_exchange};
+use crate::support::{Proxy, app_and_proxy, config_for, h2_client, raw_body, raw_exchange};
 
 /// An app answering each request with the raw `answer`, and keeping the heads it read.
 async fn answering(answer: &'static [u8]) -> (RawApp, Arc<Mutex<Vec<String>>>) {
@@ -154,11 +154,7 @@ async fn a_chunked_get_body_reaches_the_app() {
         }
     }
     // Over HTTP/2 a body comes without a length unless the client gives one.
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
+    let h2 = h2_client();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter([
         Ok::<_, std::io::Error>(Bytes::from_static(b"hello")),
         Ok(Bytes::from_static(b" h2")),
@@ -298,11 +294,7 @@ async fn only_websocket_is_offered_to_the_app_and_only_websocket_accepted_from_i
 #[tokio::test]
 async fn cookies_an_http2_client_splits_reach_the_app_as_one_header() {
     let (_app, proxy) = app_and_proxy(|_| {}).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
+    let h2 = h2_client();
     let resp = h2
         .get(proxy.url("/cookies"))
         .header("cookie", "a=1")
@@ -377,11 +369,7 @@ async fn http2_requests_an_http1_parser_would_refuse_are_refused() {
 #[tokio::test]
 async fn with_http2_off_an_h2c_client_is_not_served_http2() {
     let (_app, proxy) = app_and_proxy(|c| c.server.http2 = false).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
+    let h2 = h2_client();
     let refused = h2.get(proxy.url("/x")).send().await;
     assert!(refused.is_err(), "served HTTP/2: {refused:?}");
     let response = raw_request(&proxy, &get("/x")).await;

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::app::Echo;
 use crate::support::raw::{RawApp, read_head};
 use crate::support::{
-    App, Proxy, app_and_proxy, client, config_for, get_text, hash_body, pattern_sha256,
+    App, Proxy, app_and_proxy, client, config_for, get_text, h2_client, hash_body, pattern_sha256,
     pattern_stream, raw_body, raw_exchange,
 };
 
@@ -316,11 +316,7 @@ async fn websocket_echoes_through_the_tunnel() {
 #[tokio::test]
 async fn http2_prior_knowledge_reaches_an_http1_app() {
     let (_app, proxy) = app_and_proxy(|_| {}).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
+    let h2 = h2_client();
     let resp = h2
         .post(proxy.url("/p?q=1"))
         .body("abc")

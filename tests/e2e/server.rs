@@ -12,7 +12,7 @@ use crate::support::app::Echo;
 use crate::support::process::{OffloadProcess, activated};
 use crate::support::raw::RawApp;
 use crate::support::{
-    App, Proxy, app_and_proxy, client, config_for, get_text, raw_body, raw_exchange,
+    App, Proxy, app_and_proxy, client, config_for, get_text, h2_client, raw_body, raw_exchange,
 };
 
 #[tokio::test]
@@ -1404,11 +1404,7 @@ async fn busy_http2_connection(
     app: std::net::SocketAddr,
 ) -> (Proxy, reqwest::Client, tokio::task::JoinHandle<()>) {
     let proxy = proxy_with_short_idle_timeout(app).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
+    let h2 = h2_client();
     let ping = proxy.url("/ping");
     let pinger = h2.clone();
     let busy = tokio::spawn(async move {

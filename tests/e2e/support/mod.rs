@@ -141,6 +141,16 @@ pub fn client() -> reqwest::Client {
         .expect("reqwest client")
 }
 
+/// A reqwest client that speaks HTTP/2 with prior knowledge (h2c), no proxy from the
+/// environment.
+pub fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("reqwest h2 client")
+}
+
 /// Sends `request` as raw bytes and reads until the server closes the connection (send
 /// `Connection: close`) or `wait` passes.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
