@@ -19,24 +19,15 @@ use crate::support::app::Echo;
 use crate::support::raw::{RawApp, read_head};
 use crate::support::{Proxy, app_and_proxy, config_for, h2_client, raw_body, raw_exchange};
 
-/// An app answering each request with the raw `answer`, and keeping the heads it read.
-async fn answering(answer: &'static [u8]) -> (RawApp, Arc<Mutex<Vec<String>>>) {
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let app = RawApp::start({
-        let heads = Arc::clone(&heads);
-        move |mut stream, head| {
-            let heads = Arc::clone(&heads);
-            async move {
-                heads.lock().expect("heads").push(head);
-                let _ = stream.write_all(answer).await;
-                // Held open: the proxy decides whether the connection is used again.
-                let mut rest = Vec::new();
-                let _ = stream.read_to_end(&mut rest).await;
-            }
-        }
+/// An app answering each request with the raw `answer`.
+async fn answering(answer: &'static [u8]) -> RawApp {
+    RawApp::start(move |mut stream, _| async move {
+        let _ = stream.write_all(answer).await;
+        // Held open: the proxy decides whether the connection is used again.
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
     })
-    .await;
-    (app, heads)
+    .await
 }
 
 /// One request to `proxy` as raw bytes, with `Connection: close`: the whole raw answer.
@@ -52,7 +43,7 @@ fn get(path: &str) -> String {
 async fn an_app_answer_with_both_lengths_is_502_and_its_connection_is_not_used_again() {
     // Read by its Content-Length, the client would get "hel" and take it for the whole
     // answer; read chunked, the length would go on with the chunked body.
-    let (app, _) = answering(
+    let app = answering(
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
           5\r\nhello\r\n0\r\n\r\n",
     )
@@ -79,7 +70,7 @@ async fn an_app_answer_with_both_lengths_is_502_and_its_connection_is_not_used_a
 #[tokio::test]
 async fn an_app_answer_with_a_transfer_coding_besides_chunked_is_502() {
     // hyper undoes the chunking only: passed on, the gzip would reach the client unlabelled.
-    let (app, _) = answering(
+    let app = answering(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;
@@ -99,7 +90,7 @@ async fn a_length_the_app_gives_twice_over_goes_on_once() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
     ] {
         let answer: &'static [u8] = answer;
-        let (app, _) = answering(answer).await;
+        let app = answering(answer).await;
         let proxy = Proxy::start(config_for(app.addr)).await;
         let response = raw_request(&proxy, &get("/page")).await;
         assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
@@ -114,7 +105,7 @@ async fn a_length_the_app_gives_twice_over_goes_on_once() {
 
 #[tokio::test]
 async fn a_request_with_a_transfer_coding_besides_chunked_is_501_and_reaches_no_app() {
-    let (app, _) = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let app = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     let proxy = Proxy::start(config_for(app.addr)).await;
     for codings in ["gzip, chunked", "x-custom, chunked"] {
         let request = format!(
@@ -187,7 +178,7 @@ async fn a_malformed_chunked_body_is_400_in_plain_words() {
 
 #[tokio::test]
 async fn connect_is_501_and_reaches_no_app() {
-    let (app, _) = answering(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+    let app = answering(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
     let proxy = Proxy::start(config_for(app.addr)).await;
     let response = raw_request(
         &proxy,
