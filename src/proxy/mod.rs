@@ -13,6 +13,7 @@
 mod admission;
 mod connect;
 mod error;
+mod forwarding;
 mod headers;
 mod pool;
 mod replay;
@@ -21,5 +22,6 @@ mod upgrade;
 mod upstream;
 
 pub use error::ProxyError;
-pub use headers::{canonical_ip, h2_problem, host_problem};
+pub use forwarding::canonical_ip;
+pub use headers::{h2_problem, host_problem};
 pub use upstream::{ClientInfo, Upstream, UpstreamTiming};

@@ -21,7 +21,7 @@ use super::admission::{Admission, Place};
 use super::connect::AppConnector;
 use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
 use super::replay::Replay;
-use super::{ProxyError, error, headers, tls, upgrade};
+use super::{ProxyError, error, forwarding, headers, tls, upgrade};
 use crate::body::{self, Body};
 use crate::config::{ServerConfig, UpstreamConfig};
 use crate::metrics::Metrics;
@@ -220,8 +220,8 @@ impl Upstream {
         // The client already got its `100 Continue` from our server when the body was first
         // polled; an app that never answers 100 (PHP's built-in server) must not stall us.
         headers.remove(header::EXPECT);
-        headers::strip_forwarding_lookalikes(headers);
-        headers::set_forwarding(headers, client, trusted, original_host.as_ref());
+        forwarding::strip_forwarding_lookalikes(headers);
+        forwarding::set_forwarding(headers, client, trusted, original_host.as_ref());
         let host = match original_host {
             Some(h) if self.preserve_host => h,
             _ => self.host.clone(),
@@ -384,7 +384,7 @@ impl Upstream {
     /// Whether `ip` is one of `server.trusted_proxies`, whose forwarding headers (and
     /// request IDs) are kept.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = headers::canonical_ip(ip);
+        let ip = forwarding::canonical_ip(ip);
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
