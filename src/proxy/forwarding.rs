@@ -10,6 +10,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::ClientInfo;
 
+mod seed;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -55,9 +57,9 @@ static UNSET_CLAIMS: [HeaderName; 3] = [
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for a request from `client` whose
 /// original host (Host header or URI authority) was `host`. From a trusted peer the
-/// headers it sent are kept and extended; from anyone else they are replaced, and the
-/// claims offload does not make (`X-Forwarded-Port/-Prefix`, `X-Real-IP`) removed, so a
-/// client cannot forge its address.
+/// headers it sent are kept and extended ([`extend_trusted`]); from anyone else they are
+/// replaced, and the claims offload does not make (`X-Forwarded-Port/-Prefix`, `X-Real-IP`)
+/// removed, so a client cannot forge its address.
 ///
 /// Runs for every forwarded request, so it allocates little: the claims are looked up only
 /// when a pass over the names finds one, both built values share one buffer, and a worker
@@ -70,26 +72,55 @@ pub(super) fn set_forwarding(
 ) {
     let ip = canonical_ip(client.peer.ip());
     let proto = if client.tls { "https" } else { "http" };
-    let (xff, forwarded) = if trusted {
-        let old_xff = joined(headers, &X_FORWARDED_FOR);
-        let old_forwarded = joined(headers, &header::FORWARDED);
-        forwarding_values(&old_xff, &old_forwarded, ip, host, proto)
-    } else {
-        remove_present(headers, UNSET_CLAIMS.each_ref());
-        LAST_BUILT.with_borrow_mut(|last| last.values(ip, proto, host))
-    };
-
+    if trusted {
+        extend_trusted(headers, ip, proto, host);
+        return;
+    }
+    remove_present(headers, UNSET_CLAIMS.each_ref());
+    let (xff, forwarded) = LAST_BUILT.with_borrow_mut(|last| last.values(ip, proto, host));
     // Up to four new names: one growth of the map at most.
     headers.reserve(4);
     insert_or_remove(headers, &X_FORWARDED_FOR, xff);
-    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    insert_or_remove(headers, &X_FORWARDED_HOST, host.cloned());
+    insert_or_remove(headers, &header::FORWARDED, forwarded);
+}
+
+/// A trusted peer's forwarding headers extended with this hop. What it sent in one form
+/// alone is written in the other too ([`seed`]), so that an app reading either sees the
+/// same client, scheme and host; its `X-Forwarded-Proto/-Host` are kept as they came, and
+/// where it sent neither them nor a `Forwarded` naming them, this hop's are set.
+fn extend_trusted(
+    headers: &mut HeaderMap,
+    ip: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let mut old_xff = joined(headers, &X_FORWARDED_FOR);
+    let mut old_forwarded = joined(headers, &header::FORWARDED);
+    let mut original_proto = headers.get(&X_FORWARDED_PROTO).cloned();
+    let mut original_host = headers.get(&X_FORWARDED_HOST).cloned();
+    if old_forwarded.is_empty() {
+        old_forwarded = seed::forwarded_from_x_forwarded(
+            &old_xff,
+            original_proto.as_ref(),
+            original_host.as_ref(),
+        );
+    } else if old_xff.is_empty() {
+        let x = seed::x_forwarded_from_forwarded(&old_forwarded);
+        old_xff = x.for_list;
+        original_proto = original_proto.or(x.proto);
+        original_host = original_host.or(x.host);
     }
-    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match host {
-            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
-            None => headers.remove(&X_FORWARDED_HOST),
-        };
+    let (xff, forwarded) = forwarding_values(&old_xff, &old_forwarded, ip, host, proto);
+    headers.reserve(4);
+    insert_or_remove(headers, &X_FORWARDED_FOR, xff);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = original_proto.unwrap_or(HeaderValue::from_static(proto));
+        headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        insert_or_remove(headers, &X_FORWARDED_HOST, original_host.or(host.cloned()));
     }
     insert_or_remove(headers, &header::FORWARDED, forwarded);
 }
@@ -113,15 +144,7 @@ fn forwarding_values(
     list_item(&mut buf, old_xff);
     buf.extend_from_slice(ip_text.as_bytes());
     let xff = buf.split().freeze();
-    if old_forwarded.is_empty() && !old_xff.is_empty() {
-        // A trusted peer that sends X-Forwarded-For alone (AWS's load balancers, nginx's
-        // $proxy_add_x_forwarded_for): its hops go into Forwarded too, or an app reading
-        // Forwarded would take the peer for the client.
-        forwarded_from_xff(&mut buf, old_xff);
-        buf.extend_from_slice(b", ");
-    } else {
-        list_item(&mut buf, old_forwarded);
-    }
+    list_item(&mut buf, old_forwarded);
     forwarded_element(&mut buf, ip.is_ipv6(), ip_text.as_bytes(), host, proto);
     let forwarded = buf.split().freeze();
     (
@@ -202,34 +225,6 @@ fn remove_present<const N: usize>(headers: &mut HeaderMap, names: [&HeaderName; 
     let found = present(headers, names);
     for (name, _) in names.iter().zip(found).filter(|(_, here)| *here) {
         headers.remove(*name);
-    }
-}
-
-/// The `Forwarded` elements an `X-Forwarded-For` list stands for (RFC 7239 §7.4): each
-/// address as `for=`, an IPv6 one bracketed and quoted, anything else (`unknown`, an
-/// address with a port) quoted as it came.
-fn forwarded_from_xff(out: &mut BytesMut, xff: &[u8]) {
-    let items = xff
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|item| !item.is_empty());
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(b"for=");
-        let ip = std::str::from_utf8(item)
-            .ok()
-            .and_then(|text| text.parse::<IpAddr>().ok());
-        match ip {
-            Some(IpAddr::V4(_)) => out.extend_from_slice(item),
-            Some(IpAddr::V6(_)) => {
-                out.extend_from_slice(b"\"[");
-                out.extend_from_slice(item);
-                out.extend_from_slice(b"]\"");
-            }
-            None => quoted(out, item),
-        }
     }
 }
 
@@ -466,21 +461,27 @@ mod tests {
     }
 
     #[test]
-    fn a_trusted_peers_x_forwarded_for_alone_goes_into_forwarded_too() {
-        let mut h = map(&[(
-            "x-forwarded-for",
-            "203.0.113.9, 2001:db8::7, unknown, 198.51.100.2:4711",
-        )]);
-        set_forwarding(&mut h, &client("10.0.0.2:5000", false), true, None);
-        assert_eq!(
-            h["x-forwarded-for"],
-            "203.0.113.9, 2001:db8::7, unknown, 198.51.100.2:4711, 10.0.0.2"
-        );
+    fn a_trusted_peers_x_forwarded_headers_alone_go_into_forwarded_too() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9, 2001:db8::7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "www.example.com"),
+        ]);
+        let host = HeaderValue::from_static("backend.internal");
+        set_forwarding(&mut h, &client("10.0.0.2:5000", false), true, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 2001:db8::7, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "www.example.com");
         assert_eq!(
             h["forwarded"],
-            "for=203.0.113.9, for=\"[2001:db8::7]\", for=\"unknown\", \
-             for=\"198.51.100.2:4711\", for=10.0.0.2;proto=http"
+            "for=203.0.113.9;host=\"www.example.com\";proto=https, for=\"[2001:db8::7]\", \
+             for=10.0.0.2;host=\"backend.internal\";proto=http"
         );
+        // A TLS terminator that says only which scheme the client used.
+        let mut h = map(&[("x-forwarded-proto", "https")]);
+        set_forwarding(&mut h, &client("10.0.0.2:5000", false), true, None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.2");
+        assert_eq!(h["forwarded"], "proto=https, for=10.0.0.2;proto=http");
         // A Forwarded it sent is extended as it is.
         let mut h = map(&[
             ("x-forwarded-for", "203.0.113.9"),
@@ -488,6 +489,33 @@ mod tests {
         ]);
         set_forwarding(&mut h, &client("10.0.0.2:5000", false), true, None);
         assert_eq!(h["forwarded"], "for=192.0.2.1, for=10.0.0.2;proto=http");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.2");
+    }
+
+    #[test]
+    fn a_trusted_peers_forwarded_alone_goes_into_x_forwarded_too() {
+        let mut h = map(&[(
+            "forwarded",
+            "for=203.0.113.9;host=www.example.com;proto=https, for=\"[2001:db8::7]:4711\"",
+        )]);
+        let host = HeaderValue::from_static("backend.internal");
+        set_forwarding(&mut h, &client("10.0.0.2:5000", false), true, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 2001:db8::7, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "www.example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.9;host=www.example.com;proto=https, for=\"[2001:db8::7]:4711\", \
+             for=10.0.0.2;host=\"backend.internal\";proto=http"
+        );
+        // What it sent as X-Forwarded-Proto/-Host stands; what it did not name is this hop's.
+        let mut h = map(&[
+            ("forwarded", "for=203.0.113.9;proto=https"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        set_forwarding(&mut h, &client("10.0.0.2:5000", false), true, Some(&host));
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "backend.internal");
     }
 
     #[test]

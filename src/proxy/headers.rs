@@ -40,7 +40,7 @@ pub fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
 
 /// `uri-host [ ":" port ]`: a registered name, an IPv4 address or a bracketed IP literal;
 /// never anything that would end the authority in a URL (`/ ? # @`), nor spaces or controls.
-fn is_host(value: &[u8]) -> bool {
+pub(super) fn is_host(value: &[u8]) -> bool {
     !value.is_empty()
         && value.iter().all(|&b| {
             b.is_ascii_alphanumeric()

@@ -246,6 +246,34 @@ async fn forwarding_headers_from_a_trusted_peer_are_extended() {
     );
 }
 
+/// A balancer that sends one form alone (HAProxy's `option forwarded`; AWS's X-Forwarded-*):
+/// the app sees the same client, scheme and host in the other.
+#[tokio::test]
+async fn a_trusted_peers_one_form_is_written_in_the_other() {
+    let (_app, proxy) = app_and_proxy(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.0/8".parse().expect("net")];
+    })
+    .await;
+    let request = "GET /f HTTP/1.1\r\nHost: site.test\r\n\
+                   Forwarded: for=203.0.113.7;host=www.example.com;proto=https\r\n\
+                   Connection: close\r\n\r\n";
+    let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.all("x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
+    assert_eq!(echo.all("x-forwarded-proto"), ["https"]);
+    assert_eq!(echo.all("x-forwarded-host"), ["www.example.com"]);
+
+    let request = "GET /f HTTP/1.1\r\nHost: site.test\r\nX-Forwarded-For: 203.0.113.7\r\n\
+                   X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
+    let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(
+        echo.all("forwarded"),
+        ["for=203.0.113.7;proto=https, for=127.0.0.1;host=\"site.test\";proto=http"]
+    );
+    assert_eq!(echo.all("x-forwarded-host"), ["site.test"]);
+}
+
 #[tokio::test]
 async fn host_can_be_the_upstreams() {
     let (app, proxy) = app_and_proxy(|c| c.upstream.preserve_host = false).await;
