@@ -183,6 +183,10 @@ pub struct UpstreamConfig {
     /// Time allowed for the app to start answering (response head); past it: `504`.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// A WebSocket tunnel with nothing moving either way for this long is closed (nginx's
+    /// `proxy_read_timeout` for an upgraded connection).
+    #[serde(with = "humantime_serde")]
+    pub websocket_idle_timeout: Duration,
     /// Idle pooled connections to the app are closed after this long.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -207,6 +211,7 @@ impl Default for UpstreamConfig {
             url: Url::parse("http://127.0.0.1:8000").unwrap_or_else(|_| unreachable!()),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
+            websocket_idle_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle: 256,
             max_connections: 0,

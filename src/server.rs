@@ -245,7 +245,6 @@ fn measured(store: Arc<dyn Store>, metrics: &Metrics) -> Arc<dyn Store> {
 fn app_upstream(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<Upstream>> {
     let upstream = Upstream::for_workers(&config.upstream, config.server.workers())?
         .with_trusted_proxies(config.server.trusted_proxies.clone())
-        .with_tunnel_idle_timeout(config.server.idle_timeout)
         .with_metrics(metrics);
     Ok(Arc::new(upstream))
 }

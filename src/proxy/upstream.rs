@@ -23,7 +23,7 @@ use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
 use super::replay::Replay;
 use super::{ProxyError, error, forwarding, headers, tls, upgrade};
 use crate::body::{self, Body};
-use crate::config::{ServerConfig, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 
 /// Who sent a request: the peer address and whether it came over TLS.
@@ -57,7 +57,7 @@ pub struct Upstream {
     trusted_proxies: Vec<IpNet>,
     /// `upstream.max_connections`, when set.
     admission: Option<Admission>,
-    /// `server.idle_timeout`, for WebSocket tunnels.
+    /// `upstream.websocket_idle_timeout`.
     tunnel_idle_timeout: Duration,
 }
 
@@ -126,7 +126,7 @@ impl Upstream {
             response_timeout: cfg.response_timeout,
             trusted_proxies: Vec::new(),
             admission: Admission::new(cfg.max_connections, cfg.connect_timeout),
-            tunnel_idle_timeout: ServerConfig::default().idle_timeout,
+            tunnel_idle_timeout: cfg.websocket_idle_timeout,
         })
     }
 
@@ -134,13 +134,6 @@ impl Upstream {
     /// (`server.trusted_proxies`). Default: none.
     pub fn with_trusted_proxies(mut self, nets: Vec<IpNet>) -> Self {
         self.trusted_proxies = nets;
-        self
-    }
-
-    /// How long a WebSocket tunnel may carry nothing either way before it is closed
-    /// (`server.idle_timeout`).
-    pub fn with_tunnel_idle_timeout(mut self, idle: Duration) -> Self {
-        self.tunnel_idle_timeout = idle;
         self
     }
 

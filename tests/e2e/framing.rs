@@ -368,8 +368,13 @@ async fn with_http2_off_an_h2c_client_is_not_served_http2() {
 }
 
 #[tokio::test]
-async fn a_websocket_tunnel_idle_past_idle_timeout_is_closed_and_a_busy_one_is_not() {
-    let (_app, proxy) = app_and_proxy(|c| c.server.idle_timeout = Duration::from_secs(1)).await;
+async fn a_websocket_tunnel_idle_past_its_timeout_is_closed_and_a_busy_one_is_not() {
+    // server.idle_timeout (keep-alive) is not the tunnels'.
+    let (_app, proxy) = app_and_proxy(|c| {
+        c.upstream.websocket_idle_timeout = Duration::from_secs(1);
+        c.server.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
     let url = format!("ws://{}/ws", proxy.addr);
     let (mut busy, _) = tokio_tungstenite::connect_async(&url)
         .await
