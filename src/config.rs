@@ -2,10 +2,11 @@
 //!
 //! Loading happens in three steps, each with errors that name the key:
 //! 1. the file is parsed as a TOML table and every `OFFLOAD_<SECTION>_<KEY>` variable is laid
-//!    over it (values are read as TOML when they parse, as strings otherwise);
+//!    over it (`env`: values are read as TOML when they parse, as strings otherwise);
 //! 2. the table is deserialized into [`Config`] with `deny_unknown_fields` (an unknown key is
 //!    refused with the nearest valid one), typed values (addresses, URLs, sizes, durations)
-//!    parsed on the way;
+//!    parsed on the way; a variable's value read as TOML into a number or a boolean where
+//!    the key takes a string is taken as the string;
 //! 3. a preset fills in what it implies, then [`Config::validate`] checks what types cannot.
 
 use std::collections::BTreeMap;
@@ -18,6 +19,8 @@ use bytesize::ByteSize;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use url::Url;
+
+mod env;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -548,9 +551,7 @@ impl Config {
                 .with_context(|| format!("reading config file {}", p.display()))?,
             None => String::new(),
         };
-        let env: BTreeMap<String, String> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("OFFLOAD_"))
-            .collect();
+        let env = env::offload_vars(std::env::vars_os())?;
         Config::from_toml_with_env(&text, &env)
     }
 
@@ -563,16 +564,21 @@ impl Config {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| {
             anyhow::anyhow!(
                 "{}",
-                suggest_unknown_key(e.message()).unwrap_or_else(|| e.to_string())
+                unknown_key_message(e.message(), None).unwrap_or_else(|| e.to_string())
             )
         })?;
-        apply_env(&mut table, env)?;
-        let mut config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
-            anyhow::anyhow!(
-                "{}",
-                suggest_unknown_key(e.message()).unwrap_or_else(|| e.to_string())
-            )
-        })?;
+        let mut env_keys = env::apply(&mut table, env)?;
+        let mut config = loop {
+            match Config::deserialize(toml::Value::Table(table.clone())) {
+                Ok(config) => break config,
+                Err(e) => {
+                    let key = error_key(&e);
+                    if !env_keys.retry_as_string(&mut table, &key) {
+                        return Err(key_error(&e, &key, &env_keys));
+                    }
+                }
+            }
+        };
         config.apply_preset();
         config.validate()?;
         Ok(config)
@@ -829,54 +835,44 @@ impl UploadRouteConfig {
     }
 }
 
-/// Lays `OFFLOAD_<SECTION>_<KEY>=value` over the table. Values parse as TOML when they can
-/// (`true`, `8`, `["a", "b"]`), and are taken as strings otherwise.
-fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    for (name, value) in env {
-        let Some(rest) = name.strip_prefix("OFFLOAD_") else {
-            continue;
-        };
-        let rest = rest.to_ascii_lowercase();
-        // `OFFLOAD_CONFIG` names the file itself, and `OFFLOAD_BACKUP_*` configure the other
-        // side of `offload backup`/`restore` (see `ops::cli`): neither is a key of the file.
-        if rest == "config" || rest.starts_with("backup_") {
-            continue;
-        }
-        if rest == "preset" {
-            table.insert("preset".into(), toml::Value::String(value.clone()));
-            continue;
-        }
-        // Variables that name no section belong to something else (scripts, tests); a
-        // misspelt key inside a section is still refused by `deny_unknown_fields`.
-        let Some((section, key)) = SECTIONS.iter().find_map(|s| {
-            rest.strip_prefix(s)
-                .and_then(|k| k.strip_prefix('_'))
-                .map(|k| (*s, k.to_string()))
-        }) else {
-            continue;
-        };
-        let parsed = parse_env_value(value);
-        let section_table = table
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(section_table) = section_table.as_table_mut() else {
-            bail!("{section}: must be a table");
-        };
-        section_table.insert(key, parsed);
-    }
-    Ok(())
+/// The key a deserializer's error is about: toml ends its message with "in `server.listen`"
+/// (for an unknown key, the table it is in). Empty at the top level.
+fn error_key(e: &toml::de::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("in `")?.strip_suffix('`'))
+        .next_back()
+        .unwrap_or_default()
+        .to_string()
 }
 
-fn parse_env_value(value: &str) -> toml::Value {
-    toml::from_str::<toml::Table>(&format!("v = {value}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+/// A deserializer's error as `key: reason`, naming the variable that set the key, if one did.
+fn key_error(e: &toml::de::Error, key: &str, env: &env::EnvKeys) -> anyhow::Error {
+    let (key, message) = match unknown_key_message(e.message(), Some(key)) {
+        Some(message) => (unknown_key(e.message(), key), message),
+        None => (key.to_string(), format!("{key}: {}", e.message())),
+    };
+    match env.variable(&key) {
+        Some(variable) => anyhow::anyhow!("{message} (set by {variable})"),
+        None => anyhow::anyhow!("{message}"),
+    }
+}
+
+/// The dotted name of the unknown key serde's message is about, in table `table`.
+fn unknown_key(message: &str, table: &str) -> String {
+    let name = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map_or("", |(name, _)| name);
+    match table {
+        "" => name.to_string(),
+        _ => format!("{table}.{name}"),
+    }
 }
 
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a message naming the
-/// nearest valid key.
-fn suggest_unknown_key(message: &str) -> Option<String> {
+/// key, in `table` where known, and the nearest valid one.
+fn unknown_key_message(message: &str, table: Option<&str>) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (unknown, rest) = rest.split_once('`')?;
     let candidates: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
@@ -886,10 +882,11 @@ fn suggest_unknown_key(message: &str) -> Option<String> {
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .filter(|(score, _)| *score > 0.7)
         .map(|(_, c)| c);
+    let key = unknown_key(message, table.unwrap_or_default());
     Some(match nearest {
-        Some(near) => format!("unknown key `{unknown}`: did you mean `{near}`?"),
+        Some(near) => format!("{key}: unknown key; did you mean `{near}`?"),
         None => format!(
-            "unknown key `{unknown}`: valid keys are {}",
+            "{key}: unknown key; valid keys are {}",
             candidates.join(", ")
         ),
     })
@@ -1179,6 +1176,32 @@ mod tests {
             format!("{err:#}").contains("did you mean `store`"),
             "{err:#}"
         );
+        // The key is named with its table, and the variable that set it.
+        for (text, env, message) in [
+            (
+                "[upstream]\ntimeout = \"5s\"",
+                &[][..],
+                "upstream.timeout: unknown key; valid keys are url, connect_timeout,",
+            ),
+            (
+                "[server.tls]\ncert = \"c\"\nkey = \"k\"\nlsiten = \"x\"",
+                &[],
+                "server.tls.lsiten: unknown key; did you mean `listen`?",
+            ),
+            (
+                "",
+                &[("OFFLOAD_SERVER_LISTN", "127.0.0.1:1")],
+                "server.listn: unknown key; did you mean `listen`? (set by OFFLOAD_SERVER_LISTN)",
+            ),
+            (
+                "",
+                &[("OFFLOAD_SERVER_IDLE_TIMEOUT", "soon")],
+                "server.idle_timeout: bad duration \"soon\"",
+            ),
+        ] {
+            let err = format!("{:#}", load_env(text, env).unwrap_err());
+            assert!(err.starts_with(message), "{text:?} {env:?} → {err}");
+        }
     }
 
     #[test]
@@ -1289,6 +1312,39 @@ mod tests {
             "{err:#}"
         );
         assert!(load_env("", &[("OFFLOAD_E2E_DIR", "/tmp/x")]).is_ok());
+    }
+
+    #[test]
+    fn environment_reaches_every_kind_of_key() {
+        let c = load_env(
+            "",
+            &[
+                // Strings that read as TOML numbers or booleans stay strings.
+                ("OFFLOAD_STORE_BUCKET", "12345"),
+                ("OFFLOAD_STORE_PREFIX", "true"),
+                ("OFFLOAD_LOG_LEVEL", "info"),
+                ("OFFLOAD_SERVER_TLS_CERT", "/etc/c.pem"),
+                ("OFFLOAD_SERVER_TLS_KEY", "/etc/k.pem"),
+                (
+                    "OFFLOAD_UPLOADS",
+                    "[{ path = \"/upload\", mode = \"respond\" }]",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.store.bucket, "12345");
+        assert_eq!(c.store.prefix, "true");
+        let tls = c.server.tls.expect("tls from the environment");
+        assert_eq!(tls.cert, std::path::Path::new("/etc/c.pem"));
+        assert_eq!(tls.key, std::path::Path::new("/etc/k.pem"));
+        assert_eq!(c.uploads.len(), 1);
+        assert_eq!(c.uploads[0].path, "/upload");
+        // A number where one is wanted is still one, and still checked.
+        let err = load_env("", &[("OFFLOAD_SERVER_MAX_HEADERS", "many")]).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("server.max_headers: invalid type: string"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -48,6 +48,33 @@ fn check_config_names_the_bad_key() {
     }
 }
 
+/// Environment variables hold bytes; only offload's own must be text.
+#[test]
+fn variables_that_are_not_utf8_are_no_crash() {
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"\xff");
+    let run = |name: &std::ffi::OsStr| {
+        Command::new(env!("CARGO_BIN_EXE_offload"))
+            .arg("check-config")
+            .env_remove("OFFLOAD_CONFIG")
+            .env(name, not_utf8)
+            .output()
+            .expect("run offload")
+    };
+    let other = run(std::ffi::OsStr::new("SOME_OTHER_VARIABLE"));
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let ours = run(std::ffi::OsStr::new("OFFLOAD_STORE_BUCKET"));
+    assert_eq!(ours.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stderr).trim(),
+        "offload: OFFLOAD_STORE_BUCKET: the value is not UTF-8"
+    );
+}
+
 #[test]
 fn check_config_prints_the_effective_config() {
     let (ok, stdout, stderr) =
