@@ -82,7 +82,8 @@ pub struct ServerConfig {
     /// `413` when it gets there. `None` (the default): no limit, as the app has its own.
     pub max_body_size: Option<ByteSize>,
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are kept and extended; from anyone else
-    /// they are replaced.
+    /// they are replaced. Networks, or single addresses (as nginx's `set_real_ip_from`).
+    #[serde(with = "nets")]
     pub trusted_proxies: Vec<IpNet>,
     /// Worker threads serving requests, each with an event loop and app connections of its
     /// own (like nginx's worker processes): 0 = one per CPU core. See `server::workers`.
@@ -657,10 +658,6 @@ impl Config {
                      alone follows server.proxy_protocol)"
                 );
             }
-            // Port 0 is any free port: two of them never clash.
-            if tls.listen == Some(self.server.listen) && self.server.listen.port() != 0 {
-                bail!("server.tls.listen: must differ from server.listen");
-            }
         }
         if let Some(name) = &self.server.request_id_header
             && http::HeaderName::try_from(name.as_str()).is_err()
@@ -680,6 +677,25 @@ impl Config {
                  limit allows (0: derived from the open-file limit)"
             );
         }
+        // A zero wait fails every request at once: never what was meant.
+        for (key, wait) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.response_timeout", self.upstream.response_timeout),
+            (
+                "upstream.websocket_idle_timeout",
+                self.upstream.websocket_idle_timeout,
+            ),
+        ] {
+            if wait.is_zero() {
+                bail!("{key}: must be more than 0");
+            }
+        }
+        self.check_listeners_differ()?;
         if self.server.http2_max_concurrent_streams == 0 {
             bail!("server.http2_max_concurrent_streams: must be at least 1");
         }
@@ -741,6 +757,30 @@ impl Config {
         crate::logging::level_filter(&self.log.level)?;
         if self.log.buffer > LogConfig::MAX_BUFFER {
             bail!("log.buffer: at most {}", LogConfig::MAX_BUFFER);
+        }
+        Ok(())
+    }
+
+    /// Each listener needs a port of its own: two on one port (on the same address, or one on
+    /// every address) fail at start with "address in use".
+    fn check_listeners_differ(&self) -> anyhow::Result<()> {
+        let mut listeners = vec![("server.listen", self.server.listen)];
+        if let Some(tls_listen) = self.server.tls.as_ref().and_then(|tls| tls.listen) {
+            listeners.push(("server.tls.listen", tls_listen));
+        }
+        if let Some(admin) = self.server.admin_listen {
+            listeners.push(("server.admin_listen", admin));
+        }
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            for (other_key, other) in &listeners[..i] {
+                // Port 0 is any free port: two of them never clash.
+                let same_host = addr.ip() == other.ip()
+                    || addr.ip().is_unspecified()
+                    || other.ip().is_unspecified();
+                if addr.port() == other.port() && addr.port() != 0 && same_host {
+                    bail!("{key}: must differ from {other_key} ({other})");
+                }
+            }
         }
         Ok(())
     }
@@ -896,16 +936,69 @@ fn unknown_key_message(message: &str, table: Option<&str>) -> Option<String> {
 mod humantime_serde {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("bad duration {text:?}: {e}")))
+        d.deserialize_any(Text)
+    }
+
+    /// A duration is text with a unit; a bare number is refused with what to write instead.
+    struct Text;
+
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration with its unit, as \"30s\" or \"1m 30s\"")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+            humantime::parse_duration(text)
+                .map_err(|e| E::custom(format!("bad duration {text:?}: {e}")))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "{n} has no unit: write a duration as text with one, as \"{n}s\""
+            )))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "{n} has no unit: write a duration as text with one, as \"{n}s\""
+            )))
+        }
+    }
+}
+
+/// Networks in CIDR notation, where a single address is a network of one.
+mod nets {
+    use std::net::IpAddr;
+
+    use ipnet::IpNet;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+        nets.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| {
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "{text:?} is neither an address nor a network (as \"10.0.0.0/8\")"
+                        ))
+                    })
+            })
+            .collect()
     }
 }
 
@@ -924,12 +1017,14 @@ mod opt_addr {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
         let text = String::deserialize(d)?;
-        if text == "off" {
+        if text.eq_ignore_ascii_case("off") {
             return Ok(None);
         }
-        text.parse()
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("bad address {text:?}: {e}")))
+        text.parse().map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "bad address {text:?}: {e} (an address and port, as \"127.0.0.1:9090\", or \"off\")"
+            ))
+        })
     }
 }
 
@@ -1236,6 +1331,14 @@ mod tests {
             ),
             ("[log]\nlevel = \"offload=loud\"", "log.level: "),
             (
+                "[log]\nlevel = \"inof\"",
+                "log.level: \"inof\" is no level (trace, debug, info, warn, error, off)",
+            ),
+            (
+                "[log]\nlevel = \"warn,verbose\"",
+                "log.level: \"verbose\" is no level",
+            ),
+            (
                 "[server]\nmax_connections = 5000000000000000000",
                 "server.max_connections: at most 1073741824",
             ),
@@ -1265,7 +1368,27 @@ mod tests {
             ),
             (
                 "[server]\nlisten = \"0.0.0.0:8080\"\ntls = { cert = \"c.pem\", key = \"k.pem\", listen = \"0.0.0.0:8080\" }",
-                "server.tls.listen: must differ",
+                "server.tls.listen: must differ from server.listen",
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"",
+                "server.admin_listen: must differ from server.listen (127.0.0.1:8080)",
+            ),
+            (
+                "[server]\nlisten = \"0.0.0.0:9090\"",
+                "server.admin_listen: must differ from server.listen (0.0.0.0:9090)",
+            ),
+            (
+                "[server]\ntls = { cert = \"c.pem\", key = \"k.pem\", listen = \"127.0.0.1:9090\" }",
+                "server.admin_listen: must differ from server.tls.listen",
+            ),
+            (
+                "[server]\nidle_timeout = \"0s\"",
+                "server.idle_timeout: must be more than 0",
+            ),
+            (
+                "[upstream]\nresponse_timeout = \"0s\"",
+                "upstream.response_timeout: must be more than 0",
             ),
         ] {
             let err = load(text).unwrap_err();
@@ -1275,6 +1398,66 @@ mod tests {
                 "{text:?} → {msg}"
             );
         }
+    }
+
+    #[test]
+    fn values_are_read_as_operators_write_them() {
+        let c = load(
+            "[server]\ntrusted_proxies = [\"10.0.0.1\", \"2001:db8::/32\", \"::1\"]\n\
+             admin_listen = \"Off\"",
+        )
+        .unwrap();
+        let nets: Vec<String> = c
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.1/32", "2001:db8::/32", "::1/128"]);
+        assert_eq!(c.server.admin_listen, None);
+        for (text, message) in [
+            (
+                "[server]\nidle_timeout = 30",
+                "server.idle_timeout: 30 has no unit: write a duration as text with one, as \"30s\"",
+            ),
+            (
+                "[server]\nidle_timeout = true",
+                "server.idle_timeout: invalid type: boolean `true`, expected a duration with its unit",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.300\"]",
+                "server.trusted_proxies: \"10.0.0.300\" is neither an address nor a network",
+            ),
+            (
+                "[server]\nadmin_listen = \"bogus\"",
+                "server.admin_listen: bad address \"bogus\": invalid socket address syntax (an address and port",
+            ),
+        ] {
+            let err = format!("{:#}", load(text).unwrap_err());
+            assert!(err.starts_with(message), "{text:?} → {err}");
+        }
+    }
+
+    #[test]
+    fn log_levels_and_targets_are_told_apart() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,offload::access=off",
+            "hyper::proto",
+            "5",
+        ] {
+            let text = format!("[log]\nlevel = {good:?}");
+            assert!(load(&text).is_ok(), "{good}");
+        }
+        // The parser's message once, not again as its own cause.
+        let err = format!("{:#}", load("[log]\nlevel = \"offload=inf\"").unwrap_err());
+        assert_eq!(
+            err.matches("error parsing level filter").count(),
+            1,
+            "{err}"
+        );
     }
 
     #[test]

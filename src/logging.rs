@@ -73,7 +73,23 @@ pub fn init(log: &LogConfig) -> anyhow::Result<()> {
 
 /// The filter `log.level` says, or why it says none (the error names the key).
 pub fn level_filter(level: &str) -> anyhow::Result<EnvFilter> {
-    EnvFilter::try_new(level).context("log.level")
+    for directive in level.split(',').map(str::trim) {
+        // A word alone is a level, or a target to log at every level: a misspelt level
+        // ("inof") would be taken for a target and silence the whole log, this line included.
+        let bare_word = !directive.is_empty() && !directive.contains(['=', '[', ':']);
+        if bare_word
+            && directive
+                .parse::<tracing::level_filters::LevelFilter>()
+                .is_err()
+        {
+            anyhow::bail!(
+                "log.level: {directive:?} is no level (trace, debug, info, warn, error, off); \
+                 a target is given one as target=level"
+            );
+        }
+    }
+    // Not `.context()`: the parse error's source repeats its message.
+    EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log.level: {e}"))
 }
 
 /// The installed filter, when `log.level` chose it (not `RUST_LOG`).
