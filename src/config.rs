@@ -833,10 +833,30 @@ impl Config {
         }
     }
 
-    /// The effective config as TOML, secrets hidden (there are none in the file by design:
-    /// credentials come from the AWS chain; this still masks anything that looks like one).
+    /// The effective config as TOML, secrets hidden. Credentials have no key of their own
+    /// (they come from the AWS chain), but a URL may carry a password
+    /// (`http://user:password@app/`): it is printed as `***`.
     pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
-        toml::to_string_pretty(self).context("printing the effective config")
+        let mut value = toml::Value::try_from(self).context("printing the effective config")?;
+        mask_url_passwords(&mut value);
+        toml::to_string_pretty(&value).context("printing the effective config")
+    }
+}
+
+/// Every URL under `value` with a password, the password replaced by `***`.
+fn mask_url_passwords(value: &mut toml::Value) {
+    match value {
+        toml::Value::String(text) => {
+            if let Ok(mut url) = Url::parse(text)
+                && url.password().is_some()
+                && url.set_password(Some("***")).is_ok()
+            {
+                *text = url.to_string();
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_url_passwords),
+        toml::Value::Table(table) => table.iter_mut().for_each(|(_, v)| mask_url_passwords(v)),
+        _ => {}
     }
 }
 
@@ -1558,6 +1578,28 @@ mod tests {
         assert!(paths.contains(&"/wp-admin/async-upload.php"));
         // The file's own route keeps its own limits.
         assert_eq!(c.uploads[0].max_file_size, ByteSize::mib(1));
+    }
+
+    #[test]
+    fn passwords_in_urls_are_not_printed() {
+        let c = load(
+            "[upstream]\nurl = \"http://admin:S3cret@127.0.0.1:8000/\"\n\
+             [store]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://AKIA:wJalr@127.0.0.1:9000\"",
+        )
+        .unwrap();
+        let printed = c.to_redacted_toml().unwrap();
+        assert!(
+            !printed.contains("S3cret") && !printed.contains("wJalr"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("url = \"http://admin:***@127.0.0.1:8000/\""),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("endpoint = \"http://AKIA:***@127.0.0.1:9000/\""),
+            "{printed}"
+        );
     }
 
     #[test]

@@ -117,7 +117,7 @@ fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
     }
     if let Some(admin) = &args.admin_listen {
         config.server.admin_listen = match admin.as_str() {
-            "off" => None,
+            off if off.eq_ignore_ascii_case("off") => None,
             addr => Some(
                 addr.parse()
                     .with_context(|| format!("--admin-listen: {addr:?}"))?,
@@ -136,6 +136,7 @@ fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
 
 fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
+    offload::server::check_files(&config)?;
     print!("{}", config.to_redacted_toml()?);
     Ok(())
 }

@@ -69,6 +69,18 @@ use request_id::RequestIds;
 use served::Served;
 use settings::{ConnectionSettings, Entry};
 pub use tls::Certificates;
+
+/// What a start reads besides the configuration, read the same way, for `check-config` (as
+/// `nginx -t` reads the certificates): the TLS certificate and key, and the roots an
+/// `https://` app is checked against (`upstream.tls_ca_file`). The store is left alone:
+/// opening one creates its folder, or asks the bucket over the network.
+pub fn check_files(config: &Config) -> anyhow::Result<()> {
+    if let Some(files) = &config.server.tls {
+        Certificates::load(files)?;
+    }
+    crate::proxy::check_app_tls(&config.upstream)?;
+    Ok(())
+}
 use workers::Workers;
 
 /// What every request handler shares: built at start-up, and again by each reload of the

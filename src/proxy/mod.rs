@@ -25,3 +25,12 @@ pub use error::ProxyError;
 pub use forwarding::canonical_ip;
 pub use headers::{h2_problem, host_problem};
 pub use upstream::{ClientInfo, Upstream, UpstreamTiming};
+
+/// Reads what connecting to an `https://` app needs (the system's roots and
+/// `upstream.tls_ca_file`), as a start would, without connecting.
+pub fn check_app_tls(cfg: &crate::config::UpstreamConfig) -> Result<(), ProxyError> {
+    if cfg.url.scheme() == "https" {
+        tls::trusted_roots(cfg.tls_ca_file.as_deref())?;
+    }
+    Ok(())
+}

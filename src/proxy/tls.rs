@@ -47,7 +47,7 @@ pub(super) fn connector(
 }
 
 /// The system's roots and those of `tls_ca_file`; an error when there are none at all.
-fn trusted_roots(tls_ca_file: Option<&Path>) -> Result<RootCertStore, ProxyError> {
+pub(super) fn trusted_roots(tls_ca_file: Option<&Path>) -> Result<RootCertStore, ProxyError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {

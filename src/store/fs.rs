@@ -81,8 +81,12 @@ impl FsStore {
             serve_prefix: serve_prefix.to_string(),
             public_url,
         };
-        std::fs::create_dir_all(&store.objects)?;
-        std::fs::create_dir_all(&store.meta)?;
+        for dir in [&store.objects, &store.meta] {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                let context = format!("store.root: creating {}: {e}", dir.display());
+                StoreError::Io(io::Error::new(e.kind(), context))
+            })?;
+        }
         Ok(store)
     }
 
@@ -515,6 +519,22 @@ impl FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_that_cannot_be_made_is_named_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let err = FsStore::new(file.join("data"), "/_offload/", None).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(
+            chain,
+            format!(
+                "store i/o failed: store.root: creating {}: Not a directory (os error 20)",
+                file.join("data/objects").display()
+            )
+        );
+    }
 
     #[test]
     fn hostile_keys_are_refused() {

@@ -109,10 +109,18 @@ pub enum StoreError {
     Refused(String),
     /// A local I/O failure (fs store).
     #[error("store i/o failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The operation does not exist for this store kind.
     #[error("not supported by this store: {0}")]
     Unsupported(&'static str),
+}
+
+/// Not `#[from]`: that would make the I/O error the source too, and a chain printed whole
+/// would say its message twice.
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> StoreError {
+        StoreError::Io(e)
+    }
 }
 
 /// The store interface shared by every part of offload.

@@ -33,6 +33,15 @@ fn check_config_names_the_bad_key() {
         ),
         ("[server\nlisten = 1\n", "TOML"),
         ("[store]\nkind = \"s3\"\n", "store.bucket"),
+        // The files a start would read are read too, as `nginx -t` reads them.
+        (
+            "[server]\ntls = { cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }\n",
+            "server.tls.cert: reading /nonexistent/cert.pem",
+        ),
+        (
+            "[upstream]\nurl = \"https://127.0.0.1:8443\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+            "upstream.tls_ca_file",
+        ),
     ] {
         let (ok, _, stderr) = check_config(text);
         assert!(!ok, "{text:?} was accepted");
@@ -82,6 +91,18 @@ fn check_config_prints_the_effective_config() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("[server]"), "{stdout}");
     assert!(stdout.contains("/wp-content/uploads/"), "{stdout}");
+}
+
+#[test]
+fn check_config_hides_passwords_in_urls() {
+    let (ok, stdout, stderr) =
+        check_config("[upstream]\nurl = \"http://admin:S3cretPw@127.0.0.1:8000/\"\n");
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains("S3cretPw"), "{stdout}");
+    assert!(
+        stdout.contains("url = \"http://admin:***@127.0.0.1:8000/\""),
+        "{stdout}"
+    );
 }
 
 #[test]
