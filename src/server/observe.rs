@@ -156,6 +156,7 @@ pub(super) fn observe(
     response.map(|inner| Observed {
         inner,
         sent: 0,
+        failed: None,
         stall: stall_limit.map(StallTimer::new),
         done: Some(Done {
             request,
@@ -180,6 +181,13 @@ pub(super) struct Observed {
     sent: u64,
     stall: Option<StallTimer>,
     done: Option<Done>,
+    /// The body's error, held back for one poll. hyper's HTTP/1 server drops a connection
+    /// whose response body fails without writing out what it holds, the head and the bytes
+    /// before the error among them: the client of an app that sent part of an answer and
+    /// closed, all read at once, got nothing. Held back, the error comes after hyper has
+    /// flushed (it does whenever the body is not ready), and the client gets the answer
+    /// as far as it came, then the close.
+    failed: Option<BoxError>,
 }
 
 impl Observed {
@@ -299,7 +307,18 @@ impl http_body::Body for Observed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(failed) = self.failed.take() {
+            return Poll::Ready(Some(Err(failed)));
+        }
+        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                self.finish(false);
+                self.failed = Some(e);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            polled => polled,
+        };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -310,7 +329,8 @@ impl http_body::Body for Observed {
                 }
             }
             Poll::Ready(None) => self.finish(true),
-            Poll::Ready(Some(Err(_))) => self.finish(false),
+            // Held back above.
+            Poll::Ready(Some(Err(_))) => {}
             Poll::Pending => {
                 if let Some(Err(stalled)) = self.stall.as_mut().map(|s| s.poll_waiting(cx)) {
                     self.finish(false);

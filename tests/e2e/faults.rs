@@ -15,10 +15,10 @@ use tokio::task::JoinHandle;
 use crate::support::data;
 use crate::support::process::OffloadProcess;
 use crate::support::raw::{RawApp, read_head};
-use crate::support::{Proxy, client, config_for};
+use crate::support::{Proxy, client, config_for, h2_client};
 
 /// An app that misbehaves by path: `/die-cl` and `/die-chunked` send a head and part of the
-/// body, then close; `/garbage` answers something that is not HTTP; `/huge-head` sends an
+/// body, then close (`/die-in-one-write` both in one write); `/garbage` answers something that is not HTTP; `/huge-head` sends an
 /// endless head, `/many-headers` 120 header lines; `/close` closes without a word; `/hang` never answers; anything else
 /// answers `hello`.
 async fn bad_app() -> RawApp {
@@ -54,6 +54,11 @@ async fn misbehave(stream: &mut TcpStream, target: &str) -> bool {
             let _ = stream.write_all(b"10000\r\n").await;
             let _ = stream.write_all(&[b'x'; 65536]).await;
             let _ = stream.write_all(b"\r\n100\r\nxx").await;
+        }
+        "/die-in-one-write" => {
+            let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+            answer.extend_from_slice(&[b'x'; 50000]);
+            let _ = stream.write_all(&answer).await;
         }
         "/garbage" => {
             let _ = stream
@@ -143,6 +148,43 @@ async fn app_dying_mid_response_truncates_visibly_and_the_proxy_carries_on() {
         !out.ends_with(b"0\r\n\r\n"),
         "the body was terminated cleanly"
     );
+}
+
+/// An answer that ends early reaches the client as far as it came: the head and the bytes
+/// before the end, then the connection closes. hyper drops a connection whose response body
+/// fails with what it has not written out yet, so a head and body read in one go with the
+/// app's close used to leave the client with nothing at all.
+#[tokio::test]
+async fn an_answer_cut_short_reaches_the_client_as_far_as_it_came() {
+    let app = bad_app().await;
+    let proxy = proxy_for(&app).await;
+    for attempt in 0..20 {
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /die-in-one-write HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out));
+        let _ = read.await.expect("connection left open");
+        let head_end = out.windows(4).position(|w| w == b"\r\n\r\n");
+        let head = String::from_utf8_lossy(&out[..head_end.unwrap_or(out.len())]);
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK"),
+            "attempt {attempt}: {head:?}"
+        );
+        assert!(head.contains("content-length: 100000"), "{head}");
+        let body = &out[head_end.map_or(out.len(), |e| e + 4)..];
+        assert_eq!(body.len(), 50000, "attempt {attempt}");
+    }
+    // Over HTTP/2 the stream is reset after the head.
+    let h2 = h2_client();
+    for attempt in 0..20 {
+        let resp = h2.get(proxy.url("/die-in-one-write")).send().await;
+        let resp = resp.unwrap_or_else(|e| panic!("attempt {attempt}: no head: {e:?}"));
+        assert_eq!(resp.status(), 200);
+        assert!(resp.bytes().await.is_err(), "attempt {attempt}: whole");
+    }
 }
 
 #[tokio::test]
