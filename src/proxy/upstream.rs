@@ -251,7 +251,7 @@ impl Upstream {
                 "switched protocols without an upgrade request".into(),
             ));
         }
-        clean_response(response.headers_mut())?;
+        clean_response(&mut response)?;
         Ok((response, took))
     }
 
@@ -271,7 +271,7 @@ impl Upstream {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
         let mut response = self.send(Box::new(req)).await?;
-        clean_response(response.headers_mut())?;
+        clean_response(&mut response)?;
         Ok(response)
     }
 
@@ -443,8 +443,11 @@ fn has_unsized_body_hyper_would_drop(req: &Request<Body>) -> bool {
 /// passed on as it came, as nginx does: `Transfer-Encoding` with `Content-Length` (RFC 9112
 /// §6.3: a smuggling pattern; the length would be forwarded with the chunked body), or a
 /// coding besides `chunked` (once `Transfer-Encoding` goes, it would be lost). A length
-/// given twice over (`5, 5`) goes on once.
-fn clean_response(headers: &mut HeaderMap) -> Result<(), ProxyError> {
+/// given twice over (`5, 5`) goes on once. The answer goes on as HTTP/1.1 whatever the
+/// app spoke: an app's HTTP/1.0 status line would tell the client to close after it.
+fn clean_response<B>(response: &mut Response<B>) -> Result<(), ProxyError> {
+    *response.version_mut() = Version::HTTP_11;
+    let headers = response.headers_mut();
     let framing = headers::strip_hop_by_hop(headers, false);
     if framing.transfer_encoding && framing.content_length {
         return Err(ProxyError::Upstream(

@@ -18,7 +18,7 @@ use crate::support::raw::{RawApp, read_head};
 use crate::support::{Proxy, client, config_for, h2_client};
 
 /// An app that misbehaves by path: `/die-cl` and `/die-chunked` send a head and part of the
-/// body, then close (`/die-in-one-write` both in one write); `/garbage` answers something that is not HTTP; `/huge-head` sends an
+/// body, then close (`/die-in-one-write` both in one write); `/http10` answers `hello` as HTTP/1.0; `/garbage` answers something that is not HTTP; `/huge-head` sends an
 /// endless head, `/many-headers` 120 header lines; `/close` closes without a word; `/hang` never answers; anything else
 /// answers `hello`.
 async fn bad_app() -> RawApp {
@@ -59,6 +59,11 @@ async fn misbehave(stream: &mut TcpStream, target: &str) -> bool {
             let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
             answer.extend_from_slice(&[b'x'; 50000]);
             let _ = stream.write_all(&answer).await;
+        }
+        "/http10" => {
+            let _ = stream
+                .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                .await;
         }
         "/garbage" => {
             let _ = stream
@@ -184,6 +189,31 @@ async fn an_answer_cut_short_reaches_the_client_as_far_as_it_came() {
         let resp = resp.unwrap_or_else(|e| panic!("attempt {attempt}: no head: {e:?}"));
         assert_eq!(resp.status(), 200);
         assert!(resp.bytes().await.is_err(), "attempt {attempt}: whole");
+    }
+}
+
+/// An app's HTTP/1.0 answer goes to an HTTP/1.1 client as HTTP/1.1, as nginx answers: an
+/// HTTP/1.0 status line would have the client close its connection after it.
+#[tokio::test]
+async fn an_http10_answer_goes_on_as_http11_and_the_connection_stays() {
+    let app = bad_app().await;
+    let proxy = proxy_for(&app).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    for round in 0..2 {
+        stream
+            .write_all(b"GET /http10 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"hello") {
+            let mut buf = [0; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+            let n = read.expect("answer in time").expect("read");
+            assert!(n > 0, "round {round}: closed after {answer:?}");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     }
 }
 
