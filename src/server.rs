@@ -649,9 +649,12 @@ async fn unless_left_unread(
 
 /// A bound, not yet running server.
 pub struct Server {
-    state: Arc<AppState>,
-    /// What requests are served with: `state`, until a reload replaces it.
+    /// What requests are served with: the state built at start, until a reload replaces it.
+    /// Nothing else keeps a state: one replaced is dropped with its pools of app
+    /// connections once its last request ends.
     live: Arc<LiveState>,
+    /// The request metrics, kept across reloads.
+    metrics: Metrics,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     admin: Arc<Admin>,
@@ -707,22 +710,23 @@ impl Server {
                 .map(|addr| addr.port());
         }
         let live = Arc::new(LiveState::new(&state, state.workers));
-        let state = Arc::new(state);
+        let metrics = state.metrics.clone();
+        drop(state);
         let admin_listen = config.server.admin_listen;
         let admin_listener = listeners
             .bind_if_set("server.admin_listen", admin_listen)
             .await?;
         listeners.all_taken()?;
         let max_connections = limits::max_connections(config.server.max_connections);
-        let slots = Arc::new(ConnectionSlots::new(max_connections, state.metrics.clone()));
+        let slots = Arc::new(ConnectionSlots::new(max_connections, metrics.clone()));
         let shutting_down = CancellationToken::new();
-        let admin = Admin::new(state.metrics.clone())
+        let admin = Admin::new(metrics.clone())
             .with_check(Arc::new(NotShuttingDown(shutting_down.clone())))
             .with_check(Arc::new(OnLiveState::new(&live, upstream_check)))
             .with_check(Arc::new(OnLiveState::new(&live, store_check)));
         Ok(Server {
-            state,
             live,
+            metrics,
             shutting_down,
             listener,
             tls_listener,
@@ -743,7 +747,7 @@ impl Server {
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
-            .unwrap_or_else(|_| self.state.config.server.listen)
+            .unwrap_or_else(|_| self.live.current().config.server.listen)
     }
 
     /// The TLS listener's address, when it is one of its own (`server.tls.listen`).
@@ -758,12 +762,6 @@ impl Server {
             .and_then(|l| l.local_addr().ok())
     }
 
-    /// The shared state as bound (for tests and embedding); a reload while it runs
-    /// replaces what requests are served with, not this.
-    pub fn state(&self) -> &Arc<AppState> {
-        &self.state
-    }
-
     /// Serves until `shutdown` resolves (and `server.shutdown_delay` more, with `/readyz`
     /// failing), then stops accepting and waits up to
     /// `server.shutdown_grace` for connections in flight; those still open then are dropped,
@@ -772,9 +770,12 @@ impl Server {
         let cancel = CancellationToken::new();
         let abandon = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let worker_count = self.state.workers;
-        let log_buffer = self.state.config.log.buffer_bytes();
-        let workers = Workers::start(worker_count, &self.state.metrics, log_buffer)
+        // Both are set at start: a reload leaves them as they are.
+        let (worker_count, log_buffer) = {
+            let state = self.live.current();
+            (state.workers, state.config.log.buffer_bytes())
+        };
+        let workers = Workers::start(worker_count, &self.metrics, log_buffer)
             .context("starting the workers")?;
         let tls_addr = self.tls_addr();
         if let Some(listener) = self.admin_listener {

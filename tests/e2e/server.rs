@@ -2,6 +2,8 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::support::app::Echo;
 use crate::support::process::{OffloadProcess, activated};
-use crate::support::raw::RawApp;
+use crate::support::raw::{RawApp, read_head};
 use crate::support::{
     App, Proxy, app_and_proxy, client, config_for, get_text, h2_client, raw_body, raw_exchange,
 };
@@ -313,6 +315,70 @@ async fn sighup_reloads_the_configuration() {
     let echo = echo_with_forwarded_for(&mut stream).await;
     assert_eq!(echo.one("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
     assert_eq!((first.seen().len(), second.seen().len()), (1, 2));
+}
+
+/// An app that answers `ok` on keep-alive connections, counting those open.
+async fn app_counting_connections() -> (RawApp, Arc<AtomicUsize>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let app = RawApp::start({
+        let open = Arc::clone(&open);
+        move |mut stream, _| {
+            let open = Arc::clone(&open);
+            async move {
+                open.fetch_add(1, Ordering::SeqCst);
+                loop {
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        break;
+                    }
+                    if read_head(&mut stream).await.is_none() {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    (app, open)
+}
+
+/// A reload that names another app closes the idle connections to the one before, as
+/// nginx's old workers close theirs, rather than holding them for `pool_idle_timeout`.
+#[tokio::test]
+async fn sighup_to_another_app_closes_the_idle_connections_to_the_first() {
+    let ((first, first_open), (second, _)) = (
+        app_counting_connections().await,
+        app_counting_connections().await,
+    );
+    let config = |app: std::net::SocketAddr| {
+        format!(
+            "[server]\nworker_threads = 1\n[upstream]\nurl = \"http://{app}\"\npool_idle_timeout = \"5m\"\n"
+        )
+    };
+    let process =
+        OffloadProcess::start_with_config(first.addr, Some(&config(first.addr)), &[], &[]).await;
+    let (status, body) = get_text(&format!("http://{}/a", process.addr)).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!(
+        first_open.load(Ordering::SeqCst),
+        1,
+        "one pooled connection"
+    );
+
+    process
+        .reload(&config(second.addr), "SIGHUP: configuration reloaded")
+        .await;
+    let (status, _) = get_text(&format!("http://{}/b", process.addr)).await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while first_open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first app's idle connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A reloaded `server.max_connections` applies at once: raised, a connection waiting in
