@@ -63,7 +63,7 @@ pub(crate) use limits::open_files_limit;
 pub use limits::raise_open_files_limit;
 use live::LiveState;
 use observe::{
-    Logged, Observed, RequestRecord, head_timed_out, observe, refused_head, track_request_body,
+    Logged, Observed, RequestRecord, Way, head_timed_out, observe, refused_head, track_request_body,
 };
 use request_id::RequestIds;
 use served::Served;
@@ -357,8 +357,14 @@ impl Answer {
 }
 
 /// Answers one request: the dispatch between the ways through the proxy. Infallible:
-/// every failure has already become a response.
-pub async fn route(state: &AppState, mut req: Box<Request<Body>>, client: ClientInfo) -> Answer {
+/// every failure has already become a response. `way` is set to the way taken as soon as
+/// it is known: a request dropped before its answer is counted under it.
+pub(crate) async fn route(
+    state: &AppState,
+    mut req: Box<Request<Body>>,
+    client: ClientInfo,
+    way: &Way,
+) -> Answer {
     if let Some(problem) = host_problem(&req) {
         let response = ProxyError::BadRequest(problem.into()).into_response();
         return Answer::of_way(response, RequestKind::Passthrough);
@@ -386,6 +392,7 @@ pub async fn route(state: &AppState, mut req: Box<Request<Body>>, client: Client
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
     // The fs store, served by offload itself under its own prefix.
     if is_read && let Some(key) = store_key(state, req.uri().path()) {
+        way.set(RequestKind::Store);
         let head_only = req.method() == Method::HEAD;
         let response = Box::pin(store::serve_object(
             &*state.store,
@@ -398,6 +405,7 @@ pub async fn route(state: &AppState, mut req: Box<Request<Body>>, client: Client
     }
     // Upload routes: caught before anything reaches the app.
     if let Some(upload_route) = state.uploads.find(req.method(), req.uri()) {
+        way.set(RequestKind::Upload);
         let origin = OriginParts::of(&req, &client).url();
         req.extensions_mut().insert(RequestOrigin(origin));
         let ctx = UploadContext {
@@ -414,6 +422,7 @@ pub async fn route(state: &AppState, mut req: Box<Request<Body>>, client: Client
         && let Some(assets) = &state.assets
         && let Some(path) = assets.managed_path(req.uri().path())
     {
+        way.set(RequestKind::Asset);
         let response = Box::pin(assets::handle_request(assets, &path, *req, &client)).await;
         return Answer::of_way(response, RequestKind::Asset);
     }
@@ -596,19 +605,21 @@ async fn handle(
     let idle_timeout = state.config.server.idle_timeout;
     let max_body_size = state.config.server.max_body_bytes();
     let (req, body) = track_request_body(req, idle_timeout, max_body_size);
-    let mut in_flight = connection.begin(http2, body.clone());
+    let in_flight = connection.begin(http2, body.clone());
+    let mut record = RequestRecord::new(state, in_flight, logged, client.peer, started);
+    let state = &record.state;
     // Boxed once here: each `.await` level below (`route`, `forward_timed`, `send`,
     // `exchange`) then keeps a pointer where it kept the 240-byte request, and a level's
     // future is copied whole into the one above it. That memory is seldom still in the
     // cache when a connection's next request comes: ~60 fewer L1 data misses per request
     // (callgrind, 64 and 256 connections), against one small allocation.
-    let routed = route(&state, Box::new(req), client);
+    let routed = route(state, Box::new(req), client, &record.way);
     let mut answer = match &body {
         // Boxed: only requests with a body are watched, and a GET's future stays as small.
-        Some(body) => Box::pin(unless_left_unread(routed, body, &state, &client)).await,
+        Some(body) => Box::pin(unless_left_unread(routed, body, state, &client)).await,
         None => routed.await,
     };
-    in_flight.answered();
+    record.in_flight.answered();
     if let Some(ids) = &state.request_ids
         && let Some(id) = request_id
     {
@@ -617,13 +628,6 @@ async fn handle(
             .headers_mut()
             .insert(ids.header().clone(), id);
     }
-    let record = RequestRecord {
-        state,
-        in_flight,
-        logged,
-        peer: client.peer,
-        started,
-    };
     // HTTP/2 streams share their connection's watchdog: each answer bounds its own stalls.
     Ok(observe(answer, record, http2.then_some(idle_timeout)))
 }

@@ -7,6 +7,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -103,9 +104,17 @@ impl http_body::Body for Counted {
     }
 }
 
-/// What the request looked like, kept until the response is done.
+/// What the request looked like, kept until the response is done. Dropped before an
+/// answer (the client left while the app or the store was still at it, or the shutdown's
+/// grace ran out), it logs and counts the request as 499, as nginx's "client closed
+/// request" does, rather than letting it pass unseen.
 pub(super) struct RequestRecord {
     pub state: Arc<AppState>,
+    /// The way the request took ([`crate::server::route`] sets it as it picks one), for a
+    /// request dropped before its answer.
+    pub way: Way,
+    /// Logged and counted: the access line is written once.
+    finished: bool,
     /// Ends the request on its connection when the record is dropped with the response;
     /// knows the request body's byte count.
     pub in_flight: RequestInFlight,
@@ -115,6 +124,113 @@ pub(super) struct RequestRecord {
     pub logged: Option<Box<Logged>>,
     pub peer: SocketAddr,
     pub started: Instant,
+}
+
+impl RequestRecord {
+    pub(super) fn new(
+        state: Arc<AppState>,
+        in_flight: RequestInFlight,
+        logged: Option<Box<Logged>>,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> RequestRecord {
+        RequestRecord {
+            state,
+            way: Way::default(),
+            finished: false,
+            in_flight,
+            logged,
+            peer,
+            started,
+        }
+    }
+
+    /// Counts the request and writes its access line (if that is logged).
+    fn finish(&mut self, end: End) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let took = self.started.elapsed();
+        let bytes_in = self.in_flight.bytes_in();
+        let metrics = &self.state.metrics;
+        metrics.request(end.kind, end.status, took, bytes_in, end.sent);
+        if let Some(upstream) = end.upstream {
+            metrics.upstream_response(upstream);
+        }
+        let Some(logged) = &self.logged else { return };
+        // Queries can carry one-time secrets (reset keys, signatures): logged only when
+        // `log.query` says so. Header values are never logged, but for the request ID (a
+        // printable token offload made or a trusted proxy set).
+        let path = match &logged.target {
+            Some(t) if self.state.config.log.query => t.as_str(),
+            Some(t) => t.path(),
+            None => "",
+        };
+        info!(
+            target: ACCESS_TARGET,
+            method = %logged.method,
+            path,
+            status = end.status.as_u16(),
+            kind = end.kind.as_str(),
+            bytes_in,
+            bytes_out = end.sent,
+            duration_ms = millis(took),
+            upstream_ms = end.upstream.map(millis),
+            peer = %ClientAddr(self.peer),
+            complete = end.complete,
+            request_id = logged.request_id.as_ref().and_then(|id| id.to_str().ok()),
+        );
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(End {
+                kind: self.way.get(),
+                status: CLIENT_CLOSED_REQUEST,
+                upstream: None,
+                sent: 0,
+                complete: false,
+            });
+        }
+    }
+}
+
+/// The way a request took through the proxy, as far as routing got. An atomic only so
+/// that the request's future may move between threads: nothing else shares it, and a
+/// relaxed store is a plain one.
+#[derive(Default)]
+pub(crate) struct Way(AtomicU8);
+
+impl Way {
+    pub(crate) fn set(&self, kind: RequestKind) {
+        self.0.store(kind as u8, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> RequestKind {
+        match self.0.load(Ordering::Relaxed) {
+            k if k == RequestKind::Upload as u8 => RequestKind::Upload,
+            k if k == RequestKind::Asset as u8 => RequestKind::Asset,
+            k if k == RequestKind::Store as u8 => RequestKind::Store,
+            _ => RequestKind::Passthrough,
+        }
+    }
+}
+
+/// nginx's status for a request whose client left before the answer.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
+/// How a request ended, for its count and access line.
+struct End {
+    kind: RequestKind,
+    status: StatusCode,
+    upstream: Option<Duration>,
+    sent: u64,
+    complete: bool,
 }
 
 /// The request's method, target and ID (`server.request_id_header`), kept for its access
@@ -192,38 +308,16 @@ pub(super) struct Observed {
 
 impl Observed {
     fn finish(&mut self, complete: bool) {
-        let Some(done) = self.done.take() else { return };
-        let r = &done.request;
-        let took = r.started.elapsed();
-        let bytes_in = r.in_flight.bytes_in();
-        let metrics = &r.state.metrics;
-        metrics.request(done.kind, done.status, took, bytes_in, self.sent);
-        if let Some(upstream) = done.upstream {
-            metrics.upstream_response(upstream);
-        }
-        let Some(logged) = &r.logged else { return };
-        // Queries can carry one-time secrets (reset keys, signatures): logged only when
-        // `log.query` says so. Header values are never logged, but for the request ID (a
-        // printable token offload made or a trusted proxy set).
-        let path = match &logged.target {
-            Some(t) if r.state.config.log.query => t.as_str(),
-            Some(t) => t.path(),
-            None => "",
+        let Some(mut done) = self.done.take() else {
+            return;
         };
-        info!(
-            target: ACCESS_TARGET,
-            method = %logged.method,
-            path,
-            status = done.status.as_u16(),
-            kind = done.kind.as_str(),
-            bytes_in,
-            bytes_out = self.sent,
-            duration_ms = millis(took),
-            upstream_ms = done.upstream.map(millis),
-            peer = %ClientAddr(r.peer),
+        done.request.finish(End {
+            kind: done.kind,
+            status: done.status,
+            upstream: done.upstream,
+            sent: self.sent,
             complete,
-            request_id = logged.request_id.as_ref().and_then(|id| id.to_str().ok()),
-        );
+        });
     }
 }
 

@@ -314,3 +314,23 @@ async fn a_store_gone_mid_object_is_counted_as_an_interrupted_get() {
         "{text}"
     );
 }
+
+/// A request whose client leaves before the answer is counted, as a 4xx (499), under the
+/// way it took.
+#[tokio::test]
+async fn a_request_the_client_left_is_counted() {
+    use tokio::io::AsyncWriteExt;
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /sleep/3000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(stream);
+    proxy
+        .metrics_until("offload_requests_total{kind=\"passthrough\",class=\"4xx\"} 1")
+        .await;
+}

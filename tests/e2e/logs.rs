@@ -95,6 +95,33 @@ async fn each_request_is_logged_once_with_its_figures() {
     }
 }
 
+/// A request whose client leaves before the answer (here while the app takes its time) is
+/// logged as nginx logs it, 499, rather than not at all.
+#[tokio::test]
+async fn a_request_the_client_left_before_its_answer_is_logged_as_499() {
+    let app = App::start().await;
+    let process = OffloadProcess::start(app.addr, &[], &[]).await;
+    let mut stream = TcpStream::connect(process.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /sleep/3000?token=QUERY HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+
+    let lines = wait_for_access_lines(&process, 1).await;
+    let line = lines
+        .first()
+        .unwrap_or_else(|| panic!("no line: {}", process.logs()));
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["path"], "/sleep/3000", "{line}");
+    assert_eq!(line["kind"], "passthrough", "{line}");
+    assert_eq!(line["complete"], false, "{line}");
+    assert_eq!(line["bytes_out"], 0, "{line}");
+    let duration = line["duration_ms"].as_f64().expect("duration_ms");
+    assert!((250.0..2900.0).contains(&duration), "{line}");
+}
+
 /// An IPv4 client of a dual-stack socket (here one bound to `::ffff:127.0.0.1`, as systemd's
 /// `[::]:PORT` is for all of them) is logged and forwarded with its IPv4 address.
 #[tokio::test]
