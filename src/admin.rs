@@ -171,17 +171,26 @@ impl Admin {
 
     /// Answers one admin request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        }
-        match req.uri().path() {
-            "/healthz" => body::text(StatusCode::OK, "ok\n"),
-            "/readyz" => self.readyz().await,
-            "/metrics" => self.metrics(),
-            _ => body::text(
+        let path = req.uri().path();
+        if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+            return body::text(
                 StatusCode::NOT_FOUND,
                 "not found: try /healthz, /readyz, /metrics\n",
-            ),
+            );
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            // RFC 9110 §15.5.6: a 405 says which methods the resource has.
+            let mut refused = body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            refused.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            return refused;
+        }
+        match path {
+            "/healthz" => body::text(StatusCode::OK, "ok\n"),
+            "/readyz" => self.readyz().await,
+            _ => self.metrics(),
         }
     }
 

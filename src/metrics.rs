@@ -184,7 +184,9 @@ impl Metrics {
         );
         registry.register(
             "offload_upstream_errors",
-            "Failures reaching the app, by cause",
+            "Requests that could not be forwarded, by cause: the app's (connect, timeout, \
+             upstream, body_not_taken, busy) or the client's (bad_request, not_implemented, \
+             client_body, client_stalled, body_too_large)",
             upstream_errors.clone(),
         );
         registry.register(

@@ -334,3 +334,22 @@ async fn a_request_the_client_left_is_counted() {
         .metrics_until("offload_requests_total{kind=\"passthrough\",class=\"4xx\"} 1")
         .await;
 }
+
+#[tokio::test]
+async fn other_methods_are_405_with_allow_and_other_paths_404() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let http = client();
+    let refused = http
+        .post(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 405);
+    assert_eq!(refused.headers()["allow"], "GET, HEAD");
+    let missing = http
+        .post(proxy.admin_url("/nope"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(missing.status(), 404);
+}
