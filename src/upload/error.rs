@@ -30,9 +30,9 @@ pub enum UploadError {
     Malformed(String),
     #[error("file extension not allowed: {0:?}")]
     ExtensionDenied(String),
-    #[error("content type not allowed: {0}")]
+    #[error("content type not allowed: {0:?}")]
     TypeDenied(String),
-    #[error("file content does not match its declared type {declared}")]
+    #[error("file content does not match its declared type {declared:?}")]
     TypeMismatch { declared: String },
     /// The client's body stream failed (disconnect, reset): nobody is listening any more.
     #[error("client body failed: {0}")]

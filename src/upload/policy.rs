@@ -452,4 +452,22 @@ mod tests {
         let err = images.decide("a.pdf", None, b"%PDF-1.4\n").unwrap_err();
         assert!(matches!(err, UploadError::TypeDenied(t) if t == "application/pdf"));
     }
+
+    /// The client's words are quoted where they go into a message (and a log line), so that
+    /// a content type cannot pass for more fields: `status=999 path="/fake"`.
+    #[test]
+    fn client_text_in_messages_is_quoted() {
+        let denied = UploadError::TypeDenied("text/x status=999 path=\"/fake\"".into());
+        assert_eq!(
+            denied.to_string(),
+            "content type not allowed: \"text/x status=999 path=\\\"/fake\\\"\""
+        );
+        let mismatch = UploadError::TypeMismatch {
+            declared: "image/png x=1".into(),
+        };
+        assert_eq!(
+            mismatch.to_string(),
+            "file content does not match its declared type \"image/png x=1\""
+        );
+    }
 }
