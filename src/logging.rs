@@ -31,10 +31,12 @@ use crate::config::{LogConfig, LogFormat};
 
 mod filter;
 mod format;
+mod query;
 
 use filter::LiveFilter;
 use format::EventFormat;
 pub(crate) use format::{ACCESS_TARGET, ClientAddr};
+pub(crate) use query::masked as masked_target;
 
 /// Installs the subscriber: `RUST_LOG` when set, `log.level` otherwise.
 pub fn init(log: &LogConfig) -> anyhow::Result<()> {

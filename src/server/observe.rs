@@ -3,6 +3,7 @@
 //! the same line and count for a request head refused before it reached routing (by hyper:
 //! malformed or too large) or cut off (not complete within `server.header_read_timeout`).
 
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,7 +23,7 @@ use tracing::info;
 use super::idle::{BodyProgress, RequestInFlight, StallTimer};
 use super::{Answer, AppState};
 use crate::body::{Body, BoxError, TooLarge};
-use crate::logging::{ACCESS_TARGET, ClientAddr};
+use crate::logging::{ACCESS_TARGET, ClientAddr, masked_target};
 use crate::metrics::RequestKind;
 
 /// Boxes the request body, following its progress (bytes, end, whether it is waited on)
@@ -159,13 +160,15 @@ impl RequestRecord {
         }
         let Some(logged) = &self.logged else { return };
         // Queries can carry one-time secrets (reset keys, signatures): logged only when
-        // `log.query` says so. Header values are never logged, but for the request ID (a
-        // printable token offload made or a trusted proxy set).
+        // `log.query` says so, and even then without the values of known credentials.
+        // Header values are never logged, but for the request ID (a printable token
+        // offload made or a trusted proxy set).
         let path = match &logged.target {
-            Some(t) if self.state.config.log.query => t.as_str(),
-            Some(t) => t.path(),
-            None => "",
+            Some(t) if self.state.config.log.query => masked_target(t),
+            Some(t) => Cow::Borrowed(t.path()),
+            None => Cow::Borrowed(""),
         };
+        let path = path.as_ref();
         info!(
             target: ACCESS_TARGET,
             method = %logged.method,

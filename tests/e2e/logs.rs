@@ -95,6 +95,23 @@ async fn each_request_is_logged_once_with_its_figures() {
     }
 }
 
+/// With `log.query` on, queries are logged, but for the values of credentials.
+#[tokio::test]
+async fn logged_queries_keep_credentials_out() {
+    let app = App::start().await;
+    let process = OffloadProcess::start(app.addr, &[], &[("OFFLOAD_LOG_QUERY", "true")]).await;
+    get_ok(&process, "/bytes/10?action=rp&key=S3CRET&login=admin").await;
+    let lines = wait_for_access_lines(&process, 1).await;
+    let line = lines
+        .first()
+        .unwrap_or_else(|| panic!("no line: {}", process.logs()));
+    assert_eq!(
+        line["path"], "/bytes/10?action=rp&key=***&login=admin",
+        "{line}"
+    );
+    assert!(!process.logs().contains("S3CRET"));
+}
+
 /// A request whose client leaves before the answer (here while the app takes its time) is
 /// logged as nginx logs it, 499, rather than not at all.
 #[tokio::test]
