@@ -72,11 +72,25 @@ struct ConfigArgs {
     upstream: Option<Url>,
     /// Admin listen address for /healthz, /readyz, /metrics, or "off"; overrides
     /// `server.admin_listen`.
-    #[arg(long, value_name = "ADDR|off")]
-    admin_listen: Option<String>,
+    #[arg(long, value_name = "ADDR|off", value_parser = admin_address)]
+    admin_listen: Option<AdminListen>,
     /// Log format, overriding `log.format`.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<LogFormatArg>,
+}
+
+/// `--admin-listen`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+struct AdminListen(Option<SocketAddr>);
+
+/// Parsed by clap, so that a bad address is a usage error (exit 2) like `--listen`'s.
+fn admin_address(text: &str) -> Result<AdminListen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(AdminListen(None));
+    }
+    text.parse()
+        .map(|addr| AdminListen(Some(addr)))
+        .map_err(|e| format!("{e} (an address and port, as 127.0.0.1:9090, or \"off\")"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -115,14 +129,8 @@ fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
     if let Some(url) = &args.upstream {
         config.upstream.url = url.clone();
     }
-    if let Some(admin) = &args.admin_listen {
-        config.server.admin_listen = match admin.as_str() {
-            off if off.eq_ignore_ascii_case("off") => None,
-            addr => Some(
-                addr.parse()
-                    .with_context(|| format!("--admin-listen: {addr:?}"))?,
-            ),
-        };
+    if let Some(AdminListen(admin)) = args.admin_listen {
+        config.server.admin_listen = admin;
     }
     if let Some(format) = args.log_format {
         config.log.format = match format {

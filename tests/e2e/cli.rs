@@ -145,6 +145,22 @@ fn flags_override_the_file() {
     assert!(stdout.contains("format = \"json\""), "{stdout}");
 }
 
+/// A flag's bad value is a usage error, exit 2, for every flag alike.
+#[test]
+fn bad_flag_values_are_usage_errors() {
+    for args in [["--listen", "bogus"], ["--admin-listen", "bogus"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_offload"))
+            .arg("check-config")
+            .args(args)
+            .env_remove("OFFLOAD_CONFIG")
+            .output()
+            .expect("run offload");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("invalid value 'bogus'"), "{stderr}");
+    }
+}
+
 #[test]
 fn help_explains_the_flags() {
     let out = Command::new(env!("CARGO_BIN_EXE_offload"))
