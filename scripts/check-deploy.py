@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Checks the YAML in deploy/: every file parses, the compose file has the services and
+"""Checks the YAML and JSON in deploy/: every file parses, the compose file has the services and
 ports the README promises, and the Kubernetes manifest embeds deploy/k8s/proxy.toml as it is
 and wires offload as a sidecar. Needs PyYAML (`pip install pyyaml` in a venv).
 
 Usage: scripts/check-deploy.py [REPO_ROOT]; exits 1 listing every problem."""
 
+import json
 import pathlib
 import sys
 
@@ -24,6 +25,13 @@ for path in sorted((root / "deploy").rglob("*.y*ml")):
     try:
         docs[path.relative_to(root).as_posix()] = list(yaml.safe_load_all(path.read_text()))
     except yaml.YAMLError as e:
+        problems.append(f"{path}: {e}")
+
+json_files = sorted((root / "deploy").rglob("*.json"))
+for path in json_files:
+    try:
+        json.loads(path.read_text())
+    except json.JSONDecodeError as e:
         problems.append(f"{path}: {e}")
 
 compose = (docs.get("deploy/docker-compose.yml") or [{}])[0]
@@ -61,5 +69,5 @@ if "Service" in kinds:
 
 for p in problems:
     print(f"check-deploy: {p}")
-print(f"check-deploy: {len(docs)} YAML files, {len(problems)} problems")
+print(f"check-deploy: {len(docs)} YAML and {len(json_files)} JSON files, {len(problems)} problems")
 sys.exit(1 if problems else 0)

@@ -353,3 +353,53 @@ async fn other_methods_are_405_with_allow_and_other_paths_404() {
         .expect("answer");
     assert_eq!(missing.status(), 404);
 }
+
+/// Every metric deploy/grafana/offload-dashboard.json queries is one offload exports (with
+/// `upstream.max_connections` set, as the gauges of its panel need), by the names a scrape
+/// shows: a counter's with `_total`, a histogram's with `_bucket`.
+#[tokio::test]
+async fn the_dashboards_queries_name_metrics_offload_exports() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/offload-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("offload_") || word.starts_with("process_") {
+                    queried.insert(word.to_string());
+                }
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+
+    let (_app, proxy) = app_and_proxy(|c| c.upstream.max_connections = 8).await;
+    let scraped = client()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let mut exported = std::collections::BTreeSet::new();
+    for line in scraped.lines() {
+        let mut words = line.split_whitespace();
+        if line.starts_with("# TYPE") {
+            let (name, kind) = (words.nth(2).unwrap_or(""), words.next().unwrap_or(""));
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_count", "_sum"],
+                _ => &[""],
+            };
+            exported.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        }
+    }
+    let missing: Vec<_> = queried.difference(&exported).collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}\n{scraped}");
+}
