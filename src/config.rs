@@ -573,7 +573,7 @@ impl Config {
             match Config::deserialize(toml::Value::Table(table.clone())) {
                 Ok(config) => break config,
                 Err(e) => {
-                    let key = error_key(&e);
+                    let key = indexed_route(&table, error_key(&e));
                     if !env_keys.retry_as_string(&mut table, &key) {
                         return Err(key_error(&e, &key, &env_keys));
                     }
@@ -904,6 +904,23 @@ fn error_key(e: &toml::de::Error) -> String {
         .next_back()
         .unwrap_or_default()
         .to_string()
+}
+
+/// `key` as `uploads[i]…` when it is in the upload routes: toml names the array of tables
+/// alone, so each route is tried on its own to find the one the error is in.
+fn indexed_route(table: &toml::Table, key: String) -> String {
+    let Some(rest) = key.strip_prefix("uploads") else {
+        return key;
+    };
+    let routes = table.get("uploads").and_then(toml::Value::as_array);
+    let failing = routes
+        .into_iter()
+        .flatten()
+        .position(|route| UploadRouteConfig::deserialize(route.clone()).is_err());
+    match failing {
+        Some(i) => format!("uploads[{i}]{rest}"),
+        None => key,
+    }
 }
 
 /// A deserializer's error as `key: reason`, naming the variable that set the key, if one did.
@@ -1333,6 +1350,14 @@ mod tests {
             (
                 "[[uploads]]\npath = \"/u\"\nmethods = [\"GE T\"]",
                 "methods",
+            ),
+            (
+                "[[uploads]]\npath = \"/a\"\n[[uploads]]\npath = \"/b\"\nmod = \"respond\"",
+                "uploads[1].mod: unknown key; did you mean `mode`?",
+            ),
+            (
+                "[[uploads]]\npath = \"/a\"\nmode = \"mirorr\"",
+                "uploads[0].mode: unknown variant `mirorr`",
             ),
             (
                 "[[uploads]]\npath = \"/u\"\nkey_template = \"{sha256}\"",
