@@ -925,9 +925,14 @@ fn indexed_route(table: &toml::Table, key: String) -> String {
 
 /// A deserializer's error as `key: reason`, naming the variable that set the key, if one did.
 fn key_error(e: &toml::de::Error, key: &str, env: &env::EnvKeys) -> anyhow::Error {
+    // bytesize's word for what a size looks like says nothing to an operator.
+    let reason = e.message().replace(
+        "expected parsable string",
+        "expected a size, as \"64KiB\" or \"100MB\"",
+    );
     let (key, message) = match unknown_key_message(e.message(), Some(key)) {
         Some(message) => (unknown_key(e.message(), key), message),
-        None => (key.to_string(), format!("{key}: {}", e.message())),
+        None => (key.to_string(), format!("{key}: {reason}")),
     };
     match env.variable(&key) {
         Some(variable) => anyhow::anyhow!("{message} (set by {variable})"),
@@ -1468,6 +1473,10 @@ mod tests {
             (
                 "[server]\nidle_timeout = true",
                 "server.idle_timeout: invalid type: boolean `true`, expected a duration with its unit",
+            ),
+            (
+                "[server]\nmax_header_size = \"lots\"",
+                "server.max_header_size: invalid value: string \"lots\", expected a size, as \"64KiB\"",
             ),
             (
                 "[server]\ntrusted_proxies = [\"10.0.0.300\"]",
