@@ -574,14 +574,14 @@ impl Config {
                 Ok(config) => break config,
                 Err(e) => {
                     let key = indexed_route(&table, error_key(&e));
-                    if !env_keys.retry_as_string(&mut table, &key) {
+                    if !env_keys.retry_as_string(&mut table, &key, &e) {
                         return Err(key_error(&e, &key, &env_keys));
                     }
                 }
             }
         };
         config.apply_preset();
-        config.validate()?;
+        config.validate_values()?;
         Ok(config)
     }
 
@@ -636,8 +636,17 @@ impl Config {
         }
     }
 
-    /// Checks what the types alone cannot; the error names the key and the reason.
+    /// Checks what the types alone cannot; the error names the key and the reason. Run on
+    /// the configuration as it will be served: after the command line's flags, which may
+    /// settle a clash of listeners the file and the environment have (`--admin-listen off`).
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.validate_values()?;
+        self.check_listeners_differ()
+    }
+
+    /// [`Config::validate`] but for what flags may still change: each key's own value, and
+    /// those that go together.
+    fn validate_values(&self) -> anyhow::Result<()> {
         match self.upstream.url.scheme() {
             "http" | "https" => {}
             other => bail!("upstream.url: scheme must be http or https, not {other:?}"),
@@ -695,7 +704,6 @@ impl Config {
                 bail!("{key}: must be more than 0");
             }
         }
-        self.check_listeners_differ()?;
         if self.server.http2_max_concurrent_streams == 0 {
             bail!("server.http2_max_concurrent_streams: must be at least 1");
         }
@@ -771,12 +779,15 @@ impl Config {
         if let Some(admin) = self.server.admin_listen {
             listeners.push(("server.admin_listen", admin));
         }
+        // One on every address takes the port on each address of its family, and `[::]`
+        // on IPv4's too (Linux binds it dual-stack by default).
+        let covers = |a: &SocketAddr, b: &SocketAddr| {
+            a.ip() == b.ip() || (a.ip().is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
+        };
         for (i, (key, addr)) in listeners.iter().enumerate() {
             for (other_key, other) in &listeners[..i] {
                 // Port 0 is any free port: two of them never clash.
-                let same_host = addr.ip() == other.ip()
-                    || addr.ip().is_unspecified()
-                    || other.ip().is_unspecified();
+                let same_host = covers(addr, other) || covers(other, addr);
                 if addr.port() == other.port() && addr.port() != 0 && same_host {
                     bail!("{key}: must differ from {other_key} ({other})");
                 }
@@ -1126,8 +1137,9 @@ mod tests {
         assert_eq!(human_size(0), "0 B");
     }
 
+    /// As `offload` loads a file without flags: values, then the whole.
     fn load(text: &str) -> anyhow::Result<Config> {
-        Config::from_toml_with_env(text, &BTreeMap::new())
+        load_env(text, &[])
     }
 
     fn load_env(text: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
@@ -1135,7 +1147,9 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::from_toml_with_env(text, &env)
+        let config = Config::from_toml_with_env(text, &env)?;
+        config.validate()?;
+        Ok(config)
     }
 
     #[test]
@@ -1437,6 +1451,10 @@ mod tests {
                 "server.idle_timeout: must be more than 0",
             ),
             (
+                "[server]\nlisten = \"[::]:8080\"\nadmin_listen = \"127.0.0.1:8080\"",
+                "server.admin_listen: must differ from server.listen ([::]:8080)",
+            ),
+            (
                 "[upstream]\nresponse_timeout = \"0s\"",
                 "upstream.response_timeout: must be more than 0",
             ),
@@ -1490,6 +1508,23 @@ mod tests {
             let err = format!("{:#}", load(text).unwrap_err());
             assert!(err.starts_with(message), "{text:?} → {err}");
         }
+    }
+
+    /// Listeners clash only where one would take the other's address and port.
+    #[test]
+    fn listeners_of_other_families_or_ports_do_not_clash() {
+        for text in [
+            "[server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"[::1]:8080\"",
+            "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.2:8080\"",
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+        ] {
+            assert!(load(text).is_ok(), "{text}");
+        }
+        // A flag may still settle what the file leaves clashing: checked after flags.
+        let text = "[server]\nlisten = \"0.0.0.0:9090\"";
+        let mut config = Config::from_toml_with_env(text, &BTreeMap::new()).unwrap();
+        config.server.admin_listen = None;
+        assert!(config.validate().is_ok());
     }
 
     #[test]
@@ -1576,12 +1611,33 @@ mod tests {
         assert_eq!(tls.key, std::path::Path::new("/etc/k.pem"));
         assert_eq!(c.uploads.len(), 1);
         assert_eq!(c.uploads[0].path, "/upload");
-        // A number where one is wanted is still one, and still checked.
-        let err = load_env("", &[("OFFLOAD_SERVER_MAX_HEADERS", "many")]).unwrap_err();
-        assert!(
-            format!("{err:#}").starts_with("server.max_headers: invalid type: string"),
-            "{err:#}"
-        );
+        // A number where one is wanted is still one, and still checked; a list or a table
+        // with a mistake in it is reported as that mistake.
+        for (variable, value, message) in [
+            (
+                "OFFLOAD_SERVER_MAX_HEADERS",
+                "many",
+                "server.max_headers: invalid type: string",
+            ),
+            (
+                "OFFLOAD_SERVER_MAX_HEADERS",
+                "-1",
+                "server.max_headers: invalid value: integer `-1`",
+            ),
+            (
+                "OFFLOAD_UPLOADS",
+                "[{ pth = \"/x\" }]",
+                "uploads[0].pth: unknown key; did you mean `path`?",
+            ),
+            (
+                "OFFLOAD_SERVER_TLS",
+                "{ cert = \"c.pem\" }",
+                "server.tls: missing field `key`",
+            ),
+        ] {
+            let err = format!("{:#}", load_env("", &[(variable, value)]).unwrap_err());
+            assert!(err.starts_with(message), "{variable}={value} → {err}");
+        }
     }
 
     #[test]

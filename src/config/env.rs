@@ -70,7 +70,16 @@ pub(super) fn apply(
             continue;
         };
         let parsed = parse_value(value);
-        let text_if_not_string = (!parsed.is_str()).then(|| value.clone());
+        // A scalar read as TOML may have been meant as text (a bucket named 12345); a list
+        // or a table was meant as one.
+        let scalar = matches!(
+            parsed,
+            toml::Value::Integer(_)
+                | toml::Value::Float(_)
+                | toml::Value::Boolean(_)
+                | toml::Value::Datetime(_)
+        );
+        let text_if_not_string = scalar.then(|| value.clone());
         set(table, &path, parsed)?;
         keys.0.insert(
             path.join("."),
@@ -165,10 +174,19 @@ fn set(table: &mut toml::Table, path: &[String], value: toml::Value) -> anyhow::
 }
 
 impl EnvKeys {
-    /// When deserializing failed at `key`, a variable's value that was read as TOML into
-    /// something other than a string: taken as a string instead (`OFFLOAD_STORE_BUCKET=12345`
-    /// names bucket "12345"). `false` when there is nothing to retry.
-    pub(super) fn retry_as_string(&mut self, table: &mut toml::Table, key: &str) -> bool {
+    /// When deserializing failed at `key` for want of another type, a variable's value that
+    /// was read as TOML into a number, a boolean or a date: taken as a string instead
+    /// (`OFFLOAD_STORE_BUCKET=12345` names bucket "12345"). `false` when there is nothing to
+    /// retry, and the first error stands.
+    pub(super) fn retry_as_string(
+        &mut self,
+        table: &mut toml::Table,
+        key: &str,
+        error: &toml::de::Error,
+    ) -> bool {
+        if !error.message().starts_with("invalid type") {
+            return false;
+        }
         let Some(text) = self
             .0
             .get_mut(key)

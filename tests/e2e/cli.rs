@@ -145,6 +145,33 @@ fn flags_override_the_file() {
     assert!(stdout.contains("format = \"json\""), "{stdout}");
 }
 
+/// Flags are laid over the file and the environment before the listeners are checked for
+/// a clash: `--admin-listen off` settles one.
+#[test]
+fn a_flag_can_settle_a_clash_of_listeners() {
+    let run = |admin: &str| {
+        Command::new(env!("CARGO_BIN_EXE_offload"))
+            .args(["check-config", "--admin-listen", admin])
+            .env_remove("OFFLOAD_CONFIG")
+            .env("OFFLOAD_SERVER_LISTEN", "0.0.0.0:9090")
+            .output()
+            .expect("run offload")
+    };
+    let settled = run("off");
+    assert!(
+        settled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&settled.stderr)
+    );
+    let clash = run("127.0.0.1:9090");
+    assert_eq!(clash.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&clash.stderr).contains("server.admin_listen: must differ"),
+        "{}",
+        String::from_utf8_lossy(&clash.stderr)
+    );
+}
+
 /// A flag's bad value is a usage error, exit 2, for every flag alike.
 #[test]
 fn bad_flag_values_are_usage_errors() {
