@@ -88,8 +88,9 @@ pub(super) fn set_forwarding(
 
 /// A trusted peer's forwarding headers extended with this hop. What it sent in one form
 /// alone is written in the other too ([`seed`]), so that an app reading either sees the
-/// same client, scheme and host; its `X-Forwarded-Proto/-Host` are kept as they came, and
-/// where it sent neither them nor a `Forwarded` naming them, this hop's are set.
+/// same client, scheme and host: the addresses of a list it left out, and the
+/// `X-Forwarded-Proto/-Host` it did not send from its `Forwarded`. Those it sent are kept as
+/// they came; where it named neither, this hop's are set.
 fn extend_trusted(
     headers: &mut HeaderMap,
     ip: IpAddr,
@@ -106,9 +107,11 @@ fn extend_trusted(
             original_proto.as_ref(),
             original_host.as_ref(),
         );
-    } else if old_xff.is_empty() {
+    } else if old_xff.is_empty() || original_proto.is_none() || original_host.is_none() {
         let x = seed::x_forwarded_from_forwarded(&old_forwarded);
-        old_xff = x.for_list;
+        if old_xff.is_empty() {
+            old_xff = x.for_list;
+        }
         original_proto = original_proto.or(x.proto);
         original_host = original_host.or(x.host);
     }
@@ -474,7 +477,7 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "www.example.com");
         assert_eq!(
             h["forwarded"],
-            "for=203.0.113.9;host=\"www.example.com\";proto=https, for=\"[2001:db8::7]\", \
+            "for=203.0.113.9, for=\"[2001:db8::7]\";host=\"www.example.com\";proto=https, \
              for=10.0.0.2;host=\"backend.internal\";proto=http"
         );
         // A TLS terminator that says only which scheme the client used.
@@ -490,6 +493,24 @@ mod tests {
         set_forwarding(&mut h, &client("10.0.0.2:5000", false), true, None);
         assert_eq!(h["forwarded"], "for=192.0.2.1, for=10.0.0.2;proto=http");
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.2");
+    }
+
+    /// HAProxy with both `option forwardfor` and `option forwarded`: the scheme and host
+    /// are in Forwarded alone.
+    #[test]
+    fn a_trusted_peers_forwarded_names_the_scheme_beside_its_x_forwarded_for() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            (
+                "forwarded",
+                "for=203.0.113.7;proto=https;host=www.example.com",
+            ),
+        ]);
+        let host = HeaderValue::from_static("backend.internal");
+        set_forwarding(&mut h, &client("10.0.0.2:5000", false), true, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "www.example.com");
     }
 
     #[test]

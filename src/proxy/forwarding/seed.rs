@@ -3,9 +3,13 @@
 //! `$proxy_add_x_forwarded_for`) or `Forwarded` (HAProxy's `option forwarded`), and apps read
 //! either (WordPress and Rails the first, Symfony and Laravel either). An app reading the one
 //! the peer left out would take the peer for the client, or plain HTTP for HTTPS.
+//!
+//! The scheme and host go with the peer's own hop, the last of the list: what came before it
+//! may be the client's own words, since a balancer that appends to the headers (HAProxy's
+//! `option forwarded` does) passes on what the client sent.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use bytes::BytesMut;
 use http::HeaderValue;
@@ -15,26 +19,28 @@ use crate::proxy::headers::is_host;
 
 /// The `Forwarded` elements an `X-Forwarded-For` list stands for: each address as `for=`, an
 /// IPv6 one bracketed and quoted, anything else (`unknown`, an address with a port) quoted as
-/// it came. The first element also carries the original request's scheme and host, from the
-/// peer's `X-Forwarded-Proto/-Host`; with no list, an element of those alone.
+/// it came. The last element, the peer's own hop, also carries the scheme and host the peer
+/// was asked for, from its `X-Forwarded-Proto/-Host`; with no list, an element of those
+/// alone.
 pub(super) fn forwarded_from_x_forwarded(
     xff: &[u8],
     proto: Option<&HeaderValue>,
     host: Option<&HeaderValue>,
 ) -> Vec<u8> {
     let mut out = BytesMut::new();
-    let items = xff
+    let items: Vec<&[u8]> = xff
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
-        .filter(|item| !item.is_empty());
+        .filter(|item| !item.is_empty())
+        .collect();
     let mut params = Vec::with_capacity(2);
-    if let Some(host) = host.map(first_item).filter(|h| is_host(h)) {
+    if let Some(host) = host.map(last_item).filter(|h| is_host(h)) {
         params.push(("host", host));
     }
-    if let Some(proto) = proto.map(first_item).filter(|p| is_scheme(p)) {
+    if let Some(proto) = proto.map(last_item).filter(|p| is_scheme(p)) {
         params.push(("proto", proto));
     }
-    for (i, item) in items.enumerate() {
+    for (i, &item) in items.iter().enumerate() {
         if i > 0 {
             out.extend_from_slice(b", ");
         }
@@ -48,7 +54,7 @@ pub(super) fn forwarded_from_x_forwarded(
             }
             None => quoted(&mut out, item),
         }
-        if i == 0 {
+        if i + 1 == items.len() {
             write_params(&mut out, &params, true);
         }
     }
@@ -80,7 +86,8 @@ pub(super) struct XForwarded {
     /// Each element's node as an `X-Forwarded-For` list: an address without brackets or
     /// port, `unknown` or an obfuscated name as it is, `unknown` for an element with none.
     pub for_list: Vec<u8>,
-    /// The scheme and host of the original request: the leftmost element's that has one.
+    /// The scheme (lowercased) and host the peer was asked for: the last element's that
+    /// has one.
     pub proto: Option<HeaderValue>,
     pub host: Option<HeaderValue>,
 }
@@ -95,14 +102,11 @@ pub(super) fn x_forwarded_from_forwarded(forwarded: &[u8]) -> XForwarded {
             };
             if name.eq_ignore_ascii_case(b"for") {
                 node = Some(value);
-            } else if name.eq_ignore_ascii_case(b"proto") && x.proto.is_none() {
-                x.proto = Some(&*value)
-                    .filter(|p| is_scheme(p))
-                    .and_then(|p| HeaderValue::from_bytes(p).ok());
-            } else if name.eq_ignore_ascii_case(b"host") && x.host.is_none() {
-                x.host = Some(&*value)
-                    .filter(|h| is_host(h))
-                    .and_then(|h| HeaderValue::from_bytes(h).ok());
+            } else if name.eq_ignore_ascii_case(b"proto") && is_scheme(&value) {
+                let scheme = value.to_ascii_lowercase();
+                x.proto = HeaderValue::from_bytes(&scheme).ok().or(x.proto);
+            } else if name.eq_ignore_ascii_case(b"host") && is_host(&value) {
+                x.host = HeaderValue::from_bytes(&value).ok().or(x.host);
             }
         }
         if i > 0 {
@@ -114,23 +118,34 @@ pub(super) fn x_forwarded_from_forwarded(forwarded: &[u8]) -> XForwarded {
 }
 
 /// A `for=` node as `X-Forwarded-For` writes one: apps and nginx's realip module read its
-/// items as bare addresses, so a port and an IPv6 address's brackets go.
+/// items as bare addresses, so a port (a number, or obfuscated: `:_p1`) and an IPv6
+/// address's brackets go.
 fn xff_node(node: Option<&[u8]>) -> Cow<'static, [u8]> {
     let Some(node) = node else {
         return Cow::Borrowed(b"unknown");
     };
-    let text = std::str::from_utf8(node).unwrap_or_default();
-    let ip = text
-        .parse::<IpAddr>()
-        .or_else(|_| text.parse::<SocketAddr>().map(|a| a.ip()))
-        .or_else(|_| {
-            let inner = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
-            inner.unwrap_or_default().parse::<IpAddr>()
-        });
+    let name = node_name(node);
+    let ip = std::str::from_utf8(name)
+        .ok()
+        .and_then(|text| text.parse::<IpAddr>().ok());
     match ip {
-        Ok(ip) => Cow::Owned(ip.to_string().into_bytes()),
-        Err(_) if is_obfuscated_or_unknown(node) => Cow::Owned(node.to_vec()),
-        Err(_) => Cow::Borrowed(b"unknown"),
+        Some(ip) => Cow::Owned(ip.to_string().into_bytes()),
+        None if is_obfuscated_or_unknown(name) => Cow::Owned(name.to_vec()),
+        None => Cow::Borrowed(b"unknown"),
+    }
+}
+
+/// A node without its port: `[2001:db8::1]:80` → `2001:db8::1`, `192.0.2.1:_p` →
+/// `192.0.2.1`. An IPv6 address is bracketed whenever a port follows (RFC 7239 §6), so a
+/// bare one (more than one `:`) has none.
+fn node_name(node: &[u8]) -> &[u8] {
+    if let Some(bracketed) = node.strip_prefix(b"[") {
+        let end = bracketed.iter().position(|&b| b == b']');
+        return end.map_or(node, |end| &bracketed[..end]);
+    }
+    match node.iter().filter(|&&b| b == b':').count() {
+        1 => node.split(|&b| b == b':').next().unwrap_or(node),
+        _ => node,
     }
 }
 
@@ -159,11 +174,11 @@ fn parse_ip(item: &[u8]) -> Option<IpAddr> {
     std::str::from_utf8(item).ok()?.parse().ok()
 }
 
-/// The first item of a list header's value: where proxies append, the original request's.
-fn first_item(value: &HeaderValue) -> &[u8] {
+/// The last item of a list header's value: where proxies append, the peer's own.
+fn last_item(value: &HeaderValue) -> &[u8] {
     let bytes = value.as_bytes();
     bytes
-        .split(|&b| b == b',')
+        .rsplit(|&b| b == b',')
         .next()
         .unwrap_or(bytes)
         .trim_ascii()
@@ -243,14 +258,14 @@ mod tests {
     }
 
     #[test]
-    fn the_original_scheme_and_host_go_on_the_first_node() {
-        let proto = value("https, http");
+    fn the_peers_scheme_and_host_go_on_its_own_node() {
+        let proto = value("http, https");
         let host = value("www.example.com");
         let seeded =
             forwarded_from_x_forwarded(b"203.0.113.9, 10.0.0.1", Some(&proto), Some(&host));
         assert_eq!(
             text(&seeded),
-            "for=203.0.113.9;host=\"www.example.com\";proto=https, for=10.0.0.1"
+            "for=203.0.113.9, for=10.0.0.1;host=\"www.example.com\";proto=https"
         );
         // With no X-Forwarded-For, an element of its own.
         let seeded = forwarded_from_x_forwarded(b"", Some(&proto), None);
@@ -265,25 +280,26 @@ mod tests {
     fn for_nodes_become_x_forwarded_for() {
         let x = x_forwarded_from_forwarded(
             b"for=192.0.2.60;proto=https;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\", \
-              for=198.51.100.17:80, for=unknown, for=_hidden-1, by=10.0.0.1, for=\"_a,b\", \
-              for=\"[::ffff:10.0.0.1]\"",
+              for=\"198.51.100.17:80\", for=unknown, for=_hidden-1, by=10.0.0.1, for=\"_a,b\", \
+              for=\"[::ffff:10.0.0.1]\", for=\"192.0.2.43:_abc\", for=\"[2001:db8::1]:_p\", \
+              for=\"_hidden:4711\", for=\"2001:db8::2\"",
         );
         assert_eq!(
             text(&x.for_list),
             "192.0.2.60, 2001:db8:cafe::17, 198.51.100.17, unknown, _hidden-1, unknown, unknown, \
-             ::ffff:10.0.0.1"
+             ::ffff:10.0.0.1, 192.0.2.43, 2001:db8::1, _hidden, 2001:db8::2"
         );
         assert_eq!(x.proto, Some(value("https")));
         assert_eq!(x.host, None);
     }
 
     #[test]
-    fn the_leftmost_scheme_and_host_are_the_originals() {
+    fn the_peers_scheme_and_host_are_the_last_given() {
         let x = x_forwarded_from_forwarded(
-            b"for=192.0.2.60;host=\"a/b\", for=10.0.0.1;host=\"b.example\";proto=https, \
-              for=10.0.0.2;host=c.example;proto=http",
+            b"for=192.0.2.60;host=\"evil.example\";proto=https, \
+              for=10.0.0.1;host=\"b.example\";proto=HTTPS, for=10.0.0.2;host=\"a/b\"",
         );
-        // A host that is not one is passed over, as is a quoted string that never ends.
+        // A host that is not one is passed over; a scheme is lowercased.
         assert_eq!(x.host, Some(value("b.example")));
         assert_eq!(x.proto, Some(value("https")));
         assert_eq!(text(&x.for_list), "192.0.2.60, 10.0.0.1, 10.0.0.2");
