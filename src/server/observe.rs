@@ -300,13 +300,23 @@ pub(super) struct Observed {
     sent: u64,
     stall: Option<StallTimer>,
     done: Option<Done>,
-    /// The body's error, held back for one poll. hyper's HTTP/1 server drops a connection
-    /// whose response body fails without writing out what it holds, the head and the bytes
-    /// before the error among them: the client of an app that sent part of an answer and
-    /// closed, all read at once, got nothing. Held back, the error comes after hyper has
-    /// flushed (it does whenever the body is not ready), and the client gets the answer
-    /// as far as it came, then the close.
-    failed: Option<BoxError>,
+    /// The body's error, held back for [`ERROR_HOLD`]. hyper's HTTP/1 server drops a
+    /// connection whose response body fails without writing out what it holds, the head and
+    /// the bytes before the error among them: the client of an app that sent part of an
+    /// answer and closed, all read at once, got nothing. Meanwhile hyper writes out what it
+    /// holds (it flushes whenever the body is not ready, and again as the socket takes
+    /// more), and the client gets the answer as far as it came, then the close.
+    failed: Option<Held>,
+}
+
+/// How long a body's error waits behind the bytes before it: what a client that reads
+/// slower has not taken by then is lost with the connection, as with nginx's
+/// `proxy_buffering off` when the app fails.
+const ERROR_HOLD: Duration = Duration::from_secs(1);
+
+struct Held {
+    error: BoxError,
+    until: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Observed {
@@ -404,14 +414,19 @@ impl http_body::Body for Observed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(failed) = self.failed.take() {
-            return Poll::Ready(Some(Err(failed)));
+        if let Some(held) = &mut self.failed {
+            if held.until.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            return Poll::Ready(self.failed.take().map(|held| Err(held.error)));
         }
         let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Err(e))) => {
+            Poll::Ready(Some(Err(error))) => {
                 self.finish(false);
-                self.failed = Some(e);
-                cx.waker().wake_by_ref();
+                let mut until = Box::pin(tokio::time::sleep(ERROR_HOLD));
+                // Polled once so that it wakes this body when it is over.
+                let _ = until.as_mut().poll(cx);
+                self.failed = Some(Held { error, until });
                 return Poll::Pending;
             }
             polled => polled,

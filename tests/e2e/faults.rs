@@ -18,9 +18,10 @@ use crate::support::raw::{RawApp, read_head};
 use crate::support::{Proxy, client, config_for, h2_client};
 
 /// An app that misbehaves by path: `/die-cl` and `/die-chunked` send a head and part of the
-/// body, then close (`/die-in-one-write` both in one write); `/http10` answers `hello` as HTTP/1.0; `/garbage` answers something that is not HTTP; `/huge-head` sends an
-/// endless head, `/many-headers` 120 header lines; `/close` closes without a word; `/hang` never answers; anything else
-/// answers `hello`.
+/// body, then close (`/die-in-one-write` both in one write, `/die-after-4-mib` 4 MiB of 8);
+/// `/http10` answers `hello` as HTTP/1.0; `/garbage` answers something that is not HTTP;
+/// `/huge-head` sends an endless head, `/many-headers` 120 header lines; `/close` closes
+/// without a word; `/hang` never answers; anything else answers `hello`.
 async fn bad_app() -> RawApp {
     RawApp::start(|mut stream, mut head| async move {
         // Requests on one connection are answered in turn until one of them ends it.
@@ -59,6 +60,11 @@ async fn misbehave(stream: &mut TcpStream, target: &str) -> bool {
             let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
             answer.extend_from_slice(&[b'x'; 50000]);
             let _ = stream.write_all(&answer).await;
+        }
+        "/die-after-4-mib" => {
+            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 8388608\r\n\r\n";
+            let _ = stream.write_all(head).await;
+            let _ = stream.write_all(&vec![b'x'; 4 << 20]).await;
         }
         "/http10" => {
             let _ = stream
@@ -155,37 +161,68 @@ async fn app_dying_mid_response_truncates_visibly_and_the_proxy_carries_on() {
     );
 }
 
+/// `target`'s answer over a raw HTTP/1.1 connection, read `per_read` bytes at a time with
+/// `pause` between reads: its head and its body as far as it came before the close.
+async fn slowly_read(
+    proxy: &Proxy,
+    target: &str,
+    per_read: usize,
+    pause: Duration,
+) -> (String, usize) {
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut out = Vec::new();
+    let mut buf = vec![0; per_read];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf));
+        match read.await.expect("connection left open") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        tokio::time::sleep(pause).await;
+    }
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n");
+    let head = String::from_utf8_lossy(&out[..head_end.unwrap_or(out.len())]).into_owned();
+    (head, out.len() - head_end.map_or(out.len(), |e| e + 4))
+}
+
 /// An answer that ends early reaches the client as far as it came: the head and the bytes
 /// before the end, then the connection closes. hyper drops a connection whose response body
 /// fails with what it has not written out yet, so a head and body read in one go with the
-/// app's close used to leave the client with nothing at all.
+/// app's close used to leave the client with nothing at all; and a client reading slowly
+/// lost what hyper had not flushed yet.
 #[tokio::test]
 async fn an_answer_cut_short_reaches_the_client_as_far_as_it_came() {
     let app = bad_app().await;
     let proxy = proxy_for(&app).await;
-    for attempt in 0..20 {
-        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        stream
-            .write_all(b"GET /die-in-one-write HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("request");
-        let mut out = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out));
-        let _ = read.await.expect("connection left open");
-        let head_end = out.windows(4).position(|w| w == b"\r\n\r\n");
-        let head = String::from_utf8_lossy(&out[..head_end.unwrap_or(out.len())]);
+    let attempts = (0..20).map(|_| slowly_read(&proxy, "/die-in-one-write", 65536, Duration::ZERO));
+    for (attempt, (head, body)) in futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         assert!(
             head.starts_with("HTTP/1.1 200 OK"),
             "attempt {attempt}: {head:?}"
         );
         assert!(head.contains("content-length: 100000"), "{head}");
-        let body = &out[head_end.map_or(out.len(), |e| e + 4)..];
-        assert_eq!(body.len(), 50000, "attempt {attempt}");
+        assert_eq!(body, 50000, "attempt {attempt}");
     }
+    // 4 MiB of 8, to a client that takes 16 KiB every 10 ms: when the app's close comes,
+    // the sockets are full and hyper still holds part of the body.
+    let (head, body) =
+        slowly_read(&proxy, "/die-after-4-mib", 16384, Duration::from_millis(10)).await;
+    assert!(head.contains("content-length: 8388608"), "{head}");
+    assert_eq!(body, 4 << 20);
     // Over HTTP/2 the stream is reset after the head.
     let h2 = h2_client();
-    for attempt in 0..20 {
-        let resp = h2.get(proxy.url("/die-in-one-write")).send().await;
+    let attempts = (0..20).map(|_| h2.get(proxy.url("/die-in-one-write")).send());
+    for (attempt, resp) in futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         let resp = resp.unwrap_or_else(|e| panic!("attempt {attempt}: no head: {e:?}"));
         assert_eq!(resp.status(), 200);
         assert!(resp.bytes().await.is_err(), "attempt {attempt}: whole");
