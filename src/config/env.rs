@@ -113,17 +113,17 @@ fn key_path(rest: &str, variable: &str) -> anyhow::Result<Option<Vec<String>>> {
             return Ok(Some(nested_path(section, key)));
         }
     }
+    // One letter off a section (added, dropped, changed or swapped) is a typo; anything
+    // further is someone else's variable (OFFLOAD_LOGDIR, OFFLOAD_LOGIN_URL).
     let first = rest.split('_').next().unwrap_or(rest);
-    let nearest = SECTIONS
+    let near = SECTIONS
         .iter()
         .chain(TOP_LEVEL)
-        .map(|s| (strsim::jaro_winkler(first, s), *s))
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .filter(|(score, _)| *score > 0.85);
-    let Some((_, near)) = nearest else {
+        .find(|s| strsim::damerau_levenshtein(first, s) == 1);
+    let Some(near) = near else {
         return Ok(None);
     };
-    let hint = match TOP_LEVEL.contains(&near) {
+    let hint = match TOP_LEVEL.contains(near) {
         true => format!("OFFLOAD_{}", near.to_ascii_uppercase()),
         false => format!("OFFLOAD_{}_<KEY>", near.to_ascii_uppercase()),
     };
@@ -258,6 +258,8 @@ mod tests {
             "e2e_dir",
             "test_skip_moto",
             "wp_content_dir",
+            "logdir",
+            "login_url",
             "pgo",
             "port",
         ] {
@@ -266,6 +268,7 @@ mod tests {
         for (misspelt, hint) in [
             ("servr_listen", "did you mean OFFLOAD_SERVER_"),
             ("logs_level", "did you mean OFFLOAD_LOG_"),
+            ("sevrer_listen", "did you mean OFFLOAD_SERVER_"),
             ("upload_path", "did you mean OFFLOAD_UPLOADS?"),
             ("store", "names the section [store]"),
         ] {
