@@ -34,3 +34,16 @@ pub fn check_app_tls(cfg: &crate::config::UpstreamConfig) -> Result<(), ProxyErr
     }
     Ok(())
 }
+
+/// A header map of `pairs`, in order, for the header modules' tests.
+#[cfg(test)]
+fn header_map(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
