@@ -362,7 +362,6 @@ mod tests {
     use super::*;
     use crate::proxy::header_map as map;
 
-
     fn client(peer: &str, tls: bool) -> ClientInfo {
         ClientInfo {
             peer: peer.parse().unwrap(),

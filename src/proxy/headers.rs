@@ -281,7 +281,6 @@ mod tests {
     use super::*;
     use crate::proxy::header_map as map;
 
-
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = map(&[
