@@ -44,17 +44,7 @@ head -c 1024 /dev/urandom >"$work/www/1k.bin"
 chmod 644 "$work/www/1k.bin"
 upstream_conf "$UPSTREAM_PORT" 1
 PROXY_WORKER_CONNECTIONS=$((CONNECTIONS + 1000)) proxy_conf "$NGINX_PORT" "$UPSTREAM_PORT" 1
-cat >"$work/offload.toml" <<CONF
-[server]
-listen = "127.0.0.1:$OFFLOAD_PORT"
-admin_listen = "off"
-worker_threads = 1
-max_connections = $((CONNECTIONS + 1000))
-[upstream]
-url = "http://127.0.0.1:$UPSTREAM_PORT"
-[log]
-level = "warn"
-CONF
+offload_conf "$OFFLOAD_PORT" "$UPSTREAM_PORT" 1 warn "max_connections = $((CONNECTIONS + 1000))"
 start_servers
 for port in "$UPSTREAM_PORT" "$NGINX_PORT" "$OFFLOAD_PORT"; do wait_port "$port"; done
 

@@ -35,16 +35,7 @@ upstream_conf "$UPSTREAM_PORT" 1
 proxy_conf "$NGINX_PORT" "$UPSTREAM_PORT" 1
 # h2c with prior knowledge, as offload serves it on a plain listener.
 sed -i "s/listen 127.0.0.1:$NGINX_PORT;/listen 127.0.0.1:$NGINX_PORT http2;/" "$work/proxy/nginx.conf"
-cat >"$work/offload.toml" <<CONF
-[server]
-listen = "127.0.0.1:$OFFLOAD_PORT"
-admin_listen = "off"
-worker_threads = 1
-[upstream]
-url = "http://127.0.0.1:$UPSTREAM_PORT"
-[log]
-level = "warn"
-CONF
+offload_conf "$OFFLOAD_PORT" "$UPSTREAM_PORT"
 start_servers
 for port in "$UPSTREAM_PORT" "$NGINX_PORT" "$OFFLOAD_PORT"; do wait_port "$port"; done
 

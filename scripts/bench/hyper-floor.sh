@@ -32,16 +32,7 @@ head -c 1024 /dev/urandom >"$work/www/1k.bin"
 chmod 644 "$work/www/1k.bin"
 upstream_conf "${port_of[direct]}" 1
 proxy_conf "${port_of[nginx]}" "${port_of[direct]}" 1
-cat >"$work/offload.toml" <<CONF
-[server]
-listen = "127.0.0.1:${port_of[offload]}"
-admin_listen = "off"
-worker_threads = 1
-[upstream]
-url = "http://127.0.0.1:${port_of[direct]}"
-[log]
-level = "warn"
-CONF
+offload_conf "${port_of[offload]}" "${port_of[direct]}"
 
 start_servers
 for mode in pooled paired; do

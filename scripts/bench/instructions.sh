@@ -63,17 +63,8 @@ upstream_conf "$upstream_port" 1
 proxy_conf "$proxy_port" "$upstream_port" 1
 # One process: callgrind follows the process it starts, not nginx's forked worker.
 sed -i 's/^daemon off;/daemon off; master_process off;/' "$work/proxy/nginx.conf"
-cat >"$work/offload.toml" <<CONF
-[server]
-listen = "127.0.0.1:$proxy_port"
-admin_listen = "off"
-worker_threads = 1
-[upstream]
-url = "http://127.0.0.1:$upstream_port"
-[log]
-level = "$offload_log_level"
-format = "${LOG_FORMAT:-text}"
-CONF
+offload_conf "$proxy_port" "$upstream_port" 1 "$offload_log_level" "" \
+    "format = \"${LOG_FORMAT:-text}\""
 
 start direct "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf"
 wait_port "$upstream_port"

@@ -270,6 +270,25 @@ http {
 CONF
 }
 
+# Writes $work/offload.toml: offload as a plain pass-through proxy on 127.0.0.1:port in front
+# of the upstream on upstream_port, admin listener off; `workers` worker threads (default 1,
+# 0: one per core), logging at `level` (default warn); `server_extra` and `log_extra` (TOML
+# lines) go into [server] and [log].
+offload_conf() { # port upstream_port [workers] [level] [server_extra] [log_extra]
+    cat >"$work/offload.toml" <<CONF
+[server]
+listen = "127.0.0.1:$1"
+admin_listen = "off"
+worker_threads = ${3:-1}
+${5:-}
+[upstream]
+url = "http://127.0.0.1:$2"
+[log]
+level = "${4:-warn}"
+${6:-}
+CONF
+}
+
 # Starts the upstream nginx, nginx as proxy and offload, from the configs the caller wrote
 # ($work/upstream, $work/proxy, $work/offload.toml), as direct, nginx and offload.
 start_servers() {

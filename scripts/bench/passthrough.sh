@@ -67,16 +67,7 @@ upstream_conf "$UPSTREAM_PORT" "$UPSTREAM_WORKERS"
 proxy_conf "$NGINX_PORT" "$UPSTREAM_PORT" "$PROXY_WORKERS"
 offload_threads=$PROXY_WORKERS
 [[ $offload_threads == auto ]] && offload_threads=0
-cat >"$work/offload.toml" <<CONF
-[server]
-listen = "127.0.0.1:$OFFLOAD_PORT"
-admin_listen = "off"
-worker_threads = $offload_threads
-[upstream]
-url = "http://127.0.0.1:$UPSTREAM_PORT"
-[log]
-level = "$offload_log_level"
-CONF
+offload_conf "$OFFLOAD_PORT" "$UPSTREAM_PORT" "$offload_threads" "$offload_log_level"
 
 declare -A port_of=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [offload]=$OFFLOAD_PORT)
 targets=(direct nginx offload)
