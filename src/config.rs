@@ -569,6 +569,7 @@ impl Config {
             )
         })?;
         let mut env_keys = env::apply(&mut table, env)?;
+        check_shapes(&table)?;
         let mut config = loop {
             match Config::deserialize(toml::Value::Table(table.clone())) {
                 Ok(config) => break config,
@@ -903,6 +904,33 @@ impl UploadRouteConfig {
             bail!("max_file_size: larger than max_body_size");
         }
         Ok(())
+    }
+}
+
+/// Refuses a section written in the wrong shape, which serde reports in its own terms: a
+/// `[[server]]` reads as "invalid type: map, expected socket address" (a list of tables is
+/// taken field by field) and an `[uploads]` as "expected a sequence".
+fn check_shapes(table: &toml::Table) -> anyhow::Result<()> {
+    let sections = SECTIONS.iter().map(|name| (*name, table.get(*name)));
+    let tls = table
+        .get("server")
+        .and_then(toml::Value::as_table)
+        .map(|server| ("server.tls", server.get("tls")));
+    for (name, value) in sections.chain(tls) {
+        match value {
+            None | Some(toml::Value::Table(_)) => {}
+            Some(toml::Value::Array(_)) => anyhow::bail!(
+                "{name}: is one table, written [{name}]; [[{name}]] makes a list of them"
+            ),
+            Some(other) => anyhow::bail!(
+                "{name}: is a table, written [{name}], not a {}",
+                other.type_str()
+            ),
+        }
+    }
+    match table.get("uploads") {
+        None | Some(toml::Value::Array(_)) => Ok(()),
+        Some(_) => anyhow::bail!("uploads: is a list of routes, each written [[uploads]]"),
     }
 }
 
@@ -1457,6 +1485,22 @@ mod tests {
             (
                 "[upstream]\nresponse_timeout = \"0s\"",
                 "upstream.response_timeout: must be more than 0",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:8080\"",
+                "server: is one table, written [server]; [[server]] makes a list of them",
+            ),
+            (
+                "[[server.tls]]\ncert = \"c.pem\"\nkey = \"k.pem\"",
+                "server.tls: is one table, written [server.tls]",
+            ),
+            (
+                "log = \"info\"",
+                "log: is a table, written [log], not a string",
+            ),
+            (
+                "[uploads]\npath = \"/upload\"",
+                "uploads: is a list of routes, each written [[uploads]]",
             ),
         ] {
             let err = load(text).unwrap_err();
