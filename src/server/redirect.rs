@@ -18,7 +18,7 @@ const ACME_CHALLENGES: &str = "/.well-known/acme-challenge/";
 /// POST into a GET), or a `400` when the request names no usable host. `None` for ACME's
 /// challenges, which go on to the app.
 pub(super) fn to_https<B>(req: &Request<B>, https_port: u16) -> Option<Response<Body>> {
-    if req.uri().path().starts_with(ACME_CHALLENGES) {
+    if is_acme_challenge(req.uri().path()) {
         return None;
     }
     let Some(location) = https_location(req, https_port) else {
@@ -29,6 +29,18 @@ pub(super) fn to_https<B>(req: &Request<B>, https_port: u16) -> Option<Response<
     let mut response = body::text(StatusCode::PERMANENT_REDIRECT, text);
     response.headers_mut().insert(header::LOCATION, location);
     Some(response)
+}
+
+/// Whether `path` asks for one ACME challenge: the prefix and a token, which is base64url
+/// (RFC 8555, 8.1). Matched on the raw path, so anything else after the prefix (`..`, `%2e`,
+/// `%2f`, another `/`), which the app may resolve to a path outside it, is redirected.
+fn is_acme_challenge(path: &str) -> bool {
+    path.strip_prefix(ACME_CHALLENGES).is_some_and(|token| {
+        !token.is_empty()
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
 }
 
 /// `https://host[:port]/path?query` for `req`: its host (Host, or the request target's
@@ -86,6 +98,24 @@ mod tests {
             .is_none()
         );
         assert!(to_https(&get("/.well-known/other", Some("a.test")), 443).is_some());
+    }
+
+    #[test]
+    fn only_a_challenge_token_escapes_the_redirect() {
+        for path in [
+            "/.well-known/acme-challenge/",
+            "/.well-known/acme-challenge/../../wp-login.php",
+            "/.well-known/acme-challenge/%2e%2e/%2e%2e/secret",
+            "/.well-known/acme-challenge/..%2f..%2fsecret",
+            "/.well-known/acme-challenge/tok/../../x",
+            "/.well-known/acme-challenge/tok.php",
+        ] {
+            let r = to_https(&get(path, Some("a.test")), 443);
+            let r = r.unwrap_or_else(|| panic!("{path} went on to the app"));
+            assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT, "{path}");
+        }
+        let token = "/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
+        assert!(to_https(&get(token, Some("a.test")), 443).is_none());
     }
 
     #[test]
