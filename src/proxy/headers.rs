@@ -34,6 +34,10 @@ pub fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
         (None, _) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
             Some("HTTP/1.1 request without a Host header")
         }
+        // Else the app would get the upstream's own address as its Host (as nginx, a 400).
+        (None, _) if req.version() == Version::HTTP_2 && req.uri().authority().is_none() => {
+            Some("HTTP/2 request without :authority or Host")
+        }
         (None, _) => None,
     }
 }
@@ -429,5 +433,12 @@ mod tests {
         );
         assert_eq!(host_problem(&req(Version::HTTP_10, "/", &[])), None);
         assert_eq!(host_problem(&req(v11, "http://example.com/", &[])), None);
+        let v2 = Version::HTTP_2;
+        assert_eq!(
+            host_problem(&req(v2, "/", &[])),
+            Some("HTTP/2 request without :authority or Host")
+        );
+        assert_eq!(host_problem(&req(v2, "/", &["example.com"])), None);
+        assert_eq!(host_problem(&req(v2, "https://example.com/", &[])), None);
     }
 }

@@ -1731,6 +1731,30 @@ async fn http2_streams_past_the_limit_are_refused() {
     assert_eq!(answered, [1, 3], "{seen:?}");
 }
 
+/// An HTTP/2 request that names no host (neither :authority nor Host) gets 400, as nginx
+/// answers it and as an HTTP/1.1 request without Host gets; the app used to get the
+/// upstream's own address as its Host.
+#[tokio::test]
+async fn an_http2_request_naming_no_host_gets_400() {
+    let (app, proxy) = app_and_proxy(|_| {}).await;
+    let (mut stream, _) = http2_connect(proxy.addr).await;
+    for frame in [http2_get_from(1, "/nameless", None), http2_get(3, "/named")] {
+        stream.write_all(&frame).await.expect("HEADERS");
+    }
+    // The first field of each answer's HEADERS: :status from HPACK's static table.
+    let mut statuses = std::collections::BTreeMap::new();
+    while statuses.len() < 2 {
+        let (kind, _, id, payload) = read_frame(&mut stream).await;
+        if kind == 0x1 {
+            statuses.insert(id, payload.first().copied());
+        }
+    }
+    let (status_400, status_200) = (Some(0x80 | 12), Some(0x80 | 8));
+    assert_eq!(statuses[&1], status_400, "{statuses:?}");
+    assert_eq!(statuses[&3], status_200, "{statuses:?}");
+    assert_eq!(app.seen(), ["GET /named"]);
+}
+
 /// A plain HTTP/2 connection (prior knowledge): the preface and an empty SETTINGS frame
 /// sent; the server's SETTINGS payload read.
 async fn http2_connect(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
@@ -1755,6 +1779,11 @@ fn max_concurrent_streams(settings: &[u8]) -> Option<u32> {
 /// fields HPACK-coded without Huffman: :method GET, :scheme http (static table entries),
 /// :path and :authority as literals.
 fn http2_get(id: u8, path: &str) -> Vec<u8> {
+    http2_get_from(id, path, Some("localhost"))
+}
+
+/// As [`http2_get`], with `authority` as :authority, or none.
+fn http2_get_from(id: u8, path: &str, authority: Option<&str>) -> Vec<u8> {
     let mut block = vec![
         0x82,
         0x86,
@@ -1762,8 +1791,10 @@ fn http2_get(id: u8, path: &str) -> Vec<u8> {
         u8::try_from(path.len()).expect("short path"),
     ];
     block.extend_from_slice(path.as_bytes());
-    block.extend_from_slice(&[0x01, 9]);
-    block.extend_from_slice(b"localhost");
+    if let Some(authority) = authority {
+        block.extend_from_slice(&[0x01, u8::try_from(authority.len()).expect("short")]);
+        block.extend_from_slice(authority.as_bytes());
+    }
     let len = u8::try_from(block.len()).expect("short block");
     let mut frame = vec![0, 0, len, 0x1, 0x5, 0, 0, 0, id];
     frame.extend_from_slice(&block);
