@@ -51,7 +51,8 @@ use crate::body::{self, Body};
 use crate::config::{Config, RewriteConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
 use crate::proxy::{
-    ClientInfo, ProxyError, Upstream, UpstreamTiming, canonical_ip, h2_problem, host_problem,
+    ClientInfo, ProxyError, Tunnel, Upstream, UpstreamTiming, canonical_ip, h2_problem,
+    host_problem,
 };
 use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
@@ -63,7 +64,8 @@ pub(crate) use limits::open_files_limit;
 pub use limits::raise_open_files_limit;
 use live::LiveState;
 use observe::{
-    Logged, Observed, RequestRecord, Way, head_timed_out, observe, refused_head, track_request_body,
+    Logged, Observed, RequestRecord, Way, head_timed_out, observe, observe_tunnel, refused_head,
+    track_request_body,
 };
 use request_id::RequestIds;
 use served::Served;
@@ -628,6 +630,11 @@ async fn handle(
             .headers_mut()
             .insert(ids.header().clone(), id);
     }
+    if let Some(tunnel) = answer.response.extensions_mut().remove::<Tunnel>() {
+        let (response, run) = observe_tunnel(answer, record, tunnel);
+        connection.upgrade_to(Box::pin(run));
+        return Ok(response);
+    }
     // HTTP/2 streams share their connection's watchdog: each answer bounds its own stalls.
     Ok(observe(answer, record, http2.then_some(idle_timeout)))
 }
@@ -1058,7 +1065,9 @@ async fn accept_tls(
 
 /// Serves HTTP on one connection until it ends, its watchdog finds it idle past
 /// `server.idle_timeout` (closed gracefully) or slow to send a request head (dropped), or the
-/// server shuts down (then in-flight requests finish first, until the grace expires).
+/// server shuts down (then in-flight requests finish first, until the grace expires). A
+/// connection switched to a tunnel (WebSocket) is served until the tunnel closes, or the
+/// shutdown's grace expires.
 async fn serve_connection<I>(
     io: I,
     client: ClientInfo,
@@ -1075,11 +1084,19 @@ async fn serve_connection<I>(
     match &settings.http1_only {
         None => {
             let conn = pin!(settings.builder.serve_connection_with_upgrades(io, service));
-            drive(conn, connection, client, &shared, &settings).await;
+            drive(conn, Arc::clone(&connection), client, &shared, &settings).await;
         }
         Some(http1) => {
             let conn = pin!(http1.serve_connection(io, service).with_upgrades());
-            drive(conn, connection, client, &shared, &settings).await;
+            drive(conn, Arc::clone(&connection), client, &shared, &settings).await;
+        }
+    }
+    if let Some(tunnel) = connection.take_upgraded() {
+        tokio::select! {
+            () = tunnel => {}
+            () = shared.abandon.cancelled() => {
+                debug!(peer = %client.peer, "shutdown grace expired; closing a tunnel");
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Protocol upgrades (WebSocket): once both sides switched, bytes are copied both ways
-//! until either closes, or nothing has moved either way for `server.idle_timeout`.
+//! until either closes, or nothing has moved either way for
+//! `upstream.websocket_idle_timeout`.
 
 use std::io;
 use std::pin::Pin;
@@ -13,73 +14,126 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tracing::debug;
 
-/// Waits in the background for both upgrades to complete, then copies bytes both ways.
-/// A tunnel nothing crosses for `idle` is closed, as nginx's `proxy_read_timeout` closes
-/// one: a client that vanished without a word (a NAT mapping dropped, a phone gone out of
-/// range) would otherwise hold its socket, a connection to the app and the app's worker
-/// for good. WebSocket apps that keep quiet connections open send pings more often.
-pub(super) fn tunnel(client: OnUpgrade, app: OnUpgrade, idle: Duration) {
-    tokio::spawn(async move {
-        let (client, app) = match tokio::try_join!(client, app) {
+/// A switch to WebSocket that the client asked for and the app accepted, handed to the
+/// server on the `101` response (in its extensions) to run on the client connection's own
+/// task once hyper hands that connection over: so an open tunnel keeps the connection's
+/// place under `server.max_connections`, counts as an open connection, is waited for by a
+/// graceful shutdown, and is logged when it closes. (`Clone` only as extensions ask.)
+#[derive(Clone)]
+pub struct Tunnel {
+    client: OnUpgrade,
+    app: OnUpgrade,
+    idle: Duration,
+}
+
+impl Tunnel {
+    pub(super) fn new(client: OnUpgrade, app: OnUpgrade, idle: Duration) -> Tunnel {
+        Tunnel { client, app, idle }
+    }
+
+    /// Waits for both upgrades to complete, then copies bytes both ways, noting them in
+    /// `traffic`. True when the tunnel closed as either side meant it to.
+    ///
+    /// A tunnel nothing crosses for its idle time is closed, as nginx's `proxy_read_timeout`
+    /// closes one: a client that vanished without a word (a NAT mapping dropped, a phone
+    /// gone out of range) would otherwise hold its socket, a connection to the app and the
+    /// app's worker for good. WebSocket apps that keep quiet connections open send pings
+    /// more often.
+    pub async fn run(self, traffic: &Traffic) -> bool {
+        let (client, app) = match tokio::try_join!(self.client, self.app) {
             Ok(pair) => pair,
             Err(e) => {
                 debug!(error = %e, "upgrade did not complete");
-                return;
+                return false;
             }
         };
-        let began = Instant::now();
-        let moved = LastMove::default();
-        let mut client = Watched::new(TokioIo::new(client), began, &moved);
-        let mut app = Watched::new(TokioIo::new(app), began, &moved);
+        let mut client = Watched::new(TokioIo::new(client), traffic, &traffic.from_client);
+        let mut app = Watched::new(TokioIo::new(app), traffic, &traffic.from_app);
         let copy = tokio::io::copy_bidirectional(&mut client, &mut app);
         tokio::pin!(copy);
         loop {
-            let deadline = began + moved.since_start() + idle;
+            let deadline = traffic.began + traffic.last_move() + self.idle;
             tokio::select! {
                 result = &mut copy => {
-                    match result {
-                        Ok((to_app, to_client)) => debug!(to_app, to_client, "tunnel closed"),
-                        Err(e) => debug!(error = %e, "tunnel ended"),
-                    }
-                    return;
+                    return match result {
+                        Ok((to_app, to_client)) => {
+                            debug!(to_app, to_client, "tunnel closed");
+                            true
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "tunnel ended");
+                            false
+                        }
+                    };
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    if began + moved.since_start() + idle <= Instant::now() {
-                        debug!(idle = ?idle, "tunnel idle; closing it");
-                        return;
+                    if traffic.began + traffic.last_move() + self.idle <= Instant::now() {
+                        debug!(idle = ?self.idle, "tunnel idle; closing it");
+                        return false;
                     }
                 }
             }
         }
-    });
-}
-
-/// When bytes last crossed a tunnel either way, as time since it began (nanoseconds): both
-/// sides' reads set it.
-#[derive(Default)]
-struct LastMove(AtomicU64);
-
-impl LastMove {
-    fn since_start(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
-    }
-
-    fn set(&self, since_start: Duration) {
-        let nanos = u64::try_from(since_start.as_nanos()).unwrap_or(u64::MAX);
-        self.0.fetch_max(nanos, Ordering::Relaxed);
     }
 }
 
-/// One side of a tunnel, noting in [`LastMove`] each read that brought bytes.
+/// What crossed a tunnel: bytes each way, and when bytes last moved either way (as time
+/// since it began, in nanoseconds; both sides' reads set it).
+pub struct Traffic {
+    began: Instant,
+    last_move: AtomicU64,
+    from_client: AtomicU64,
+    from_app: AtomicU64,
+}
+
+impl Traffic {
+    pub fn new() -> Traffic {
+        Traffic {
+            began: Instant::now(),
+            last_move: AtomicU64::new(0),
+            from_client: AtomicU64::new(0),
+            from_app: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes the client sent through the tunnel.
+    pub fn from_client(&self) -> u64 {
+        self.from_client.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the app sent through the tunnel.
+    pub fn from_app(&self) -> u64 {
+        self.from_app.load(Ordering::Relaxed)
+    }
+
+    fn last_move(&self) -> Duration {
+        Duration::from_nanos(self.last_move.load(Ordering::Relaxed))
+    }
+
+    fn moved(&self, bytes: usize, side: &AtomicU64) {
+        side.fetch_add(bytes as u64, Ordering::Relaxed);
+        let nanos = u64::try_from(self.began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_move.fetch_max(nanos, Ordering::Relaxed);
+    }
+}
+
+impl Default for Traffic {
+    fn default() -> Traffic {
+        Traffic::new()
+    }
+}
+
+/// One side of a tunnel, noting in [`Traffic`] each read that brought bytes (into
+/// `read`, that side's count).
 struct Watched<'a, T> {
     io: T,
-    began: Instant,
-    moved: &'a LastMove,
+    traffic: &'a Traffic,
+    read: &'a AtomicU64,
 }
 
 impl<'a, T> Watched<'a, T> {
-    fn new(io: T, began: Instant, moved: &'a LastMove) -> Watched<'a, T> {
-        Watched { io, began, moved }
+    fn new(io: T, traffic: &'a Traffic, read: &'a AtomicU64) -> Watched<'a, T> {
+        Watched { io, traffic, read }
     }
 }
 
@@ -91,8 +145,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.moved.set(self.began.elapsed());
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.traffic.moved(read, self.read);
         }
         polled
     }

@@ -21,7 +21,8 @@ use super::admission::{Admission, Place};
 use super::connect::AppConnector;
 use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
 use super::replay::Replay;
-use super::{ProxyError, error, forwarding, headers, tls, upgrade};
+use super::upgrade::Tunnel;
+use super::{ProxyError, error, forwarding, headers, tls};
 use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
@@ -363,9 +364,11 @@ impl Upstream {
                 "switched protocols without a connection".into(),
             ));
         };
-        upgrade::tunnel(client_upgrade, app_upgrade, self.tunnel_idle_timeout);
+        let tunnel = Tunnel::new(client_upgrade, app_upgrade, self.tunnel_idle_timeout);
         headers::strip_hop_by_hop(response.headers_mut(), true);
-        Ok(response.map(|_| body::empty()))
+        let mut response = response.map(|_| body::empty());
+        response.extensions_mut().insert(tunnel);
+        Ok(response)
     }
 
     /// The calling worker's pool (shared by threads that are no worker: still correct, as

@@ -27,8 +27,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -60,9 +60,42 @@ pub(super) struct ConnectionState {
     /// HTTP/1 bytes were read since the last request ended (or the connection began): the
     /// start of a request head, when no request is in flight.
     read_since_end: AtomicBool,
+    /// The tunnel a request switched the connection to (WebSocket), to run once hyper hands
+    /// the connection over.
+    upgraded: UpgradeSlot,
+}
+
+/// A tunnel to run on the connection's task: it ends when the tunnel closes.
+pub(super) type Upgraded = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+#[derive(Default)]
+struct UpgradeSlot(Mutex<Option<Upgraded>>);
+
+impl std::fmt::Debug for UpgradeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpgradeSlot")
+    }
 }
 
 impl ConnectionState {
+    /// Keeps `tunnel` for [`ConnectionState::take_upgraded`].
+    pub(super) fn upgrade_to(&self, tunnel: Upgraded) {
+        *self
+            .upgraded
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
+    }
+
+    /// The tunnel a request switched the connection to, once hyper is done with it.
+    pub(super) fn take_upgraded(&self) -> Option<Upgraded> {
+        self.upgraded
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
     fn bump(&self) {
         self.activity.fetch_add(1, Ordering::Relaxed);
     }

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Display;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use super::{Answer, AppState};
 use crate::body::{Body, BoxError, TooLarge};
 use crate::logging::{ACCESS_TARGET, ClientAddr, masked_target};
 use crate::metrics::RequestKind;
+use crate::proxy::{Traffic, Tunnel};
 
 /// Boxes the request body, following its progress (bytes, end, whether it is waited on)
 /// when it has any. `stall_limit`: how long the body may keep its reader waiting (see
@@ -152,7 +154,7 @@ impl RequestRecord {
             return;
         }
         let took = self.started.elapsed();
-        let bytes_in = self.in_flight.bytes_in();
+        let bytes_in = self.in_flight.bytes_in() + end.tunneled_in;
         let metrics = &self.state.metrics;
         metrics.request(end.kind, end.status, took, bytes_in, end.sent);
         if let Some(upstream) = end.upstream {
@@ -194,6 +196,7 @@ impl Drop for RequestRecord {
                 status: CLIENT_CLOSED_REQUEST,
                 upstream: None,
                 sent: 0,
+                tunneled_in: 0,
                 complete: false,
             });
         }
@@ -233,6 +236,8 @@ struct End {
     status: StatusCode,
     upstream: Option<Duration>,
     sent: u64,
+    /// Bytes the client sent through a tunnel (WebSocket), besides the request body.
+    tunneled_in: u64,
     complete: bool,
 }
 
@@ -286,6 +291,75 @@ pub(super) fn observe(
     })
 }
 
+/// A `101` the app answered to a WebSocket request: the response goes out with no access
+/// line of its own, and the returned future runs the tunnel (see [`Tunnel`]), then counts
+/// the request and logs it with the bytes that crossed the tunnel each way and the time it
+/// was open, as nginx logs a WebSocket's request when it closes. Dropped before (the
+/// shutdown's grace ran out), it does the same, as not complete.
+pub(super) fn observe_tunnel(
+    answer: Answer,
+    request: RequestRecord,
+    tunnel: Tunnel,
+) -> (
+    Response<Observed>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let Answer {
+        response,
+        kind,
+        upstream,
+    } = answer;
+    let mut closing = Closing {
+        done: Some(Done {
+            request,
+            kind,
+            status: response.status(),
+            upstream,
+        }),
+        traffic: Traffic::new(),
+    };
+    let run = async move {
+        let complete = tunnel.run(&closing.traffic).await;
+        closing.finish(complete);
+    };
+    let response = response.map(|inner| Observed {
+        inner,
+        sent: 0,
+        failed: None,
+        stall: None,
+        done: None,
+    });
+    (response, run)
+}
+
+/// A tunnel's request, finished when the tunnel is over (or dropped).
+struct Closing {
+    done: Option<Done>,
+    traffic: Traffic,
+}
+
+impl Closing {
+    fn finish(&mut self, complete: bool) {
+        let Some(mut done) = self.done.take() else {
+            return;
+        };
+        done.request.finish(End {
+            kind: done.kind,
+            status: done.status,
+            upstream: done.upstream,
+            sent: self.traffic.from_app(),
+            tunneled_in: self.traffic.from_client(),
+            complete,
+        });
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
 struct Done {
     request: RequestRecord,
     kind: RequestKind,
@@ -329,6 +403,7 @@ impl Observed {
             status: done.status,
             upstream: done.upstream,
             sent: self.sent,
+            tunneled_in: 0,
             complete,
         });
     }

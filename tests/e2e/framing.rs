@@ -401,3 +401,54 @@ async fn a_websocket_tunnel_idle_past_its_timeout_is_closed_and_a_busy_one_is_no
         "{ended:?}"
     );
 }
+
+/// An open WebSocket tunnel is an open connection: it holds its place under
+/// `server.max_connections` (a file descriptor each side, as nginx's `worker_connections`
+/// counts upgraded connections), shows in `offload_open_connections`, and a graceful
+/// shutdown waits for it to close. Before, the tunnel ran outside its connection: any
+/// number of them escaped the limit, and a shutdown cut them at once.
+#[tokio::test]
+async fn a_websocket_tunnel_is_an_open_connection_until_it_closes() {
+    let (_app, mut proxy) = app_and_proxy(|c| {
+        c.server.max_connections = 1;
+        c.server.worker_threads = 1;
+        c.server.shutdown_grace = Duration::from_secs(10);
+    })
+    .await;
+    let url = format!("ws://{}/ws", proxy.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("websocket handshake");
+    let text = proxy
+        .metrics_until("offload_open_connections{worker=\"0\"} 1")
+        .await;
+    assert!(
+        text.contains("offload_open_connections{worker=\"0\"} 1"),
+        "{text}"
+    );
+    // The one place is the tunnel's: a plain request waits in the listen backlog.
+    let addr = proxy.addr;
+    let waiting = tokio::spawn(async move {
+        raw_exchange(addr, get("/after").as_bytes(), Duration::from_secs(10)).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served past max_connections");
+
+    // A shutdown lets the tunnel carry on until it closes.
+    proxy.shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws.send(Message::text("still here")).await.expect("send");
+    let echoed = tokio::time::timeout(Duration::from_secs(2), ws.next()).await;
+    assert!(
+        matches!(&echoed, Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "still here"),
+        "{echoed:?}"
+    );
+    assert!(!proxy.handle.is_finished(), "stopped with a tunnel open");
+    ws.close(None).await.expect("close");
+    drop(ws);
+    let stopped = tokio::time::timeout(Duration::from_secs(5), &mut proxy.handle).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+    // The waiting client was never served: the listener closed under it.
+    let answer = waiting.await.expect("task");
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -3,9 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::app::{App, Echo};
 use crate::support::process::OffloadProcess;
@@ -137,6 +139,42 @@ async fn a_request_the_client_left_before_its_answer_is_logged_as_499() {
     assert_eq!(line["bytes_out"], 0, "{line}");
     let duration = line["duration_ms"].as_f64().expect("duration_ms");
     assert!((250.0..2900.0).contains(&duration), "{line}");
+}
+
+/// A WebSocket's request is logged when its tunnel closes, as nginx logs it: status 101,
+/// the bytes that crossed the tunnel each way and the time it was open. Before, the line
+/// came at the switch, with no bytes, and the tunnel's traffic was in no count.
+#[tokio::test]
+async fn a_websocket_is_logged_when_its_tunnel_closes() {
+    let app = App::start().await;
+    let process = OffloadProcess::start(app.addr, &[], &[]).await;
+    let url = format!("ws://{}/ws", process.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("websocket handshake");
+    let message = Message::binary(vec![7u8; 10_000]);
+    ws.send(message.clone()).await.expect("send");
+    let echoed = ws.next().await.expect("echo").expect("frame");
+    assert_eq!(echoed, message);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(access_lines(&process).is_empty(), "{}", process.logs());
+    ws.close(None).await.expect("close");
+    drop(ws);
+
+    let lines = wait_for_access_lines(&process, 1).await;
+    let line = lines
+        .first()
+        .unwrap_or_else(|| panic!("no line: {}", process.logs()));
+    assert_eq!(line["status"], 101, "{line}");
+    assert_eq!(line["path"], "/ws", "{line}");
+    assert_eq!(line["complete"], true, "{line}");
+    // The message in a frame (a 14-byte head masked from the client, 4 from the app), and
+    // the two close frames.
+    let bytes = |name: &str| line[name].as_u64().unwrap_or_else(|| panic!("{line}"));
+    assert!((10_014..10_040).contains(&bytes("bytes_in")), "{line}");
+    assert!((10_004..10_030).contains(&bytes("bytes_out")), "{line}");
+    let duration = line["duration_ms"].as_f64().expect("duration_ms");
+    assert!(duration >= 300.0, "{line}");
 }
 
 /// An IPv4 client of a dual-stack socket (here one bound to `::ffff:127.0.0.1`, as systemd's
