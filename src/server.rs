@@ -19,6 +19,7 @@ mod redirect;
 mod request_id;
 mod served;
 mod settings;
+mod streams;
 mod tls;
 mod workers;
 

@@ -11,8 +11,9 @@
 //!     write that moves bytes bumps a counter. A connection whose counter did not move for
 //!     that long is closed gracefully when no request is in flight, and dropped when an
 //!     answer stalled (the client stopped reading it, the app stopped sending it). On
-//!     HTTP/2, where bytes moving for one stream say nothing of another, each answer
-//!     carries a [`StallTimer`] instead (a timer per answer, which HTTP/1 does without).
+//!     HTTP/2, where bytes moving for one stream say nothing of another, each answer is
+//!     watched by its stream's task instead (`super::streams`: a timer per answer, which
+//!     HTTP/1 does without).
 //! - `server.header_read_timeout` (slowloris): an HTTP/1 connection with no request in flight
 //!   must complete its next request head within that time, or it is dropped (and, when part
 //!   of a head came, logged as a 408). HTTP/2's preface, told apart on the first bytes read,
@@ -316,7 +317,7 @@ impl Watchdog {
 }
 
 /// Whether a body polled while it has nothing to give has gone `limit` without progress.
-/// One per request body, and per HTTP/2 response body, that is waited on.
+/// One per request body that is waited on.
 #[derive(Debug)]
 pub(super) struct StallTimer {
     limit: Duration,

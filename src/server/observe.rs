@@ -22,6 +22,7 @@ use hyper::body::{Frame, Incoming};
 use tracing::info;
 
 use super::idle::{BodyProgress, RequestInFlight, StallTimer};
+use super::streams::{self, AnswerWatch};
 use super::{Answer, AppState};
 use crate::body::{Body, BoxError, TooLarge};
 use crate::logging::{ACCESS_TARGET, ClientAddr, masked_target};
@@ -264,8 +265,8 @@ impl Logged {
 }
 
 /// Wraps the response so that its end is logged and counted.
-/// `stall_limit`: an HTTP/2 answer's own bound on stopping (see [`StallTimer`]); `None` on
-/// HTTP/1, where the connection's watchdog does it.
+/// `stall_limit`: an HTTP/2 answer's own bound on standing still (its stream's
+/// [`AnswerWatch`]); `None` on HTTP/1, where the connection's watchdog does it.
 pub(super) fn observe(
     answer: Answer,
     request: RequestRecord,
@@ -281,7 +282,7 @@ pub(super) fn observe(
         inner,
         sent: 0,
         failed: None,
-        stall: stall_limit.map(StallTimer::new),
+        watch: stall_limit.and_then(streams::watch_answer),
         done: Some(Done {
             request,
             kind,
@@ -326,7 +327,7 @@ pub(super) fn observe_tunnel(
         inner,
         sent: 0,
         failed: None,
-        stall: None,
+        watch: None,
         done: None,
     });
     (response, run)
@@ -372,7 +373,8 @@ struct Done {
 pub(super) struct Observed {
     inner: Body,
     sent: u64,
-    stall: Option<StallTimer>,
+    /// An HTTP/2 answer's watch (see [`streams`]), told each time the answer moves.
+    watch: Option<Arc<AnswerWatch>>,
     done: Option<Done>,
     /// The body's error, held back for [`ERROR_HOLD`]. hyper's HTTP/1 server drops a
     /// connection whose response body fails without writing out what it holds, the head and
@@ -511,19 +513,13 @@ impl http_body::Body for Observed {
                 if let Some(data) = frame.data_ref() {
                     self.sent += data.len() as u64;
                 }
-                if let Some(stall) = &mut self.stall {
-                    stall.progressed();
+                if let Some(watch) = &self.watch {
+                    watch.moved();
                 }
             }
             Poll::Ready(None) => self.finish(true),
             // Held back above.
-            Poll::Ready(Some(Err(_))) => {}
-            Poll::Pending => {
-                if let Some(Err(stalled)) = self.stall.as_mut().map(|s| s.poll_waiting(cx)) {
-                    self.finish(false);
-                    return Poll::Ready(Some(Err(stalled.into())));
-                }
-            }
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
         }
         polled
     }

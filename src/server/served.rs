@@ -12,9 +12,9 @@ use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, Write};
 use hyper::server::conn::http1;
 use hyper::service::{HttpService, Service};
-use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 
+use super::streams::StreamExecutor;
 use crate::body::BoxError;
 
 /// A connection being served: polled until it ends, and asked to close once the requests
@@ -27,7 +27,7 @@ pub(super) trait Served {
     fn close_gracefully(self: Pin<&mut Self>);
 }
 
-impl<I, S, B> Served for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+impl<I, S, B> Served for auto::UpgradeableConnection<'_, I, S, StreamExecutor>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
     S::Future: Send + 'static,

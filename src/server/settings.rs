@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 
+use super::streams::StreamExecutor;
 use crate::config::ServerConfig;
 
 /// The listener a connection came in on.
@@ -35,7 +36,7 @@ impl Entry {
 pub(crate) struct ConnectionSettings {
     /// HTTP/1.1, and HTTP/2 (h2c with prior knowledge, or `h2` in ALPN) when
     /// `server.http2` is on.
-    pub(super) builder: auto::Builder<TokioExecutor>,
+    pub(super) builder: auto::Builder<StreamExecutor>,
     /// `server.http2 = false`: HTTP/1.1 only, from this builder (see `super::served` for
     /// why not the auto one), and no `h2` in ALPN.
     pub(super) http1_only: Option<http1::Builder>,
@@ -91,8 +92,8 @@ fn max_head(cfg: &ServerConfig) -> usize {
 
 /// The HTTP/1.1 + HTTP/2 connection builder, set up from `[server]`. Its HTTP/1 settings
 /// are [`http1_builder`]'s (the two builders are of different types).
-fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn http_builder(cfg: &ServerConfig) -> auto::Builder<StreamExecutor> {
+    let mut builder = auto::Builder::new(StreamExecutor);
     let mut http1 = builder.http1();
     http1.max_buf_size(max_buf_size(cfg)).keep_alive(true);
     if let Some(max) = max_headers(cfg) {

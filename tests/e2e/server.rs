@@ -1420,21 +1420,25 @@ async fn proxy_with_upload_route(
 async fn waiting_for_an_answer_longer_than_the_idle_timeout_is_fine() {
     let app = App::start().await;
     let proxy = proxy_with_short_idle_timeout(app.addr).await;
-    for path in ["/sleep/1200", "/echo"] {
-        let resp = client()
-            .post(proxy.url(path))
-            .body("some body")
+    for http in [client(), h2_client()] {
+        for path in ["/sleep/1200", "/echo"] {
+            let resp = http
+                .post(proxy.url(path))
+                .body("some body")
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(resp.status(), 200, "{path}");
+            resp.bytes().await.expect("the whole answer");
+        }
+        let resp = http
+            .get(proxy.url("/sleep/1200"))
             .send()
             .await
             .expect("answer");
-        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.expect("the whole answer");
     }
-    let resp = client()
-        .get(proxy.url("/sleep/1200"))
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(resp.status(), 200);
 }
 
 /// Sends half of a 100-byte answer and keeps the connection.
@@ -1572,6 +1576,38 @@ async fn an_http2_stream_whose_answer_stalls_is_reset_while_others_go_on() {
         .expect("the stream ends within the timeout");
     assert!(body.is_err(), "the stalled answer is cut short: {body:?}");
     app_closed_while_others_went_on(&mut app_closed, busy).await;
+}
+
+/// A raw app's answer: 64 MiB, written until the proxy stops taking it or closes.
+async fn answer_64_mib(mut stream: TcpStream) -> Option<TcpStream> {
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n";
+    stream.write_all(head).await.ok()?;
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..64 {
+        if stream.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    Some(stream)
+}
+
+/// nginx's `send_timeout` on HTTP/2: a client that stops reading one answer (it grants no
+/// more flow-control window for it) while its connection stays busy has that stream reset
+/// after `idle_timeout`, and the app's connection is closed; before, the stream held its
+/// app connection for as long as the client kept the connection.
+#[tokio::test]
+async fn an_http2_answer_the_client_stops_reading_is_reset_while_others_go_on() {
+    let (app, mut app_closed) =
+        app_reporting_close(|stream, head| ping_or(stream, head, answer_64_mib)).await;
+    let (proxy, h2, busy) = busy_http2_connection(app.addr).await;
+    let resp = h2.get(proxy.url("/large")).send().await.expect("head");
+    assert_eq!(resp.status(), 200);
+    // Not read: the stream's window runs out, and the answer stands still.
+    app_closed_while_others_went_on(&mut app_closed, busy).await;
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.bytes())
+        .await
+        .expect("the stream ends");
+    assert!(body.is_err(), "the answer is cut short");
 }
 
 /// Sends `head`, then `chunk` over and over (as an uploader does until it sees an answer),
