@@ -53,7 +53,7 @@ use crate::config::{Config, RewriteConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
 use crate::proxy::{
     ClientInfo, ProxyError, Tunnel, Upstream, UpstreamTiming, canonical_ip, h2_problem,
-    host_problem,
+    host_problem, target_problem,
 };
 use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
@@ -368,15 +368,16 @@ pub(crate) async fn route(
     client: ClientInfo,
     way: &Way,
 ) -> Answer {
-    if let Some(problem) = host_problem(&req) {
+    // Refused as malformed before any way, as hyper refuses a malformed head.
+    if let Some(problem) = host_problem(&req).or_else(|| target_problem(&req)) {
         let response = ProxyError::BadRequest(problem.into()).into_response();
-        return Answer::of_way(response, RequestKind::Passthrough);
+        return Answer::of_way(response, RequestKind::Refused);
     }
     if req.version() == Version::HTTP_2
         && let Some((status, problem)) = h2_problem(&req, state.config.server.max_headers)
     {
         let response = body::text(status, format!("{problem}\n"));
-        return Answer::of_way(response, RequestKind::Passthrough);
+        return Answer::of_way(response, RequestKind::Refused);
     }
     if !client.tls
         && let Some(port) = state.https_redirect

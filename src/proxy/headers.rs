@@ -2,7 +2,7 @@
 //! message framing and HTTP/2's own checks. The forwarding headers are `forwarding`'s.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, StatusCode, Version};
+use http::{Method, Request, StatusCode, Version};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -39,6 +39,41 @@ pub fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
             Some("HTTP/2 request without :authority or Host")
         }
         (None, _) => None,
+    }
+}
+
+/// What is wrong with a request's method and target, if anything, each a `400` as nginx
+/// answers them:
+/// - a method with lower-case letters: methods are case-sensitive (RFC 9110 §9.1), so
+///   `post` is no POST to offload's upload routes, nor `connect` a CONNECT to its refusal,
+///   but frameworks (Django, Flask) upper-case it and take it for one;
+/// - the authority form without CONNECT, the asterisk form without OPTIONS (RFC 9112 §3.2):
+///   `GET evil.example:80` would reach the app as `GET /` with that Host;
+/// - an absolute form (or HTTP/2's `:scheme`) other than http or https, or userinfo in its
+///   authority (RFC 9110 §4.2.4, RFC 9113 §8.3.1): the target's authority becomes the app's
+///   Host, and `good.example@evil.example` gets past allow-lists.
+pub fn target_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let method = req.method();
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Some("a method in lower case");
+    }
+    let uri = req.uri();
+    if uri.path() == "*" && uri.authority().is_none() && method != Method::OPTIONS {
+        return Some("an asterisk-form target without OPTIONS");
+    }
+    let authority = uri.authority()?;
+    match uri.scheme_str() {
+        None if method != Method::CONNECT => Some("an authority-form target without CONNECT"),
+        Some(scheme)
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") =>
+        {
+            Some("a target that is no http or https URL")
+        }
+        _ if authority.as_str().contains('@') && req.version() == Version::HTTP_2 => {
+            Some("userinfo in :authority")
+        }
+        _ if authority.as_str().contains('@') => Some("userinfo in the request target"),
+        _ => None,
     }
 }
 
@@ -210,21 +245,14 @@ pub(super) fn join_cookies(headers: &mut HeaderMap) {
 
 /// What is wrong with an HTTP/2 request that hyper's HTTP/2 server lets through where its
 /// HTTP/1 parser would not, if anything: more headers than `server.max_headers` (`431`;
-/// the HTTP/2 server bounds only their bytes), userinfo in `:authority` (RFC 9113 §8.3.1)
-/// or a value with whitespace at either end (§8.2.1), each `400`.
+/// the HTTP/2 server bounds only their bytes) or a value with whitespace at either end
+/// (RFC 9113 §8.2.1, `400`). (Userinfo in `:authority` is [`target_problem`]'s.)
 pub fn h2_problem<B>(req: &Request<B>, max_headers: usize) -> Option<(StatusCode, &'static str)> {
     if req.headers().len() > max_headers {
         return Some((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "more headers than server.max_headers",
         ));
-    }
-    if req
-        .uri()
-        .authority()
-        .is_some_and(|a| a.as_str().contains('@'))
-    {
-        return Some((StatusCode::BAD_REQUEST, "userinfo in :authority"));
     }
     let padded = |v: &HeaderValue| {
         let bytes = v.as_bytes();
@@ -440,5 +468,60 @@ mod tests {
         );
         assert_eq!(host_problem(&req(v2, "/", &["example.com"])), None);
         assert_eq!(host_problem(&req(v2, "https://example.com/", &[])), None);
+    }
+
+    #[test]
+    fn targets_and_methods_nginx_refuses_are_refused() {
+        let req = |method: &str, target: &str, version: Version| {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            Request::builder()
+                .method(method)
+                .uri(target)
+                .version(version)
+                .body(())
+                .unwrap()
+        };
+        let v11 = Version::HTTP_11;
+        for (method, target) in [
+            ("GET", "/a?b"),
+            ("GET", "http://example.com/x"),
+            ("GET", "HTTPS://example.com:8443/x"),
+            ("OPTIONS", "*"),
+            ("CONNECT", "example.com:443"),
+            ("M-SEARCH", "/"),
+        ] {
+            assert_eq!(
+                target_problem(&req(method, target, v11)),
+                None,
+                "{method} {target}"
+            );
+        }
+        for (method, target, problem) in [
+            ("post", "/upload", "a method in lower case"),
+            ("Post", "/upload", "a method in lower case"),
+            ("connect", "evil.example:443", "a method in lower case"),
+            ("GET", "*", "an asterisk-form target without OPTIONS"),
+            (
+                "GET",
+                "evil.example:80",
+                "an authority-form target without CONNECT",
+            ),
+            ("GET", "evil", "an authority-form target without CONNECT"),
+            (
+                "GET",
+                "ftp://example.com/x",
+                "a target that is no http or https URL",
+            ),
+            (
+                "GET",
+                "http://good.example@evil.example/x",
+                "userinfo in the request target",
+            ),
+        ] {
+            let found = target_problem(&req(method, target, v11));
+            assert_eq!(found, Some(problem), "{method} {target}");
+        }
+        let h2 = req("GET", "https://u:p@example.com/", Version::HTTP_2);
+        assert_eq!(target_problem(&h2), Some("userinfo in :authority"));
     }
 }

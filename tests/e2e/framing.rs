@@ -332,7 +332,10 @@ async fn http2_requests_an_http1_parser_would_refuse_are_refused() {
     let (status, body) = h2_send(&proxy, userinfo).await;
     assert_eq!(
         (status, body.as_str()),
-        (StatusCode::BAD_REQUEST, "userinfo in :authority\n")
+        (
+            StatusCode::BAD_REQUEST,
+            "bad request: userinfo in :authority\n"
+        )
     );
     // A value with whitespace at either end (RFC 9113 §8.2.1).
     let padded = Request::get(format!("{base}/x"))
@@ -451,4 +454,32 @@ async fn a_websocket_tunnel_is_an_open_connection_until_it_closes() {
     // The waiting client was never served: the listener closed under it.
     let answer = waiting.await.expect("task");
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Methods and request targets nginx answers with 400 get it here too, and never reach the
+/// app: a lower-case method (an app that upper-cases it would take `post` for a POST past
+/// the upload routes), the authority form without CONNECT, the asterisk form without
+/// OPTIONS, and an absolute form with userinfo or another scheme, whose authority would
+/// become the app's Host.
+#[tokio::test]
+async fn request_lines_nginx_refuses_are_refused() {
+    let (app, proxy) = app_and_proxy(|_| {}).await;
+    for line in [
+        "post /upload HTTP/1.1",
+        "connect evil.example:443 HTTP/1.1",
+        "GET evil.example:80 HTTP/1.1",
+        "GET * HTTP/1.1",
+        "GET http://good.example@evil.example:8443/x HTTP/1.1",
+        "GET ftp://evil.example/x HTTP/1.1",
+    ] {
+        let request = format!("{line}\r\nHost: good.example\r\nConnection: close\r\n\r\n");
+        let answer = raw_request(&proxy, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{line}: {answer}");
+    }
+    assert_eq!(app.seen(), Vec::<String>::new());
+    let absolute =
+        "GET http://good.example/x HTTP/1.1\r\nHost: good.example\r\nConnection: close\r\n\r\n";
+    let answer = raw_request(&proxy, absolute).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(app.seen(), ["GET /x"]);
 }
