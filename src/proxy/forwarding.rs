@@ -16,28 +16,30 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The headers [`set_forwarding`] owns or drops, as a CGI-style app sees them: PHP (and every CGI or
-/// WSGI gateway) turns `X_Forwarded_For` and `X-Forwarded-For` into the same
-/// `HTTP_X_FORWARDED_FOR`, so an underscore spelling would slip a forged value past us.
-const FORWARDING: [&str; 7] = [
+/// The headers [`set_forwarding`] sets (it drops [`UNSET_CLAIMS`] besides).
+const FORWARDING: [&str; 4] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-real-ip",
     "forwarded",
 ];
 
-/// Removes every underscore spelling of a forwarding header (`X_Forwarded_For`,
-/// `X-Forwarded_Proto`…), from any peer: no proxy sends them, and an app behind a CGI-style
-/// gateway would read them as the real ones.
+/// Removes every underscore spelling of a forwarding header or claim (`X_Forwarded_For`,
+/// `X-Forwarded_Proto`, `X_Forwarded_Ssl`…), from any peer: no proxy sends them, and an app
+/// behind a CGI-style gateway would read them as the real ones: PHP (and every CGI or WSGI
+/// gateway) turns `X_Forwarded_For` and `X-Forwarded-For` into the same
+/// `HTTP_X_FORWARDED_FOR`, so an underscore spelling would slip a forged value past us.
 pub(super) fn strip_forwarding_lookalikes(headers: &mut HeaderMap) {
     let lookalikes: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
             let name = name.as_str();
-            name.contains('_') && FORWARDING.contains(&name.replace('_', "-").as_str())
+            if !name.contains('_') {
+                return false;
+            }
+            let hyphened = name.replace('_', "-");
+            FORWARDING.contains(&hyphened.as_str())
+                || UNSET_CLAIMS.iter().any(|claim| claim.as_str() == hyphened)
         })
         .cloned()
         .collect();
@@ -46,20 +48,33 @@ pub(super) fn strip_forwarding_lookalikes(headers: &mut HeaderMap) {
     }
 }
 
-/// Claims about the client that only a proxy may make and that offload does not set itself
-/// (apps behind trusted proxies read them: Symfony and Laravel take the port and prefix,
-/// many apps the real IP). From an untrusted peer they are dropped.
-static UNSET_CLAIMS: [HeaderName; 3] = [
+/// Claims about the client that only a proxy may make and that offload does not set itself,
+/// which apps behind trusted proxies read: Symfony and Laravel take the port and prefix,
+/// many apps the real IP (`X-Real-IP`, Akamai's `True-Client-IP`, `X-Client-IP`); Rack
+/// takes the scheme from `X-Forwarded-Ssl: on` and `X-Forwarded-Scheme` before
+/// `X-Forwarded-Proto`, others from `Front-End-Https` and `X-Url-Scheme`; IIS rewrites and
+/// older Symfony and Zend take the path from `X-Original-URL` and `X-Rewrite-URL` (an
+/// access-control bypass). From an untrusted peer they are dropped.
+static UNSET_CLAIMS: [HeaderName; 11] = [
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-prefix"),
     HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
 ];
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for a request from `client` whose
 /// original host (Host header or URI authority) was `host`. From a trusted peer the
 /// headers it sent are kept and extended ([`extend_trusted`]); from anyone else they are
-/// replaced, and the claims offload does not make (`X-Forwarded-Port/-Prefix`, `X-Real-IP`)
-/// removed, so a client cannot forge its address.
+/// replaced, and the claims offload does not make ([`UNSET_CLAIMS`]: `X-Real-IP`,
+/// `X-Forwarded-Ssl` and the like) removed, so a client cannot forge its address, scheme
+/// or path.
 ///
 /// Runs for every forwarded request, so it allocates little: the claims are looked up only
 /// when a pass over the names finds one, both built values share one buffer, and a worker
@@ -379,6 +394,14 @@ mod tests {
             ("x-forwarded-port", "443"),
             ("x-forwarded-prefix", "/admin"),
             ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-scheme", "https"),
+            ("front-end-https", "on"),
+            ("x-url-scheme", "https"),
+            ("x-original-url", "/wp-admin/"),
+            ("x-rewrite-url", "/wp-admin/"),
         ]);
         let host = HeaderValue::from_static("example.com:8080");
         set_forwarding(&mut h, &client("192.0.2.1:5000", false), false, Some(&host));
@@ -389,9 +412,17 @@ mod tests {
             h["forwarded"],
             "for=192.0.2.1;host=\"example.com:8080\";proto=http"
         );
-        for claim in &UNSET_CLAIMS {
-            assert!(!h.contains_key(claim), "{claim} kept");
-        }
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "forwarded",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
+        );
     }
 
     /// A worker reuses the values it built last for an untrusted peer: only while the
@@ -537,6 +568,8 @@ mod tests {
             ("x_forwarded-host", "evil"),
             ("x_forwarded_port", "443"),
             ("x_forwarded_prefix", "/admin"),
+            ("x_forwarded_ssl", "on"),
+            ("x_original_url", "/wp-admin/"),
             ("x-forwarded-for", "7.7.7.7"),
             ("x_kept_header", "1"),
             ("x-forwarded-for-not", "1"),

@@ -302,10 +302,16 @@ fn scanned_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
-/// Credentials meant for a proxy: offload asks for none, so they stop here rather than
-/// reach the app.
-pub(super) fn strip_proxy_credentials(headers: &mut HeaderMap) {
+/// `Proxy` (httpoxy): no HTTP header, but a CGI-style gateway (PHP-FPM, CGI) passes it on
+/// as `HTTP_PROXY`, which HTTP client libraries take for their outgoing proxy.
+static PROXY: HeaderName = HeaderName::from_static("proxy");
+
+/// What is meant for a proxy, or would be taken for a setting of the app's own: credentials
+/// for a proxy (offload asks for none) and `Proxy` (httpoxy) stop here rather than reach
+/// the app, from any peer.
+pub(super) fn strip_proxy_headers(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(&PROXY);
 }
 
 #[cfg(test)]
@@ -523,5 +529,16 @@ mod tests {
         }
         let h2 = req("GET", "https://u:p@example.com/", Version::HTTP_2);
         assert_eq!(target_problem(&h2), Some("userinfo in :authority"));
+    }
+
+    #[test]
+    fn proxy_credentials_and_httpoxy_go() {
+        let mut h = map(&[
+            ("proxy-authorization", "Basic c2VjcmV0"),
+            ("proxy", "http://evil.example:3128"),
+            ("accept", "*/*"),
+        ]);
+        strip_proxy_headers(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
     }
 }

@@ -210,7 +210,7 @@ impl Upstream {
                 "a transfer coding other than chunked".into(),
             ));
         }
-        headers::strip_proxy_credentials(headers);
+        headers::strip_proxy_headers(headers);
         // The client already got its `100 Continue` from our server when the body was first
         // polled; an app that never answers 100 (PHP's built-in server) must not stall us.
         headers.remove(header::EXPECT);
