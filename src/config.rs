@@ -596,6 +596,11 @@ impl Config {
                     ("/wp-admin/async-upload.php", &[]),
                     ("/wp-admin/media-new.php", &[]),
                     ("/wp-json/wp/v2/media", &[]),
+                    // The same REST route without pretty permalinks (WordPress takes it on
+                    // any site), and with PATH_INFO ones.
+                    ("/", &["rest_route=/wp/v2/media"]),
+                    ("/index.php", &["rest_route=/wp/v2/media"]),
+                    ("/index.php/wp-json/wp/v2/media", &[]),
                 ],
             ),
             Preset::Joomla => (
@@ -1712,6 +1717,19 @@ mod tests {
         assert!(paths.contains(&"/wp-admin/async-upload.php"));
         // The file's own route keeps its own limits.
         assert_eq!(c.uploads[0].max_file_size, ByteSize::mib(1));
+        // The REST media route as every permalink setting spells it.
+        let routes = crate::upload::UploadRoutes::new(&c.uploads, "").unwrap();
+        for target in [
+            "/wp-json/wp/v2/media",
+            "/?rest_route=/wp/v2/media",
+            "/index.php?rest_route=%2Fwp%2Fv2%2Fmedia",
+            "/index.php/wp-json/wp/v2/media",
+        ] {
+            let uri: http::Uri = target.parse().unwrap();
+            assert!(routes.find(&http::Method::POST, &uri).is_some(), "{target}");
+        }
+        let other = "/?rest_route=/wp/v2/posts".parse().unwrap();
+        assert!(routes.find(&http::Method::POST, &other).is_none());
     }
 
     #[test]

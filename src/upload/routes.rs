@@ -1,10 +1,18 @@
 //! Which requests are uploads: routes compiled once from the config, matched per request by
 //! path (exact or glob), method and required query parameters.
+//!
+//! Paths are compared as the app's server may resolve them, not as they were spelt: a
+//! request that reaches the app's upload script by another spelling (`//upload`,
+//! `/x/../upload`, `/%75pload`, `/Upload`, `/upload/`, `/upload.php/extra` for PHP's
+//! PATH_INFO) would otherwise skip the route, and with it the store and every check. Such
+//! spellings get the route, as nginx normalises a path before matching its locations;
+//! matching a spelling the app would not resolve costs only that request its checks.
 
 use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobMatcher};
 use http::{Method, Uri};
+use percent_encoding::percent_decode_str;
 
 use super::error::UploadConfigError;
 use super::keys::KeyTemplate;
@@ -15,12 +23,56 @@ use crate::config::{FieldStyle, OnStoreError, UploadMode, UploadRouteConfig};
 /// before refusing the request; multer itself only bounds them by the whole body.
 pub const MAX_PART_HEADER_SIZE: u64 = 16 * 1024;
 
-/// How a route's path is matched.
+/// How a route's path is matched, against [`canonical`] paths.
 #[derive(Debug)]
 enum PathMatch {
-    Exact(String),
+    /// The canonical path; `below` when its last segment names a file (`upload.php`), which
+    /// servers also run for paths below it (PATH_INFO).
+    Exact { path: String, below: bool },
     /// `*` stays within one path segment; `**` crosses them.
     Glob(GlobMatcher),
+}
+
+impl PathMatch {
+    fn matches(&self, canonical: &str) -> bool {
+        match self {
+            PathMatch::Exact { path, below } => {
+                canonical == path
+                    || (*below
+                        && canonical
+                            .strip_prefix(path.as_str())
+                            .is_some_and(|rest| rest.starts_with('/')))
+            }
+            PathMatch::Glob(glob) => glob.is_match(canonical),
+        }
+    }
+}
+
+/// `path` as a server may resolve it, in lower case: percent-decoded (`%2F` too, which
+/// nginx decodes before matching), each segment without `;parameters` (Tomcat, Jetty),
+/// empty and `.` segments dropped, `..` resolved (never above the root), no trailing slash
+/// (Express ignores it, and case, by default).
+fn canonical(path: &str) -> String {
+    let decoded = percent_decode_str(path).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment.split(';').next().unwrap_or_default() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            kept => segments.push(kept),
+        }
+    }
+    if segments.is_empty() {
+        return "/".to_string();
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for segment in segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    out.to_lowercase()
 }
 
 /// The limits of one route, in bytes and counts.
@@ -71,7 +123,18 @@ impl UploadRoutes {
 
     /// The route for this request (path exact or glob, method, required query params), if any.
     pub fn find(&self, method: &Method, uri: &Uri) -> Option<Arc<UploadRoute>> {
-        self.routes.iter().find(|r| r.matches(method, uri)).cloned()
+        // Made only for a request whose method some route takes: most are GETs.
+        let mut path = None;
+        self.routes
+            .iter()
+            .find(|route| {
+                route.methods.contains(method)
+                    && route
+                        .path
+                        .matches(path.get_or_insert_with(|| canonical(uri.path())))
+                    && route.query_matches(uri.query().unwrap_or_default())
+            })
+            .cloned()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,8 +149,13 @@ impl UploadRoute {
         key_prefix: &str,
     ) -> Result<UploadRoute, UploadConfigError> {
         let path = if cfg.path.contains(['*', '?', '[', '{']) {
-            let glob = GlobBuilder::new(&cfg.path)
+            let pattern = match cfg.path.trim_end_matches('/') {
+                "" => "/",
+                trimmed => trimmed,
+            };
+            let glob = GlobBuilder::new(pattern)
                 .literal_separator(true)
+                .case_insensitive(true)
                 .build()
                 .map_err(|e| UploadConfigError::Glob {
                     index,
@@ -96,7 +164,12 @@ impl UploadRoute {
                 })?;
             PathMatch::Glob(glob.compile_matcher())
         } else {
-            PathMatch::Exact(cfg.path.clone())
+            let path = canonical(&cfg.path);
+            let below = path
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains('.'));
+            PathMatch::Exact { path, below }
         };
         let methods = cfg
             .methods
@@ -144,17 +217,6 @@ impl UploadRoute {
         })
     }
 
-    fn matches(&self, method: &Method, uri: &Uri) -> bool {
-        if !self.methods.contains(method) {
-            return false;
-        }
-        let path_ok = match &self.path {
-            PathMatch::Exact(p) => uri.path() == p,
-            PathMatch::Glob(g) => g.is_match(uri.path()),
-        };
-        path_ok && self.query_matches(uri.query().unwrap_or_default())
-    }
-
     /// Every required `name=value` pair is present (decoded, in any order).
     fn query_matches(&self, query: &str) -> bool {
         self.query.iter().all(|(name, value)| {
@@ -184,8 +246,56 @@ mod tests {
         assert!(routes.find(&Method::POST, &uri("/upload")).is_some());
         assert!(routes.find(&Method::PUT, &uri("/upload?x=1")).is_some());
         assert!(routes.find(&Method::GET, &uri("/upload")).is_none());
-        assert!(routes.find(&Method::POST, &uri("/upload/")).is_none());
         assert!(routes.find(&Method::POST, &uri("/uploads")).is_none());
+        assert!(routes.find(&Method::POST, &uri("/upload/x")).is_none());
+    }
+
+    #[test]
+    fn other_spellings_of_a_routes_path_get_the_route() {
+        let routes =
+            UploadRoutes::new(&[route("/upload"), route("/wp-admin/async-upload.php")], "")
+                .unwrap();
+        for path in [
+            "//upload",
+            "/./upload",
+            "/x/../upload",
+            "/../upload",
+            "/%75pload",
+            "/%2fupload",
+            "/upload/",
+            "/upload;x",
+            "/UPLOAD",
+            "//wp-admin//async-upload.php",
+            "/wp-admin/async-upload.php/extra",
+            "/wp-admin/%61sync-upload.php?x=1",
+        ] {
+            assert!(routes.find(&Method::POST, &uri(path)).is_some(), "{path}");
+        }
+        for path in [
+            "/uploads",
+            "/upload/x",
+            "/x/upload",
+            "/wp-admin/async-upload.phpx",
+        ] {
+            assert!(routes.find(&Method::POST, &uri(path)).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn paths_are_compared_as_servers_resolve_them() {
+        for (path, resolved) in [
+            ("/", "/"),
+            ("", "/"),
+            ("/a/b/", "/a/b"),
+            ("/a/./b/../c", "/a/c"),
+            ("/../../a", "/a"),
+            ("/a%2Fb", "/a/b"),
+            ("/a;jsessionid=1/b;v=2", "/a/b"),
+            ("/%C3%84/X", "/ä/x"),
+            ("/%ff", "/\u{fffd}"),
+        ] {
+            assert_eq!(canonical(path), resolved, "{path}");
+        }
     }
 
     #[test]
@@ -199,6 +309,10 @@ mod tests {
         );
         let deep = UploadRoutes::new(&[route("/api/**/files")], "").unwrap();
         assert!(deep.find(&Method::POST, &uri("/api/v1/x/files")).is_some());
+        assert!(
+            deep.find(&Method::POST, &uri("/API/v1//x/files/"))
+                .is_some()
+        );
     }
 
     #[test]

@@ -536,13 +536,20 @@ async fn forged_forwarding_headers_never_reach_the_app() {
                    X-Forwarded_Proto: https\r\nX_Forwarded-Host: evil.example\r\n\
                    X_Forwarded_Port: 443\r\nX-Forwarded-Port: 443\r\n\
                    X-Forwarded-Prefix: /admin\r\nX-Real-IP: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\n\
-                   X-Forwarded-For: 6.6.6.6\r\nX_Other_Header: kept\r\nConnection: close\r\n\r\n";
+                   X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Ssl: on\r\nX_Forwarded_Ssl: on\r\n\
+                   True-Client-IP: 6.6.6.6\r\nX-Original-URL: /admin\r\n\
+                   Proxy: http://evil.example:3128\r\nX_Other_Header: kept\r\n\
+                   Connection: close\r\n\r\n";
     let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
     let echo = crate::support::app::Echo::parse(crate::support::raw_body(&response));
     let forged: Vec<_> = echo
         .headers
         .iter()
-        .filter(|(_, v)| v.contains("6.6.6.6") || v.contains("evil") || v == "443" || v == "/admin")
+        .filter(|(_, v)| {
+            v.contains("6.6.6.6")
+                || v.contains("evil")
+                || ["443", "/admin", "on"].contains(&v.as_str())
+        })
         .collect();
     assert!(
         forged.is_empty(),
@@ -971,6 +978,53 @@ async fn uploaded_and_pulled_active_content_is_served_as_a_download() {
     }
 }
 
+/// A request that reaches the app's upload script by another spelling of its path gets
+/// the upload route and its checks (here a PHP file refused, 415), as nginx matches its
+/// locations on the normalised path; before, `//upload` and the like went to the app as
+/// they were, PHP file and all, and nothing reached the store.
+#[tokio::test]
+async fn other_spellings_of_an_upload_path_get_its_route() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (app, proxy, _) = fs_site(dir.path(), |c| {
+        c.uploads = vec![offload::config::UploadRouteConfig {
+            path: "/upload".into(),
+            mode: offload::config::UploadMode::Replace,
+            ..Default::default()
+        }];
+    })
+    .await;
+    let b = "XyZ";
+    let shell = (
+        "form-data; name=\"f\"; filename=\"shell.php\"",
+        "application/x-php",
+    );
+    let body = multipart(b, &[(shell.0, shell.1, b"<?php system($_GET['c']); ?>")]);
+    // As Apache (and nginx's location matching) resolve them: the same script.
+    for target in [
+        "/upload",
+        "//upload",
+        "/./upload",
+        "/x/../upload",
+        "/%75pload",
+        "/upload/",
+        "/upload;x",
+        "/UPLOAD",
+    ] {
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\
+             Content-Type: multipart/form-data; boundary={b}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&body);
+        let answer = raw_exchange(proxy.addr, &request, Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 415 "), "{target}: {answer}");
+    }
+    assert_eq!(app.seen(), Vec::<String>::new(), "the app got a PHP file");
+}
+
+/// Hostile file names in replace mode: whatever they hold, the fields sent on to the app
+/// stay the fields offload meant to send.
 #[tokio::test]
 async fn hostile_filenames_never_break_the_fields_replace_mode_sends() {
     let dir = tempfile::tempdir().expect("temp dir");
