@@ -140,9 +140,15 @@ fn too_large(headers: &HeaderMap, max: u64) -> bool {
 }
 
 /// Fixes the headers of a response that will be rewritten: the length changes (removed) and the
-/// bytes are no longer the app's (a strong `ETag` becomes weak).
+/// bytes are no longer the app's (a strong `ETag` becomes weak). Ranges of it cannot be had:
+/// the app answers a `Range` request with a part of its own bytes, which `206`s are left as
+/// (a client resuming a download with `If-Range` and the `Last-Modified` date would splice
+/// the app's bytes onto the rewritten ones), so `Accept-Ranges` and `Last-Modified` go, as
+/// nginx's `sub_filter` drops them.
 pub fn prepare_headers(headers: &mut HeaderMap) {
     headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::ACCEPT_RANGES);
+    headers.remove(header::LAST_MODIFIED);
     let Some(etag) = headers.get(header::ETAG) else {
         return;
     };
