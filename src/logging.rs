@@ -91,8 +91,21 @@ pub fn level_filter(level: &str) -> anyhow::Result<EnvFilter> {
         }
     }
     // Not `.context()`: the parse error's source repeats its message.
-    EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log.level: {e}"))
+    let filter = EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log.level: {e}"))?;
+    // rustls warns of what a TLS peer sent (an IP address or an odd name as SNI, an alert),
+    // which any client chooses: a line per handshake, and one client could fill the log.
+    // Only its errors are logged unless `log.level` names rustls.
+    let names_rustls = level.contains("rustls");
+    match QUIET_TLS.parse() {
+        Ok(quiet) if !names_rustls && !level.trim().eq_ignore_ascii_case("off") => {
+            Ok(filter.add_directive(quiet))
+        }
+        _ => Ok(filter),
+    }
 }
+
+/// The directive that keeps rustls to its errors.
+const QUIET_TLS: &str = "rustls=error";
 
 /// The installed filter, when `log.level` chose it (not `RUST_LOG`).
 static RELOADABLE: OnceLock<LiveFilter> = OnceLock::new();
@@ -261,6 +274,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rustls_warnings_about_peers_are_not_logged_unless_asked_for() {
+        let enabled = |level: &str| {
+            let filter = level_filter(level).unwrap();
+            let subscriber = tracing_subscriber::registry().with(filter);
+            tracing::subscriber::with_default(subscriber, || {
+                (
+                    tracing::enabled!(target: "rustls::msgs::handshake", Level::WARN),
+                    tracing::enabled!(target: "rustls::msgs::handshake", Level::ERROR),
+                    tracing::enabled!(target: "offload::server", Level::WARN),
+                )
+            })
+        };
+        assert_eq!(enabled("info"), (false, true, true));
+        assert_eq!(enabled("debug"), (false, true, true));
+        assert_eq!(enabled("info,rustls=warn"), (true, true, true));
+        assert_eq!(enabled("off"), (false, false, false));
+    }
 
     #[test]
     fn lines_wait_until_the_buffer_is_full() {

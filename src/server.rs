@@ -65,8 +65,8 @@ pub(crate) use limits::open_files_limit;
 pub use limits::raise_open_files_limit;
 use live::LiveState;
 use observe::{
-    Logged, Observed, RequestRecord, Way, head_timed_out, observe, observe_tunnel, refused_head,
-    track_request_body,
+    Logged, Observed, RequestRecord, Way, head_timed_out, observe, observe_tunnel,
+    plain_http_on_tls, refused_head, track_request_body,
 };
 use request_id::RequestIds;
 use served::Served;
@@ -1050,7 +1050,10 @@ async fn accept_tls(
 ) {
     let deadline = tokio::time::Instant::now() + settings.handshake_timeout;
     match tokio::time::timeout_at(deadline, tls::sent_plain_http(&stream)).await {
-        Ok(true) => return tls::answer_plain_http(&mut stream, peer).await,
+        Ok(true) => {
+            plain_http_on_tls(&shared.live.current(), peer);
+            return tls::answer_plain_http(&mut stream, peer).await;
+        }
         Ok(false) => {}
         Err(_) => return debug!(%peer, "TLS handshake timed out"),
     }

@@ -441,6 +441,13 @@ pub(super) fn head_timed_out(state: &AppState, peer: SocketAddr, limit: Duration
     log_refusal(state, peer, StatusCode::REQUEST_TIMEOUT, &reason);
 }
 
+/// Counts and logs plain HTTP sent to a TLS port, answered `400` before any request was
+/// read (see `tls::answer_plain_http`), as nginx logs its 400 for it.
+pub(super) fn plain_http_on_tls(state: &AppState, peer: SocketAddr) {
+    let reason = "plain HTTP request sent to the HTTPS port";
+    log_refusal(state, peer, StatusCode::BAD_REQUEST, &reason);
+}
+
 /// The count and the access line of a head that never became a request.
 fn log_refusal(state: &AppState, peer: SocketAddr, status: StatusCode, reason: &dyn Display) {
     state.metrics.refused(status);

@@ -71,7 +71,7 @@ async fn tls_with_alpn_h2_and_http1() {
 }
 
 /// Plain HTTP sent to the TLS port gets a `400` that says so (as nginx answers), not a TLS
-/// alert; the app never sees it.
+/// alert; the app never sees it, and it is counted (and logged) as a refused request.
 #[tokio::test]
 async fn plain_http_on_the_tls_port_is_400_naming_the_mistake() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -101,6 +101,10 @@ async fn plain_http_on_the_tls_port_is_400_naming_the_mistake() {
         "plain HTTP request sent to the HTTPS port: use https://\n"
     );
     assert!(app.seen().is_empty(), "{:?}", app.seen());
+    // Counted as a refused request, as hyper's 400s are.
+    let counted = "offload_requests_total{kind=\"refused\",class=\"4xx\"} 1";
+    let text = proxy.metrics_until(counted).await;
+    assert!(text.contains(counted), "{text}");
 }
 
 /// `server.tls.listen` beside `server.listen`: TLS on one, plain HTTP on the other, each
