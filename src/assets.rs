@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, BoxError, Stalled};
 use crate::config::{AssetsConfig, MissingAsset, StoreConfig};
 use crate::proxy::{ClientInfo, Upstream};
 use crate::rewrite::{self, AssetMap, Rules};
@@ -59,6 +60,9 @@ pub struct Assets {
     missing: MissingAsset,
     /// Bounds the memory of answers read whole by [`Assets::resolve_body`].
     resolve_budget: Semaphore,
+    /// How long an app's answer read whole may go without a byte (`server.idle_timeout`):
+    /// nothing is sent to the client meanwhile, so no other timeout watches it.
+    answer_stall: Duration,
 }
 
 impl Assets {
@@ -69,6 +73,7 @@ impl Assets {
         upstream: Arc<Upstream>,
         store_cfg: &StoreConfig,
         cfg: &AssetsConfig,
+        answer_stall: Duration,
     ) -> Assets {
         let pull = OriginPull::new(
             store.clone(),
@@ -91,6 +96,7 @@ impl Assets {
             upstream,
             missing: cfg.missing,
             resolve_budget: Semaphore::new(RESOLVE_BODIES_AT_ONCE),
+            answer_stall,
         }
     }
 
@@ -108,7 +114,7 @@ impl Assets {
         let Ok(_permit) = self.resolve_budget.try_acquire() else {
             return Ok(body);
         };
-        match read_bounded(body, RESOLVE_BODY_LIMIT).await {
+        match read_bounded(body, RESOLVE_BODY_LIMIT, self.answer_stall).await {
             Ok(text) => {
                 self.resolve_named(origin, &text).await;
                 Ok(body::full(text))
@@ -476,7 +482,7 @@ impl AfterApp for MirrorCopy {
             // Upload answers are small and rarely compressed; don't decode here.
             return Response::from_parts(parts, body);
         }
-        let text = match read_bounded(body, MIRROR_ANSWER_LIMIT).await {
+        let text = match read_bounded(body, MIRROR_ANSWER_LIMIT, self.assets.answer_stall).await {
             Ok(text) => text,
             Err(ReadBounded::TooLarge(prefix, rest)) => {
                 // Too large to scan: release it as it is.
@@ -484,10 +490,7 @@ impl AfterApp for MirrorCopy {
             }
             Err(ReadBounded::Failed(err)) => {
                 warn!(error = %err, "reading the app's upload answer failed");
-                return json_response(
-                    StatusCode::BAD_GATEWAY,
-                    &serde_json::json!({"error": "the app's answer to the upload broke off"}),
-                );
+                return answer_failed(&err, "the app's answer to the upload");
             }
         };
         let origin = req
@@ -566,7 +569,8 @@ impl MirrorCopy {
                 return Vec::new();
             }
         };
-        match read_bounded(response.into_body(), MIRROR_ANSWER_LIMIT).await {
+        let stall = self.assets.answer_stall;
+        match read_bounded(response.into_body(), MIRROR_ANSWER_LIMIT, stall).await {
             Ok(text) => rewrite::collect_asset_paths(&self.assets.rules, origin, &text),
             Err(_) => Vec::new(),
         }
@@ -616,11 +620,32 @@ enum ReadBounded {
     Failed(crate::body::BoxError),
 }
 
+/// The answer to a client whose app answer (`what`) could not be read whole: `504` when the
+/// app stopped sending it ([`Stalled`]), `502` when it broke off.
+pub fn answer_failed(err: &BoxError, what: &str) -> Response<Body> {
+    match err.downcast_ref::<Stalled>() {
+        Some(stalled) => json_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            &serde_json::json!({"error": format!("{what} stopped coming: {stalled}")}),
+        ),
+        None => json_response(
+            StatusCode::BAD_GATEWAY,
+            &serde_json::json!({"error": format!("{what} broke off")}),
+        ),
+    }
+}
+
 /// Reads a body whole if it is at most `limit` bytes; otherwise hands back what was read and
-/// the rest, so nothing is lost.
-async fn read_bounded(mut body: Body, limit: usize) -> Result<Bytes, ReadBounded> {
+/// the rest, so nothing is lost. A body that goes `stall` without a byte fails with
+/// [`Stalled`], as nginx's `proxy_read_timeout` bounds each read from the app.
+async fn read_bounded(mut body: Body, limit: usize, stall: Duration) -> Result<Bytes, ReadBounded> {
     let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(stall, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => return Err(ReadBounded::Failed(Box::new(Stalled(stall)))),
+        };
         let frame = frame.map_err(ReadBounded::Failed)?;
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);

@@ -284,6 +284,7 @@ fn build_assets(
         upstream.clone(),
         &config.store,
         &config.assets,
+        config.server.idle_timeout,
     ))
 }
 
@@ -531,10 +532,7 @@ async fn rewrite_response(
             Ok(body) => body,
             Err(err) => {
                 warn!(error = %err, "reading the app's answer failed");
-                return upload::json_response(
-                    http::StatusCode::BAD_GATEWAY,
-                    &serde_json::json!({"error": "the app's answer broke off"}),
-                );
+                return assets::answer_failed(&err, "the app's answer");
             }
         },
         Some(_) => body,

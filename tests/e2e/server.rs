@@ -1492,6 +1492,43 @@ async fn busy_http2_connection(
     (proxy, h2, busy)
 }
 
+/// An answer offload reads whole before it answers (a page to rewrite, small enough to
+/// look its assets up first) from an app that stops sending it mid-way: a 504 after
+/// `idle_timeout`, as nginx's `proxy_read_timeout`, and the app's connection closed.
+/// Before, nothing bounded that read: the client waited as long as the app held on.
+#[tokio::test]
+async fn an_answer_read_whole_that_stops_coming_is_a_504_after_the_idle_timeout() {
+    let (app, mut app_closed) = app_reporting_close(|mut stream, _| async move {
+        let _ = stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n<p>half",
+            )
+            .await;
+        Some(stream)
+    })
+    .await;
+    let store = tempfile::tempdir().expect("temp dir");
+    let mut config = config_for(app.addr);
+    config.server.idle_timeout = Duration::from_millis(300);
+    config.store.root = store.path().to_path_buf();
+    config.assets.prefixes = vec!["/wp-content/uploads/".into()];
+    let proxy = Proxy::start(config).await;
+    let answered = client().get(proxy.url("/page")).send();
+    let resp = tokio::time::timeout(Duration::from_secs(5), answered)
+        .await
+        .expect("an answer within 5 s")
+        .expect("answer");
+    assert_eq!(resp.status(), 504);
+    let text = resp.text().await.expect("body");
+    assert!(
+        text.contains("the app's answer stopped coming: no data for 300ms"),
+        "{text}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the app's connection is closed");
+}
+
 /// On HTTP/2 the connection keeps moving for the other streams: a stream whose request body
 /// stops coming gets its own `idle_timeout` and a 408, and the app's connection is closed.
 #[tokio::test]
