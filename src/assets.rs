@@ -119,7 +119,7 @@ impl Assets {
                 self.resolve_named(origin, &text).await;
                 Ok(body::full(text))
             }
-            Err(ReadBounded::TooLarge(prefix, rest)) => Ok(prepend(prefix, rest)),
+            Err(ReadBounded::TooLarge(prefix, rest)) => Ok(body::prepend(prefix, rest)),
             Err(ReadBounded::Failed(err)) => Err(err),
         }
     }
@@ -486,7 +486,7 @@ impl AfterApp for MirrorCopy {
             Ok(text) => text,
             Err(ReadBounded::TooLarge(prefix, rest)) => {
                 // Too large to scan: release it as it is.
-                return Response::from_parts(parts, prepend(prefix, rest));
+                return Response::from_parts(parts, body::prepend(prefix, rest));
             }
             Err(ReadBounded::Failed(err)) => {
                 warn!(error = %err, "reading the app's upload answer failed");
@@ -609,12 +609,6 @@ fn dedup(paths: Vec<String>) -> Vec<String> {
 }
 
 /// `head` followed by the rest of `tail`: a body given back whole after a bounded read.
-fn prepend(head: Bytes, tail: Body) -> Body {
-    let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) });
-    let tail = tail.into_data_stream().map_err(std::io::Error::other);
-    body::from_stream(head.chain(tail))
-}
-
 enum ReadBounded {
     TooLarge(Bytes, Body),
     Failed(crate::body::BoxError),

@@ -71,3 +71,37 @@ where
 {
     body.map_err(Into::into).boxed()
 }
+
+/// `head`, then the rest of `tail`: a body read from in part, whole again.
+pub fn prepend(head: Bytes, tail: Body) -> Body {
+    let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) });
+    let tail = tail.into_data_stream().map_err(std::io::Error::other);
+    from_stream(futures_util::StreamExt::chain(head, tail))
+}
+
+/// The first `want` bytes of `body` (fewer when it ends sooner; more when a piece brings
+/// more) and the body whole again. Each read waits at most `stall`, then fails with
+/// [`Stalled`]. Trailers are not kept.
+pub async fn peek(
+    mut body: Body,
+    want: usize,
+    stall: std::time::Duration,
+) -> Result<(Bytes, Body), BoxError> {
+    let mut read = bytes::BytesMut::new();
+    while read.len() < want {
+        match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => return Err(Box::new(Stalled(stall))),
+            Ok(None) => {
+                let head = read.freeze();
+                return Ok((head.clone(), full(head)));
+            }
+            Ok(Some(frame)) => {
+                if let Ok(data) = frame?.into_data() {
+                    read.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    let head = read.freeze();
+    Ok((head.clone(), prepend(head, body)))
+}

@@ -527,19 +527,30 @@ async fn rewrite_response(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = match coding {
-        None => match assets.resolve_body(origin.as_ref(), body).await {
-            Ok(body) => body,
-            Err(err) => {
-                warn!(error = %err, "reading the app's answer failed");
-                return assets::answer_failed(&err, "the app's answer");
-            }
-        },
-        Some(_) => body,
-    };
-    let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone())
+    let rewriter = Rewriter::new(assets.rules.clone(), origin.clone(), assets.index.clone())
         .javascript(cfg.javascript);
     rewrite_headers(&rewriter, &mut parts.headers);
+    let stall = state.config.server.idle_timeout;
+    let read = match coding {
+        None => assets.resolve_body(origin.as_ref(), body).await,
+        // A compressed body is not read whole, but its first bytes must show its coding
+        // before the head goes out: decoded as what it is not, it would be cut short.
+        Some(_) => match body::peek(body, rewrite::SNIFF_BYTES, stall).await {
+            Ok((head, body)) if rewrite::coding_fits(coding.as_deref(), &head) => Ok(body),
+            Ok((_, body)) => {
+                debug!(coding = ?coding, "the answer is not in its Content-Encoding; passed on");
+                return Response::from_parts(parts, body);
+            }
+            Err(err) => Err(err),
+        },
+    };
+    let body = match read {
+        Ok(body) => body,
+        Err(err) => {
+            warn!(error = %err, "reading the app's answer failed");
+            return assets::answer_failed(&err, "the app's answer");
+        }
+    };
     match rewriter.body(kind, coding.as_deref(), body) {
         Ok(body) => {
             rewrite::prepare_headers(&mut parts.headers);

@@ -6,11 +6,11 @@ use std::pin::Pin;
 
 use async_compression::Level;
 use async_compression::tokio::bufread::{
-    BrotliDecoder, BrotliEncoder, GzipDecoder, GzipEncoder, ZlibDecoder, ZlibEncoder, ZstdDecoder,
-    ZstdEncoder,
+    BrotliDecoder, BrotliEncoder, DeflateDecoder, GzipDecoder, GzipEncoder, ZlibDecoder,
+    ZlibEncoder, ZstdDecoder, ZstdEncoder,
 };
-use bytes::Bytes;
-use futures_util::Stream;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, stream};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 /// A boxed stream of body bytes, the currency between the stages.
@@ -58,6 +58,23 @@ impl Coding {
             .map(|(_, coding)| *coding)
     }
 
+    /// Whether a body beginning with `head` (its first 4 bytes, or all of a shorter one) can
+    /// be in this coding: gzip and zstd by their magic numbers, deflate when it has a zlib
+    /// header or begins a valid raw DEFLATE block, brotli (which has no signature) when it
+    /// is not empty. A body that is not (mislabelled, or empty) is passed on as it is.
+    pub(crate) fn fits(self, head: &[u8]) -> bool {
+        match self {
+            Coding::Identity => true,
+            Coding::Gzip => head.starts_with(&[0x1f, 0x8b]),
+            Coding::Zstd => head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Coding::Brotli => !head.is_empty(),
+            Coding::Deflate => match head {
+                [first, _, ..] => is_zlib(head) || (first >> 1) & 0b11 != 0b11,
+                _ => false,
+            },
+        }
+    }
+
     pub(crate) fn decode(self, input: ByteStream) -> ByteStream {
         let reader = StreamReader::new(input);
         match self {
@@ -67,9 +84,7 @@ impl Coding {
                 decoder.multiple_members(true);
                 Box::pin(ReaderStream::with_capacity(decoder, CHUNK))
             }
-            Coding::Deflate => {
-                Box::pin(ReaderStream::with_capacity(ZlibDecoder::new(reader), CHUNK))
-            }
+            Coding::Deflate => deflate_decoder(StreamReader::into_inner(reader)),
             Coding::Brotli => Box::pin(ReaderStream::with_capacity(
                 BrotliDecoder::new(reader),
                 CHUNK,
@@ -95,6 +110,59 @@ impl Coding {
     }
 }
 
+/// Whether a body beginning with `head` (its first [`SNIFF_BYTES`]) can be in the coding
+/// `content_encoding` names, and that coding is one the rewriter reads: a body that is not
+/// (mislabelled, or empty) is passed on as it is rather than cut short by a decoder.
+pub fn coding_fits(content_encoding: Option<&str>, head: &[u8]) -> bool {
+    Coding::parse(content_encoding).is_some_and(|coding| coding.fits(head))
+}
+
+/// How many bytes of a body [`coding_fits`] looks at.
+pub const SNIFF_BYTES: usize = 4;
+
+/// Whether `head` begins a zlib stream: method 8 (deflate) and a header checksum that adds
+/// up (RFC 1950, 2.2).
+fn is_zlib(head: &[u8]) -> bool {
+    match head {
+        [cmf, flg, ..] => cmf & 0x0f == 8 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0,
+        _ => false,
+    }
+}
+
+/// HTTP's deflate is the zlib format, but some servers send raw DEFLATE, which browsers take
+/// too: the first two bytes tell which decoder reads `input`.
+fn deflate_decoder(mut input: ByteStream) -> ByteStream {
+    let decoder = async move {
+        let mut head = BytesMut::new();
+        let mut failed = None;
+        while head.len() < 2 {
+            match input.next().await {
+                Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    failed = Some(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let zlib = is_zlib(&head);
+        let again = stream::once(async move { Ok(head.freeze()) })
+            .chain(stream::iter(failed.map(Err)))
+            .chain(input);
+        let reader = StreamReader::new(again);
+        let decoded: ByteStream = if zlib {
+            Box::pin(ReaderStream::with_capacity(ZlibDecoder::new(reader), CHUNK))
+        } else {
+            Box::pin(ReaderStream::with_capacity(
+                DeflateDecoder::new(reader),
+                CHUNK,
+            ))
+        };
+        decoded
+    };
+    Box::pin(stream::once(decoder).flatten())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +177,33 @@ mod tests {
         assert_eq!(Coding::parse(Some("zstd")), Some(Coding::Zstd));
         assert_eq!(Coding::parse(Some("gzip, br")), None);
         assert_eq!(Coding::parse(Some("compress")), None);
+    }
+
+    #[test]
+    fn first_bytes_tell_whether_a_body_is_in_its_coding() {
+        let gzip = [0x1f, 0x8b, 0x08, 0x00];
+        let zstd = [0x28, 0xb5, 0x2f, 0xfd];
+        let zlib = [0x78, 0x9c, 0x01, 0x02];
+        // Raw DEFLATE: a final fixed-Huffman block, and a stored one.
+        let (fixed, stored) = ([0x4b, 0x4c, 0x4a, 0x06], [0x01, 0x05, 0x00, 0xfa]);
+        for (coding, head, fits) in [
+            (Coding::Gzip, &gzip[..], true),
+            (Coding::Gzip, b"<htm", false),
+            (Coding::Gzip, b"", false),
+            (Coding::Zstd, &zstd[..], true),
+            (Coding::Zstd, &gzip[..], false),
+            (Coding::Deflate, &zlib[..], true),
+            (Coding::Deflate, &fixed[..], true),
+            (Coding::Deflate, &stored[..], true),
+            (Coding::Deflate, &[0x07, 0x00][..], false),
+            (Coding::Deflate, &[0x78][..], false),
+            (Coding::Brotli, b"\x1b", true),
+            (Coding::Brotli, b"", false),
+            (Coding::Identity, b"", true),
+        ] {
+            assert_eq!(coding.fits(head), fits, "{coding:?} {head:?}");
+        }
+        assert!(is_zlib(&zlib));
+        assert!(!is_zlib(&fixed));
     }
 }

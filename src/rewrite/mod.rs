@@ -54,6 +54,7 @@ mod scan;
 #[cfg(test)]
 mod tests;
 
+pub use encoding::{SNIFF_BYTES, coding_fits};
 pub use plan::{ContentKind, PlanOptions, plan, prepare_headers};
 pub use rewriter::{AssetMap, RewriteError, Rewriter, collect_asset_paths};
 pub use rules::{Rules, RulesError};
