@@ -282,7 +282,12 @@ pub(super) fn observe(
         inner,
         sent: 0,
         failed: None,
-        watch: stall_limit.and_then(streams::watch_answer),
+        paced: stall_limit.and_then(streams::watch_answer).map(|watch| {
+            Box::new(Paced {
+                watch,
+                rest: Bytes::new(),
+            })
+        }),
         done: Some(Done {
             request,
             kind,
@@ -327,7 +332,7 @@ pub(super) fn observe_tunnel(
         inner,
         sent: 0,
         failed: None,
-        watch: None,
+        paced: None,
         done: None,
     });
     (response, run)
@@ -373,8 +378,9 @@ struct Done {
 pub(super) struct Observed {
     inner: Body,
     sent: u64,
-    /// An HTTP/2 answer's watch (see [`streams`]), told each time the answer moves.
-    watch: Option<Arc<AnswerWatch>>,
+    /// An HTTP/2 answer's watch (see [`streams`]), told each time the answer moves, and
+    /// what is left of a large piece (boxed: HTTP/1 answers carry only the pointer).
+    paced: Option<Box<Paced>>,
     done: Option<Done>,
     /// The body's error, held back for [`ERROR_HOLD`]. hyper's HTTP/1 server drops a
     /// connection whose response body fails without writing out what it holds, the head and
@@ -383,6 +389,30 @@ pub(super) struct Observed {
     /// holds (it flushes whenever the body is not ready, and again as the socket takes
     /// more), and the client gets the answer as far as it came, then the close.
     failed: Option<Held>,
+}
+
+/// An HTTP/2 answer handed on in pieces of at most [`PIECE`], each telling its stream's
+/// watch that the answer moved. hyper holds one piece until the client's window has taken
+/// the one before, and asks for the next only then, so the watch hears from the answer each
+/// time the client has read a [`PIECE`]. A page read whole (up to 2 MiB, one piece) to a
+/// slow but steady reader would otherwise look stalled until the reader had all of it.
+struct Paced {
+    watch: Arc<AnswerWatch>,
+    rest: Bytes,
+}
+
+/// The largest piece of an HTTP/2 answer handed on at once: h2's default frame size.
+const PIECE: usize = 16 * 1024;
+
+impl Paced {
+    /// The next piece of `data`, keeping what is left of it.
+    fn piece(&mut self, mut data: Bytes) -> Bytes {
+        self.watch.moved();
+        if data.len() > PIECE {
+            self.rest = data.split_off(PIECE);
+        }
+        data
+    }
 }
 
 /// How long a body's error waits behind the bytes before it: what a client that reads
@@ -504,6 +534,14 @@ impl http_body::Body for Observed {
             }
             return Poll::Ready(self.failed.take().map(|held| Err(held.error)));
         }
+        if let Some(paced) = &mut self.paced
+            && !paced.rest.is_empty()
+        {
+            let rest = std::mem::take(&mut paced.rest);
+            let piece = paced.piece(rest);
+            self.sent += piece.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
         let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(error))) => {
                 self.finish(false);
@@ -515,28 +553,43 @@ impl http_body::Body for Observed {
             }
             polled => polled,
         };
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.sent += data.len() as u64;
-                }
-                if let Some(watch) = &self.watch {
-                    watch.moved();
-                }
+        let frame = match polled {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(None) => {
+                self.finish(true);
+                return Poll::Ready(None);
             }
-            Poll::Ready(None) => self.finish(true),
-            // Held back above.
-            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+            // Errors are held back above.
+            other => return other,
+        };
+        let frame = match &mut self.paced {
+            Some(paced) => match frame.into_data() {
+                Ok(data) => Frame::data(paced.piece(data)),
+                Err(trailers) => trailers,
+            },
+            None => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            self.sent += data.len() as u64;
         }
-        polled
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.paced.as_ref().is_none_or(|p| p.rest.is_empty()) && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let hint = self.inner.size_hint();
+        let Some(rest) = self.paced.as_ref().map(|p| p.rest.len() as u64) else {
+            return hint;
+        };
+        let mut more = SizeHint::new();
+        if let Some(upper) = hint.upper() {
+            more.set_upper(upper + rest);
+        }
+        more.set_lower(hint.lower() + rest);
+        more
     }
 }
 
@@ -544,7 +597,7 @@ impl Drop for Observed {
     fn drop(&mut self) {
         // An empty body may never be polled, and a client may leave mid-body: either way
         // the request is over now. It is complete when nothing was left to send.
-        let complete = self.inner.is_end_stream();
+        let complete = self.is_end_stream();
         self.finish(complete);
     }
 }

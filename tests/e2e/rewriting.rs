@@ -402,3 +402,37 @@ async fn a_50_mib_page_streams() {
 fn count(hay: &[u8], needle: &[u8]) -> usize {
     memchr::memmem::find_iter(hay, needle).count()
 }
+
+/// A large page to rewrite goes out over HTTP/2 in pieces that each tell the stream's
+/// watch the answer moved: a client reading it slowly but steadily through a small window
+/// is not reset as stalled, though the page takes it longer than `idle_timeout`. Here
+/// 2.5 MiB, of which the first 2 MiB were read whole (to look their assets up) and went on
+/// as one piece: hyper took the next piece at once and then waited for the window to
+/// drain the first, and the watch, seeing no move for that long, reset the stream.
+#[tokio::test]
+async fn a_slow_steady_http2_reader_of_a_rewritten_page_is_not_cut_off() {
+    let r = rig(|c| c.server.idle_timeout = Duration::from_millis(300)).await;
+    let page = "<p>a paragraph of text, no assets</p>\n".repeat(70_000);
+    r.site.set("/long", Page::html(page.clone()));
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .http2_initial_stream_window_size(65_535)
+        .build()
+        .unwrap();
+    let mut resp = h2.get(r.proxy.url("/long")).send().await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let began = std::time::Instant::now();
+    // 32 KiB per 20 ms: 2 MiB take ~1.3 s, a 16 KiB piece ~10 ms.
+    let (mut body, mut paused_at) = (Vec::new(), 0);
+    while let Some(chunk) = resp.chunk().await.expect("no reset") {
+        body.extend_from_slice(&chunk);
+        if body.len() - paused_at >= 32 << 10 {
+            paused_at = body.len();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(began.elapsed() > Duration::from_secs(1), "read slowly");
+    assert_eq!(body.len(), page.len());
+    assert!(body == page.as_bytes());
+}
