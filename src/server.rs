@@ -59,7 +59,7 @@ use crate::rewrite::{self, ContentKind, PlanOptions, Rewriter, Rules};
 use crate::store::{self, Presence, Store};
 use crate::upload::{self, AfterApp, UploadContext, UploadRoutes};
 use activation::Listeners;
-use idle::{Activity, ConnectionState, Verdict, Watchdog};
+use idle::{Activity, ConnectionState, TunnelGuard, Verdict, Watchdog};
 use limits::ConnectionSlots;
 pub(crate) use limits::open_files_limit;
 pub use limits::raise_open_files_limit;
@@ -1091,6 +1091,9 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let connection = Arc::new(ConnectionState::default());
+    // A tunnel kept on the state holds its request, which holds the state: whatever ends
+    // this task (the runtime shutting down with it pending too) lets go of the tunnel.
+    let _tunnel_dropped = TunnelGuard(Arc::clone(&connection));
     let io = TokioIo::new(Activity::new(io, Arc::clone(&connection)));
     let live = Arc::clone(&shared.live);
     let requests = Arc::clone(&connection);

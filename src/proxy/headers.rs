@@ -58,7 +58,8 @@ pub fn target_problem<B>(req: &Request<B>) -> Option<&'static str> {
         return Some("a method in lower case");
     }
     let uri = req.uri();
-    if uri.path() == "*" && uri.authority().is_none() && method != Method::OPTIONS {
+    // HTTP/2's `:path *` comes with an authority; HTTP/1's absolute form never has it.
+    if uri.path() == "*" && method != Method::OPTIONS {
         return Some("an asterisk-form target without OPTIONS");
     }
     let authority = uri.authority()?;
@@ -529,6 +530,21 @@ mod tests {
         }
         let h2 = req("GET", "https://u:p@example.com/", Version::HTTP_2);
         assert_eq!(target_problem(&h2), Some("userinfo in :authority"));
+        let mut h2_star = req("GET", "/", Version::HTTP_2);
+        *h2_star.uri_mut() = http::Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(http::uri::Scheme::HTTPS);
+            parts.authority = Some(http::uri::Authority::from_static("example.com"));
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("*"));
+            parts
+        })
+        .unwrap();
+        assert_eq!(
+            target_problem(&h2_star),
+            Some("an asterisk-form target without OPTIONS")
+        );
+        *h2_star.method_mut() = Method::OPTIONS;
+        assert_eq!(target_problem(&h2_star), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod upstream;
 pub use error::ProxyError;
 pub use forwarding::canonical_ip;
 pub use headers::{h2_problem, host_problem, target_problem};
-pub use upgrade::{Traffic, Tunnel};
+pub use upgrade::{Traffic, Tunnel, TunnelEnd};
 pub use upstream::{ClientInfo, Upstream, UpstreamTiming};
 
 /// Reads what connecting to an `https://` app needs (the system's roots and

@@ -32,19 +32,19 @@ impl Tunnel {
     }
 
     /// Waits for both upgrades to complete, then copies bytes both ways, noting them in
-    /// `traffic`. True when the tunnel closed as either side meant it to.
+    /// `traffic`, until the tunnel ends.
     ///
     /// A tunnel nothing crosses for its idle time is closed, as nginx's `proxy_read_timeout`
     /// closes one: a client that vanished without a word (a NAT mapping dropped, a phone
     /// gone out of range) would otherwise hold its socket, a connection to the app and the
     /// app's worker for good. WebSocket apps that keep quiet connections open send pings
     /// more often.
-    pub async fn run(self, traffic: &Traffic) -> bool {
+    pub async fn run(self, traffic: &Traffic) -> TunnelEnd {
         let (client, app) = match tokio::try_join!(self.client, self.app) {
             Ok(pair) => pair,
             Err(e) => {
                 debug!(error = %e, "upgrade did not complete");
-                return false;
+                return TunnelEnd::NotOpened;
             }
         };
         let mut client = Watched::new(TokioIo::new(client), traffic, &traffic.from_client);
@@ -58,23 +58,36 @@ impl Tunnel {
                     return match result {
                         Ok((to_app, to_client)) => {
                             debug!(to_app, to_client, "tunnel closed");
-                            true
+                            TunnelEnd::Closed
                         }
                         Err(e) => {
                             debug!(error = %e, "tunnel ended");
-                            false
+                            TunnelEnd::Failed
                         }
                     };
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     if traffic.began + traffic.last_move() + self.idle <= Instant::now() {
                         debug!(idle = ?self.idle, "tunnel idle; closing it");
-                        return false;
+                        return TunnelEnd::Idle;
                     }
                 }
             }
         }
     }
+}
+
+/// How a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// Never opened: the client left before the switch (or hyper could not hand it over).
+    NotOpened,
+    /// Either side closed it.
+    Closed,
+    /// Nothing crossed it for `upstream.websocket_idle_timeout`: closed, as nginx does.
+    Idle,
+    /// A read or write failed (a reset).
+    Failed,
 }
 
 /// What crossed a tunnel: bytes each way, and when bytes last moved either way (as time

@@ -162,8 +162,9 @@ impl Upstream {
     }
 
     /// Forwards `req` to the app with header hygiene and forwarding headers applied,
-    /// streaming both ways. An upgrade the app accepts (`101`) is tunnelled in the
-    /// background. The response carries [`UpstreamTiming`].
+    /// streaming both ways. An upgrade the app accepts (`101`) comes back with a [`Tunnel`]
+    /// in its extensions, for the client connection's task to run. The response carries
+    /// [`UpstreamTiming`].
     pub async fn forward(
         &self,
         req: Request<Body>,

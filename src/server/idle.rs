@@ -66,6 +66,15 @@ pub(super) struct ConnectionState {
     upgraded: UpgradeSlot,
 }
 
+/// Drops the connection's tunnel, if one is still kept, when the connection's task ends.
+pub(super) struct TunnelGuard(pub(super) Arc<ConnectionState>);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        drop(self.0.take_upgraded());
+    }
+}
+
 /// A tunnel to run on the connection's task: it ends when the tunnel closes.
 pub(super) type Upgraded = Pin<Box<dyn Future<Output = ()> + Send>>;
 

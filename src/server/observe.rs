@@ -27,7 +27,7 @@ use super::{Answer, AppState};
 use crate::body::{Body, BoxError, TooLarge};
 use crate::logging::{ACCESS_TARGET, ClientAddr, masked_target};
 use crate::metrics::RequestKind;
-use crate::proxy::{Traffic, Tunnel};
+use crate::proxy::{Traffic, Tunnel, TunnelEnd};
 
 /// Boxes the request body, following its progress (bytes, end, whether it is waited on)
 /// when it has any. `stall_limit`: how long the body may keep its reader waiting (see
@@ -157,7 +157,8 @@ impl RequestRecord {
         let took = self.started.elapsed();
         let bytes_in = self.in_flight.bytes_in() + end.tunneled_in;
         let metrics = &self.state.metrics;
-        metrics.request(end.kind, end.status, took, bytes_in, end.sent);
+        let answered_in = end.answered_in.unwrap_or(took);
+        metrics.request(end.kind, end.status, answered_in, bytes_in, end.sent);
         if let Some(upstream) = end.upstream {
             metrics.upstream_response(upstream);
         }
@@ -198,6 +199,7 @@ impl Drop for RequestRecord {
                 upstream: None,
                 sent: 0,
                 tunneled_in: 0,
+                answered_in: None,
                 complete: false,
             });
         }
@@ -239,6 +241,9 @@ struct End {
     sent: u64,
     /// Bytes the client sent through a tunnel (WebSocket), besides the request body.
     tunneled_in: u64,
+    /// For the latency histogram, when not the request's whole time: a tunnel's time to
+    /// its switch (its life, minutes or hours, is the access line's).
+    answered_in: Option<Duration>,
     complete: bool,
 }
 
@@ -316,6 +321,7 @@ pub(super) fn observe_tunnel(
         upstream,
     } = answer;
     let mut closing = Closing {
+        switched_in: request.started.elapsed(),
         done: Some(Done {
             request,
             kind,
@@ -325,8 +331,8 @@ pub(super) fn observe_tunnel(
         traffic: Traffic::new(),
     };
     let run = async move {
-        let complete = tunnel.run(&closing.traffic).await;
-        closing.finish(complete);
+        let end = tunnel.run(&closing.traffic).await;
+        closing.finish(end);
     };
     let response = response.map(|inner| Observed {
         inner,
@@ -338,31 +344,40 @@ pub(super) fn observe_tunnel(
     (response, run)
 }
 
-/// A tunnel's request, finished when the tunnel is over (or dropped).
+/// A tunnel's request, finished when the tunnel is over (or dropped: the shutdown's grace
+/// ran out, as a failed end).
 struct Closing {
     done: Option<Done>,
     traffic: Traffic,
+    /// How long the request took to be answered with its `101`.
+    switched_in: Duration,
 }
 
 impl Closing {
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, end: TunnelEnd) {
         let Some(mut done) = self.done.take() else {
             return;
         };
+        // A client gone before the switch is logged as nginx logs one gone before its answer.
+        let status = match end {
+            TunnelEnd::NotOpened => CLIENT_CLOSED_REQUEST,
+            _ => done.status,
+        };
         done.request.finish(End {
             kind: done.kind,
-            status: done.status,
+            status,
             upstream: done.upstream,
             sent: self.traffic.from_app(),
             tunneled_in: self.traffic.from_client(),
-            complete,
+            answered_in: Some(self.switched_in),
+            complete: matches!(end, TunnelEnd::Closed | TunnelEnd::Idle),
         });
     }
 }
 
 impl Drop for Closing {
     fn drop(&mut self) {
-        self.finish(false);
+        self.finish(TunnelEnd::Failed);
     }
 }
 
@@ -436,6 +451,7 @@ impl Observed {
             upstream: done.upstream,
             sent: self.sent,
             tunneled_in: 0,
+            answered_in: None,
             complete,
         });
     }

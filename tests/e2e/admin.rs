@@ -1,5 +1,7 @@
 //! The admin listener: health, readiness, metrics.
 
+use std::time::Duration;
+
 use crate::support::{app_and_proxy, client};
 
 #[tokio::test]
@@ -402,4 +404,46 @@ async fn the_dashboards_queries_name_metrics_offload_exports() {
     }
     let missing: Vec<_> = queried.difference(&exported).collect();
     assert!(missing.is_empty(), "not exported: {missing:?}\n{scraped}");
+}
+
+/// A WebSocket's request counts in the latency histogram with the time to its switch, not
+/// the tunnel's life (minutes or hours, which would swamp the pass-through p99), and its
+/// tunnel's bytes count in the byte totals.
+#[tokio::test]
+async fn a_websocket_counts_its_switch_time_and_its_tunnels_bytes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let url = format!("ws://{}/ws", proxy.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("websocket handshake");
+    let message = Message::binary(vec![1u8; 50_000]);
+    ws.send(message.clone()).await.expect("send");
+    assert_eq!(ws.next().await.expect("echo").expect("frame"), message);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ws.close(None).await.expect("close");
+    drop(ws);
+
+    let counted = "offload_requests_total{kind=\"passthrough\",class=\"1xx\"} 1";
+    let text = proxy.metrics_until(counted).await;
+    assert!(text.contains(counted), "{text}");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .expect("a number")
+    };
+    let seconds = value("offload_request_duration_seconds_sum{kind=\"passthrough\"}");
+    assert!(seconds < 0.5, "the tunnel's 0.7 s counted: {seconds}");
+    assert!(
+        value("offload_request_body_bytes_total") >= 50_000.0,
+        "{text}"
+    );
+    assert!(
+        value("offload_response_body_bytes_total") >= 50_000.0,
+        "{text}"
+    );
 }
