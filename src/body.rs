@@ -87,21 +87,32 @@ pub async fn peek(
     want: usize,
     stall: std::time::Duration,
 ) -> Result<(Bytes, Body), BoxError> {
-    let mut read = bytes::BytesMut::new();
-    while read.len() < want {
+    // Kept as the pieces came: a first piece of `want` bytes or more is not copied.
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut read = 0;
+    let mut ended = false;
+    while read < want {
         match tokio::time::timeout(stall, body.frame()).await {
             Err(_) => return Err(Box::new(Stalled(stall))),
             Ok(None) => {
-                let head = read.freeze();
-                return Ok((head.clone(), full(head)));
+                ended = true;
+                break;
             }
             Ok(Some(frame)) => {
                 if let Ok(data) = frame?.into_data() {
-                    read.extend_from_slice(&data);
+                    read += data.len();
+                    pieces.push(data);
                 }
             }
         }
     }
-    let head = read.freeze();
-    Ok((head.clone(), prepend(head, body)))
+    let head = match pieces.len() {
+        1 => pieces.swap_remove(0),
+        _ => pieces.concat().into(),
+    };
+    let again = match ended {
+        true => full(head.clone()),
+        false => prepend(head.clone(), body),
+    };
+    Ok((head, again))
 }

@@ -160,6 +160,11 @@ pub(super) struct Framing {
     /// It was there more than once, or as a list (`5, 5`; hyper checked that the values
     /// agree): to be passed on as one value.
     pub content_length_list: bool,
+    /// `Proxy-Authorization` or `Proxy` was there (see [`strip_proxy_headers`]).
+    pub proxy_headers: bool,
+    /// `Expect` was there. (These two are no framing, but found in the same pass, a lookup
+    /// each is saved on the requests without them.)
+    pub expect: bool,
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`, and tells what the
@@ -218,6 +223,8 @@ fn scan(headers: &HeaderMap) -> ([bool; 6], Framing) {
                     framing.content_length || value.as_bytes().contains(&b',');
                 framing.content_length = true;
             }
+            Some(PROXY_HEADERS_INDEX) => framing.proxy_headers = true,
+            Some(EXPECT_INDEX) => framing.expect = true,
             Some(i) => found[i] = true,
             None => {}
         }
@@ -287,6 +294,12 @@ pub(super) fn single_content_length(headers: &mut HeaderMap) {
 /// Where [`scanned_index`] puts `Content-Length`: after [`hop_by_hop`]'s names.
 const CONTENT_LENGTH_INDEX: usize = 6;
 
+/// Where [`scanned_index`] puts `Proxy-Authorization` and `Proxy`.
+const PROXY_HEADERS_INDEX: usize = 7;
+
+/// Where [`scanned_index`] puts `Expect`.
+const EXPECT_INDEX: usize = 8;
+
 /// `name`'s place in [`hop_by_hop`], or [`CONTENT_LENGTH_INDEX`]: the names [`scan`] looks
 /// for. Compared by text in one `match`, as `name.as_str()` is at hand: comparing the name
 /// with `header::CONTENT_LENGTH` besides cost ~10 instructions per header.
@@ -299,6 +312,8 @@ fn scanned_index(name: &HeaderName) -> Option<usize> {
         "transfer-encoding" => Some(4),
         "upgrade" => Some(5),
         "content-length" => Some(CONTENT_LENGTH_INDEX),
+        "proxy-authorization" | "proxy" => Some(PROXY_HEADERS_INDEX),
+        "expect" => Some(EXPECT_INDEX),
         _ => None,
     }
 }
@@ -309,7 +324,8 @@ static PROXY: HeaderName = HeaderName::from_static("proxy");
 
 /// What is meant for a proxy, or would be taken for a setting of the app's own: credentials
 /// for a proxy (offload asks for none) and `Proxy` (httpoxy) stop here rather than reach
-/// the app, from any peer.
+/// the app, from any peer. Called when [`strip_hop_by_hop`]'s pass found either
+/// ([`Framing::proxy_headers`]), so that a request without them is not looked up twice.
 pub(super) fn strip_proxy_headers(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(&PROXY);
@@ -347,6 +363,20 @@ mod tests {
             scanned_index(&header::CONTENT_LENGTH),
             Some(CONTENT_LENGTH_INDEX)
         );
+        for (name, flag) in [
+            ("proxy-authorization", "proxy_headers"),
+            ("proxy", "proxy_headers"),
+            ("expect", "expect"),
+        ] {
+            let seen = strip_hop_by_hop(&mut map(&[(name, "x")]), false);
+            let found = [
+                ("proxy_headers", seen.proxy_headers),
+                ("expect", seen.expect),
+            ];
+            for (which, set) in found {
+                assert_eq!(set, which == flag, "{name}: {which}");
+            }
+        }
         for other in [header::HOST, HeaderName::from_static("x-forwarded-for")] {
             assert_eq!(scanned_index(&other), None, "{other}");
         }

@@ -205,16 +205,21 @@ impl Upstream {
         if from_h2 {
             headers::join_cookies(headers);
         }
-        if headers::strip_hop_by_hop(headers, tunnel).other_coding {
+        let seen = headers::strip_hop_by_hop(headers, tunnel);
+        if seen.other_coding {
             // hyper undid the chunking only: the app would get gzip as if it were plain.
             return Err(ProxyError::NotImplemented(
                 "a transfer coding other than chunked".into(),
             ));
         }
-        headers::strip_proxy_headers(headers);
+        if seen.proxy_headers {
+            headers::strip_proxy_headers(headers);
+        }
         // The client already got its `100 Continue` from our server when the body was first
         // polled; an app that never answers 100 (PHP's built-in server) must not stall us.
-        headers.remove(header::EXPECT);
+        if seen.expect {
+            headers.remove(header::EXPECT);
+        }
         forwarding::strip_forwarding_lookalikes(headers);
         forwarding::set_forwarding(headers, client, trusted, original_host.as_ref());
         let host = match original_host {
