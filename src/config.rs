@@ -1724,6 +1724,8 @@ mod tests {
             "/?rest_route=/wp/v2/media",
             "/index.php?rest_route=%2Fwp%2Fv2%2Fmedia",
             "/index.php/wp-json/wp/v2/media",
+            "/?rest_route=/wp/v2/media/",
+            "/?rest.route=/WP/v2/Media",
         ] {
             let uri: http::Uri = target.parse().unwrap();
             assert!(routes.find(&http::Method::POST, &uri).is_some(), "{target}");

@@ -8,6 +8,7 @@
 //! spellings get the route, as nginx normalises a path before matching its locations;
 //! matching a spelling the app would not resolve costs only that request its checks.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobMatcher};
@@ -45,6 +46,19 @@ impl PathMatch {
             }
             PathMatch::Glob(glob) => glob.is_match(canonical),
         }
+    }
+}
+
+/// A query parameter's name as PHP registers it: `.` and spaces become `_`.
+fn php_name(name: &str) -> String {
+    name.replace(['.', ' '], "_")
+}
+
+/// A query value to compare: one that is a path, [`canonical`]; any other as it is.
+fn query_value(value: &str) -> Cow<'_, str> {
+    match value.starts_with('/') {
+        true => Cow::Owned(canonical(value)),
+        false => Cow::Borrowed(value),
     }
 }
 
@@ -188,7 +202,7 @@ impl UploadRoute {
             .iter()
             .map(|pair| {
                 pair.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .map(|(k, v)| (php_name(k), query_value(v).into_owned()))
                     .ok_or_else(|| UploadConfigError::Query {
                         index,
                         pair: pair.clone(),
@@ -217,10 +231,14 @@ impl UploadRoute {
         })
     }
 
-    /// Every required `name=value` pair is present (decoded, in any order).
+    /// Every required `name=value` pair is present (decoded, in any order), as the app reads
+    /// the query: names as PHP takes them (`rest.route` and `rest route` are its
+    /// `rest_route`), and a value that is a path (WordPress's `rest_route=/wp/v2/media`) as
+    /// [`canonical`] resolves it (`/wp/v2/media/`, `/WP/v2/Media` run the same route).
     fn query_matches(&self, query: &str) -> bool {
         self.query.iter().all(|(name, value)| {
-            url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == *name && v == *value)
+            url::form_urlencoded::parse(query.as_bytes())
+                .any(|(k, v)| php_name(&k) == *name && query_value(&v) == *value)
         })
     }
 }
