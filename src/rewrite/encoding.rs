@@ -59,9 +59,11 @@ impl Coding {
     }
 
     /// Whether a body beginning with `head` (its first 4 bytes, or all of a shorter one) can
-    /// be in this coding: gzip and zstd by their magic numbers, deflate when it has a zlib
-    /// header or begins a valid raw DEFLATE block, brotli (which has no signature) when it
-    /// is not empty. A body that is not (mislabelled, or empty) is passed on as it is.
+    /// be in this coding: gzip and zstd by their magic numbers; deflate when it has a zlib
+    /// header or its first bits name a raw DEFLATE block type (a weak test: three in four
+    /// bytes pass it, so plain text labelled deflate still fails in the decoder); brotli,
+    /// which has no signature, when it is not empty. A body that is not (mislabelled, or
+    /// empty) is passed on as it is.
     pub(crate) fn fits(self, head: &[u8]) -> bool {
         match self {
             Coding::Identity => true,
