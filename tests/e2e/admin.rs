@@ -114,13 +114,7 @@ async fn process_metrics_describe_the_process() {
     std::hint::black_box(spin);
     let cpu_before = cpu_seconds();
     let text = proxy.metrics_until("process_max_fds").await;
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .parse()
-            .expect("a number")
-    };
+    let value = |name: &str| metric(&text, name);
     let status = std::fs::read_to_string("/proc/self/status").expect("status");
     let kib = |key: &str| -> f64 {
         let line = status.lines().find_map(|l| l.strip_prefix(key)).expect(key);
@@ -429,13 +423,7 @@ async fn a_websocket_counts_its_switch_time_and_its_tunnels_bytes() {
     let counted = "offload_requests_total{kind=\"passthrough\",class=\"1xx\"} 1";
     let text = proxy.metrics_until(counted).await;
     assert!(text.contains(counted), "{text}");
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .parse()
-            .expect("a number")
-    };
+    let value = |name: &str| metric(&text, name);
     let seconds = value("offload_request_duration_seconds_sum{kind=\"passthrough\"}");
     assert!(seconds < 0.5, "the tunnel's 0.7 s counted: {seconds}");
     assert!(
@@ -446,4 +434,13 @@ async fn a_websocket_counts_its_switch_time_and_its_tunnels_bytes() {
         value("offload_response_body_bytes_total") >= 50_000.0,
         "{text}"
     );
+}
+
+/// The value of the sample `name` (with its labels) in a `/metrics` text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .expect("a number")
 }
