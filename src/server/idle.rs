@@ -41,7 +41,7 @@ use crate::body::Stalled;
 
 /// What the connection's requests and I/O report; shared by the I/O wrapper, the requests
 /// and the [`Watchdog`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct ConnectionState {
     /// Reads and writes that moved bytes.
     activity: AtomicU64,
@@ -63,7 +63,7 @@ pub(super) struct ConnectionState {
     read_since_end: AtomicBool,
     /// The tunnel a request switched the connection to (WebSocket), to run once hyper hands
     /// the connection over.
-    upgraded: UpgradeSlot,
+    upgraded: Mutex<Option<Upgraded>>,
 }
 
 /// Drops the connection's tunnel, if one is still kept, when the connection's task ends.
@@ -78,29 +78,15 @@ impl Drop for TunnelGuard {
 /// A tunnel to run on the connection's task: it ends when the tunnel closes.
 pub(super) type Upgraded = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-#[derive(Default)]
-struct UpgradeSlot(Mutex<Option<Upgraded>>);
-
-impl std::fmt::Debug for UpgradeSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UpgradeSlot")
-    }
-}
-
 impl ConnectionState {
     /// Keeps `tunnel` for [`ConnectionState::take_upgraded`].
     pub(super) fn upgrade_to(&self, tunnel: Upgraded) {
-        *self
-            .upgraded
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
+        *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
     }
 
     /// The tunnel a request switched the connection to, once hyper is done with it.
     pub(super) fn take_upgraded(&self) -> Option<Upgraded> {
         self.upgraded
-            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
@@ -190,7 +176,6 @@ impl BodyProgress {
 }
 
 /// A request being answered on the connection; its drop ends it.
-#[derive(Debug)]
 pub(super) struct RequestInFlight {
     connection: Arc<ConnectionState>,
     body: Option<Arc<BodyProgress>>,
@@ -400,7 +385,6 @@ pub(super) async fn left_unread(body: &BodyProgress, limit: Duration) {
 
 /// I/O that reports its activity to a [`ConnectionState`], and closes lingering when a
 /// request body was left unread.
-#[derive(Debug)]
 pub(super) struct Activity<S> {
     inner: S,
     state: Arc<ConnectionState>,
