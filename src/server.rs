@@ -633,6 +633,16 @@ async fn handle(
         None => routed.await,
     };
     record.in_flight.answered();
+    if !http2 && body.as_deref().is_some_and(idle::BodyProgress::abandoned) {
+        // hyper closes the connection once the answer is out, as it must (the rest of the
+        // body would be read as the next request), but learns that only after it has
+        // written the head: say so in it, so the client does not send its next request
+        // on a connection that is closing (as nginx's 413 says).
+        answer
+            .response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     if let Some(ids) = &state.request_ids
         && let Some(id) = request_id
     {

@@ -130,6 +130,8 @@ impl ConnectionState {
 pub(super) struct BodyProgress {
     bytes: AtomicU64,
     ended: AtomicBool,
+    /// Its reader let go of it (having read it or not).
+    dropped: AtomicBool,
     /// Where its reader is: [`NOT_ASKED`] yet, [`WAITING`] for the client, or [`TOOK`] what
     /// came and has not asked again. What tells a slow client from a reader that stopped.
     reader: AtomicU8,
@@ -148,6 +150,7 @@ impl Default for BodyProgress {
         BodyProgress {
             bytes: AtomicU64::new(0),
             ended: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
             reader: AtomicU8::new(NOT_ASKED),
         }
     }
@@ -162,6 +165,17 @@ impl BodyProgress {
     /// The body has been read to its end.
     pub(super) fn ended(&self) {
         self.ended.store(true, Ordering::Relaxed);
+    }
+
+    /// The body's reader let go of it.
+    pub(super) fn dropped(&self) {
+        self.dropped.store(true, Ordering::Relaxed);
+    }
+
+    /// Its reader let go of it before its end: what the client still sends of it is read
+    /// by nobody, and the connection cannot carry another request.
+    pub(super) fn abandoned(&self) -> bool {
+        self.dropped.load(Ordering::Relaxed) && !self.ended.load(Ordering::Relaxed)
     }
 
     /// The body's reader asked for more and has to wait for the client.

@@ -63,6 +63,12 @@ struct Counted {
     max_size: Option<u64>,
 }
 
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.progress.dropped();
+    }
+}
+
 impl http_body::Body for Counted {
     type Data = Bytes;
     type Error = BoxError;

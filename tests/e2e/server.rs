@@ -15,6 +15,7 @@ use crate::support::process::{OffloadProcess, activated};
 use crate::support::raw::{RawApp, read_head};
 use crate::support::{
     App, Proxy, app_and_proxy, client, config_for, get_text, h2_client, raw_body, raw_exchange,
+    says_close,
 };
 
 #[tokio::test]
@@ -1318,6 +1319,7 @@ async fn a_client_that_stalls_its_body_gets_408_after_the_idle_timeout() {
         raw_body(&answer),
         "request body stalled: no data for 300ms\n"
     );
+    assert!(says_close(&answer), "{answer}");
     tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
         .await
         .expect("the app's connection is closed too");
@@ -1356,6 +1358,7 @@ async fn an_app_that_stops_reading_the_body_is_cut_off_after_the_idle_timeout() 
         raw_body(&answer),
         "upstream stopped reading the request body: none taken for 300ms\n"
     );
+    assert!(says_close(&answer), "{answer}");
     let counted = "offload_upstream_errors_total{cause=\"body_not_taken\"} 1";
     let text = proxy.metrics_until(counted).await;
     assert!(text.contains(counted), "{text}");
@@ -1391,6 +1394,7 @@ async fn a_client_still_sending_a_refused_body_reads_the_answer() {
             raw_body(&answer).contains("\"limit\":\"max_file_size\""),
             "{answer}"
         );
+        assert!(says_close(&answer), "attempt {attempt}: {answer}");
         // Still being read (and thrown away): an uploader's writes do not fail before it
         // has noticed the answer, as curl's do when the proxy's socket is already gone.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1707,6 +1711,8 @@ async fn bodies_over_server_max_body_size_get_413() {
         }
         let resp = req.send().await.expect("answer");
         assert_eq!(resp.status(), 200, "chunked={chunked}");
+        // Read to its end: the connection carries the next request.
+        assert_eq!(resp.headers().get("connection"), None, "chunked={chunked}");
         let echo = Echo::parse(&resp.text().await.expect("echo"));
         assert_eq!(
             (echo.body_len, echo.body_sha256),
@@ -1726,6 +1732,7 @@ async fn bodies_over_server_max_body_size_get_413() {
         "{answer}"
     );
     assert_eq!(raw_body(&answer), TOO_LARGE);
+    assert!(says_close(&answer), "{answer}");
     assert!(
         !app.seen().iter().any(|r| r.contains("/declared")),
         "the app saw a refused request: {:?}",
@@ -1740,6 +1747,7 @@ async fn bodies_over_server_max_body_size_get_413() {
         "{answer}"
     );
     assert_eq!(raw_body(&answer), TOO_LARGE);
+    assert!(says_close(&answer), "{answer}");
 }
 
 /// An upload route's own `max_body_size` may be larger: the server's limit still holds, and
@@ -1764,6 +1772,7 @@ async fn an_upload_over_server_max_body_size_gets_413() {
         "{answer}"
     );
     assert_eq!(raw_body(&answer), TOO_LARGE);
+    assert!(says_close(&answer), "{answer}");
 }
 
 /// `server.http2_max_concurrent_streams`: advertised in the server's first SETTINGS frame,

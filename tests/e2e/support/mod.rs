@@ -166,6 +166,14 @@ pub fn raw_body(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
+/// Whether a raw HTTP/1.1 response's head says the connection closes after it.
+pub fn says_close(response: &str) -> bool {
+    let head = response.split_once("\r\n\r\n").map_or(response, |(h, _)| h);
+    head.to_ascii_lowercase()
+        .contains("\r\nconnection: close\r\n")
+        || head.to_ascii_lowercase().ends_with("\r\nconnection: close")
+}
+
 /// 64 KiB of fixed pseudo-random bytes; bodies are this block repeated.
 pub fn pattern_block() -> Bytes {
     static BLOCK: OnceLock<Bytes> = OnceLock::new();
