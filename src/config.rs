@@ -267,11 +267,6 @@ pub struct StoreConfig {
     pub sse: Option<String>,
     /// s3: the KMS key id when `sse = "aws:kms"`.
     pub sse_kms_key_id: Option<String>,
-    /// s3: rewritten URLs are presigned GETs (private buckets).
-    pub presign: bool,
-    /// s3: lifetime of presigned URLs.
-    #[serde(with = "humantime_serde")]
-    pub presign_expiry: Duration,
     /// s3: attempts per request, with exponential backoff.
     pub max_attempts: u32,
     /// `Cache-Control` stored with objects that come without one.
@@ -304,8 +299,6 @@ impl Default for StoreConfig {
             storage_class: None,
             sse: None,
             sse_kms_key_id: None,
-            presign: false,
-            presign_expiry: Duration::from_secs(3600),
             max_attempts: 3,
             cache_control: "public, max-age=31536000".into(),
             cache_capacity: 100_000,

@@ -7,8 +7,7 @@
 #
 # moto checks SigV4 only in auth mode: INITIAL_NO_AUTH_ACTION_COUNT=3 lets exactly three
 # unauthenticated actions through (create an IAM user, give it a '*' policy, create its access
-# key); every later request must be signed with that key. Quirk: presigned URLs answer 500 in
-# auth mode, hence OFFLOAD_TEST_S3_QUIRKS=no-presign.
+# key); every later request must be signed with that key.
 set -euo pipefail
 
 DIR=${MOTO_DIR:-/tmp/offload-moto}
@@ -63,7 +62,6 @@ print(f"export OFFLOAD_TEST_S3_ENDPOINT={endpoint}")
 print(f"export OFFLOAD_TEST_S3_ACCESS_KEY={ak}")
 print(f"export OFFLOAD_TEST_S3_SECRET_KEY={sk}")
 print(f"export OFFLOAD_TEST_S3_BUCKET={bucket}")
-print("export OFFLOAD_TEST_S3_QUIRKS=no-presign")
 PY
 }
 

@@ -22,7 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::stream::{BoxStream, StreamExt};
@@ -454,10 +454,6 @@ impl Store for FsStore {
 
     fn push_public_url(&self, key: &str, url: &mut String) {
         push_joined_url(url, self.public_base(), key);
-    }
-
-    async fn presign_get(&self, _key: &str, _expires: Duration) -> Result<String, StoreError> {
-        Err(StoreError::Unsupported("presigned URLs (fs store)"))
     }
 }
 

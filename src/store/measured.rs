@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -66,10 +66,7 @@ fn store_side(error: &StoreError) -> Option<&'static str> {
         StoreError::Unavailable(_) => Some("unavailable"),
         StoreError::Refused(_) => Some("refused"),
         StoreError::Io(_) => Some("io"),
-        StoreError::InvalidKey(_)
-        | StoreError::RangeNotSatisfiable
-        | StoreError::Body(_)
-        | StoreError::Unsupported(_) => None,
+        StoreError::InvalidKey(_) | StoreError::RangeNotSatisfiable | StoreError::Body(_) => None,
     }
 }
 
@@ -117,10 +114,6 @@ impl Store for Measured {
 
     fn push_public_url(&self, key: &str, url: &mut String) {
         self.inner.push_public_url(key, url);
-    }
-
-    async fn presign_get(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
-        self.count("presign", self.inner.presign_get(key, expires).await)
     }
 }
 

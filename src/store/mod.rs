@@ -30,7 +30,7 @@ pub use serve::serve_object;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -110,9 +110,6 @@ pub enum StoreError {
     /// A local I/O failure (fs store).
     #[error("store i/o failed: {0}")]
     Io(io::Error),
-    /// The operation does not exist for this store kind.
-    #[error("not supported by this store: {0}")]
-    Unsupported(&'static str),
 }
 
 /// Not `#[from]`: that would make the I/O error the source too, and a chain printed whole
@@ -159,9 +156,6 @@ pub trait Store: Send + Sync + 'static {
     fn push_public_url(&self, key: &str, url: &mut String) {
         url.push_str(&self.public_url(key));
     }
-
-    /// A presigned GET URL valid for `expires`.
-    async fn presign_get(&self, key: &str, expires: Duration) -> Result<String, StoreError>;
 }
 
 /// The key of the managed asset at URL path `path` (decoded): `prefix + path without its
@@ -226,7 +220,6 @@ impl StoreError {
             StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
             StoreError::Refused(m) => StoreError::Refused(m.clone()),
             StoreError::Io(e) => StoreError::Io(io::Error::new(e.kind(), e.to_string())),
-            StoreError::Unsupported(m) => StoreError::Unsupported(m),
         }
     }
 }

@@ -24,7 +24,6 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, DateTime};
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, MetadataDirective, ServerSideEncryption, StorageClass,
@@ -396,17 +395,6 @@ impl Store for S3Store {
 
     fn push_public_url(&self, key: &str, url: &mut String) {
         push_joined_url(url, &self.public_base, key);
-    }
-
-    async fn presign_get(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
-        let config = PresigningConfig::expires_in(expires)
-            .map_err(|e| StoreError::Refused(format!("presigning: {e}")))?;
-        let req = self.client.get_object().bucket(&self.bucket).key(key);
-        let presigned = req
-            .presigned(config)
-            .await
-            .map_err(|e| sdk_error("presign GetObject", e))?;
-        Ok(presigned.uri().to_string())
     }
 }
 

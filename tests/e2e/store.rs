@@ -329,39 +329,6 @@ async fn s3_concurrent_puts_and_listing() {
 }
 
 #[tokio::test]
-async fn s3_presigned_get_works_and_tampering_is_refused() {
-    let server = s3::start().await;
-    let mut targets = vec![server.target()];
-    targets.extend(external_targets());
-    let http = reqwest::Client::new();
-    for target in targets.into_iter().filter(|t| t.presign) {
-        let store = target.store().await;
-        let key = target.key("signed/a b.txt");
-        store
-            .put(&key, data::bytes_body("hello"), PutOptions::default())
-            .await
-            .unwrap();
-        let url = store
-            .presign_get(&key, Duration::from_secs(60))
-            .await
-            .unwrap();
-        let ok = http.get(&url).send().await.unwrap();
-        assert_eq!(ok.status(), StatusCode::OK, "{url}");
-        assert_eq!(ok.bytes().await.unwrap(), "hello");
-        let tampered = tamper_signature(&url);
-        let refused = http.get(&tampered).send().await.unwrap();
-        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{tampered}");
-    }
-}
-
-/// `url` with the first hex digit of its signature changed (same length, still well-formed).
-fn tamper_signature(url: &str) -> String {
-    let at = url.find("X-Amz-Signature=").expect("signed URL") + "X-Amz-Signature=".len();
-    let digit = if &url[at..=at] == "0" { "1" } else { "0" };
-    format!("{}{digit}{}", &url[..at], &url[at + 1..])
-}
-
-#[tokio::test]
 async fn s3_public_urls() {
     let server = s3::start().await;
     let target = server.target();
@@ -409,11 +376,6 @@ async fn fs_round_trips_metadata_and_ranges() {
     listing(&store, "", 120).await;
     assert!(temp_files(dir.path()).is_empty());
     assert_eq!(store.public_url("a b/c.jpg"), "/_offload/a%20b/c.jpg");
-    let err = store
-        .presign_get("x", Duration::from_secs(1))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Unsupported(_)));
 }
 
 #[tokio::test]
@@ -654,9 +616,6 @@ impl Store for CountingStore {
     }
     fn public_url(&self, key: &str) -> String {
         self.inner.public_url(key)
-    }
-    async fn presign_get(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
-        self.inner.presign_get(key, expires).await
     }
 }
 

@@ -337,9 +337,6 @@ impl Store for UnverifiableKey {
     fn public_url(&self, key: &str) -> String {
         self.inner.public_url(key)
     }
-    async fn presign_get(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
-        self.inner.presign_get(key, expires).await
-    }
 }
 
 #[tokio::test]

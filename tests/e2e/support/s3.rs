@@ -35,8 +35,6 @@ pub struct S3Target {
     pub bucket: String,
     /// Every key a test writes starts with this (unique per run: external buckets persist).
     pub key_prefix: String,
-    /// The server answers presigned URLs (moto answers 500 in auth mode).
-    pub presign: bool,
 }
 
 impl S3Target {
@@ -133,7 +131,6 @@ impl S3Server {
             secret_key: self.secret_key.clone(),
             bucket: self.bucket.clone(),
             key_prefix: String::new(),
-            presign: true,
         }
     }
 
@@ -207,12 +204,10 @@ async fn serve(listener: TcpListener, service: S3Service) {
     }
 }
 
-/// The external server named by `OFFLOAD_TEST_S3_*`, if set. `OFFLOAD_TEST_S3_QUIRKS`
-/// may list `no-presign`.
+/// The external server named by `OFFLOAD_TEST_S3_*`, if set.
 pub fn external() -> Option<S3Target> {
     let var = |name: &str| std::env::var(format!("OFFLOAD_TEST_S3_{name}")).ok();
     let endpoint = var("ENDPOINT").filter(|e| !e.is_empty())?;
-    let quirks = var("QUIRKS").unwrap_or_default();
     let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -224,6 +219,5 @@ pub fn external() -> Option<S3Target> {
         secret_key: var("SECRET_KEY").expect("OFFLOAD_TEST_S3_SECRET_KEY"),
         bucket: var("BUCKET").expect("OFFLOAD_TEST_S3_BUCKET"),
         key_prefix: format!("offload-test-{run:x}/"),
-        presign: !quirks.contains("no-presign"),
     })
 }
