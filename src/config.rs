@@ -531,6 +531,13 @@ impl Default for LogConfig {
 /// The highest `server.max_connections`: Linux's open-file limit cannot reach it
 /// (`fs.nr_open` stops below 2^30), and tokio's semaphore takes no more than 2^61.
 const MAX_CONNECTIONS: usize = 1 << 30;
+/// `server.max_headers`' largest value (10 times hyper's default): hyper sets aside room
+/// for this many for each request head it reads, 64 bytes apiece.
+const MAX_HEADERS: usize = 1_000;
+/// `server.worker_threads`' largest value; each worker is a thread with its own event loop.
+const MAX_WORKER_THREADS: usize = 1024;
+/// `assets.pull_concurrency`' largest value; a pull holds an app connection while it runs.
+const MAX_PULLS: usize = 1024;
 
 /// Sections that environment variables may address, in the order they are tried (longest
 /// first would matter only if one name prefixed another; none does).
@@ -706,8 +713,11 @@ impl Config {
         if self.server.http2_max_concurrent_streams == 0 {
             bail!("server.http2_max_concurrent_streams: must be at least 1");
         }
-        if self.server.max_headers == 0 {
-            bail!("server.max_headers: must be at least 1");
+        if self.server.max_headers == 0 || self.server.max_headers > MAX_HEADERS {
+            bail!("server.max_headers: must be 1 to {MAX_HEADERS}");
+        }
+        if self.server.worker_threads > MAX_WORKER_THREADS {
+            bail!("server.worker_threads: at most {MAX_WORKER_THREADS} (0: one per core)");
         }
         if self.server.max_body_size == Some(ByteSize(0)) {
             bail!("server.max_body_size: must be more than 0 (leave it out for no limit)");
@@ -752,8 +762,8 @@ impl Config {
                 bail!("assets.site_origins: {origin} must be scheme://host[:port] only");
             }
         }
-        if self.assets.pull_concurrency == 0 {
-            bail!("assets.pull_concurrency: must be at least 1");
+        if self.assets.pull_concurrency == 0 || self.assets.pull_concurrency > MAX_PULLS {
+            bail!("assets.pull_concurrency: must be 1 to {MAX_PULLS}");
         }
         for (i, route) in self.uploads.iter().enumerate() {
             route.validate().with_context(|| format!("uploads[{i}]"))?;
@@ -1025,6 +1035,10 @@ mod humantime_serde {
         d.deserialize_any(Text)
     }
 
+    /// The longest wait or lifetime any key takes. Deadlines are the time now plus a key's
+    /// duration, and humantime reads up to 2^64 seconds, past which that sum panics.
+    const LONGEST: Duration = Duration::from_secs(31_557_600); // humantime's "1y": 365.25 days
+
     /// A duration is text with a unit; a bare number is refused with what to write instead.
     struct Text;
 
@@ -1036,8 +1050,14 @@ mod humantime_serde {
         }
 
         fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-            humantime::parse_duration(text)
-                .map_err(|e| E::custom(format!("bad duration {text:?}: {e}")))
+            let duration = humantime::parse_duration(text)
+                .map_err(|e| E::custom(format!("bad duration {text:?}: {e}")))?;
+            if duration > LONGEST {
+                return Err(E::custom(format!(
+                    "duration {text:?} is too long: at most 1 year"
+                )));
+            }
+            Ok(duration)
         }
 
         fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Duration, E> {
@@ -1323,6 +1343,8 @@ mod tests {
             max_body_size = "100MiB"
             trusted_proxies = ["10.0.0.0/8", "::1/128"]
             worker_threads = 1
+            [store]
+            cache_ttl = "1y"
             [[uploads]]
             path = "/api/*/files"
             mode = "respond"
@@ -1337,6 +1359,8 @@ mod tests {
         assert_eq!(c.server.trusted_proxies.len(), 2);
         assert_eq!(c.server.worker_threads, 1);
         assert_eq!(c.server.workers(), 1);
+        // The longest duration taken.
+        assert_eq!(c.store.cache_ttl, Duration::from_secs(31_557_600));
         assert_eq!(c.uploads[0].mode, UploadMode::Respond);
         assert_eq!(c.uploads[0].max_file_size, ByteSize::mib(2));
     }
@@ -1499,6 +1523,28 @@ mod tests {
             (
                 "[uploads]\npath = \"/upload\"",
                 "uploads: is a list of routes, each written [[uploads]]",
+            ),
+            // Past what a deadline (now + the duration) can hold: every request panicked.
+            (
+                "[upstream]\nresponse_timeout = \"300000000000y\"",
+                "upstream.response_timeout: duration \"300000000000y\" is too long: at most 1 year",
+            ),
+            (
+                "[store]\ncache_ttl = \"366days\"",
+                "store.cache_ttl: duration \"366days\" is too long",
+            ),
+            // hyper allocated room for this many per request head: the first one aborted.
+            (
+                "[server]\nmax_headers = 1000000000000",
+                "server.max_headers: must be 1 to 1000",
+            ),
+            (
+                "[server]\nworker_threads = 100000000000",
+                "server.worker_threads: at most 1024",
+            ),
+            (
+                "[assets]\npull_concurrency = 2305843009213693952",
+                "assets.pull_concurrency: must be 1 to 1024",
             ),
         ] {
             let err = load(text).unwrap_err();
