@@ -1,12 +1,14 @@
 //! Throughput of response rewriting on a generated ~200 KiB WordPress-like page (every URL in
-//! the store), through the public streaming API: HTML via lol_html, JSON via the scanner.
+//! the store), through the public streaming API: HTML via lol_html, JSON via the scanner; and
+//! of collecting the asset paths a page names (looked up in the store before it is rewritten),
+//! on that page and on one naming 20,000 distinct paths.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http_body_util::BodyExt;
-use offload::rewrite::{AssetMap, ContentKind, Rewriter, Rules};
+use offload::rewrite::{AssetMap, ContentKind, Rewriter, Rules, collect_asset_paths};
 
 /// Every asset is in the store.
 struct AllPresent;
@@ -71,15 +73,26 @@ fn chunks(text: &str) -> Vec<Bytes> {
         .collect()
 }
 
-fn bench_kind(c: &mut Criterion, name: &str, kind: ContentKind, text: &str) {
-    let rules = Arc::new(
+/// A page naming `count` distinct assets, one per line.
+fn many_paths(count: usize) -> String {
+    (0..count)
+        .map(|i| format!("<img src=\"/wp-content/uploads/2024/05/p{i}.jpg\">\n"))
+        .collect()
+}
+
+fn rules() -> Arc<Rules> {
+    Arc::new(
         Rules::new(
             vec!["/wp-content/uploads/".into()],
             vec!["https://example.com".parse().expect("origin")],
             "https://cdn.example.com/".parse().expect("base"),
         )
         .expect("rules"),
-    );
+    )
+}
+
+fn bench_kind(c: &mut Criterion, name: &str, kind: ContentKind, text: &str) {
+    let rules = rules();
     let map: Arc<dyn AssetMap> = Arc::new(AllPresent);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -100,9 +113,22 @@ fn bench_kind(c: &mut Criterion, name: &str, kind: ContentKind, text: &str) {
     group.finish();
 }
 
+fn bench_collect(c: &mut Criterion, name: &str, text: &str) {
+    let rules = rules();
+    let mut group = c.benchmark_group("collect");
+    group.throughput(Throughput::Bytes(text.len() as u64));
+    group.sample_size(10);
+    group.bench_function(name, |b| {
+        b.iter(|| collect_asset_paths(&rules, None, text.as_bytes()).len())
+    });
+    group.finish();
+}
+
 fn rewrite(c: &mut Criterion) {
     bench_kind(c, "html_200k", ContentKind::Html, &page());
     bench_kind(c, "json_200k", ContentKind::Json, &json());
+    bench_collect(c, "html_200k", &page());
+    bench_collect(c, "distinct_20000", &many_paths(20_000));
 }
 
 criterion_group!(benches, rewrite);

@@ -147,7 +147,7 @@ impl Assets {
             return 0;
         }
         let unknown: Vec<(String, String)> =
-            dedup(rewrite::collect_asset_paths(&self.rules, origin, text))
+            rewrite::collect_asset_paths(&self.rules, origin, text)
                 .into_iter()
                 .map(|path| {
                     let key = self.key(&path);
