@@ -346,7 +346,14 @@ impl Store for S3Store {
             Err(e) => return Err(sdk_error("GetObject", e)),
         };
         let length = out.content_length().unwrap_or(0).max(0) as u64;
-        let served = out.content_range().and_then(parse_content_range);
+        let served = match out.content_range() {
+            None => None,
+            // Served as told, a range that is no part of the object would send a wrong
+            // Content-Length (or overflow computing it).
+            Some(value) => Some(parse_content_range(value).ok_or_else(|| {
+                StoreError::Refused(format!("GetObject: a bad Content-Range: {value:?}"))
+            })?),
+        };
         let size = served.map_or(length, |r| r.total);
         let info = info_from!(key, size, out);
         let body = std::mem::take(&mut out.body);
@@ -425,14 +432,16 @@ struct ContentRange {
     total: u64,
 }
 
+/// `bytes start-end/total`, a range within the object; `None` for anything else.
 fn parse_content_range(value: &str) -> Option<ContentRange> {
     let (span, total) = value.strip_prefix("bytes ")?.split_once('/')?;
     let (start, end) = span.split_once('-')?;
-    Some(ContentRange {
+    let range = ContentRange {
         start: start.trim().parse().ok()?,
         end: end.trim().parse().ok()?,
         total: total.trim().parse().ok()?,
-    })
+    };
+    (range.start <= range.end && range.end < range.total).then_some(range)
 }
 
 /// The public base URL: `store.public_url`, else the bucket's own URL.
@@ -881,6 +890,12 @@ mod tests {
         let r = parse_content_range("bytes 2-5/10").unwrap();
         assert_eq!((r.start, r.end, r.total), (2, 5, 10));
         assert!(parse_content_range("bytes */10").is_none());
+        // Not a part of the object: serving it would compute a wrong Content-Length.
+        assert!(parse_content_range("bytes 10-5/100").is_none());
+        assert!(parse_content_range("bytes 0-18446744073709551615/100").is_none());
+        assert!(parse_content_range("bytes 0-10/10").is_none());
+        let last = parse_content_range("bytes 9-9/10").unwrap();
+        assert_eq!((last.start, last.end, last.total), (9, 9, 10));
     }
 
     #[test]
