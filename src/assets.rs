@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
@@ -81,6 +81,7 @@ impl Assets {
             upstream.clone(),
             cfg,
             store_cfg.cache_control.clone(),
+            answer_stall,
         );
         let index = Arc::new(AssetIndex {
             store: store.clone(),
@@ -219,6 +220,9 @@ pub struct OriginPull {
     upstream: Arc<Upstream>,
     enabled: bool,
     max_size: u64,
+    /// How long the app's answer may go without a byte (`server.idle_timeout`): a copy holds
+    /// its place under `pull_concurrency` and an app connection while it runs.
+    stall: Duration,
     types: Vec<String>,
     cache_control: String,
     permits: Arc<Semaphore>,
@@ -233,6 +237,7 @@ impl OriginPull {
         upstream: Arc<Upstream>,
         cfg: &AssetsConfig,
         cache_control: String,
+        stall: Duration,
     ) -> OriginPull {
         OriginPull {
             store,
@@ -240,6 +245,7 @@ impl OriginPull {
             upstream,
             enabled: cfg.origin_pull,
             max_size: cfg.pull_max_size.as_u64(),
+            stall,
             types: cfg.pull_types.clone(),
             cache_control,
             permits: Arc::new(Semaphore::new(cfg.pull_concurrency)),
@@ -334,7 +340,7 @@ impl OriginPull {
             metadata: Default::default(),
             size_hint: length,
         };
-        let stream = limited_stream(response.into_body(), self.max_size);
+        let stream = limited_stream(response.into_body(), self.max_size, self.stall);
         let info = self
             .store
             .put(key, stream, opts)
@@ -354,22 +360,28 @@ pub enum PullError {
     Store(StoreError),
 }
 
-/// The body of an app answer as a store stream, failing past `limit` bytes (the put is then
-/// aborted: nothing half-written).
-fn limited_stream(body: Body, limit: u64) -> store::ByteStream {
-    let mut seen: u64 = 0;
-    body.into_data_stream()
-        .map_err(std::io::Error::other)
-        .and_then(move |chunk: Bytes| {
-            seen += chunk.len() as u64;
-            let result = if seen > limit {
-                Err(std::io::Error::other(format!("larger than {limit} bytes")))
-            } else {
-                Ok(chunk)
+/// The body of an app answer as a store stream, failing past `limit` bytes or when no byte
+/// comes for `stall` (the put is then aborted: nothing half-written).
+fn limited_stream(body: Body, limit: u64, stall: Duration) -> store::ByteStream {
+    futures_util::stream::try_unfold((body, 0u64), move |(mut body, mut seen)| async move {
+        loop {
+            let frame = match tokio::time::timeout(stall, body.frame()).await {
+                Ok(Some(frame)) => frame.map_err(std::io::Error::other)?,
+                Ok(None) => return Ok(None),
+                Err(_) => return Err(std::io::Error::other(Stalled(stall))),
             };
-            std::future::ready(result)
-        })
-        .boxed()
+            // Trailers carry no bytes of the asset.
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            seen += chunk.len() as u64;
+            if seen > limit {
+                return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+            }
+            return Ok(Some((chunk, (body, seen))));
+        }
+    })
+    .boxed()
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {

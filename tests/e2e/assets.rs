@@ -191,6 +191,40 @@ async fn origin_pull_takes_only_allowed_200s_within_the_size_limit() {
     }
 }
 
+/// An app that stops sending an asset mid-way does not hold the pull (its place under
+/// `pull_concurrency`, its app connection) for good: the copy fails after
+/// `server.idle_timeout` without a byte, nothing is stored, and the next asset is pulled.
+#[tokio::test]
+async fn an_origin_pull_the_app_stalls_gives_way_after_the_idle_timeout() {
+    let r = rig(|c| {
+        c.assets.pull_concurrency = 1;
+        c.server.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let stalled = "/wp-content/uploads/stalled.png";
+    let ok = "/wp-content/uploads/ok.png";
+    let (page, tx) = Page::streamed(200, "image/png");
+    r.site.set(stalled, page);
+    tx.send(image(1000, 5)).await.expect("first bytes");
+    r.site.set(ok, Page::new(200, "image/png", image(4096, 6)));
+    r.site.set("/first", Page::html(post_page(stalled)));
+    r.site.set("/second", Page::html(post_page(ok)));
+
+    assert_eq!(get_text(&r.proxy.url("/first")).await.0, 200);
+    r.site.wait_for("GET", stalled).await;
+    // The only pull's place is taken by the stalled copy; this one waits for it.
+    assert_eq!(get_text(&r.proxy.url("/second")).await.0, 200);
+    poll_page(
+        &r.proxy.url("/second"),
+        &format!("{CDN}wp-content/uploads/ok.png"),
+    )
+    .await;
+    let stalled_key = stalled.trim_start_matches('/');
+    assert_eq!(r.store.head(stalled_key).await.expect("head"), None);
+    // Kept open to here: the copy gave up, the app never ended the answer.
+    drop(tx);
+}
+
 #[tokio::test]
 async fn assume_present_rewrites_without_checks() {
     let r = rig(|c| c.assets.assume_present = true).await;
