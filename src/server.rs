@@ -1136,19 +1136,21 @@ async fn drive<C: Served>(
     shared: &Shared,
     settings: &ConnectionSettings,
 ) {
-    let watchdog = Watchdog::new(
-        connection,
-        settings.idle_timeout,
-        settings.handshake_timeout,
-    );
+    let watch_over = |connection: &Arc<ConnectionState>| -> Watcher {
+        let watchdog = Watchdog::new(
+            Arc::clone(connection),
+            settings.idle_timeout,
+            settings.handshake_timeout,
+        );
+        Box::pin(async move { ConnectionEvent::Watchdog(watchdog.alarm().await) })
+    };
     // The connection wakes this task for nearly every reason; the watchers (shutdown, the
     // watchdog's timer) are polled only when they were woken themselves. Polled on every
     // wake-up, a shutdown token and a timer cost ~4% of a small request's CPU.
     let mut watchers = FuturesUnordered::new();
     watchers.push(watch(ConnectionEvent::ShutdownBegan, shared.cancel.clone()));
-    watchers.push(Box::pin(async move {
-        ConnectionEvent::Watchdog(watchdog.alarm().await)
-    }));
+    watchers.push(watch_over(&connection));
+    let mut closing_idle = false;
     loop {
         tokio::select! {
             biased;
@@ -1161,11 +1163,23 @@ async fn drive<C: Served>(
                 return;
             }
             Some(event) = watchers.next() => match event {
-                ConnectionEvent::ShutdownBegan | ConnectionEvent::Watchdog(Verdict::Idle) => {
+                ConnectionEvent::ShutdownBegan => {
                     conn.as_mut().close_gracefully();
                     // Closing: from now on only the end of the shutdown grace is watched.
                     watchers.clear();
                     watchers.push(watch(ConnectionEvent::GraceExpired, shared.abandon.clone()));
+                }
+                ConnectionEvent::Watchdog(Verdict::Idle) if !closing_idle => {
+                    conn.as_mut().close_gracefully();
+                    closing_idle = true;
+                    // HTTP/2 closes after a GOAWAY and a PING the client must acknowledge,
+                    // which a client may never do: still idle after another idle_timeout,
+                    // the connection is dropped (it holds a place under max_connections).
+                    watchers.push(watch_over(&connection));
+                }
+                ConnectionEvent::Watchdog(Verdict::Idle) => {
+                    debug!(peer = %client.peer, "an idle connection did not close; dropping it");
+                    return;
                 }
                 ConnectionEvent::GraceExpired => {
                     debug!(peer = %client.peer, "shutdown grace expired; dropping the connection");

@@ -1841,6 +1841,42 @@ async fn an_http2_request_naming_no_host_gets_400() {
     assert_eq!(app.seen(), ["GET /named"]);
 }
 
+/// An idle HTTP/2 connection is closed with a GOAWAY and a PING whose acknowledgement tells
+/// the server the client has seen it. A client that never acknowledges it does not keep the
+/// connection (and its place under `server.max_connections`) for good: still idle after
+/// another `idle_timeout`, it is dropped. nginx closes it at once.
+#[tokio::test]
+async fn an_idle_http2_connection_whose_client_ignores_the_goaway_is_dropped() {
+    let app = App::start().await;
+    let proxy = proxy_with_short_idle_timeout(app.addr).await;
+    let (mut stream, _) = http2_connect(proxy.addr).await;
+    // The server's SETTINGS acknowledged; nothing else is ever sent.
+    stream
+        .write_all(b"\0\0\0\x04\x01\0\0\0\0")
+        .await
+        .expect("settings ack");
+    let mut kinds = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut head))
+            .await
+            .expect("the connection is closed within 5 s");
+        if read.is_err() {
+            break;
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        kinds.push(head[3]);
+    }
+    assert!(
+        kinds.contains(&0x7),
+        "a GOAWAY first: frame types {kinds:?}"
+    );
+}
+
 /// A plain HTTP/2 connection (prior knowledge): the preface and an empty SETTINGS frame
 /// sent; the server's SETTINGS payload read.
 async fn http2_connect(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
