@@ -211,7 +211,8 @@ impl Metrics {
         );
         registry.register(
             "offload_connection_waits",
-            "Times a new connection had to wait in the listen backlog for a free slot",
+            "Times every slot was taken (server.max_connections reached): connections that come \
+             meanwhile wait in the listen backlog",
             connection_waits.clone(),
         );
         registry.register(

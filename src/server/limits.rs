@@ -183,7 +183,8 @@ impl ConnectionSlots {
         *last = Some(Instant::now());
         warn!(
             max_connections = self.limit(),
-            "server.max_connections reached: new connections wait in the listen backlog"
+            "server.max_connections reached: connections that come meanwhile wait in the listen \
+             backlog"
         );
     }
 }

@@ -790,7 +790,7 @@ async fn past_max_connections_new_ones_wait_until_one_closes() {
     .await;
     assert!(waiting.is_err(), "answered past the limit: {waiting:?}");
     process
-        .wait_for_log("server.max_connections reached: new connections wait")
+        .wait_for_log("server.max_connections reached: connections that come meanwhile wait")
         .await;
     drop(held.pop());
     let mut answer = [0u8; 64];
