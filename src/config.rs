@@ -660,6 +660,10 @@ impl Config {
         if self.upstream.url.host().is_none() {
             bail!("upstream.url: needs a host");
         }
+        if self.upstream.url.query().is_some() || self.upstream.url.fragment().is_some() {
+            // Each request's own query is what the app gets: this one would be dropped.
+            bail!("upstream.url: no query or fragment (a path prefix is kept)");
+        }
         if self.upstream.tls_ca_file.is_some() && self.upstream.url.scheme() != "https" {
             bail!("upstream.tls_ca_file: only used with an https:// upstream.url");
         }
@@ -863,6 +867,35 @@ impl Config {
     }
 }
 
+/// `text` with the password of every `scheme://user:password@` in it replaced by `***`:
+/// for messages that quote a URL that does not parse (so [`Url`] cannot mask it).
+fn mask_passwords_in_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '`') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@').and_then(|at| {
+            let user = authority[..at].split_once(':')?.0;
+            Some((user, &authority[at..]))
+        }) {
+            Some((user, host)) => {
+                out.push_str(user);
+                out.push_str(":***");
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Every URL under `value` with a password, the password replaced by `***`.
 fn mask_url_passwords(value: &mut toml::Value) {
     match value {
@@ -977,6 +1010,8 @@ fn key_error(e: &toml::de::Error, key: &str, env: &env::EnvKeys) -> anyhow::Erro
         "expected parsable string",
         "expected a size, as \"64KiB\" or \"100MB\"",
     );
+    // A URL the url crate refuses is quoted whole, password and all.
+    let reason = mask_passwords_in_text(&reason);
     let (key, message) = match unknown_key_message(e.message(), Some(key)) {
         Some(message) => (unknown_key(e.message(), key), message),
         None => (key.to_string(), format!("{key}: {reason}")),
@@ -1414,6 +1449,10 @@ mod tests {
             ("[store]\nkind = \"s3\"", "store.bucket"),
             ("[store]\nkind = \"ftp\"", "kind"),
             ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
+            (
+                "[upstream]\nurl = \"http://app/base?token=abc\"",
+                "upstream.url: no query or fragment",
+            ),
             ("[assets]\nprefixes = [\"uploads\"]", "assets.prefixes"),
             ("[[uploads]]\npath = \"upload\"", "uploads[0]"),
             (
@@ -1792,6 +1831,33 @@ mod tests {
         assert!(
             printed.contains("endpoint = \"http://AKIA:***@127.0.0.1:9000/\""),
             "{printed}"
+        );
+    }
+
+    /// A URL that does not parse is quoted in the error: its password is not.
+    #[test]
+    fn passwords_in_refused_urls_are_not_printed() {
+        let err = load("[store]\npublic_url = \"https://bob:PUBSECRET@cdn.example.com:99999/\"")
+            .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "store.public_url: invalid port number: \"https://bob:***@cdn.example.com:99999/\""
+        );
+        let err = load_env(
+            "",
+            &[(
+                "OFFLOAD_UPSTREAM_URL",
+                "http://u:envsecret@127.0.0.1:999999",
+            )],
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(!msg.contains("envsecret"), "{msg}");
+        assert!(msg.contains("http://u:***@127.0.0.1:999999"), "{msg}");
+        // Only what sits between "://" and "@" in one authority is masked.
+        assert_eq!(
+            mask_passwords_in_text("a \"http://h:1/p@x\" b ftp://u:p:q@h/ c://@ d://u@h"),
+            "a \"http://h:1/p@x\" b ftp://u:***@h/ c://@ d://u@h"
         );
     }
 
