@@ -6,34 +6,39 @@ use std::borrow::Cow;
 
 use http::uri::PathAndQuery;
 
-/// Parameter names (compared without case) whose values are credentials: passwords,
-/// tokens and API keys, OAuth's codes, S3's presigned signatures, WordPress's password-reset
-/// `key` and nonces.
-const SECRET_NAMES: &[&str] = &[
+/// Words that make a parameter's value a credential wherever they appear in its name
+/// (compared without case): `new_password`, `accessToken`, `oauth_signature`,
+/// `X-Goog-Signature`, `user[password]`.
+const SECRET_WORDS: &[&str] = &[
     "password",
     "passwd",
+    "secret",
+    "token",
+    "signature",
+    "credential",
+    "apikey",
+    "api_key",
+    "api-key",
+    "jwt",
+    "nonce",
+    "sessionid",
+    "session_id",
+    "sessid",
+];
+
+/// Words that make it one as a whole part of its name (parts split at `_`, `-`, `.` and
+/// PHP's brackets): WordPress's password-reset `key`, OAuth's `code`, S3's `X-Amz-Credential`
+/// and `sig`, `otp`; `monkey` and `keys` are no credentials.
+const SECRET_PARTS: &[&str] = &[
     "pass",
     "pwd",
-    "secret",
-    "client_secret",
-    "token",
-    "access_token",
-    "refresh_token",
-    "id_token",
     "auth",
     "authorization",
-    "api_key",
-    "apikey",
     "key",
     "code",
-    "signature",
     "sig",
-    "x-amz-signature",
-    "x-amz-credential",
-    "x-amz-security-token",
-    "_wpnonce",
+    "otp",
     "session",
-    "sessionid",
 ];
 
 /// The path and query, each credential's value written as `***`.
@@ -69,10 +74,13 @@ fn name_of(pair: &str) -> &str {
 }
 
 fn is_secret(name: &str) -> bool {
-    let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-    SECRET_NAMES
-        .iter()
-        .any(|s| s.eq_ignore_ascii_case(&decoded))
+    let name = percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|word| name.contains(word))
+        || name
+            .split(['_', '-', '.', '[', ']'])
+            .any(|part| SECRET_PARTS.contains(&part))
 }
 
 #[cfg(test)]
@@ -98,7 +106,40 @@ mod tests {
             "/a?PASSWORD=***&q=1&pass=***"
         );
         assert_eq!(mask("/a?%6Bey=1"), "/a?%6Bey=***");
-        for kept in ["/a?q=1&page=2", "/a", "/a?", "/a?keys=1&tokens=2"] {
+        // Names that carry a credential word, in the spellings apps use.
+        for name in [
+            "password[]",
+            "user[password]",
+            "new_password",
+            "newPassword",
+            "auth_token",
+            "private_token",
+            "oauth_token",
+            "accessToken",
+            "oauth_signature",
+            "X-Goog-Signature",
+            "X-Goog-Credential",
+            "X-API-Key",
+            "secret_key",
+            "clientSecret",
+            "jwt",
+            "otp",
+            "wp_nonce",
+            "PHPSESSID",
+            "session_id",
+        ] {
+            assert_eq!(
+                mask(&format!("/a?q=1&{name}=v")),
+                format!("/a?q=1&{name}=***"),
+                "{name}"
+            );
+        }
+        for kept in [
+            "/a?q=1&page=2",
+            "/a",
+            "/a?",
+            "/a?keys=1&monkey=2&sort_by=date",
+        ] {
             assert_eq!(mask(kept), kept);
         }
     }
