@@ -156,11 +156,7 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     offload::memory::start_trimming();
     let log_buffer = config.log.buffer_bytes();
     with_log_buffer(log_buffer, || {
-        server_runtime()?.block_on(offload::server::run(
-            config,
-            move || load_config(&args),
-            offload::server::shutdown_signal(),
-        ))
+        server_runtime()?.block_on(offload::server::run(config, move || load_config(&args)))
     })
 }
 

@@ -799,6 +799,30 @@ impl Server {
     /// `server.shutdown_grace` for connections in flight; those still open then are dropped,
     /// on every worker, before this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.run_hurried(shutdown, std::future::pending()).await
+    }
+
+    /// [`Server::run`] until SIGTERM or SIGINT (Ctrl-C); a second one ends the delay and the
+    /// grace at once, dropping the connections still open, as a second Ctrl-C is meant.
+    pub async fn run_until_signalled(self) -> anyhow::Result<()> {
+        let signals = Signals::watch();
+        self.run_hurried(signals.nth(1), signals.nth(2)).await
+    }
+
+    /// [`Server::run`], cutting the shutdown short once `hurry` resolves.
+    async fn run_hurried(
+        self,
+        shutdown: impl Future<Output = ()>,
+        hurry: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let hurried = CancellationToken::new();
+        let hurrying = tokio::spawn({
+            let hurried = hurried.clone();
+            async move {
+                hurry.await;
+                hurried.cancel();
+            }
+        });
         let cancel = CancellationToken::new();
         let abandon = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -836,6 +860,7 @@ impl Server {
             .map(|interval| tokio::spawn(notify::keep_watchdog(interval, workers.liveness())));
         let shutting_down = self.shutting_down.clone();
         let live = Arc::clone(&self.live);
+        let delay_cut = hurried.clone();
         let mut shutdown = pin!(async move {
             shutdown.await;
             // As reloaded last, as `server.shutdown_grace` below.
@@ -847,7 +872,10 @@ impl Server {
                     delay = %humantime::format_duration(delay),
                     "shutting down: /readyz fails now; still serving until the delay ends"
                 );
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = delay_cut.cancelled() => {}
+                }
             }
         });
         loop {
@@ -886,11 +914,22 @@ impl Server {
         cancel.cancel();
         tracker.close();
         let grace = self.live.current().config.server.shutdown_grace;
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            warn!(
-                connections = tracker.len(),
-                "shutdown grace expired, dropping connections"
-            );
+        let finished = tokio::select! {
+            finished = tokio::time::timeout(grace, tracker.wait()) => finished.is_ok(),
+            () = hurried.cancelled() => tracker.is_empty(),
+        };
+        hurrying.abort();
+        if !finished {
+            match hurried.is_cancelled() {
+                true => warn!(
+                    connections = tracker.len(),
+                    "shutting down at once (a second signal), dropping connections"
+                ),
+                false => warn!(
+                    connections = tracker.len(),
+                    "shutdown grace expired, dropping connections"
+                ),
+            }
             abandon.cancel();
             // Each connection drops itself when it is next polled, on its worker; bounded in
             // case a worker is stuck in a long poll.
@@ -909,13 +948,13 @@ impl Server {
 /// How long [`Server::run`] waits, after the grace period, for the connections it drops.
 const ABANDON_WAIT: Duration = Duration::from_secs(1);
 
-/// Binds per `config` and serves until `shutdown` resolves; meanwhile each SIGHUP re-reads
-/// the TLS certificate and key, and checks the configuration `reread` loads against the one
-/// running (see `server::hangup`).
+/// Binds per `config` and serves until SIGTERM or SIGINT (see
+/// [`Server::run_until_signalled`]); meanwhile each SIGHUP re-reads the TLS certificate and
+/// key, and checks the configuration `reread` loads against the one running (see
+/// `server::hangup`).
 pub async fn run(
     config: Config,
     reread: impl Fn() -> anyhow::Result<Config> + Send + 'static,
-    shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
     let reloads = tokio::spawn(hangup::on_hangup(
@@ -924,34 +963,92 @@ pub async fn run(
         Arc::clone(&server.slots),
         reread,
     ));
-    let served = server.run(shutdown).await;
+    let served = server.run_until_signalled().await;
     reloads.abort();
     served
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT (Ctrl-C) as they come, counted.
+struct Signals(tokio::sync::watch::Receiver<u32>);
+
+impl Signals {
+    /// Counts the signals from now on, in a task of its own.
+    fn watch() -> Signals {
+        let (count, counted) = tokio::sync::watch::channel(0);
+        tokio::spawn(async move {
+            let mut signals = ShutdownSignals::new();
+            loop {
+                signals.next().await;
+                count.send_modify(|n| *n += 1);
+                match *count.borrow() {
+                    1 => info!("shutdown signal received"),
+                    _ => info!("another shutdown signal received: not waiting any longer"),
                 }
             }
-            Err(e) => {
-                warn!(error = %e, "cannot watch SIGTERM; Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        });
+        Signals(counted)
+    }
+
+    /// Resolves once the `n`th signal has come.
+    fn nth(&self, n: u32) -> impl Future<Output = ()> + Send + 'static {
+        let mut counted = self.0.clone();
+        async move {
+            let _ = counted.wait_for(|count| *count >= n).await;
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+/// SIGTERM's and SIGINT's streams, each made once: a signal between two waits is not lost.
+#[cfg(unix)]
+struct ShutdownSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+#[cfg(unix)]
+impl ShutdownSignals {
+    fn new() -> ShutdownSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind, name: &str| {
+            signal(kind)
+                .inspect_err(|e| warn!(error = %e, "cannot watch {name}"))
+                .ok()
+        };
+        ShutdownSignals {
+            term: watch(SignalKind::terminate(), "SIGTERM"),
+            int: watch(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    async fn next(&mut self) {
+        async fn recv(stream: &mut Option<tokio::signal::unix::Signal>) {
+            let received = match stream {
+                Some(stream) => stream.recv().await,
+                None => None,
+            };
+            if received.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        tokio::select! {
+            () = recv(&mut self.term) => {}
+            () = recv(&mut self.int) => {}
+        }
+    }
+}
+
+#[cfg(not(unix))]
+struct ShutdownSignals;
+
+#[cfg(not(unix))]
+impl ShutdownSignals {
+    fn new() -> ShutdownSignals {
+        ShutdownSignals
+    }
+
+    async fn next(&mut self) {
         let _ = tokio::signal::ctrl_c().await;
     }
-    info!("shutdown signal received");
 }
 
 /// A `/readyz` check made afresh from the state served now each time it runs: after a

@@ -62,5 +62,5 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         opts.data.display(),
         opts.site_dir.display(),
     );
-    server.run(crate::server::shutdown_signal()).await
+    server.run_until_signalled().await
 }

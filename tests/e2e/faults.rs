@@ -661,6 +661,45 @@ async fn sigterm_lets_a_slow_request_finish_refuses_new_ones_and_exits_0() {
     );
 }
 
+/// A second SIGTERM (or Ctrl-C) does not wait out the grace: the connections still open are
+/// dropped at once and offload exits 0, as a second Ctrl-C is meant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_drops_what_is_left_and_exits_at_once() {
+    let app = RawApp::start(|stream, _| async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(stream);
+    })
+    .await;
+    let mut process =
+        OffloadProcess::start(app.addr, &[], &[("OFFLOAD_SERVER_SHUTDOWN_GRACE", "60s")]).await;
+    let url = format!("http://{}/slow", process.addr);
+    let in_flight = tokio::spawn(async move { client().get(url).send().await });
+    tokio::time::timeout(Duration::from_secs(10), app.request_seen.notified())
+        .await
+        .expect("the request reached the app");
+    let signalled = Instant::now();
+    process.signal(libc::SIGTERM);
+    process
+        .wait_for_log("shutting down: no new connections")
+        .await;
+    process.signal(libc::SIGINT);
+    let exit = process
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("offload exits at once on the second signal");
+    assert_eq!(exit.code(), Some(0), "{}", process.logs());
+    assert!(signalled.elapsed() < Duration::from_secs(10));
+    assert!(
+        process
+            .logs()
+            .contains("shutting down at once (a second signal), dropping connections"),
+        "{}",
+        process.logs()
+    );
+    let cut = in_flight.await.expect("task");
+    assert!(cut.is_err(), "the request in flight is dropped: {cut:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // The store failing under the full proxy (the real binary on s3s-fs, or in-process on fs).
 // ---------------------------------------------------------------------------------------
