@@ -48,6 +48,7 @@ pub enum Preset {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
+    #[serde(with = "addr")]
     pub listen: SocketAddr,
     /// `/healthz`, `/readyz`, `/metrics`; `"off"` disables it.
     #[serde(with = "opt_addr")]
@@ -678,17 +679,26 @@ impl Config {
                 );
             }
         }
-        if let Some(name) = &self.server.request_id_header
-            && http::HeaderName::try_from(name.as_str()).is_err()
-        {
-            bail!("server.request_id_header: {name:?} is no header name");
+        if let Some(name) = &self.server.request_id_header {
+            let Ok(header) = http::HeaderName::try_from(name.as_str()) else {
+                bail!("server.request_id_header: {name:?} is no header name");
+            };
+            // Set on every request and answer: one of these would reframe or redirect them.
+            if crate::proxy::is_managed_header(&header) {
+                bail!(
+                    "server.request_id_header: {name:?} is a header offload or HTTP itself \
+                     sets; pick another, as \"X-Request-ID\""
+                );
+            }
         }
         if self.upstream.unix_socket.is_some() && self.upstream.url.scheme() != "http" {
             bail!("upstream.unix_socket: HTTP only; upstream.url must be http://");
         }
         // hyper's HTTP/1 reader cannot work with a buffer below 8 KiB.
-        if self.server.max_header_size < ByteSize::kib(8) {
-            bail!("server.max_header_size: must be at least 8KiB");
+        if self.server.max_header_size < ByteSize::kib(8)
+            || self.server.max_header_size > ByteSize::mib(1)
+        {
+            bail!("server.max_header_size: must be 8KiB to 1MiB");
         }
         if self.server.max_connections > MAX_CONNECTIONS {
             bail!(
@@ -1136,6 +1146,26 @@ mod nets {
     }
 }
 
+/// A socket address; the error quotes what was written and shows the form.
+mod addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&a.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|e| {
+            serde::de::Error::custom(format!(
+                "bad address {text:?}: {e} (an address and port, as \"0.0.0.0:8080\")"
+            ))
+        })
+    }
+}
+
 /// An optional socket address, where `"off"` means none.
 mod opt_addr {
     use std::net::SocketAddr;
@@ -1475,7 +1505,12 @@ mod tests {
             ("[server\nlisten = 1", "TOML"),
             (
                 "[server]\nmax_header_size = \"1KiB\"",
-                "server.max_header_size",
+                "server.max_header_size: must be 8KiB to 1MiB",
+            ),
+            // hyper's read buffer may grow to it on every connection.
+            (
+                "[server]\nmax_header_size = \"1EiB\"",
+                "server.max_header_size: must be 8KiB to 1MiB",
             ),
             ("[upstream]\npool_max_idle = 0", "upstream.pool_max_idle"),
             (
@@ -1510,6 +1545,22 @@ mod tests {
             (
                 "[server]\nrequest_id_header = \"X Request\"",
                 "server.request_id_header: \"X Request\" is no header name",
+            ),
+            (
+                "[server]\nrequest_id_header = \"Content-Length\"",
+                "server.request_id_header: \"Content-Length\" is a header offload or HTTP",
+            ),
+            (
+                "[server]\nrequest_id_header = \"host\"",
+                "server.request_id_header: \"host\" is a header",
+            ),
+            (
+                "[server]\nrequest_id_header = \"X-Forwarded-For\"",
+                "server.request_id_header: \"X-Forwarded-For\" is a header",
+            ),
+            (
+                "[server]\nlisten = \"8080\"",
+                "server.listen: bad address \"8080\": invalid socket address syntax (an address and port, as \"0.0.0.0:8080\")",
             ),
             (
                 "[server]\ntls = { cert = \"c.pem\", key = \"k.pem\", redirect_http = true }",

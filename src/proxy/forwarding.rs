@@ -24,6 +24,12 @@ const FORWARDING: [&str; 4] = [
     "forwarded",
 ];
 
+/// Whether `name` is a forwarding header offload sets, or a claim it drops from an untrusted
+/// peer.
+pub(super) fn is_forwarding_header(name: &HeaderName) -> bool {
+    FORWARDING.contains(&name.as_str()) || UNSET_CLAIMS.contains(name)
+}
+
 /// Removes every underscore spelling of a forwarding header or claim (`X_Forwarded_For`,
 /// `X-Forwarded_Proto`, `X_Forwarded_Ssl`…), from any peer: no proxy sends them, and an app
 /// behind a CGI-style gateway would read them as the real ones: PHP (and every CGI or WSGI

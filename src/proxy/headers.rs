@@ -318,6 +318,24 @@ fn scanned_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// Whether `name` is a header HTTP or offload sets or reads for its own ends (framing,
+/// hop-by-hop, `Host`, the forwarding headers, credentials, the content's kind and place):
+/// none to carry a request ID in, which is set on every request and answer.
+pub fn is_managed_header(name: &HeaderName) -> bool {
+    scanned_index(name).is_some()
+        || matches!(
+            name.as_str(),
+            "host"
+                | "cookie"
+                | "set-cookie"
+                | "authorization"
+                | "content-type"
+                | "content-encoding"
+                | "location"
+        )
+        || super::forwarding::is_forwarding_header(name)
+}
+
 /// `Proxy` (httpoxy): no HTTP header, but a CGI-style gateway (PHP-FPM, CGI) passes it on
 /// as `HTTP_PROXY`, which HTTP client libraries take for their outgoing proxy.
 static PROXY: HeaderName = HeaderName::from_static("proxy");
