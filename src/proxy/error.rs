@@ -18,6 +18,10 @@ pub enum ProxyError {
     /// The app did not start answering within `upstream.response_timeout`: `504`.
     #[error("upstream timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// The app did not take the connection (TCP, and TLS for an `https://` app) within this
+    /// long: `504`, as nginx answers a `proxy_connect_timeout`.
+    #[error("upstream connect timed out after {}", humantime::format_duration(*.0))]
+    ConnectTimeout(Duration),
     /// The request body stopped being taken (the app, or the store, stopped reading it) for
     /// this long while the client was still sending it: `504`, as nginx's
     /// `proxy_send_timeout`.
@@ -60,7 +64,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout(_) | ProxyError::BodyNotTaken(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout(_)
+            | ProxyError::ConnectTimeout(_)
+            | ProxyError::BodyNotTaken(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
@@ -85,7 +91,7 @@ impl ProxyError {
     /// A stable label for metrics (`offload_upstream_errors_total{cause}`).
     pub fn cause(&self) -> &'static str {
         match self {
-            ProxyError::Connect(_) => "connect",
+            ProxyError::Connect(_) | ProxyError::ConnectTimeout(_) => "connect",
             ProxyError::Timeout(_) => "timeout",
             ProxyError::BodyNotTaken(_) => "body_not_taken",
             ProxyError::Busy { .. } => "busy",
@@ -193,6 +199,10 @@ mod tests {
         assert_eq!(e.to_string(), "upstream timed out after 1s 500ms");
         let e = ProxyError::Connect("connection refused".into());
         assert_eq!(e.to_string(), "upstream unreachable: connection refused");
+        let e = ProxyError::ConnectTimeout(Duration::from_secs(5));
+        assert_eq!(e.to_string(), "upstream connect timed out after 5s");
+        assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.cause(), "connect");
         let e = ProxyError::BodyTooLarge(1 << 20);
         assert_eq!(
             e.to_string(),

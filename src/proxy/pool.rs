@@ -79,6 +79,29 @@ pub(super) enum SendError {
 #[derive(Debug)]
 pub(super) struct ConnectError(pub(super) Box<dyn StdError + Send + Sync>);
 
+/// Connecting took longer than `upstream.connect_timeout` (this long), as [`ConnectError`]'s
+/// cause.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting timed out after {}", humantime::format_duration(*.0))]
+pub(super) struct ConnectTimedOut(pub(super) Duration);
+
+impl ConnectError {
+    /// The error, or [`ConnectTimedOut`] when it is a timeout at any depth: the TCP
+    /// connector's own (the same limit, per address) or the kernel's.
+    fn classify(err: Box<dyn StdError + Send + Sync>, limit: Duration) -> ConnectError {
+        let mut cause: Option<&(dyn StdError + 'static)> = Some(&*err);
+        while let Some(e) = cause {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                return ConnectError(Box::new(ConnectTimedOut(limit)));
+            }
+            cause = e.source();
+        }
+        ConnectError(err)
+    }
+}
+
 /// Why an exchange on a connection failed; `request` is the request back when hyper had not
 /// begun to send it (it may be sent elsewhere as it is).
 pub(super) struct SendFailure {
@@ -193,16 +216,8 @@ impl Pool {
         let connecting = self.connector.connect(&self.target);
         let io = tokio::time::timeout(self.connect_timeout, connecting)
             .await
-            .map_err(|_| {
-                ConnectError(
-                    format!(
-                        "connecting timed out after {}",
-                        humantime::format_duration(self.connect_timeout)
-                    )
-                    .into(),
-                )
-            })?
-            .map_err(ConnectError)?;
+            .map_err(|_| ConnectError(Box::new(ConnectTimedOut(self.connect_timeout))))?
+            .map_err(|e| ConnectError::classify(e, self.connect_timeout))?;
         http1::Builder::new()
             .max_buf_size(APP_READ_BUFFER)
             .handshake(io)

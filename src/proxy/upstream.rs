@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::admission::{Admission, Place};
 use super::connect::AppConnector;
-use super::pool::{Conn, ConnectError, LeasedBody, Pool, SendError};
+use super::pool::{Conn, ConnectError, ConnectTimedOut, LeasedBody, Pool, SendError};
 use super::replay::Replay;
 use super::upgrade::Tunnel;
 use super::{ProxyError, error, forwarding, headers, tls};
@@ -417,7 +417,10 @@ impl From<SendError> for ProxyError {
 
 impl From<ConnectError> for ProxyError {
     fn from(err: ConnectError) -> ProxyError {
-        ProxyError::Connect(error::chain(&*err.0))
+        match err.0.downcast_ref::<ConnectTimedOut>() {
+            Some(ConnectTimedOut(limit)) => ProxyError::ConnectTimeout(*limit),
+            None => ProxyError::Connect(error::chain(&*err.0)),
+        }
     }
 }
 

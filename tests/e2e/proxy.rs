@@ -697,7 +697,8 @@ async fn an_app_on_a_unix_socket_is_reached() {
 }
 
 /// An app that accepts the TCP connection but never answers the TLS handshake gets
-/// `upstream.connect_timeout`, then a 502 saying so: never a hang.
+/// `upstream.connect_timeout`, then a 504 saying so (as nginx's `proxy_connect_timeout`):
+/// never a hang.
 #[tokio::test]
 async fn a_stalled_tls_handshake_is_bounded_by_the_connect_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -727,13 +728,52 @@ async fn a_stalled_tls_handshake_is_bounded_by_the_connect_timeout() {
         .send()
         .await
         .expect("an answer, not a hang");
-    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.status(), 504);
     assert_eq!(
         resp.text().await.expect("body"),
-        "upstream unreachable: connecting timed out after 300ms\n"
+        "upstream connect timed out after 300ms\n"
     );
     assert!(started.elapsed() >= Duration::from_millis(300));
     held.abort();
+}
+
+/// An app whose listen backlog is full never completes the TCP handshake (the kernel drops
+/// the SYNs): 504 after `upstream.connect_timeout`, as nginx answers, counted under the
+/// cause `connect`.
+#[tokio::test]
+async fn an_app_that_never_takes_the_connection_is_504_after_the_connect_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let full = socket.listen(1).expect("listen");
+    let full_addr = full.local_addr().expect("address");
+    // Never accepted: these fill the backlog, and the SYNs after them go unanswered.
+    let mut filling = Vec::new();
+    for _ in 0..4 {
+        let connecting = tokio::net::TcpStream::connect(full_addr);
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connecting).await {
+            filling.push(stream);
+        }
+    }
+    let mut config = config_for(full_addr);
+    config.upstream.connect_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(config).await;
+    let resp = client()
+        .get(proxy.url("/x"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(resp.status(), 504);
+    assert_eq!(
+        resp.text().await.expect("body"),
+        "upstream connect timed out after 300ms\n"
+    );
+    let counted = "offload_upstream_errors_total{cause=\"connect\"} 1";
+    let text = proxy.metrics_until(counted).await;
+    assert!(text.contains(counted), "{text}");
+    drop((full, filling));
 }
 
 /// A client that goes away mid-upload is the client's failure, not the app's: counted under
