@@ -595,8 +595,13 @@ impl MirrorCopy {
                 Ok(Some(info)) => info.sha256.is_some_and(|h| stored.contains(&h)),
                 _ => false,
             };
-            if duplicate && let Err(err) = self.assets.store.delete(key).await {
-                warn!(%key, error = %err, "mirror: removing the teed copy failed");
+            if !duplicate {
+                continue;
+            }
+            match self.assets.store.delete(key).await {
+                // Known gone at once, rather than trusted present until the cache's TTL.
+                Ok(()) => self.assets.index.presence.mark_absent(key),
+                Err(err) => warn!(%key, error = %err, "mirror: removing the teed copy failed"),
             }
         }
     }
