@@ -6,7 +6,9 @@
 //!     it trips the body's [`StallTimer`] (the request fails with 408), a reader (the app,
 //!     the store) that stops taking it is found by [`left_unread`] (504);
 //!   - while the request waits for the app's answer to begin, `upstream.response_timeout`
-//!     bounds the wait (it may be set longer);
+//!     bounds the wait (it may be set longer); a wait on the store (an upload's parts, an
+//!     asset served from it) is bounded by the store's client alone (its connect timeout
+//!     and retries), not here;
 //!   - while answers stream, and between requests, the I/O is wrapped so that each read or
 //!     write that moves bytes bumps a counter. A connection whose counter did not move for
 //!     that long is closed gracefully when no request is in flight, and dropped when an
@@ -51,7 +53,7 @@ pub(super) struct ConnectionState {
     ended: AtomicU64,
     /// Requests whose answer has not begun: their body is still coming, which the body
     /// watches itself ([`StallTimer`], [`left_unread`]), or they wait for the app, which
-    /// `upstream.response_timeout` bounds.
+    /// `upstream.response_timeout` bounds, or for the store.
     unanswered: AtomicU64,
     /// HTTP/2: requests are streams, and there is no head to wait for between them.
     multiplexed: AtomicBool,
