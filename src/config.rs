@@ -270,6 +270,10 @@ pub struct StoreConfig {
     pub sse_kms_key_id: Option<String>,
     /// s3: attempts per request, with exponential backoff.
     pub max_attempts: u32,
+    /// s3: how long an attempt may wait for the store's answer to begin, from when the
+    /// request is sent (a part's upload counts its sending too); then it is retried.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// `Cache-Control` stored with objects that come without one.
     pub cache_control: String,
     /// Presence cache: most keys remembered.
@@ -301,6 +305,7 @@ impl Default for StoreConfig {
             sse: None,
             sse_kms_key_id: None,
             max_attempts: 3,
+            request_timeout: Duration::from_secs(60),
             cache_control: "public, max-age=31536000".into(),
             cache_capacity: 100_000,
             cache_ttl: Duration::from_secs(3600),
@@ -714,6 +719,7 @@ impl Config {
             ),
             ("server.idle_timeout", self.server.idle_timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("store.request_timeout", self.store.request_timeout),
             ("upstream.response_timeout", self.upstream.response_timeout),
             (
                 "upstream.websocket_idle_timeout",

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{
@@ -97,6 +98,10 @@ pub struct S3Store {
     list_page_size: Option<i32>,
 }
 
+/// The SDK's own default for connecting (its behaviour version 2024-03-28 and later), kept
+/// when the read timeout is set beside it.
+const SDK_CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
+
 impl S3Store {
     /// A store on `cfg.bucket`, with credentials from the standard AWS chain (environment,
     /// profile, web identity, container and instance roles). Nothing is sent until first use.
@@ -131,7 +136,15 @@ impl S3Store {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
             .region(Region::new(cfg.region.clone()))
-            .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts));
+            .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts))
+            // The SDK bounds connecting alone by default: a store that took a request and
+            // never answered held the request (an upload, an asset served from it) forever.
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(SDK_CONNECT_TIMEOUT)
+                    .read_timeout(cfg.request_timeout)
+                    .build(),
+            );
         if let Some(creds) = creds {
             loader = loader.credentials_provider(creds);
         }

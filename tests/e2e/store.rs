@@ -328,6 +328,46 @@ async fn s3_concurrent_puts_and_listing() {
     }
 }
 
+/// A store that takes the request and never answers does not hold the call for good:
+/// each attempt ends after `store.request_timeout`, and the call fails as with a store that
+/// is down (503 where an asset is served from it), naming the timeout.
+#[tokio::test]
+async fn an_s3_store_that_never_answers_fails_after_the_request_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", silent.local_addr().expect("address"));
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let cfg = StoreConfig {
+        kind: offload::config::StoreKind::S3,
+        bucket: "b".into(),
+        endpoint: Some(endpoint.parse().expect("endpoint")),
+        path_style: true,
+        max_attempts: 2,
+        request_timeout: Duration::from_millis(300),
+        ..StoreConfig::default()
+    };
+    let store = S3Store::with_credentials(&cfg, "AKIDEXAMPLE", "secret")
+        .await
+        .expect("store");
+    let started = std::time::Instant::now();
+    let failed = tokio::time::timeout(Duration::from_secs(10), store.head("a.jpg"))
+        .await
+        .expect("the call ends, not hangs");
+    let Err(StoreError::Unavailable(reason)) = failed else {
+        panic!("the store is unavailable: {failed:?}");
+    };
+    assert!(reason.contains("timeout"), "{reason}");
+    // Two attempts of 300 ms each, with the retry's backoff between them.
+    assert!(started.elapsed() >= Duration::from_millis(600), "{reason}");
+    held.abort();
+}
+
 #[tokio::test]
 async fn s3_public_urls() {
     let server = s3::start().await;
