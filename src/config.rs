@@ -1063,6 +1063,24 @@ fn unknown_key_message(message: &str, table: Option<&str>) -> Option<String> {
         .filter(|(score, _)| *score > 0.7)
         .map(|(_, c)| c);
     let key = unknown_key(message, table.unwrap_or_default());
+    let lower = unknown.to_ascii_lowercase();
+    if [
+        "secret",
+        "access_key",
+        "password",
+        "credential",
+        "session_token",
+    ]
+    .iter()
+    .any(|word| lower.contains(word))
+    {
+        // A near name would only invite putting the secret in another key.
+        return Some(format!(
+            "{key}: unknown key; credentials are no config keys: they come from the AWS chain \
+             (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles, instance and web-identity \
+             roles)"
+        ));
+    }
     Some(match nearest {
         Some(near) => format!("{key}: unknown key; did you mean `{near}`?"),
         None => format!(
@@ -1101,8 +1119,11 @@ mod humantime_serde {
         }
 
         fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-            let duration = humantime::parse_duration(text)
-                .map_err(|e| E::custom(format!("bad duration {text:?}: {e}")))?;
+            let duration = humantime::parse_duration(text).map_err(|e| {
+                E::custom(format!(
+                    "bad duration {text:?}: {e} (a number with its unit, as \"30s\" or \"1m 30s\")"
+                ))
+            })?;
             if duration > LONGEST {
                 return Err(E::custom(format!(
                     "duration {text:?} is too long: at most 1 year"
@@ -1481,6 +1502,14 @@ mod tests {
         for (text, needle) in [
             ("[server]\nlisten = \"nope\"", "listen"),
             ("[server]\nidle_timeout = \"soon\"", "bad duration"),
+            (
+                "[server]\nidle_timeout = \"-5s\"",
+                "server.idle_timeout: bad duration \"-5s\": expected number at 0 (a number with its unit, as \"30s\"",
+            ),
+            (
+                "[store]\naws_secret_access_key = \"wJalr\"",
+                "store.aws_secret_access_key: unknown key; credentials are no config keys: they come from the AWS chain",
+            ),
             ("[store]\npart_size = \"1KiB\"", "store.part_size"),
             ("[store]\nkind = \"s3\"", "store.bucket"),
             ("[store]\nkind = \"ftp\"", "kind"),
