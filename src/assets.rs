@@ -19,7 +19,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -363,23 +362,16 @@ pub enum PullError {
 /// The body of an app answer as a store stream, failing past `limit` bytes or when no byte
 /// comes for `stall` (the put is then aborted: nothing half-written).
 fn limited_stream(body: Body, limit: u64, stall: Duration) -> store::ByteStream {
-    futures_util::stream::try_unfold((body, 0u64), move |(mut body, mut seen)| async move {
-        loop {
-            let frame = match tokio::time::timeout(stall, body.frame()).await {
-                Ok(Some(frame)) => frame.map_err(std::io::Error::other)?,
-                Ok(None) => return Ok(None),
-                Err(_) => return Err(std::io::Error::other(Stalled(stall))),
-            };
-            // Trailers carry no bytes of the asset.
-            let Ok(chunk) = frame.into_data() else {
-                continue;
-            };
-            seen += chunk.len() as u64;
-            if seen > limit {
-                return Err(std::io::Error::other(format!("larger than {limit} bytes")));
-            }
-            return Ok(Some((chunk, (body, seen))));
+    futures_util::stream::try_unfold((body, 0u64), move |(mut body, seen)| async move {
+        let next = body::next_data(&mut body, stall).await;
+        let Some(chunk) = next.map_err(std::io::Error::other)? else {
+            return Ok(None);
+        };
+        let seen = seen + chunk.len() as u64;
+        if seen > limit {
+            return Err(std::io::Error::other(format!("larger than {limit} bytes")));
         }
+        Ok(Some((chunk, (body, seen))))
     })
     .boxed()
 }
@@ -651,18 +643,13 @@ pub fn answer_failed(err: &BoxError, what: &str) -> Response<Body> {
 /// [`Stalled`], as nginx's `proxy_read_timeout` bounds each read from the app.
 async fn read_bounded(mut body: Body, limit: usize, stall: Duration) -> Result<Bytes, ReadBounded> {
     let mut buf = Vec::new();
-    loop {
-        let frame = match tokio::time::timeout(stall, body.frame()).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(_) => return Err(ReadBounded::Failed(Box::new(Stalled(stall)))),
-        };
-        let frame = frame.map_err(ReadBounded::Failed)?;
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() > limit {
-                return Err(ReadBounded::TooLarge(Bytes::from(buf), body));
-            }
+    while let Some(data) = body::next_data(&mut body, stall)
+        .await
+        .map_err(ReadBounded::Failed)?
+    {
+        buf.extend_from_slice(&data);
+        if buf.len() > limit {
+            return Err(ReadBounded::TooLarge(Bytes::from(buf), body));
         }
     }
     Ok(Bytes::from(buf))

@@ -79,6 +79,26 @@ pub fn prepend(head: Bytes, tail: Body) -> Body {
     from_stream(futures_util::StreamExt::chain(head, tail))
 }
 
+/// The next piece of `body`'s data, `None` at its end; trailers are skipped. Waits at most
+/// `stall`, then fails with [`Stalled`]: for bodies read by offload itself, where nothing
+/// is sent meanwhile that another timeout would watch.
+pub async fn next_data(
+    body: &mut Body,
+    stall: std::time::Duration,
+) -> Result<Option<Bytes>, BoxError> {
+    loop {
+        match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => return Err(Box::new(Stalled(stall))),
+            Ok(None) => return Ok(None),
+            Ok(Some(frame)) => {
+                if let Ok(data) = frame?.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
 /// The first `want` bytes of `body` (fewer when it ends sooner; more when a piece brings
 /// more) and the body whole again. Each read waits at most `stall`, then fails with
 /// [`Stalled`]. Trailers are not kept.
@@ -92,19 +112,12 @@ pub async fn peek(
     let mut read = 0;
     let mut ended = false;
     while read < want {
-        match tokio::time::timeout(stall, body.frame()).await {
-            Err(_) => return Err(Box::new(Stalled(stall))),
-            Ok(None) => {
-                ended = true;
-                break;
-            }
-            Ok(Some(frame)) => {
-                if let Ok(data) = frame?.into_data() {
-                    read += data.len();
-                    pieces.push(data);
-                }
-            }
-        }
+        let Some(data) = next_data(&mut body, stall).await? else {
+            ended = true;
+            break;
+        };
+        read += data.len();
+        pieces.push(data);
     }
     let head = match pieces.len() {
         1 => pieces.swap_remove(0),
