@@ -24,10 +24,10 @@ const FORWARDING: [&str; 4] = [
     "forwarded",
 ];
 
-/// Whether `name` is a forwarding header offload sets, or a claim it drops from an untrusted
-/// peer.
-pub(super) fn is_forwarding_header(name: &HeaderName) -> bool {
-    FORWARDING.contains(&name.as_str()) || UNSET_CLAIMS.contains(name)
+/// Whether `name` (lower case) is a forwarding header offload sets, or a claim it drops
+/// from an untrusted peer.
+pub(super) fn is_forwarding_header(name: &str) -> bool {
+    FORWARDING.contains(&name) || UNSET_CLAIMS.iter().any(|claim| claim.as_str() == name)
 }
 
 /// Removes every underscore spelling of a forwarding header or claim (`X_Forwarded_For`,
@@ -40,12 +40,7 @@ pub(super) fn strip_forwarding_lookalikes(headers: &mut HeaderMap) {
         .keys()
         .filter(|name| {
             let name = name.as_str();
-            if !name.contains('_') {
-                return false;
-            }
-            let hyphened = name.replace('_', "-");
-            FORWARDING.contains(&hyphened.as_str())
-                || UNSET_CLAIMS.iter().any(|claim| claim.as_str() == hyphened)
+            name.contains('_') && is_forwarding_header(&name.replace('_', "-"))
         })
         .cloned()
         .collect();

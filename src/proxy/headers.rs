@@ -333,7 +333,7 @@ pub fn is_managed_header(name: &HeaderName) -> bool {
                 | "content-encoding"
                 | "location"
         )
-        || super::forwarding::is_forwarding_header(name)
+        || super::forwarding::is_forwarding_header(name.as_str())
 }
 
 /// `Proxy` (httpoxy): no HTTP header, but a CGI-style gateway (PHP-FPM, CGI) passes it on
