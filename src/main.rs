@@ -30,8 +30,9 @@ struct Cli {
 enum Command {
     /// Run the proxy (the default when no subcommand is given).
     Serve(ConfigArgs),
-    /// Validate the config and print the effective config as TOML; exits 1 naming the bad
-    /// key and the reason.
+    /// Validate the config and the files a start reads (TLS certificates, a folder store's
+    /// root), and print the effective config as TOML; exits 1 naming the bad key and the
+    /// reason.
     CheckConfig(ConfigArgs),
     /// Offload an existing uploads folder to the store (resumable; --dry-run lists only).
     Sync(ops::SyncArgs),

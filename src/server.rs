@@ -74,14 +74,15 @@ use settings::{ConnectionSettings, Entry};
 pub use tls::Certificates;
 
 /// What a start reads besides the configuration, read the same way, for `check-config` (as
-/// `nginx -t` reads the certificates): the TLS certificate and key, and the roots an
-/// `https://` app is checked against (`upstream.tls_ca_file`). The store is left alone:
-/// opening one creates its folder, or asks the bucket over the network.
+/// `nginx -t` reads the certificates): the TLS certificate and key, the roots an
+/// `https://` app is checked against (`upstream.tls_ca_file`), and a folder store's root
+/// (looked at, not created; a bucket is not asked: see `store::check`).
 pub fn check_files(config: &Config) -> anyhow::Result<()> {
     if let Some(files) = &config.server.tls {
         Certificates::load(files)?;
     }
     crate::proxy::check_app_tls(&config.upstream)?;
+    store::check(&config.store)?;
     Ok(())
 }
 use workers::Workers;

@@ -90,6 +90,29 @@ impl FsStore {
         Ok(store)
     }
 
+    /// Whether a store could be opened in `root`, found without creating anything
+    /// (`check-config`): for each of its two trees, the nearest folder that exists on the
+    /// way to it is a folder this process may write in, and nothing on the way that exists
+    /// is a file.
+    pub fn check_root(root: &Path) -> Result<(), StoreError> {
+        for tree in [root.join("objects"), root.join("meta")] {
+            let existing = nearest_existing(&tree)?;
+            if !existing.is_dir() {
+                return Err(root_error(
+                    &tree,
+                    format!("{} is not a folder", existing.display()),
+                ));
+            }
+            if !writable(&existing) {
+                return Err(root_error(
+                    &tree,
+                    format!("{} is not writable by this process", existing.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn paths(&self, key: &str) -> Result<KeyPaths, StoreError> {
         let segments = key_segments(key)?;
         Ok(KeyPaths {
@@ -123,7 +146,12 @@ impl KeyPaths {
             match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.file_type().is_symlink() => return Err(self.invalid()),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Not a directory: a file on the way, which the walk up finds.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -166,6 +194,45 @@ impl KeyPaths {
         }
         Ok(dir)
     }
+}
+
+/// `path`, or the nearest of its ancestors that exists (the current folder for a relative
+/// path none of whose parts exist).
+fn nearest_existing(path: &Path) -> Result<PathBuf, StoreError> {
+    let mut candidate = path;
+    loop {
+        match std::fs::metadata(candidate) {
+            Ok(_) => return Ok(candidate.to_path_buf()),
+            // Not a directory: a file on the way, which the walk up comes to.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) => {}
+            Err(e) => return Err(root_error(path, format!("{}: {e}", candidate.display()))),
+        }
+        match candidate.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => candidate = parent,
+            _ => return Ok(PathBuf::from(".")),
+        }
+    }
+}
+
+/// Whether this process may create entries in the folder `dir` (`access(2)`, as the
+/// service's user, whatever the permission bits say to root).
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// An error about the store's root, worded as when opening it fails.
+fn root_error(tree: &Path, reason: String) -> StoreError {
+    let context = format!("store.root: creating {}: {reason}", tree.display());
+    StoreError::Io(io::Error::other(context))
 }
 
 /// The segments of `key`, or `InvalidKey` when it could name anything outside the root or a
@@ -530,6 +597,35 @@ mod tests {
                 file.join("data/objects").display()
             )
         );
+    }
+
+    /// check-config's look at the root finds what opening the store would trip on, and
+    /// creates nothing.
+    #[test]
+    fn a_root_is_checked_without_creating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("a/b/data");
+        FsStore::check_root(&fresh).unwrap();
+        assert!(!dir.path().join("a").exists());
+        FsStore::check_root(Path::new("relative-store-that-does-not-exist")).unwrap();
+
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let err = FsStore::check_root(&file.join("data")).unwrap_err();
+        assert_eq!(
+            format!("{:#}", anyhow::Error::new(err)),
+            format!(
+                "store i/o failed: store.root: creating {}: {} is not a folder",
+                file.join("data/objects").display(),
+                file.display()
+            )
+        );
+
+        let meta_is_a_file = dir.path().join("store");
+        std::fs::create_dir_all(meta_is_a_file.join("objects")).unwrap();
+        std::fs::write(meta_is_a_file.join("meta"), b"").unwrap();
+        let err = FsStore::check_root(&meta_is_a_file).unwrap_err();
+        assert!(err.to_string().contains("meta is not a folder"), "{err}");
     }
 
     #[test]

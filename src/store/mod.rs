@@ -168,6 +168,16 @@ pub fn asset_key(prefix: &str, path: &str) -> String {
     key
 }
 
+/// What opening the store `cfg` asks for would trip on, found without opening it
+/// (`check-config`): a folder store's root is looked at; a bucket is not asked, as that
+/// takes the network and credentials a check may not have.
+pub fn check(cfg: &StoreConfig) -> Result<(), StoreError> {
+    match cfg.kind {
+        StoreKind::S3 => Ok(()),
+        StoreKind::Fs => FsStore::check_root(&cfg.root),
+    }
+}
+
 /// The store `cfg` asks for: S3 (credentials from the standard AWS chain) or a folder.
 pub async fn open(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     match cfg.kind {

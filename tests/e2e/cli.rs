@@ -57,6 +57,31 @@ fn check_config_names_the_bad_key() {
     }
 }
 
+/// A folder store's root is looked at as a start would use it, and not created.
+#[test]
+fn check_config_finds_a_store_root_that_cannot_be_a_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").expect("write file");
+    let (ok, _, stderr) = check_config(&format!(
+        "[store]\nroot = \"{}\"\n",
+        file.join("data").display()
+    ));
+    assert!(!ok, "accepted a root inside a file");
+    assert!(
+        stderr.contains(&format!("{} is not a folder", file.display())),
+        "{stderr}"
+    );
+
+    let fresh = dir.path().join("new/data");
+    let (ok, _, stderr) = check_config(&format!("[store]\nroot = \"{}\"\n", fresh.display()));
+    assert!(ok, "{stderr}");
+    assert!(
+        !dir.path().join("new").exists(),
+        "check-config created the root"
+    );
+}
+
 /// Environment variables hold bytes; only offload's own must be text.
 #[test]
 fn variables_that_are_not_utf8_are_no_crash() {
