@@ -575,7 +575,7 @@ impl Config {
             )
         })?;
         let mut env_keys = env::apply(&mut table, env)?;
-        check_shapes(&table)?;
+        check_shapes(&table).map_err(|e| env_keys.name_variable(e))?;
         let mut config = loop {
             match Config::deserialize(toml::Value::Table(table.clone())) {
                 Ok(config) => break config,
@@ -588,7 +588,9 @@ impl Config {
             }
         };
         config.apply_preset();
-        config.validate_values()?;
+        config
+            .validate_values()
+            .map_err(|e| env_keys.name_variable(e))?;
         Ok(config)
     }
 
@@ -1851,6 +1853,46 @@ mod tests {
             let err = format!("{:#}", load_env("", &[(variable, value)]).unwrap_err());
             assert!(err.starts_with(message), "{variable}={value} → {err}");
         }
+    }
+
+    /// Whatever finds a variable's value wrong, the message names the variable, down to a
+    /// key inside the list or table it set.
+    #[test]
+    fn errors_name_the_variable_that_set_the_key() {
+        for (variable, value, message) in [
+            (
+                "OFFLOAD_SERVER_MAX_HEADERS",
+                "0",
+                "server.max_headers: must be 1 to 1000 (set by OFFLOAD_SERVER_MAX_HEADERS)",
+            ),
+            (
+                "OFFLOAD_UPSTREAM_URL",
+                "ftp://x",
+                "upstream.url: scheme must be http or https, not \"ftp\" \
+                 (set by OFFLOAD_UPSTREAM_URL)",
+            ),
+            (
+                "OFFLOAD_UPLOADS",
+                "[{ pth = \"/x\" }]",
+                "uploads[0].pth: unknown key; did you mean `path`? (set by OFFLOAD_UPLOADS)",
+            ),
+            (
+                "OFFLOAD_UPLOADS",
+                "[{ path = \"x\" }]",
+                "uploads[0]: path: \"x\" must start with '/' (set by OFFLOAD_UPLOADS)",
+            ),
+            (
+                "OFFLOAD_UPLOADS",
+                "[{ path = ",
+                "uploads: is a list of routes, each written [[uploads]] (set by OFFLOAD_UPLOADS)",
+            ),
+        ] {
+            let err = format!("{:#}", load_env("", &[(variable, value)]).unwrap_err());
+            assert_eq!(err, message, "{variable}={value}");
+        }
+        // The same mistake in the file names no variable.
+        let err = load("[server]\nmax_headers = 0\n").unwrap_err();
+        assert_eq!(err.to_string(), "server.max_headers: must be 1 to 1000");
     }
 
     #[test]

@@ -198,9 +198,27 @@ impl EnvKeys {
         set(table, &path, toml::Value::String(text)).is_ok()
     }
 
-    /// The variable that set `key`, if one did.
+    /// The variable that set `key` or a table or list it is in (`OFFLOAD_UPLOADS` sets
+    /// `uploads[0].path`), if one did.
     pub(super) fn variable(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|s| s.variable.as_str())
+        let mut key = key;
+        loop {
+            if let Some(set_by) = self.0.get(key) {
+                return Some(&set_by.variable);
+            }
+            key = &key[..key.rfind(['.', '['])?];
+        }
+    }
+
+    /// `error`, whose message begins with the key it is about (`server.max_headers: …`),
+    /// naming the variable that set that key, if one did.
+    pub(super) fn name_variable(&self, error: anyhow::Error) -> anyhow::Error {
+        let message = format!("{error:#}");
+        let key = message.split_once(':').map_or("", |(key, _)| key);
+        match self.variable(key) {
+            Some(variable) => anyhow!("{message} (set by {variable})"),
+            None => error,
+        }
     }
 }
 
