@@ -1924,7 +1924,7 @@ mod tests {
         // The file's own route keeps its own limits.
         assert_eq!(c.uploads[0].max_file_size, ByteSize::mib(1));
         // The REST media route as every permalink setting spells it.
-        let routes = crate::upload::UploadRoutes::new(&c.uploads, "").unwrap();
+        let routes = crate::upload::UploadRoutes::new(&c.uploads, &c.store).unwrap();
         for target in [
             "/wp-json/wp/v2/media",
             "/?rest_route=/wp/v2/media",

@@ -205,7 +205,7 @@ impl AppState {
             upstream,
         } = connected;
         let workers = config.server.workers();
-        let uploads = UploadRoutes::new(&config.uploads, &config.store.prefix)?;
+        let uploads = UploadRoutes::new(&config.uploads, &config.store)?;
         let assets = match config.assets.prefixes.is_empty() {
             true => None,
             false => Some(Arc::new(build_assets(

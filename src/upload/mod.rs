@@ -18,9 +18,9 @@
 //! ```no_run
 //! # use std::sync::Arc;
 //! # async fn run(routes_cfg: Vec<offload::config::UploadRouteConfig>, ctx: offload::upload::UploadContext,
-//! #              req: http::Request<offload::body::Body>) {
+//! #              store_cfg: offload::config::StoreConfig, req: http::Request<offload::body::Body>) {
 //! use offload::upload::{UploadRoutes, handle};
-//! let routes = UploadRoutes::new(&routes_cfg, "site-a/").expect("valid routes");
+//! let routes = UploadRoutes::new(&routes_cfg, &store_cfg).expect("valid routes");
 //! if let Some(route) = routes.find(req.method(), req.uri()) {
 //!     let resp = handle(&route, req, &ctx).await;
 //! }

@@ -18,7 +18,7 @@ use percent_encoding::percent_decode_str;
 use super::error::UploadConfigError;
 use super::keys::KeyTemplate;
 use super::policy::Policy;
-use crate::config::{FieldStyle, OnStoreError, UploadMode, UploadRouteConfig};
+use crate::config::{FieldStyle, OnStoreError, StoreConfig, UploadMode, UploadRouteConfig};
 
 /// Most bytes of one part's headers (`Content-Disposition`, `Content-Type`…) offload reads
 /// before refusing the request; multer itself only bounds them by the whole body.
@@ -113,6 +113,8 @@ pub struct UploadRoute {
     pub keys: KeyTemplate,
     /// The store's key prefix, substituted for `{prefix}`.
     pub key_prefix: String,
+    /// `store.cache_control`, stored with each file (an upload comes with none of its own).
+    pub cache_control: String,
 }
 
 /// Every upload route, in config order (the first match wins).
@@ -123,14 +125,16 @@ pub struct UploadRoutes {
 
 impl UploadRoutes {
     /// Compiles the routes once; an unusable route is an error naming its index and key.
+    /// `store` gives what each stored file's key and object take from it (`prefix`,
+    /// `cache_control`).
     pub fn new(
         routes: &[UploadRouteConfig],
-        key_prefix: &str,
+        store: &StoreConfig,
     ) -> Result<UploadRoutes, UploadConfigError> {
         let routes = routes
             .iter()
             .enumerate()
-            .map(|(index, cfg)| UploadRoute::new(index, cfg, key_prefix).map(Arc::new))
+            .map(|(index, cfg)| UploadRoute::new(index, cfg, store).map(Arc::new))
             .collect::<Result<_, _>>()?;
         Ok(UploadRoutes { routes })
     }
@@ -160,7 +164,7 @@ impl UploadRoute {
     fn new(
         index: usize,
         cfg: &UploadRouteConfig,
-        key_prefix: &str,
+        store: &StoreConfig,
     ) -> Result<UploadRoute, UploadConfigError> {
         let path = if cfg.path.contains(['*', '?', '[', '{']) {
             let pattern = match cfg.path.trim_end_matches('/') {
@@ -227,7 +231,8 @@ impl UploadRoute {
             },
             policy: Policy::new(cfg),
             keys,
-            key_prefix: key_prefix.to_string(),
+            key_prefix: store.prefix.clone(),
+            cache_control: store.cache_control.clone(),
         })
     }
 
@@ -258,9 +263,13 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn store() -> StoreConfig {
+        StoreConfig::default()
+    }
+
     #[test]
     fn exact_path_and_methods() {
-        let routes = UploadRoutes::new(&[route("/upload")], "").unwrap();
+        let routes = UploadRoutes::new(&[route("/upload")], &store()).unwrap();
         assert!(routes.find(&Method::POST, &uri("/upload")).is_some());
         assert!(routes.find(&Method::PUT, &uri("/upload?x=1")).is_some());
         assert!(routes.find(&Method::GET, &uri("/upload")).is_none());
@@ -270,9 +279,11 @@ mod tests {
 
     #[test]
     fn other_spellings_of_a_routes_path_get_the_route() {
-        let routes =
-            UploadRoutes::new(&[route("/upload"), route("/wp-admin/async-upload.php")], "")
-                .unwrap();
+        let routes = UploadRoutes::new(
+            &[route("/upload"), route("/wp-admin/async-upload.php")],
+            &store(),
+        )
+        .unwrap();
         for path in [
             "//upload",
             "/./upload",
@@ -318,14 +329,14 @@ mod tests {
 
     #[test]
     fn globs_stay_in_one_segment() {
-        let routes = UploadRoutes::new(&[route("/api/*/files")], "").unwrap();
+        let routes = UploadRoutes::new(&[route("/api/*/files")], &store()).unwrap();
         assert!(routes.find(&Method::POST, &uri("/api/v1/files")).is_some());
         assert!(
             routes
                 .find(&Method::POST, &uri("/api/v1/x/files"))
                 .is_none()
         );
-        let deep = UploadRoutes::new(&[route("/api/**/files")], "").unwrap();
+        let deep = UploadRoutes::new(&[route("/api/**/files")], &store()).unwrap();
         assert!(deep.find(&Method::POST, &uri("/api/v1/x/files")).is_some());
         assert!(
             deep.find(&Method::POST, &uri("/API/v1//x/files/"))
@@ -340,7 +351,7 @@ mod tests {
             methods: vec!["post".into()],
             ..route("/administrator/index.php")
         };
-        let routes = UploadRoutes::new(&[cfg], "").unwrap();
+        let routes = UploadRoutes::new(&[cfg], &store()).unwrap();
         let m = Method::POST;
         assert!(
             routes
@@ -364,15 +375,21 @@ mod tests {
             mode: UploadMode::Respond,
             ..route("/u")
         };
-        let routes = UploadRoutes::new(&[a, route("/u")], "site/").unwrap();
+        let store = StoreConfig {
+            prefix: "site/".into(),
+            cache_control: "max-age=60".into(),
+            ..store()
+        };
+        let routes = UploadRoutes::new(&[a, route("/u")], &store).unwrap();
         let r = routes.find(&Method::POST, &uri("/u")).unwrap();
         assert_eq!(r.mode, UploadMode::Respond);
         assert_eq!(r.key_prefix, "site/");
+        assert_eq!(r.cache_control, "max-age=60");
     }
 
     #[test]
     fn bad_routes_are_refused() {
-        let bad_glob = UploadRoutes::new(&[route("/a/[")], "").unwrap_err();
+        let bad_glob = UploadRoutes::new(&[route("/a/[")], &store()).unwrap_err();
         assert!(
             bad_glob.to_string().contains("uploads[0].path"),
             "{bad_glob}"
@@ -381,7 +398,7 @@ mod tests {
             key_template: "{sha256}".into(),
             ..route("/u")
         };
-        let err = UploadRoutes::new(&[route("/ok"), sha], "").unwrap_err();
+        let err = UploadRoutes::new(&[route("/ok"), sha], &store()).unwrap_err();
         assert!(err.to_string().contains("uploads[1].key_template"), "{err}");
     }
 }

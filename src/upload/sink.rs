@@ -89,6 +89,7 @@ where
     let opts = PutOptions {
         content_type: Some(decision.content_type.clone()),
         content_disposition: decision.content_disposition,
+        cache_control: Some(route.cache_control.clone()),
         ..PutOptions::default()
     };
     let (size, sha256, info) = put_stream(store, &key, opts, head, chunks, route).await?;

@@ -456,14 +456,15 @@ async fn traversal_never_reaches_the_store_nor_queues_a_pull() {
     }
 }
 
-/// The app, the fs store's folder, and offload with `/wp-content/uploads/` managed and a
-/// respond-mode upload route at `/upload`.
+/// The app, the fs store's folder, and offload with `/wp-content/uploads/` managed, a
+/// respond-mode upload route at `/upload` and objects stored with `max-age=600`.
 async fn fs_rig() -> (Site, tempfile::TempDir, Proxy) {
     let site = Site::start().await;
     let data = tempfile::tempdir().unwrap();
     let mut config = config_for(site.addr);
     config.store.kind = StoreKind::Fs;
     config.store.root = data.path().to_path_buf();
+    config.store.cache_control = "public, max-age=600".into();
     config.assets.prefixes = vec![PREFIX.into()];
     config.uploads = vec![UploadRouteConfig {
         path: "/upload".into(),
@@ -505,6 +506,8 @@ async fn fs_store_serve_prefix_after_a_respond_upload() {
     let resp = client().get(proxy.url(&url)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "image/png");
+    // An upload comes with no Cache-Control of its own: it is stored with the store's.
+    assert_eq!(resp.headers()["cache-control"], "public, max-age=600");
     assert_eq!(resp.bytes().await.unwrap(), bytes);
     assert!(site.log().is_empty(), "the app saw {:?}", site.log());
     // Nothing outside the folder through the serve prefix.

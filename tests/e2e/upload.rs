@@ -15,7 +15,9 @@ use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use offload::body::{self, Body};
-use offload::config::{FieldStyle, OnStoreError, UploadMode, UploadRouteConfig, UpstreamConfig};
+use offload::config::{
+    FieldStyle, OnStoreError, StoreConfig, UploadMode, UploadRouteConfig, UpstreamConfig,
+};
 use offload::proxy::{ClientInfo, Upstream};
 use offload::store::{FsStore, Store};
 use offload::upload::{AfterApp, UploadContext, UploadRoutes, handle};
@@ -150,7 +152,7 @@ async fn start_offload(
         })
         .unwrap(),
     );
-    let routes = Arc::new(UploadRoutes::new(&[route], "").unwrap());
+    let routes = Arc::new(UploadRoutes::new(&[route], &StoreConfig::default()).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = store.clone();
