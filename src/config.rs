@@ -75,12 +75,14 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_delay: Duration,
     /// Largest request head (request line + headers) accepted.
+    #[serde(serialize_with = "exact_size::serialize")]
     pub max_header_size: ByteSize,
     /// Most headers accepted in one request.
     pub max_headers: usize,
     /// Largest request body accepted, as nginx's `client_max_body_size`: a larger declared
     /// length gets `413` before anything reaches the app, a longer chunked body is cut with
     /// `413` when it gets there. `None` (the default): no limit, as the app has its own.
+    #[serde(serialize_with = "exact_size::option")]
     pub max_body_size: Option<ByteSize>,
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are kept and extended; from anyone else
     /// they are replaced. Networks, or single addresses (as nginx's `set_real_ip_from`).
@@ -259,6 +261,7 @@ pub struct StoreConfig {
     /// or `serve_prefix` on this proxy (fs).
     pub public_url: Option<Url>,
     /// s3: size of one multipart part; a stream that fits in one part is a single PutObject.
+    #[serde(serialize_with = "exact_size::serialize")]
     pub part_size: ByteSize,
     /// s3: parts uploaded concurrently per stream (memory ≈ part_size × parts_in_flight).
     pub parts_in_flight: usize,
@@ -341,6 +344,7 @@ pub struct AssetsConfig {
     /// Origin pulls running at once.
     pub pull_concurrency: usize,
     /// Largest asset copied by origin pull.
+    #[serde(serialize_with = "exact_size::serialize")]
     pub pull_max_size: ByteSize,
     /// Content types origin pull copies (a trailing `/` matches a whole family).
     pub pull_types: Vec<String>,
@@ -382,6 +386,7 @@ pub struct RewriteConfig {
     /// Also rewrite JavaScript bodies and inline scripts.
     pub javascript: bool,
     /// Responses declaring a larger `Content-Length` pass untouched.
+    #[serde(serialize_with = "exact_size::serialize")]
     pub max_size: ByteSize,
 }
 
@@ -428,9 +433,12 @@ pub struct UploadRouteConfig {
     pub mode: UploadMode,
     /// Placeholders: {prefix} {yyyy} {mm} {dd} {uuid} {filename} {ext}.
     pub key_template: String,
+    #[serde(serialize_with = "exact_size::serialize")]
     pub max_file_size: ByteSize,
+    #[serde(serialize_with = "exact_size::serialize")]
     pub max_body_size: ByteSize,
     pub max_parts: usize,
+    #[serde(serialize_with = "exact_size::serialize")]
     pub max_field_size: ByteSize,
     /// Extensions accepted (empty: any not denied), lowercase without the dot.
     pub allowed_extensions: Vec<String>,
@@ -510,6 +518,7 @@ pub struct LogConfig {
     /// Each worker thread gathers its lines in a buffer of this size and writes them out
     /// when it is full or the worker has nothing else to do (see `logging`); 0 writes each
     /// line as it comes.
+    #[serde(serialize_with = "exact_size::serialize")]
     pub buffer: ByteSize,
 }
 
@@ -1176,6 +1185,24 @@ mod nets {
 }
 
 /// A socket address; the error quotes what was written and shows the form.
+/// Sizes printed as read (`check-config`): bytesize's own display rounds to one decimal
+/// ("95.4 MiB" for 100MB), which read back is another size.
+mod exact_size {
+    use bytesize::ByteSize;
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(size: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::human_size(size.as_u64()))
+    }
+
+    pub fn option<S: Serializer>(size: &Option<ByteSize>, s: S) -> Result<S::Ok, S::Error> {
+        match size {
+            Some(size) => serialize(size, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 mod addr {
     use std::net::SocketAddr;
 
@@ -1996,5 +2023,33 @@ mod tests {
         let again = load(&printed).unwrap();
         assert_eq!(again.uploads.len(), c.uploads.len());
         assert_eq!(again.assets.prefixes, c.assets.prefixes);
+    }
+
+    /// What check-config prints of a size reads back as the same number of bytes.
+    #[test]
+    fn printed_sizes_are_the_sizes_in_force() {
+        let c = load(
+            "[server]\nmax_body_size = \"100MB\"\n[store]\npart_size = \"5242881\"\n\
+             [log]\nbuffer = \"1000\"\n[[uploads]]\npath = \"/u\"\nmax_file_size = \"1.5MiB\"\n",
+        )
+        .unwrap();
+        let printed = c.to_redacted_toml().unwrap();
+        assert!(
+            printed.contains("max_body_size = \"100000000 B\""),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("max_header_size = \"64 KiB\""),
+            "{printed}"
+        );
+        let again = load(&printed).unwrap();
+        assert_eq!(again.server.max_body_size, Some(ByteSize(100_000_000)));
+        assert_eq!(again.store.part_size, ByteSize(5_242_881));
+        assert_eq!(again.log.buffer, ByteSize(1000));
+        assert_eq!(again.uploads[0].max_file_size, ByteSize::kib(1536));
+        assert_eq!(again.server.max_header_size, ByteSize::kib(64));
+        // Unset stays unset.
+        let printed = load("").unwrap().to_redacted_toml().unwrap();
+        assert!(!printed.contains("max_body_size = "), "{printed}");
     }
 }
