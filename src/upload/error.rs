@@ -22,7 +22,8 @@ pub enum UploadError {
     FieldTooLarge { max: u64 },
     #[error("too many parts")]
     TooManyParts { max: usize },
-    #[error("part headers too large")]
+    /// A fixed bound, not a key (`routes::MAX_PART_HEADER_SIZE`): named in the message.
+    #[error("part headers too large (at most {} per part)", human_size(*max))]
     PartHeadersTooLarge { max: u64 },
     #[error("bad multipart boundary: {0}")]
     Boundary(&'static str),
@@ -102,14 +103,14 @@ impl UploadError {
         self.status().is_client_error()
     }
 
-    /// The config key of the limit that was hit, and its value, for the JSON body.
+    /// The config key of the limit that was hit, and its value, for the JSON body (a
+    /// fixed bound has no key: its message says it).
     fn limit(&self) -> Option<(&'static str, String)> {
         use UploadError::*;
         match self {
             FileTooLarge { max } => Some(("max_file_size", human_size(*max))),
             BodyTooLarge { max } => Some(("max_body_size", human_size(*max))),
             FieldTooLarge { max } => Some(("max_field_size", human_size(*max))),
-            PartHeadersTooLarge { max } => Some(("max_part_header_size", human_size(*max))),
             TooManyParts { max } => Some(("max_parts", max.to_string())),
             ExtensionDenied(_) => Some(("denied_extensions", String::new())),
             TypeDenied(_) => Some(("allowed_types", String::new())),
@@ -167,6 +168,14 @@ mod tests {
         assert_eq!(v["error"], "file too large");
         assert_eq!(v["limit"], "max_file_size");
         assert_eq!(v["max"], "512 MiB");
+        // A bound no key sets names no key.
+        let resp = UploadError::PartHeadersTooLarge { max: 16 << 10 }.into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            bytes,
+            r#"{"error":"part headers too large (at most 16 KiB per part)"}"#
+        );
     }
 
     #[test]
