@@ -184,7 +184,8 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub url: Url,
-    /// Opening a connection to the app (TCP connect, TLS handshake); past it: `502`.
+    /// Opening a connection to the app (TCP connect, TLS handshake); past it: `504` (a
+    /// refused connection: `502`).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Time allowed for the app to start answering (response head); past it: `504`.
