@@ -897,7 +897,7 @@ impl Config {
 
 /// `text` with the password of every `scheme://user:password@` in it replaced by `***`:
 /// for messages that quote a URL that does not parse (so [`Url`] cannot mask it).
-fn mask_passwords_in_text(text: &str) -> String {
+pub fn mask_passwords_in_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {

@@ -69,7 +69,7 @@ struct ConfigArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// The app's URL, overriding `upstream.url` (e.g. http://127.0.0.1:8000).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = UpstreamUrl)]
     upstream: Option<Url>,
     /// Admin listen address for /healthz, /readyz, /metrics, or "off"; overrides
     /// `server.admin_listen`.
@@ -78,6 +78,31 @@ struct ConfigArgs {
     /// Log format, overriding `log.format`.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<LogFormatArg>,
+}
+
+/// `--upstream`'s parser: clap quotes a bad value whole in its usage error, and a URL may
+/// carry a password; this one quotes it with the password as `***`.
+#[derive(Debug, Clone, Copy)]
+struct UpstreamUrl;
+
+impl clap::builder::TypedValueParser for UpstreamUrl {
+    type Value = Url;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Url, clap::Error> {
+        let Some(text) = value.to_str() else {
+            return Err(clap::Error::new(clap::error::ErrorKind::InvalidUtf8).with_cmd(cmd));
+        };
+        Url::parse(text).map_err(|e| {
+            let shown = offload::config::mask_passwords_in_text(text);
+            let message = format!("invalid value '{shown}' for '--upstream <URL>': {e}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        })
+    }
 }
 
 /// `--admin-listen`: an address, or off.

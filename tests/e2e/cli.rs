@@ -211,6 +211,26 @@ fn bad_flag_values_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains("invalid value 'bogus'"), "{stderr}");
     }
+    // A URL's password is not echoed back (it may end up in a CI or journal log).
+    let out = Command::new(env!("CARGO_BIN_EXE_offload"))
+        .args([
+            "check-config",
+            "--upstream",
+            "http://admin:S3cretPw@app:99999/",
+        ])
+        .env_remove("OFFLOAD_CONFIG")
+        .output()
+        .expect("run offload");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: invalid value 'http://admin:***@app:99999/' for '--upstream <URL>': \
+             invalid port number"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("S3cretPw"), "{stderr}");
 }
 
 #[test]
