@@ -1234,21 +1234,30 @@ async fn drive<C: Served>(
     shared: &Shared,
     settings: &ConnectionSettings,
 ) {
-    let watch_over = |connection: &Arc<ConnectionState>| -> Watcher {
-        let watchdog = Watchdog::new(
+    let watch_over = |watchdog: Watchdog| -> Watcher {
+        Box::pin(async move { ConnectionEvent::Watchdog(watchdog.alarm().await) })
+    };
+    // Once closing (a GOAWAY sent), an idle connection is given CLOSE_LINGER: HTTP/2 closes
+    // after a PING the client must acknowledge, which a client may never do.
+    let watch_closing = |connection: &Arc<ConnectionState>| -> Watcher {
+        watch_over(Watchdog::closing(
             Arc::clone(connection),
+            CLOSE_LINGER,
             settings.idle_timeout,
             settings.handshake_timeout,
-        );
-        Box::pin(async move { ConnectionEvent::Watchdog(watchdog.alarm().await) })
+        ))
     };
     // The connection wakes this task for nearly every reason; the watchers (shutdown, the
     // watchdog's timer) are polled only when they were woken themselves. Polled on every
     // wake-up, a shutdown token and a timer cost ~4% of a small request's CPU.
     let mut watchers = FuturesUnordered::new();
     watchers.push(watch(ConnectionEvent::ShutdownBegan, shared.cancel.clone()));
-    watchers.push(watch_over(&connection));
-    let mut closing_idle = false;
+    watchers.push(watch_over(Watchdog::new(
+        Arc::clone(&connection),
+        settings.idle_timeout,
+        settings.handshake_timeout,
+    )));
+    let mut closing = false;
     loop {
         tokio::select! {
             biased;
@@ -1263,17 +1272,17 @@ async fn drive<C: Served>(
             Some(event) = watchers.next() => match event {
                 ConnectionEvent::ShutdownBegan => {
                     conn.as_mut().close_gracefully();
-                    // Closing: from now on only the end of the shutdown grace is watched.
+                    closing = true;
+                    // Requests in flight have until the end of the shutdown grace; an idle
+                    // connection does not hold the shutdown that long.
                     watchers.clear();
                     watchers.push(watch(ConnectionEvent::GraceExpired, shared.abandon.clone()));
+                    watchers.push(watch_closing(&connection));
                 }
-                ConnectionEvent::Watchdog(Verdict::Idle) if !closing_idle => {
+                ConnectionEvent::Watchdog(Verdict::Idle) if !closing => {
                     conn.as_mut().close_gracefully();
-                    closing_idle = true;
-                    // HTTP/2 closes after a GOAWAY and a PING the client must acknowledge,
-                    // which a client may never do: still idle after another idle_timeout,
-                    // the connection is dropped (it holds a place under max_connections).
-                    watchers.push(watch_over(&connection));
+                    closing = true;
+                    watchers.push(watch_closing(&connection));
                 }
                 ConnectionEvent::Watchdog(Verdict::Idle) => {
                     debug!(peer = %client.peer, "an idle connection did not close; dropping it");
@@ -1298,6 +1307,11 @@ async fn drive<C: Served>(
         }
     }
 }
+
+/// How long a closing connection with nothing in flight is left to close by itself before
+/// it is dropped: an HTTP/2 client acknowledges the GOAWAY's PING within a round trip (nginx
+/// does not wait at all).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// What a connection's watchers report.
 enum ConnectionEvent {

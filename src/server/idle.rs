@@ -250,7 +250,10 @@ pub(super) enum Verdict {
 pub(super) struct Watchdog {
     state: Arc<ConnectionState>,
     ticks: Interval,
+    /// No bytes moved this long and nothing in flight: [`Verdict::Idle`].
     idle_timeout: Duration,
+    /// No bytes moved this long while answers stream: [`Verdict::Stalled`].
+    stall_timeout: Duration,
     header_timeout: Duration,
     last_activity: u64,
     active_at: Instant,
@@ -264,6 +267,28 @@ impl Watchdog {
         idle_timeout: Duration,
         header_timeout: Duration,
     ) -> Watchdog {
+        Watchdog::with_idle_limit(state, idle_timeout, idle_timeout, header_timeout)
+    }
+
+    /// A watchdog for a connection that is closing (a GOAWAY sent): idle for `linger`
+    /// (at most `idle_timeout`), it is done with; answers still streaming are held to
+    /// `idle_timeout` as before.
+    pub(super) fn closing(
+        state: Arc<ConnectionState>,
+        linger: Duration,
+        idle_timeout: Duration,
+        header_timeout: Duration,
+    ) -> Watchdog {
+        let linger = linger.min(idle_timeout);
+        Watchdog::with_idle_limit(state, linger, idle_timeout, header_timeout)
+    }
+
+    fn with_idle_limit(
+        state: Arc<ConnectionState>,
+        idle_timeout: Duration,
+        stall_timeout: Duration,
+        header_timeout: Duration,
+    ) -> Watchdog {
         let every = (idle_timeout.min(header_timeout) / 4).max(Duration::from_millis(10));
         let now = Instant::now();
         let mut ticks = tokio::time::interval_at(now + every, every);
@@ -272,6 +297,7 @@ impl Watchdog {
             state,
             ticks,
             idle_timeout,
+            stall_timeout,
             header_timeout,
             last_activity: 0,
             active_at: now,
@@ -300,13 +326,13 @@ impl Watchdog {
         }
         let begun = state.begun.load(Ordering::Relaxed);
         let in_flight = begun != state.ended.load(Ordering::Relaxed);
-        if now.duration_since(self.active_at) >= self.idle_timeout {
-            if !in_flight {
-                return Some(Verdict::Idle);
-            }
-            if state.unanswered.load(Ordering::Relaxed) == 0 {
-                return Some(Verdict::Stalled);
-            }
+        let quiet = now.duration_since(self.active_at);
+        if quiet >= self.idle_timeout && !in_flight {
+            return Some(Verdict::Idle);
+        }
+        if quiet >= self.stall_timeout && in_flight && state.unanswered.load(Ordering::Relaxed) == 0
+        {
+            return Some(Verdict::Stalled);
         }
         if in_flight || state.multiplexed.load(Ordering::Relaxed) {
             self.waiting = None;
@@ -649,6 +675,27 @@ mod tests {
         assert_eq!(dog.judge(start + S), None);
         assert_eq!(dog.judge(start + 60 * S), None);
         assert_eq!(dog.judge(start + 61 * S), Some(Verdict::Idle));
+    }
+
+    /// A closing connection is done with once idle for the linger, but an answer still
+    /// streaming to a slow client keeps the idle timeout as its bound.
+    #[tokio::test]
+    async fn a_closing_connection_lingers_only_when_idle() {
+        let state = Arc::new(ConnectionState::default());
+        let mut dog = Watchdog::closing(Arc::clone(&state), S, IDLE, IDLE * 2);
+        let start = dog.active_at;
+        let mut request = state.begin(false, None);
+        request.answered();
+        state.bump();
+        // The bytes are seen at the first look, 2 s in.
+        assert_eq!(dog.judge(start + 2 * S), None, "streaming, past the linger");
+        assert_eq!(dog.judge(start + 61 * S), None);
+        assert_eq!(dog.judge(start + 62 * S), Some(Verdict::Stalled));
+        drop(request);
+        state.bump();
+        assert_eq!(dog.judge(start + 63 * S), None);
+        assert_eq!(dog.judge(start + 63 * S + S / 2), None);
+        assert_eq!(dog.judge(start + 64 * S), Some(Verdict::Idle));
     }
 
     #[tokio::test]

@@ -1877,6 +1877,45 @@ async fn an_idle_http2_connection_whose_client_ignores_the_goaway_is_dropped() {
     );
 }
 
+/// At shutdown, an idle HTTP/2 connection whose client never acknowledges the GOAWAY's
+/// PING does not hold the server until the end of `shutdown_grace`: it is dropped a moment
+/// after, as nginx closes it at once.
+#[tokio::test]
+async fn an_idle_http2_client_ignoring_the_goaway_does_not_hold_a_shutdown() {
+    let (_app, mut proxy) =
+        app_and_proxy(|c| c.server.shutdown_grace = Duration::from_secs(30)).await;
+    let (mut stream, _) = http2_connect(proxy.addr).await;
+    stream
+        .write_all(b"\0\0\0\x04\x01\0\0\0\0")
+        .await
+        .expect("settings ack");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let signalled = Instant::now();
+    proxy.shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(10), &mut proxy.handle).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    // The grace is 30 s; the connection lingers a second (bounded loosely, for a busy machine).
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        signalled.elapsed()
+    );
+    let mut kinds = Vec::new();
+    let mut head = [0u8; 9];
+    while stream.read_exact(&mut head).await.is_ok() {
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        kinds.push(head[3]);
+    }
+    assert!(
+        kinds.contains(&0x7),
+        "a GOAWAY first: frame types {kinds:?}"
+    );
+}
+
 /// A plain HTTP/2 connection (prior knowledge): the preface and an empty SETTINGS frame
 /// sent; the server's SETTINGS payload read.
 async fn http2_connect(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
