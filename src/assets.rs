@@ -33,6 +33,11 @@ use crate::upload::{AfterApp, json_response};
 /// Largest app answer to an upload that mirror mode reads to find the assets it names.
 const MIRROR_ANSWER_LIMIT: usize = 4 << 20;
 
+/// Most assets one upload's answer has copied into the store in mirror mode: an upload makes
+/// a few files (WordPress: an image and its sizes, ~10), and each copy is a request to the
+/// app made while the client waits; an answer naming thousands would hold it that long.
+const MIRROR_MAX_COPIES: usize = 256;
+
 /// Most origin pulls waiting at once; past it new ones are dropped (a later page asks again).
 const PULL_QUEUE_LIMIT: usize = 10_000;
 
@@ -504,7 +509,16 @@ impl AfterApp for MirrorCopy {
         let mut paths = rewrite::collect_asset_paths(&self.assets.rules, origin.as_ref(), &text);
         paths.extend(self.follow_up(req, &text, origin.as_ref()).await);
         let mut stored_hashes = HashSet::new();
-        for path in dedup(paths) {
+        let paths = dedup(paths);
+        if paths.len() > MIRROR_MAX_COPIES {
+            warn!(
+                named = paths.len(),
+                copied = MIRROR_MAX_COPIES,
+                "mirror: the app's answer to an upload names more assets than are copied; \
+                 the rest are left to origin pull"
+            );
+        }
+        for path in paths.into_iter().take(MIRROR_MAX_COPIES) {
             let key = self.assets.key(&path);
             match self.assets.index.pull.copy_from_app(&path, &key).await {
                 Ok(Some(info)) => {

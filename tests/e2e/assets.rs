@@ -666,3 +666,53 @@ async fn origin_pull_stores_active_types_as_attachments() {
     );
     assert_eq!(resp.text().await.unwrap(), body);
 }
+
+/// Mirror mode copies the assets the app's answer to an upload names, while the client
+/// waits: an answer naming hundreds has the first 256 copied, not one request to the app per
+/// name however many there are.
+#[tokio::test]
+async fn mirror_copies_at_most_256_assets_per_upload_answer() {
+    let r = rig(|c| {
+        // Nothing copied in the background: what the app is asked for is the mirror's.
+        c.assets.origin_pull = false;
+        c.uploads = vec![UploadRouteConfig {
+            path: "/upload".into(),
+            mode: UploadMode::Mirror,
+            ..UploadRouteConfig::default()
+        }];
+    })
+    .await;
+    let named: Vec<String> = (0..300).map(|i| format!("{PREFIX}size-{i}.png")).collect();
+    for path in &named {
+        r.site.set(path, Page::new(200, "image/png", image(64, 7)));
+    }
+    let answer = serde_json::json!({ "sizes": named.iter().map(|p| format!("https://example.com{p}")).collect::<Vec<_>>() });
+    r.site.set(
+        "/upload",
+        Page::new(200, "application/json", answer.to_string()),
+    );
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(image(100, 3).to_vec())
+            .file_name("photo.png")
+            .mime_str("image/png")
+            .unwrap(),
+    );
+    let resp = client()
+        .post(r.proxy.url("/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let copied = named.iter().filter(|p| r.site.count("GET", p) > 0).count();
+    assert_eq!(copied, 256);
+    // The first 256, in the order the answer names them.
+    assert_eq!(r.site.count("GET", &named[255]), 1);
+    assert_eq!(r.site.count("GET", &named[256]), 0);
+    assert!(
+        stored_bytes(&r.store, "wp-content/uploads/size-0.png")
+            .await
+            .is_some()
+    );
+}
