@@ -65,7 +65,7 @@ pub(crate) use limits::open_files_limit;
 pub use limits::raise_open_files_limit;
 use live::LiveState;
 use observe::{
-    Logged, Observed, RequestRecord, Way, head_timed_out, observe, observe_tunnel,
+    Logged, Observed, Refusal, RequestRecord, Way, head_timed_out, observe, observe_tunnel,
     plain_http_on_tls, refused_head, track_request_body,
 };
 use request_id::RequestIds;
@@ -372,13 +372,15 @@ pub(crate) async fn route(
 ) -> Answer {
     // Refused as malformed before any way, as hyper refuses a malformed head.
     if let Some(problem) = host_problem(&req).or_else(|| target_problem(&req)) {
-        let response = ProxyError::BadRequest(problem.into()).into_response();
+        let mut response = ProxyError::BadRequest(problem.into()).into_response();
+        response.extensions_mut().insert(Refusal(problem));
         return Answer::of_way(response, RequestKind::Refused);
     }
     if req.version() == Version::HTTP_2
         && let Some((status, problem)) = h2_problem(&req, state.config.server.max_headers)
     {
-        let response = body::text(status, format!("{problem}\n"));
+        let mut response = body::text(status, format!("{problem}\n"));
+        response.extensions_mut().insert(Refusal(problem));
         return Answer::of_way(response, RequestKind::Refused);
     }
     if !client.tls

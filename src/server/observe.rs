@@ -192,6 +192,7 @@ impl RequestRecord {
             peer = %ClientAddr(self.peer),
             complete = end.complete,
             request_id = logged.request_id.as_ref().and_then(|id| id.to_str().ok()),
+            reason = logged.reason,
         );
     }
 }
@@ -259,7 +260,14 @@ pub(super) struct Logged {
     method: Method,
     target: Option<PathAndQuery>,
     request_id: Option<HeaderValue>,
+    /// Why a request refused before any way was (its answer's [`Refusal`]).
+    reason: Option<&'static str>,
 }
+
+/// Why a request was refused before any way (a bad Host, a target no proxy passes on): set
+/// on the refusal's answer, and named in its access line as a refused head's reason is.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Refusal(pub &'static str);
 
 impl Logged {
     /// What `req`'s access log line needs, if that line is logged at all (the log level
@@ -270,6 +278,7 @@ impl Logged {
                 method: req.method().clone(),
                 target: req.uri().path_and_query().cloned(),
                 request_id,
+                reason: None,
             })
         })
     }
@@ -280,7 +289,7 @@ impl Logged {
 /// [`AnswerWatch`]); `None` on HTTP/1, where the connection's watchdog does it.
 pub(super) fn observe(
     answer: Answer,
-    request: RequestRecord,
+    mut request: RequestRecord,
     stall_limit: Option<Duration>,
 ) -> Response<Observed> {
     let Answer {
@@ -288,6 +297,11 @@ pub(super) fn observe(
         kind,
         upstream,
     } = answer;
+    if kind == RequestKind::Refused
+        && let Some(logged) = request.logged.as_deref_mut()
+    {
+        logged.reason = response.extensions().get::<Refusal>().map(|r| r.0);
+    }
     let status = response.status();
     response.map(|inner| Observed {
         inner,

@@ -277,6 +277,53 @@ async fn refused_heads_are_logged_with_the_status_sent() {
     );
 }
 
+/// Requests offload itself refuses before any way (a bad Host, a target no proxy passes on)
+/// are logged with their method and path, kind `refused`, and the reason, as refused heads.
+#[tokio::test]
+async fn requests_refused_before_any_way_are_logged_with_the_reason() {
+    let app = App::start().await;
+    let process = OffloadProcess::start_with_config(app.addr, None, &[], &[]).await;
+    for request in [
+        "GET /no-host HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "get /lower HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let response = raw_exchange(process.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+    }
+    get_ok(&process, "/bytes/10").await;
+    let lines = wait_for_access_lines(&process, 3).await;
+    let mut refused: Vec<(String, String, String)> = lines
+        .iter()
+        .filter(|line| line["kind"] == "refused")
+        .map(|line| {
+            assert_eq!(line["status"], 400, "{line}");
+            let text = |field: &str| line[field].as_str().unwrap_or_default().to_string();
+            (text("method"), text("path"), text("reason"))
+        })
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            (
+                "GET".to_string(),
+                "/no-host".to_string(),
+                "HTTP/1.1 request without a Host header".to_string()
+            ),
+            (
+                "get".to_string(),
+                "/lower".to_string(),
+                "a method in lower case".to_string()
+            ),
+        ]
+    );
+    let passed = lines
+        .iter()
+        .find(|line| line["path"] == "/bytes/10")
+        .expect("the pass-through line");
+    assert!(passed.get("reason").is_none(), "{passed}");
+}
+
 /// Reads until the server closes `stream` (at most 5 s); what it sent meanwhile.
 async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
