@@ -421,6 +421,7 @@ pub(crate) async fn route(
             upstream: state.upstream.clone(),
             client,
             after_app: state.after_app.clone(),
+            answer_stall: state.config.server.idle_timeout,
         };
         let response = Box::pin(upload::handle(&upload_route, *req, &ctx)).await;
         return Answer::of_way(response, RequestKind::Upload);

@@ -2,6 +2,15 @@
 //! the store. A chunk moves on only once both the app side and the parser side took it
 //! (channels of one chunk each), so memory stays bounded and the app goes no slower than
 //! the store. The app's answer is released only after every teed put completed.
+//!
+//! The app gets the body's last chunk only once every file in it is stored: under
+//! `on_store_error = "reject"` a store failure (or a body the parser refuses) must leave the
+//! app with an incomplete request, which it discards, rather than a complete upload whose
+//! answer the client never sees. And the app's answer is watched all along: one given
+//! before the app took the whole body (a `401`, a `413` from a server in front of PHP) goes
+//! to the client at once, the teed files rolled back, as a pass-through answers early.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -17,6 +26,12 @@ use super::routes::UploadRoute;
 use super::sink::{Committed, OnRefused, store_file};
 use crate::body::{self, Body, BoxError};
 use crate::config::OnStoreError;
+use crate::proxy::ProxyError;
+
+/// How much of an answer the app gave before it took the whole upload is read while its
+/// request is still open (closing the request first could cut the answer): such answers
+/// are short refusals.
+const EARLY_ANSWER_READ: usize = 64 * 1024;
 
 fn app_aborted() -> BoxError {
     "upload aborted: its files could not be stored".into()
@@ -37,11 +52,39 @@ pub async fn handle(
     let (parse_tx, parse_rx) = channel::channel(1, tee_aborted);
     let app_req = Request::from_parts(parts.clone(), body::from_stream(app_rx));
     let mut committed = Committed::new(ctx.store.clone());
-    let (app, (), parsed) = tokio::join!(
-        ctx.upstream.forward(app_req, &ctx.client),
-        tee(super::client_stream(body), app_tx, parse_tx),
-        parse(route, ctx, kind, parse_rx, &mut committed),
-    );
+    let released = AtomicBool::new(false);
+    let outcome = {
+        let feeding = async {
+            let (last, parsed) = tokio::join!(
+                tee(super::client_stream(body), &app_tx, parse_tx),
+                parse(route, ctx, kind, parse_rx, &mut committed),
+            );
+            if parsed.is_ok() {
+                released.store(true, Ordering::Release);
+                release(&app_tx, last).await;
+            }
+            // Dropped without `Done` when parsing failed: the app's body is aborted.
+            drop(app_tx);
+            parsed
+        };
+        let forward = ctx.upstream.forward(app_req, &ctx.client);
+        tokio::pin!(feeding, forward);
+        tokio::select! {
+            parsed = &mut feeding => Outcome::Fed(forward.await, parsed),
+            app = &mut forward => match released.load(Ordering::Acquire) {
+                // Parsed and stored; the app answered as its last bytes went out.
+                true => Outcome::Fed(app, Ok(())),
+                false => Outcome::Early(early_answer(app, ctx).await),
+            },
+        }
+    };
+    let (app, parsed) = match outcome {
+        Outcome::Fed(app, parsed) => (app, parsed),
+        Outcome::Early(app) => {
+            committed.rollback().await;
+            return app.map_err(UploadError::from);
+        }
+    };
     let resp = match (app, parsed) {
         (_, Err(e)) => {
             committed.rollback().await;
@@ -70,37 +113,74 @@ pub async fn handle(
     })
 }
 
-/// Copies each client chunk to the app, then to the parser. If the parser stops (a store
-/// failure under `reject`, a limit), the app's body is aborted by dropping its sender, so the
-/// app never receives a complete request.
+/// How the app's request and the upload's parsing came out.
+enum Outcome {
+    /// The whole body went to the parser (and, when it parsed, to the app).
+    Fed(Result<Response<Body>, ProxyError>, Result<(), UploadError>),
+    /// The app answered (or failed) before it had the whole body.
+    Early(Result<Response<Body>, ProxyError>),
+}
+
+/// An answer the app gave before it had the whole upload, its first [`EARLY_ANSWER_READ`]
+/// bytes read while the app's request is still open (its body neither finished nor
+/// aborted, which could cut the answer short), then handed on whole.
+async fn early_answer(
+    app: Result<Response<Body>, ProxyError>,
+    ctx: &UploadContext,
+) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = app?.into_parts();
+    match body::peek(body, EARLY_ANSWER_READ, ctx.answer_stall).await {
+        Ok((_, body)) => Ok(Response::from_parts(parts, body)),
+        Err(e) => Err(ProxyError::Upstream(format!(
+            "reading the app's answer: {e}"
+        ))),
+    }
+}
+
+/// Copies each client chunk to the parser and, one chunk behind, to the app: the last one
+/// is returned, not sent (see [`release`]). If the parser stops (a store failure under
+/// `reject`, a limit), teeing stops; the caller then drops the app's sender, aborting its
+/// body, so the app never receives a complete request.
 async fn tee<S>(
     mut client: S,
-    app: mpsc::Sender<Msg<BoxError>>,
+    app: &mpsc::Sender<Msg<BoxError>>,
     parser: mpsc::Sender<Msg<UploadError>>,
-) where
+) -> Option<Bytes>
+where
     S: Stream<Item = Result<Bytes, UploadError>> + Unpin,
 {
+    let mut held: Option<Bytes> = None;
     while let Some(item) = client.next().await {
         let chunk = match item {
             Ok(chunk) => chunk,
             Err(e) => {
-                drop(app);
                 let _ = parser.send(Msg::Fail(e)).await;
-                return;
+                return None;
             }
         };
-        if app.send(Msg::Chunk(chunk.clone())).await.is_err() {
+        if let Some(previous) = held.replace(chunk.clone())
+            && app.send(Msg::Chunk(previous)).await.is_err()
+        {
             let _ = parser.send(Msg::Fail(UploadError::AppStoppedReading)).await;
-            return;
+            return None;
         }
         if parser.send(Msg::Chunk(chunk)).await.is_err() {
-            return;
+            return None;
         }
     }
-    // Every chunk reached both sides. The app's side may already be gone: hyper stops
-    // polling a body once it has sent `Content-Length` bytes.
-    let _ = app.send(Msg::Done).await;
     let _ = parser.send(Msg::Done).await;
+    held
+}
+
+/// The body's last chunk and its end, to the app, once every file is stored. The app's side
+/// may already be gone: hyper stops polling a body once it has sent `Content-Length` bytes.
+async fn release(app: &mpsc::Sender<Msg<BoxError>>, last: Option<Bytes>) {
+    if let Some(last) = last
+        && app.send(Msg::Chunk(last)).await.is_err()
+    {
+        return;
+    }
+    let _ = app.send(Msg::Done).await;
 }
 
 /// Parses the teed copy and stores its files. On success it keeps reading to the end (an

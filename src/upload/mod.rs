@@ -65,6 +65,8 @@ pub struct UploadContext {
     pub upstream: Arc<Upstream>,
     pub client: ClientInfo,
     pub after_app: Option<Arc<dyn AfterApp>>,
+    /// How long an answer of the app read by offload may stand still (`server.idle_timeout`).
+    pub answer_stall: std::time::Duration,
 }
 
 /// Mirror mode: called with the app's 2xx answer before it is released, with the keys of the

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::support::raw::RawApp;
 use crate::support::s3;
 
 const MIB: u64 = 1 << 20;
@@ -145,6 +146,17 @@ async fn start_offload(
     after_app: Option<Arc<dyn AfterApp>>,
 ) -> Offload {
     let (app_addr, app) = start_app().await;
+    start_offload_for(route, store, after_app, app_addr, app).await
+}
+
+/// [`start_offload`] in front of the app at `app_addr`, whose requests `app` logs.
+async fn start_offload_for(
+    route: UploadRouteConfig,
+    store: Arc<dyn Store>,
+    after_app: Option<Arc<dyn AfterApp>>,
+    app_addr: SocketAddr,
+    app: AppLog,
+) -> Offload {
     let upstream = Arc::new(
         Upstream::new(&UpstreamConfig {
             url: format!("http://{app_addr}").parse().unwrap(),
@@ -166,6 +178,7 @@ async fn start_offload(
                 upstream: upstream.clone(),
                 client: ClientInfo { peer, tls: false },
                 after_app: after_app.clone(),
+                answer_stall: Duration::from_secs(60),
             });
             let routes = routes.clone();
             tokio::spawn(async move {
@@ -1075,6 +1088,93 @@ async fn store_down_mid_upload_every_mode() {
             _ => assert_eq!(off.app.requests(), 0, "{mode:?}: the app untouched"),
         }
     }
+}
+
+/// The store failing on the upload's last file, after every byte of it came: under
+/// `reject` the app still never gets a whole request (its last bytes wait for the file to
+/// be stored), so it cannot act on an upload whose client is told it failed.
+#[tokio::test]
+async fn mirror_store_down_at_the_end_never_completes_the_apps_request() {
+    let mut server = s3::start().await;
+    let store: Arc<dyn Store> = Arc::new(server.target().store().await);
+    let off = start_offload(route(UploadMode::Mirror), store, None).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Past the file's last byte: only the closing boundary is still to come.
+    let trigger = Trigger {
+        at: 2 * MIB,
+        tx,
+        pause: Duration::from_millis(300),
+    };
+    let (body, _) = gen_body(&[file("f", "last.bin", 2 * MIB)], Some(trigger));
+    let request = client()
+        .post(off.url())
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send();
+    let stopper = async {
+        let _ = rx.await;
+        server.stop();
+    };
+    let (resp, ()) = tokio::join!(request, stopper);
+    let status = resp.expect("an answer").status().as_u16();
+    assert!(status == 502 || status == 503, "{status}");
+    let log = off.app.received.lock().unwrap().clone();
+    assert!(
+        log.iter().all(|r| !r.complete),
+        "the app got a whole request: {:?}",
+        log.iter().map(|r| r.size).collect::<Vec<_>>()
+    );
+}
+
+/// An app that answers before it has the whole upload (a `401` for a missing login, a
+/// `413` from a server in front of the app) is answered at once, not after the client
+/// sent everything, and the files teed meanwhile are removed.
+#[tokio::test]
+async fn mirror_passes_on_an_early_answer_at_once() {
+    let fs = fs_store();
+    let early = RawApp::start(|mut stream, _head| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\n\r\nlog in first")
+            .await;
+        // The body is never read; the connection is held open a while, as an app would.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let off = start_offload_for(
+        route(UploadMode::Mirror),
+        fs.store.clone(),
+        None,
+        early.addr,
+        AppLog::default(),
+    )
+    .await;
+    let (body, _) = gen_body(
+        &[file("a", "small.bin", 1000), file("b", "big.bin", 64 * MIB)],
+        None,
+    );
+    let began = std::time::Instant::now();
+    let resp = client()
+        .post(off.url())
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.text().await.unwrap_or_default(), "log in first");
+    // Bounded loosely, for a busy machine: the idle timeout (60 s) is what it waited before.
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(keys(&off.store).await.is_empty(), "teed files removed");
 }
 
 #[tokio::test]

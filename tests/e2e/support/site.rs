@@ -159,6 +159,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         .uri()
         .path_and_query()
         .map_or_else(|| "/".to_string(), |p| p.to_string());
+    let (head, mut request_body) = req.into_parts();
+    // The whole request is read before the answer, as PHP reads a form before its script
+    // runs: an upload's answer comes after the upload.
+    while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut request_body).await {}
+    let req = Request::from_parts(head, ());
     state
         .log
         .lock()
