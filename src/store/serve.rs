@@ -90,7 +90,8 @@ async fn get(
 }
 
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n`; `None` for anything else, several ranges included
-/// (then the whole object is served, as RFC 9110 allows).
+/// (then the whole object is served, as RFC 9110 allows), and `a-b` with `b < a`, which
+/// RFC 9110 §14.1.1 calls invalid: ignored, as nginx and S3 ignore it.
 fn parse_range(value: &str) -> Option<ByteRange> {
     let spec = value.trim().strip_prefix("bytes=")?.trim();
     if spec.contains(',') {
@@ -101,7 +102,10 @@ fn parse_range(value: &str) -> Option<ByteRange> {
     match (start.is_empty(), end.is_empty()) {
         (true, false) => Some(ByteRange::Suffix(end.parse().ok()?)),
         (false, true) => Some(ByteRange::From(start.parse().ok()?)),
-        (false, false) => Some(ByteRange::FromTo(start.parse().ok()?, end.parse().ok()?)),
+        (false, false) => {
+            let (start, end) = (start.parse().ok()?, end.parse().ok()?);
+            (start <= end).then_some(ByteRange::FromTo(start, end))
+        }
         (true, true) => None,
     }
 }
@@ -286,6 +290,8 @@ mod tests {
         assert_eq!(parse_range("items=0-1"), None);
         assert_eq!(parse_range("bytes=x-1"), None);
         assert_eq!(parse_range("bytes=-"), None);
+        assert_eq!(parse_range("bytes=5-2"), None, "invalid: the whole object");
+        assert_eq!(parse_range("bytes=5-5"), Some(ByteRange::FromTo(5, 5)));
     }
 
     #[test]
