@@ -2,6 +2,8 @@
 //! replaced by text fields describing the stored object (`NAME[key]`, `NAME[url]`, …). The
 //! new body is built only after every file is stored, so it holds text fields only: small.
 
+use std::collections::HashMap;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 
@@ -71,6 +73,8 @@ fn set_body_headers(headers: &mut HeaderMap, boundary: &str, is_raw: bool, len: 
 /// The form again: text fields with their original headers and bytes, files as text fields.
 fn encode(items: &[Item], boundary: &str, style: FieldStyle) -> Bytes {
     let mut out = BytesMut::new();
+    // How many files each `name[]` field has had so far: each gets an index of its own.
+    let mut listed: HashMap<&str, usize> = HashMap::new();
     for item in items {
         match item {
             Item::Field { headers, value, .. } => {
@@ -85,7 +89,10 @@ fn encode(items: &[Item], boundary: &str, style: FieldStyle) -> Bytes {
                 out.put_slice(value);
                 out.put_slice(b"\r\n");
             }
-            Item::File(file) => file_fields(&mut out, boundary, file, style),
+            Item::File(file) => {
+                let names = FieldNames::of(&file.field, style, &mut listed);
+                file_fields(&mut out, boundary, file, &names);
+            }
         }
     }
     out.put_slice(format!("--{boundary}--\r\n").as_bytes());
@@ -96,7 +103,44 @@ fn part_start(out: &mut BytesMut, boundary: &str) {
     out.put_slice(format!("--{boundary}\r\n").as_bytes());
 }
 
-fn file_fields(out: &mut BytesMut, boundary: &str, file: &StoredFile, style: FieldStyle) {
+/// How the text fields standing for one file are named after its field: `NAME[key]` or
+/// `NAME_key`. A field named as a list (`files[]`, several files at once: PHP appends each
+/// value to the list) would make a list element of every `files[][key]`: each file takes
+/// an index of its own instead (`files[0][key]`, `files[1][key]`), and in the underscore
+/// style each suffix is the list (`files_key[]`), in the files' order.
+enum FieldNames<'a> {
+    Brackets(&'a str),
+    Indexed(&'a str, usize),
+    Underscore(&'a str),
+    UnderscoreListed(&'a str),
+}
+
+impl<'a> FieldNames<'a> {
+    fn of(field: &'a str, style: FieldStyle, listed: &mut HashMap<&'a str, usize>) -> Self {
+        let list = field.strip_suffix("[]").filter(|base| !base.is_empty());
+        match (style, list) {
+            (FieldStyle::Brackets, None) => FieldNames::Brackets(field),
+            (FieldStyle::Brackets, Some(base)) => {
+                let next = listed.entry(base).or_default();
+                *next += 1;
+                FieldNames::Indexed(base, *next - 1)
+            }
+            (FieldStyle::Underscore, None) => FieldNames::Underscore(field),
+            (FieldStyle::Underscore, Some(base)) => FieldNames::UnderscoreListed(base),
+        }
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        match self {
+            FieldNames::Brackets(field) => format!("{field}[{suffix}]"),
+            FieldNames::Indexed(base, index) => format!("{base}[{index}][{suffix}]"),
+            FieldNames::Underscore(field) => format!("{field}_{suffix}"),
+            FieldNames::UnderscoreListed(base) => format!("{base}_{suffix}[]"),
+        }
+    }
+}
+
+fn file_fields(out: &mut BytesMut, boundary: &str, file: &StoredFile, names: &FieldNames) {
     let size = file.size.to_string();
     let values: [(&str, &str); 6] = [
         ("key", &file.key),
@@ -107,10 +151,7 @@ fn file_fields(out: &mut BytesMut, boundary: &str, file: &StoredFile, style: Fie
         ("filename", &file.filename),
     ];
     for (suffix, value) in values {
-        let name = match style {
-            FieldStyle::Brackets => format!("{}[{suffix}]", file.field),
-            FieldStyle::Underscore => format!("{}_{suffix}", file.field),
-        };
+        let name = names.name(suffix);
         part_start(out, boundary);
         out.put_slice(
             format!(
@@ -181,5 +222,56 @@ mod tests {
         assert!(text.ends_with("--XyZ--\r\n"));
         let under = encode(&items, "XyZ", FieldStyle::Underscore);
         assert!(String::from_utf8_lossy(&under).contains("name=\"async-upload_sha256\""));
+    }
+
+    /// Several files in a list field (`Filedata[]`, Joomla's media manager) each keep
+    /// their fields together; other fields are left as they are.
+    #[test]
+    fn files_of_a_list_field_are_indexed() {
+        let file = |field: &str, key: &str| {
+            Item::File(StoredFile {
+                field: field.into(),
+                filename: "f".into(),
+                key: key.into(),
+                url: "u".into(),
+                size: 1,
+                sha256: "s".into(),
+                content_type: "t".into(),
+            })
+        };
+        let items = [
+            file("Filedata[]", "k0"),
+            file("other", "k1"),
+            file("Filedata[]", "k2"),
+            file("[]", "k3"),
+        ];
+        let names = |style| {
+            let body = encode(&items, "B", style);
+            String::from_utf8(body.to_vec())
+                .unwrap()
+                .split("\r\n")
+                .filter_map(|line| line.strip_prefix("Content-Disposition: form-data; name="))
+                .filter(|name| name.contains("key"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(FieldStyle::Brackets),
+            [
+                "\"Filedata[0][key]\"",
+                "\"other[key]\"",
+                "\"Filedata[1][key]\"",
+                "\"[][key]\""
+            ]
+        );
+        assert_eq!(
+            names(FieldStyle::Underscore),
+            [
+                "\"Filedata_key[]\"",
+                "\"other_key\"",
+                "\"Filedata_key[]\"",
+                "\"[]_key\""
+            ]
+        );
     }
 }

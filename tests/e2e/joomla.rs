@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::header;
 use offload::store::{PutOptions, Store};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::support::php::{self, PUBLIC_BASE, bucket_objects, repo_root, sha256};
 
@@ -19,34 +19,14 @@ struct JoomlaLike {
 }
 
 async fn start_app() -> JoomlaLike {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let images = tempfile::tempdir().unwrap();
     let root = repo_root().join("tests/apps/joomla-like");
-    let child = Command::new("php")
-        .arg("-S")
-        .arg(addr.to_string())
-        .arg("-t")
-        .arg(&root)
-        .arg(root.join("router.php"))
-        .env("JOOMLA_LIKE_IMAGES", images.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("php -S (installed by scripts/e2e/wordpress-up.sh)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "joomla-like did not listen on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (addr, child) = php::built_in_server(
+        &root,
+        Some(&root.join("router.php")),
+        &[("JOOMLA_LIKE_IMAGES", images.path().as_os_str())],
+    )
+    .await;
     JoomlaLike {
         addr,
         images,

@@ -767,6 +767,48 @@ fn text_fields(body: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Several files in a list field (`files[]`, Joomla 3's `Filedata[]`) reach a PHP app in
+/// replace mode as one record per file, as PHP reads the fields offload writes in their
+/// place (`files[0][key]`, …), with nothing lost.
+#[tokio::test]
+async fn replace_keeps_the_files_of_a_list_field_apart_for_php() {
+    if !crate::support::php::enabled("upload::replace_list_field") {
+        return;
+    }
+    let root = crate::support::php::repo_root().join("tests/apps/form-echo");
+    let (php, _child) = crate::support::php::built_in_server(&root, None, &[]).await;
+    let fs = fs_store();
+    let off = start_offload_for(
+        route(UploadMode::Replace),
+        fs.store.clone(),
+        None,
+        php,
+        AppLog::default(),
+    )
+    .await;
+    let (status, json, sent) = post(
+        &off,
+        &[
+            file("files[]", "a.bin", 1000),
+            P::Text("title", "two"),
+            file("files[]", "b.bin", 2000),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["files"], serde_json::json!([]), "no file part left");
+    assert_eq!(json["post"]["title"], "two");
+    let files = json["post"]["files"].as_array().expect("a list of files");
+    assert_eq!(files.len(), 2, "{json}");
+    for (i, (record, name)) in files.iter().zip(["a.bin", "b.bin"]).enumerate() {
+        assert_eq!(record["filename"], name, "{json}");
+        assert_eq!(record["size"], sent.files[i].0.to_string());
+        assert_eq!(record["sha256"], sent.files[i].1);
+        let key = record["key"].as_str().expect("key");
+        assert_eq!(stored_hash(&off.store, key).await, sent.files[i]);
+    }
+}
+
 #[tokio::test]
 async fn replace_0_1_3_files() {
     for files in [0usize, 1, 3] {

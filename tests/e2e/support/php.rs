@@ -23,6 +23,42 @@ use sha2::{Digest, Sha256};
 use super::Proxy;
 use super::s3::{self, S3Server};
 
+/// PHP's built-in server on a free 127.0.0.1 port, serving `root` through `router` (if
+/// any), with `env` set; killed when the child is dropped.
+pub async fn built_in_server(
+    root: &Path,
+    router: Option<&Path>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (SocketAddr, tokio::process::Child) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("its address")
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let mut command = tokio::process::Command::new("php");
+    command.arg("-S").arg(addr.to_string()).arg("-t").arg(root);
+    if let Some(router) = router {
+        command.arg(router);
+    }
+    let child = command
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("php -S (installed by scripts/e2e/wordpress-up.sh)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "php -S did not listen on {addr}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (addr, child)
+}
+
 /// The public base rewritten URLs point at (a CDN in front of the bucket, say).
 pub const PUBLIC_BASE: &str = "http://cdn.test.invalid/bucket/";
 
