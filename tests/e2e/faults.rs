@@ -1015,8 +1015,9 @@ async fn a_pooled_connection_closed_by_the_app_is_retried_for_idempotent_request
 }
 
 /// The same race where the app closes with the request unread in its socket: its kernel
-/// answers with a reset, not an end of stream. Idempotent requests are sent again (as nginx
-/// does on an error from a cached connection); a POST is not.
+/// answers with a reset, not an end of stream. Idempotent requests without a body (PUT and
+/// DELETE too) are sent again (as nginx does on an error from a cached connection); a POST
+/// is not.
 #[tokio::test]
 async fn a_pooled_connection_reset_by_the_app_is_retried_for_idempotent_requests() {
     let app = RawApp::start(|mut stream, _first| async move {
@@ -1027,7 +1028,8 @@ async fn a_pooled_connection_reset_by_the_app_is_retried_for_idempotent_requests
     })
     .await;
     let proxy = proxy_for(&app).await;
-    for (round, method) in ["GET", "HEAD", "GET", "OPTIONS"].into_iter().enumerate() {
+    let methods = ["GET", "HEAD", "GET", "OPTIONS", "DELETE", "PUT"];
+    for (round, method) in methods.into_iter().enumerate() {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let resp = client()
             .request(method.clone(), proxy.url(&format!("/page-{round}")))
