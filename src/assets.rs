@@ -111,6 +111,7 @@ impl Assets {
     pub async fn resolve_body(
         &self,
         origin: Option<&url::Url>,
+        host: Option<&HeaderValue>,
         body: Body,
     ) -> Result<Body, crate::body::BoxError> {
         if self.index.assume_present {
@@ -121,7 +122,7 @@ impl Assets {
         };
         match read_bounded(body, RESOLVE_BODY_LIMIT, self.answer_stall).await {
             Ok(text) => {
-                self.resolve_named(origin, &text).await;
+                self.resolve_named(origin, host, &text).await;
                 Ok(body::full(text))
             }
             Err(ReadBounded::TooLarge(prefix, rest)) => Ok(body::prepend(prefix, rest)),
@@ -143,11 +144,18 @@ impl Assets {
     /// Asks the store about every asset `text` names that the presence cache does not know
     /// (HEADs, shared with concurrent askers, at most [`RESOLVE_WAIT`] in all), so that the
     /// rewrite that follows points at the bucket for objects another replica just stored.
-    /// Assets found absent are queued for an origin pull. Returns how many were looked up.
+    /// Assets found absent are queued for an origin pull, asked of the app with `host`, the
+    /// page's own (a name-based virtual host serves its files to its own name only).
+    /// Returns how many were looked up.
     ///
     /// Without this, a replica whose cache is cold (it did not handle the upload) would serve
     /// its first pages with local URLs for files only the bucket has.
-    pub async fn resolve_named(&self, origin: Option<&url::Url>, text: &[u8]) -> usize {
+    pub async fn resolve_named(
+        &self,
+        origin: Option<&url::Url>,
+        host: Option<&HeaderValue>,
+        text: &[u8],
+    ) -> usize {
         if self.index.assume_present {
             return 0;
         }
@@ -167,7 +175,7 @@ impl Assets {
         let lookups = futures_util::stream::iter(unknown)
             .map(|(path, key)| async move {
                 if let Ok(false) = self.index.presence.is_present(&key).await {
-                    self.index.pull.enqueue(path, key);
+                    self.index.pull.enqueue(path, key, host.cloned());
                 }
             })
             .buffer_unordered(RESOLVE_CONCURRENCY)
@@ -182,7 +190,20 @@ impl Assets {
     }
 }
 
-/// The rewriter's view of the store: a sync lookup in the presence cache.
+/// The rewriter's view of the store for one page: the presence cache, and the page's Host
+/// for the origin pulls of assets it names that the cache does not know.
+pub struct PageAssets {
+    index: Arc<AssetIndex>,
+    host: Option<HeaderValue>,
+}
+
+impl PageAssets {
+    pub fn new(index: Arc<AssetIndex>, host: Option<HeaderValue>) -> Arc<PageAssets> {
+        Arc::new(PageAssets { index, host })
+    }
+}
+
+/// The store as the pages see it: a sync lookup in the presence cache.
 pub struct AssetIndex {
     store: Arc<dyn Store>,
     presence: Arc<Presence>,
@@ -191,8 +212,16 @@ pub struct AssetIndex {
     pull: Arc<OriginPull>,
 }
 
-impl AssetMap for AssetIndex {
+impl AssetMap for PageAssets {
     fn public_url(&self, path: &str, url: &mut String) -> bool {
+        self.index.public_url(path, url, self.host.as_ref())
+    }
+}
+
+impl AssetIndex {
+    /// Whether the asset at `path` is served from its public URL (into `url`); an asset the
+    /// cache does not know is queued for an origin pull, asked of the app with `host`.
+    fn public_url(&self, path: &str, url: &mut String, host: Option<&HeaderValue>) -> bool {
         // The key without a copy in the usual case of no key prefix.
         let key = match self.key_prefix.is_empty() {
             true => Cow::Borrowed(path.trim_start_matches('/')),
@@ -210,7 +239,8 @@ impl AssetMap for AssetIndex {
             // Known absent: a pull is (or was just) under way; stay local meanwhile.
             Some(false) => false,
             None => {
-                self.pull.enqueue(path.to_string(), key.into_owned());
+                self.pull
+                    .enqueue(path.to_string(), key.into_owned(), host.cloned());
                 false
             }
         }
@@ -257,8 +287,9 @@ impl OriginPull {
         }
     }
 
-    /// Queues a check (and, when absent, a copy) of `key`, unless one is already queued.
-    fn enqueue(self: &Arc<Self>, path: String, key: String) {
+    /// Queues a check (and, when absent, a copy with `host` as the app's Host) of `key`,
+    /// unless one is already queued.
+    fn enqueue(self: &Arc<Self>, path: String, key: String, host: Option<HeaderValue>) {
         {
             let Ok(mut pending) = self.pending.lock() else {
                 return;
@@ -272,14 +303,14 @@ impl OriginPull {
             let Ok(_permit) = this.permits.clone().acquire_owned().await else {
                 return;
             };
-            this.check_and_pull(&path, &key).await;
+            this.check_and_pull(&path, &key, host.as_ref()).await;
             if let Ok(mut pending) = this.pending.lock() {
                 pending.remove(&key);
             }
         });
     }
 
-    async fn check_and_pull(&self, path: &str, key: &str) {
+    async fn check_and_pull(&self, path: &str, key: &str, host: Option<&HeaderValue>) {
         match self.presence.is_present(key).await {
             Ok(true) => return,
             Ok(false) => {}
@@ -291,24 +322,30 @@ impl OriginPull {
         if !self.enabled {
             return;
         }
-        match self.copy_from_app(path, key).await {
+        match self.copy_from_app(path, key, host).await {
             Ok(Some(_)) => info!(%key, "origin pull stored"),
             Ok(None) => {}
             Err(err) => warn!(%key, error = %err, "origin pull failed"),
         }
     }
 
-    /// GETs `path` from the app and stores it under `key`. `Ok(None)` when the app's answer
-    /// is not something to offload (not 200, wrong type, too large).
+    /// GETs `path` from the app (as `host`, the Host of the page that named it) and stores
+    /// it under `key`. `Ok(None)` when the app's answer is not something to offload (not
+    /// 200, wrong type, too large).
     pub async fn copy_from_app(
         &self,
         path: &str,
         key: &str,
+        host: Option<&HeaderValue>,
     ) -> Result<Option<ObjectInfo>, PullError> {
         let request_path = store::encode_key(path);
+        let mut headers = HeaderMap::new();
+        if let Some(host) = host {
+            headers.insert(header::HOST, host.clone());
+        }
         let response = self
             .upstream
-            .get(&request_path, HeaderMap::new())
+            .get(&request_path, headers)
             .await
             .map_err(|e| PullError::App(e.to_string()))?;
         if response.status() != StatusCode::OK {
@@ -506,6 +543,8 @@ impl AfterApp for MirrorCopy {
             .extensions
             .get::<RequestOrigin>()
             .and_then(|o| o.0.clone());
+        // The upload's Host: the copies are asked of the app as the page that named them was.
+        let host = req.headers.get(header::HOST);
         let mut paths = rewrite::collect_asset_paths(&self.assets.rules, origin.as_ref(), &text);
         paths.extend(self.follow_up(req, &text, origin.as_ref()).await);
         let mut stored_hashes = HashSet::new();
@@ -520,7 +559,13 @@ impl AfterApp for MirrorCopy {
         }
         for path in paths.into_iter().take(MIRROR_MAX_COPIES) {
             let key = self.assets.key(&path);
-            match self.assets.index.pull.copy_from_app(&path, &key).await {
+            match self
+                .assets
+                .index
+                .pull
+                .copy_from_app(&path, &key, host)
+                .await
+            {
                 Ok(Some(info)) => {
                     debug!(%key, "mirror: stored");
                     stored_hashes.extend(info.sha256);
@@ -538,8 +583,8 @@ impl AfterApp for MirrorCopy {
             }
         }
         self.drop_duplicate_tees(teed, &stored_hashes).await;
-        let rewriter =
-            rewrite::Rewriter::new(self.assets.rules.clone(), origin, self.assets.index.clone());
+        let page = PageAssets::new(self.assets.index.clone(), host.cloned());
+        let rewriter = rewrite::Rewriter::new(self.assets.rules.clone(), origin, page);
         let content_type = header_str(&parts.headers, header::CONTENT_TYPE).unwrap_or_default();
         let body = match rewrite::ContentKind::from_content_type(&content_type, false, true) {
             Some(kind) => rewriter

@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::admin::{Admin, NotShuttingDown, ReadinessCheck, StoreReachable, UpstreamReachable};
-use crate::assets::{self, Assets, MirrorCopy};
+use crate::assets::{self, Assets, MirrorCopy, PageAssets};
 use crate::body::{self, Body};
 use crate::config::{Config, RewriteConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
@@ -512,15 +512,16 @@ async fn rewrite_response(
     state: &AppState,
     assets: &Assets,
     work: Rewriting,
-    origin: &OriginParts,
+    origin_parts: &OriginParts,
     response: Response<Body>,
 ) -> Response<Body> {
     let cfg = &state.config.rewrite;
     let (mut parts, body) = response.into_parts();
-    let origin = origin.url();
+    let origin = origin_parts.url();
     let kind = match work {
         Rewriting::Headers => {
-            let rewriter = Rewriter::new(assets.rules.clone(), origin, assets.index.clone());
+            let page = PageAssets::new(assets.index.clone(), origin_parts.host.clone());
+            let rewriter = Rewriter::new(assets.rules.clone(), origin, page);
             rewrite_headers(&rewriter, &mut parts.headers);
             return Response::from_parts(parts, body);
         }
@@ -531,12 +532,16 @@ async fn rewrite_response(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let rewriter = Rewriter::new(assets.rules.clone(), origin.clone(), assets.index.clone())
-        .javascript(cfg.javascript);
+    let page = PageAssets::new(assets.index.clone(), origin_parts.host.clone());
+    let rewriter =
+        Rewriter::new(assets.rules.clone(), origin.clone(), page).javascript(cfg.javascript);
     rewrite_headers(&rewriter, &mut parts.headers);
     let stall = state.config.server.idle_timeout;
     let read = match coding {
-        None => assets.resolve_body(origin.as_ref(), body).await,
+        None => {
+            let host = origin_parts.host.as_ref();
+            assets.resolve_body(origin.as_ref(), host, body).await
+        }
         // A compressed body is not read whole, but its first bytes must show its coding
         // before the head goes out: decoded as what it is not, it would be cut short.
         Some(_) => match body::peek(body, rewrite::SNIFF_BYTES, stall).await {

@@ -262,8 +262,9 @@ impl Upstream {
         Ok((response, took))
     }
 
-    /// A plain GET to the app for `path_and_query`, with `headers` as given (e.g. Host,
-    /// Cookie); `Host` defaults to the upstream's own.
+    /// A plain GET to the app for `path_and_query`, with `headers` as given (e.g. Cookie,
+    /// and the Host of the request it is made for); `Host` is the upstream's own when none
+    /// is given or `upstream.preserve_host` is off, as for a forwarded request.
     pub async fn get(
         &self,
         path_and_query: &str,
@@ -274,7 +275,7 @@ impl Upstream {
         let mut req = Request::new(body::empty());
         *req.uri_mut() = self.uri_for(Some(&pq))?;
         *req.headers_mut() = headers;
-        if !req.headers().contains_key(header::HOST) {
+        if !self.preserve_host || !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
         let mut response = self.send(Box::new(req)).await?;

@@ -146,6 +146,44 @@ async fn origin_pull_once_then_public_url() {
     assert_eq!(r.site.count("GET", asset), 1);
 }
 
+/// An app that serves its files to its own name only (a name-based virtual host) is asked
+/// for an asset with the Host of the page that named it, as the page itself was asked.
+#[tokio::test]
+async fn origin_pull_asks_the_app_with_the_pages_host() {
+    let r = rig(|_| {}).await;
+    let asset = "/wp-content/uploads/vhost.png";
+    let bytes = image(5_000, 9);
+    r.site.set(
+        asset,
+        Page::new(200, "image/png", bytes.clone()).only_for_host("site.test"),
+    );
+    r.site.set("/post", Page::html(post_page(asset)));
+    let public = format!("{CDN}wp-content/uploads/vhost.png");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = client()
+            .get(r.proxy.url("/post"))
+            .header("host", "site.test")
+            .send()
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("text");
+        if page == post_page(&public) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never rewritten: {page}; the app saw {:?}",
+            r.site.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored = stored_bytes(&r.store, "wp-content/uploads/vhost.png").await;
+    assert_eq!(stored.map(|b| sha(&b)), Some(sha(&bytes)));
+}
+
 #[tokio::test]
 async fn origin_pull_takes_only_allowed_200s_within_the_size_limit() {
     let r = rig(|c| c.assets.pull_max_size = bytesize::ByteSize::kib(4)).await;

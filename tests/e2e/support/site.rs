@@ -29,6 +29,8 @@ pub struct Page {
     pub chunked: Option<usize>,
     /// The body comes from this channel instead (taken by the first request).
     stream: Option<Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>>,
+    /// Served to requests with this Host only, as a name-based virtual host (404 to others).
+    host: Option<String>,
 }
 
 impl Page {
@@ -39,6 +41,7 @@ impl Page {
             body: body.into(),
             chunked: None,
             stream: None,
+            host: None,
         }
     }
 
@@ -48,6 +51,11 @@ impl Page {
 
     pub fn header(mut self, name: &str, value: &str) -> Page {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn only_for_host(mut self, host: &str) -> Page {
+        self.host = Some(host.into());
         self
     }
 
@@ -169,7 +177,18 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         .lock()
         .unwrap()
         .push((req.method().to_string(), target));
-    let page = state.pages.lock().unwrap().get(req.uri().path()).cloned();
+    let host = req.headers().get(http::header::HOST).cloned();
+    let page = state
+        .pages
+        .lock()
+        .unwrap()
+        .get(req.uri().path())
+        .filter(|page| {
+            page.host
+                .as_deref()
+                .is_none_or(|h| host.as_ref().is_some_and(|v| v == h))
+        })
+        .cloned();
     let Some(page) = page else {
         let mut r = Response::new(body::full("not found"));
         *r.status_mut() = StatusCode::NOT_FOUND;
