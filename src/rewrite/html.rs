@@ -2,7 +2,8 @@
 //! place, leaving every other byte as it was.
 //!
 //! URL positions are the values of URL attributes ([`URL_ATTRIBUTES`], and `content` of
-//! `og:image` / `twitter:image` metas) on any element, and the raw text of `<style>`,
+//! `og:image` / `twitter:image` metas) on any element (in those that hold one URL, as `src`
+//! and `href`, only at the value's start), and the raw text of `<style>`,
 //! `<noscript>` (raw text, as to a browser with scripting on), JSON `<script>`s and, when
 //! enabled, JavaScript ones. Prose, comments, `<textarea>`/`<title>` text and other scripts
 //! are never touched.
@@ -28,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 
 use super::rewriter::Context;
-use super::scan::{Out, Scanner, Scratch, rewrite_into};
+use super::scan::{Out, Scanner, Scratch, rewrite_into, rewrite_url_into};
 use tag::{Attr, Tag, is_space};
 
 /// The longest tag held while waiting for its end (a `data:` URL in a `src` can be long);
@@ -460,7 +461,11 @@ impl HtmlEngine {
             let ctx = &self.ctx;
             let mut decide = |path: &str, url: &mut String| ctx.map.public_url(path, url);
             let new = &mut self.value;
-            if rewrite_into(ctx.site(), &mut decide, &mut self.scratch, &buf[value], new) {
+            let rewrite = match meta || holds_one_url(attr_name) {
+                true => rewrite_url_into,
+                false => rewrite_into,
+            };
+            if rewrite(ctx.site(), &mut decide, &mut self.scratch, &buf[value], new) {
                 written = put_value(&mut self.out, buf, written, attr, new);
             }
         }
@@ -722,6 +727,13 @@ fn put_value(out: &mut BytesMut, buf: &[u8], written: usize, attr: &Attr, new: &
 /// ASCII case-insensitive equality, as HTML compares tag and attribute names.
 fn is(name: &[u8], want: &[u8]) -> bool {
     name.eq_ignore_ascii_case(want)
+}
+
+/// Whether URL attribute `name` holds one URL (`src`, `href`), where the others hold several
+/// (`srcset`) or CSS (`style`, and `data-bg`, which lazy loaders fill either way).
+pub(super) fn holds_one_url(name: &[u8]) -> bool {
+    const ONE_URL: [&[u8]; 5] = [b"src", b"href", b"poster", b"data-src", b"data-lazy-src"];
+    ONE_URL.iter().any(|one| is(name, one))
 }
 
 fn is_url_attribute(name: &[u8]) -> bool {

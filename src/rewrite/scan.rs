@@ -330,6 +330,8 @@ pub(crate) struct Pass<'a, 'b> {
     pub(crate) scratch: &'b mut Scratch,
     /// Over `buf`; it remembers the hits it found, so it may have been asked before the pass.
     pub(crate) search: Search<'a>,
+    /// Only a URL starting here is replaced (a value that holds one URL); `None`: any.
+    pub(crate) anchor: Option<usize>,
 }
 
 impl Pass<'_, '_> {
@@ -372,7 +374,7 @@ impl Pass<'_, '_> {
             let Some(o) = self.replacement(buf, p, path_end, escaped, at_start) else {
                 continue;
             };
-            if o < pos {
+            if o < pos || self.anchor.is_some_and(|anchor| o != anchor) {
                 continue;
             }
             out.put(&buf[pos..o]);
@@ -491,6 +493,35 @@ pub(crate) fn rewrite_into(
         decide,
         scratch,
         search,
+        anchor: None,
+    }
+    .run(text, 0, 0, true, true, out);
+    step.replaced > 0
+}
+
+/// [`rewrite_into`] for a value that holds one URL (`src`, `href`): only a URL at its start,
+/// past leading whitespace, as browsers read it, is replaced. A managed path later in the
+/// value belongs to another URL (another site's path or query, a `data:` payload).
+pub(crate) fn rewrite_url_into(
+    site: Site<'_>,
+    decide: &mut Decide<'_>,
+    scratch: &mut Scratch,
+    text: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
+    let mut search = Search::new(site.rules);
+    if search.find(text, 0).is_none() {
+        return false;
+    }
+    let anchor = text.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    out.reserve(text.len() + 64);
+    let step = Pass {
+        site,
+        decide,
+        scratch,
+        search,
+        anchor: Some(anchor),
     }
     .run(text, 0, 0, true, true, out);
     step.replaced > 0
@@ -534,6 +565,7 @@ impl Scanner {
             decide,
             scratch: &mut self.scratch,
             search: Search::new(site.rules),
+            anchor: None,
         };
         let step = pass.run(
             &self.buf,
@@ -570,6 +602,7 @@ pub(crate) fn collect(site: Site<'_>, text: &[u8]) -> Vec<String> {
         decide: &mut decide,
         scratch: &mut Scratch::default(),
         search: Search::new(site.rules),
+        anchor: None,
     }
     .run(text, 0, 0, true, true, &mut sink);
     found

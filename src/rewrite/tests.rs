@@ -104,6 +104,38 @@ use ContentKind::{Css, Html, Json, Text, Xml};
 
 /// (kind, input, expected); `§` in expected stands for the public base of uploads.
 const CASES: &[(ContentKind, &str, &str)] = &[
+    // An attribute that holds one URL has it at its start: a managed path later in the
+    // value is another URL's (another site's path or query, a data: payload).
+    (
+        Html,
+        r#"<a href="https://other.net/(x)/wp-content/uploads/a.jpg">"#,
+        r#"<a href="https://other.net/(x)/wp-content/uploads/a.jpg">"#,
+    ),
+    (
+        Html,
+        r#"<a href="https://other.net/c?f=s.css,/wp-content/uploads/a.jpg">"#,
+        r#"<a href="https://other.net/c?f=s.css,/wp-content/uploads/a.jpg">"#,
+    ),
+    (
+        Html,
+        r#"<a href="https://other.net/?u=x,https://example.com/wp-content/uploads/a.jpg">"#,
+        r#"<a href="https://other.net/?u=x,https://example.com/wp-content/uploads/a.jpg">"#,
+    ),
+    (
+        Html,
+        r#"<a href="data:text/html,/wp-content/uploads/a.jpg"><img src="x|/wp-content/uploads/a.jpg">"#,
+        r#"<a href="data:text/html,/wp-content/uploads/a.jpg"><img src="x|/wp-content/uploads/a.jpg">"#,
+    ),
+    (
+        Html,
+        "<img src=\" \n/wp-content/uploads/a.jpg \" data-src='https://example.com/wp-content/uploads/b.jpg'>",
+        "<img src=\" \n§/a.jpg \" data-src='§/b.jpg'>",
+    ),
+    (
+        Html,
+        r#"<img srcset="/wp-content/uploads/a.jpg 1x, /wp-content/uploads/b.jpg 2x" style="background:url(/wp-content/uploads/a.jpg)">"#,
+        r#"<img srcset="§/a.jpg 1x, §/b.jpg 2x" style="background:url(§/a.jpg)">"#,
+    ),
     // Root-relative, own origin, site origins, ports, schemes.
     (Json, r#""/wp-content/uploads/a.jpg""#, r#""§/a.jpg""#),
     (
@@ -874,7 +906,7 @@ fn lol_html_reference(page: &str, javascript: bool) -> String {
     use lol_html::html_content::ContentType;
     use lol_html::{ElementContentHandlers, HtmlRewriter, Selector, Settings};
 
-    use super::scan::{Scanner, Scratch, rewrite_once};
+    use super::scan::{Scanner, Scratch, rewrite_once, rewrite_url_into};
 
     let ctx = context();
     let mut handlers: Vec<(Selector, ElementContentHandlers<'_>)> = Vec::new();
@@ -901,9 +933,25 @@ fn lol_html_reference(page: &str, javascript: bool) -> String {
             move |el: &mut lol_html::html_content::Element<'_, '_>| {
                 if let Some(value) = el.get_attribute(name) {
                     let mut decide = |path: &str, url: &mut String| ctx.map.public_url(path, url);
-                    if let Some(new) =
-                        rewrite_once(ctx.site(), &mut decide, &mut scratch, value.as_bytes())
-                    {
+                    // A value that holds one URL has it at its start.
+                    let one_url = name == "content" || super::html::holds_one_url(name.as_bytes());
+                    let new = match one_url {
+                        true => {
+                            let mut new = Vec::new();
+                            rewrite_url_into(
+                                ctx.site(),
+                                &mut decide,
+                                &mut scratch,
+                                value.as_bytes(),
+                                &mut new,
+                            )
+                            .then_some(new)
+                        }
+                        false => {
+                            rewrite_once(ctx.site(), &mut decide, &mut scratch, value.as_bytes())
+                        }
+                    };
+                    if let Some(new) = new {
                         el.set_attribute(name, std::str::from_utf8(&new).unwrap())
                             .unwrap();
                     }
