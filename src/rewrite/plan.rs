@@ -139,16 +139,24 @@ fn too_large(headers: &HeaderMap, max: u64) -> bool {
     })
 }
 
+/// Headers that carry a checksum of the body as the app sent it: `Content-MD5` (RFC 1864),
+/// `Digest` (RFC 3230), and `Content-Digest`/`Repr-Digest` (RFC 9530).
+const BODY_DIGESTS: [&str; 4] = ["content-md5", "digest", "content-digest", "repr-digest"];
+
 /// Fixes the headers of a response that will be rewritten: the length changes (removed) and the
 /// bytes are no longer the app's (a strong `ETag` becomes weak). Ranges of it cannot be had:
 /// the app answers a `Range` request with a part of its own bytes, which `206`s are left as
 /// (a client resuming a download with `If-Range` and the `Last-Modified` date would splice
 /// the app's bytes onto the rewritten ones), so `Accept-Ranges` and `Last-Modified` go, as
-/// nginx's `sub_filter` drops them.
+/// nginx's `sub_filter` drops them. So do the checksums of the app's bytes
+/// ([`BODY_DIGESTS`]), which a client that checks them would find wrong.
 pub fn prepare_headers(headers: &mut HeaderMap) {
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::ACCEPT_RANGES);
     headers.remove(header::LAST_MODIFIED);
+    for digest in BODY_DIGESTS {
+        headers.remove(digest);
+    }
     let Some(etag) = headers.get(header::ETAG) else {
         return;
     };

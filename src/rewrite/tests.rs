@@ -1495,7 +1495,15 @@ fn prepares_headers() {
         header::LAST_MODIFIED,
         HeaderValue::from_static("Sun, 06 Dec 2026 10:00:00 GMT"),
     );
+    for digest in ["Content-MD5", "Digest", "Content-Digest", "Repr-Digest"] {
+        h.insert(digest, HeaderValue::from_static("sha-256=:x:"));
+    }
+    h.insert("x-kept", HeaderValue::from_static("1"));
     prepare_headers(&mut h);
+    for digest in ["content-md5", "digest", "content-digest", "repr-digest"] {
+        assert!(!h.contains_key(digest), "{digest} of the app's bytes kept");
+    }
+    assert_eq!(h["x-kept"], "1");
     assert!(!h.contains_key(header::CONTENT_LENGTH));
     assert!(!h.contains_key(header::ACCEPT_RANGES));
     assert!(!h.contains_key(header::LAST_MODIFIED));
