@@ -162,6 +162,7 @@ impl Assets {
         let unknown: Vec<(String, String)> =
             rewrite::collect_asset_paths(&self.rules, origin, text)
                 .into_iter()
+                .filter(|path| names_an_object(path))
                 .map(|path| {
                     let key = self.key(&path);
                     (path, key)
@@ -222,6 +223,9 @@ impl AssetIndex {
     /// Whether the asset at `path` is served from its public URL (into `url`); an asset the
     /// cache does not know is queued for an origin pull, asked of the app with `host`.
     fn public_url(&self, path: &str, url: &mut String, host: Option<&HeaderValue>) -> bool {
+        if !names_an_object(path) {
+            return false;
+        }
         // The key without a copy in the usual case of no key prefix.
         let key = match self.key_prefix.is_empty() {
             true => Cow::Borrowed(path.trim_start_matches('/')),
@@ -245,6 +249,12 @@ impl AssetIndex {
             }
         }
     }
+}
+
+/// Whether a managed path can name an object: a folder's (`/uploads/2024/`) cannot, and
+/// the store refuses it as a key.
+fn names_an_object(path: &str) -> bool {
+    !path.ends_with('/')
 }
 
 /// Background copies of assets from the app into the store.
@@ -452,12 +462,19 @@ pub async fn handle_request(
 ) -> Response<Body> {
     let head_only = req.method() == Method::HEAD;
     let req_headers = req.headers().clone();
+    let query = req.uri().query().map(str::to_string);
+    let asked = Asked {
+        path,
+        query: query.as_deref(),
+        headers: &req_headers,
+        head_only,
+    };
     let response = match assets.upstream.forward(req, client).await {
         Ok(response) => response,
         // The app is down: the store can still serve what it holds.
         Err(err) => {
             warn!(error = %err, "app unreachable for an asset; trying the store");
-            return serve_missing(assets, path, &req_headers, head_only)
+            return serve_missing(assets, &asked)
                 .await
                 .unwrap_or_else(|| err.into_response());
         }
@@ -465,31 +482,50 @@ pub async fn handle_request(
     if response.status() != StatusCode::NOT_FOUND || assets.missing == MissingAsset::Off {
         return response;
     }
-    match serve_missing(assets, path, &req_headers, head_only).await {
+    match serve_missing(assets, &asked).await {
         Some(from_store) => from_store,
         None => response,
     }
 }
 
-/// The store's answer for an asset the app lacks, or `None` to keep the app's own answer.
-async fn serve_missing(
-    assets: &Assets,
-    path: &str,
-    req_headers: &HeaderMap,
+/// What the client asked for an asset.
+struct Asked<'a> {
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
     head_only: bool,
-) -> Option<Response<Body>> {
-    let key = assets.key(path);
+}
+
+/// The store's answer for an asset the app lacks, or `None` to keep the app's own answer:
+/// when the store has nothing there either, or the path names no object (a folder's, with
+/// its trailing `/`), whose `404` is the app's to give.
+async fn serve_missing(assets: &Assets, asked: &Asked<'_>) -> Option<Response<Body>> {
+    if !names_an_object(asked.path) {
+        return None;
+    }
+    let key = assets.key(asked.path);
     match assets.missing {
         MissingAsset::Off => None,
         MissingAsset::Store => {
-            let response = store::serve_object(&*assets.store, &key, req_headers, head_only).await;
-            (response.status() != StatusCode::NOT_FOUND).then_some(response)
+            let response =
+                store::serve_object(&*assets.store, &key, asked.headers, asked.head_only).await;
+            if response.status() == StatusCode::NOT_FOUND {
+                // Gone from the store behind offload's back: pages stop pointing at it.
+                assets.index.presence.mark_absent(&key);
+                return None;
+            }
+            Some(response)
         }
         MissingAsset::Redirect => match assets.index.presence.is_present(&key).await {
             Ok(true) => {
                 // The target is built from our own public base and the key: never from the
-                // request, so this cannot become an open redirect.
-                let url = assets.store.public_url(&key);
+                // request, so this cannot become an open redirect. The query (a cache
+                // buster, `?ver=2`) goes along, as rewritten URLs keep it.
+                let mut url = assets.store.public_url(&key);
+                if let Some(query) = asked.query {
+                    url.push('?');
+                    url.push_str(query);
+                }
                 let location = HeaderValue::from_str(&url).ok()?;
                 let mut response = Response::new(body::empty());
                 *response.status_mut() = StatusCode::FOUND;
@@ -548,7 +584,10 @@ impl AfterApp for MirrorCopy {
         let mut paths = rewrite::collect_asset_paths(&self.assets.rules, origin.as_ref(), &text);
         paths.extend(self.follow_up(req, &text, origin.as_ref()).await);
         let mut stored_hashes = HashSet::new();
-        let paths = dedup(paths);
+        let paths: Vec<String> = dedup(paths)
+            .into_iter()
+            .filter(|path| names_an_object(path))
+            .collect();
         if paths.len() > MIRROR_MAX_COPIES {
             warn!(
                 named = paths.len(),

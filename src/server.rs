@@ -409,6 +409,10 @@ pub(crate) async fn route(
             head_only,
         ))
         .await;
+        if response.status() == http::StatusCode::NOT_FOUND {
+            // Gone behind offload's back: pages stop pointing at it (see `Presence`).
+            state.presence.mark_absent(&key);
+        }
         return Answer::of_way(response, RequestKind::Store);
     }
     // Upload routes: caught before anything reaches the app.

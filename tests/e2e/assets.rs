@@ -379,9 +379,10 @@ async fn missing_redirect_points_at_our_public_base_only() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 302);
+    // The query goes along (a cache buster, as rewritten URLs keep it), on our own base.
     assert_eq!(
         resp.headers()["location"],
-        format!("{CDN}wp-content/uploads/r.png")
+        format!("{CDN}wp-content/uploads/r.png?x=https://evil.example/")
     );
     // Not in the store: the app's 404.
     let resp = no_redirects
@@ -495,8 +496,9 @@ async fn traversal_never_reaches_the_store_nor_queues_a_pull() {
 }
 
 /// The app, the fs store's folder, and offload with `/wp-content/uploads/` managed, a
-/// respond-mode upload route at `/upload` and objects stored with `max-age=600`.
-async fn fs_rig() -> (Site, tempfile::TempDir, Proxy) {
+/// respond-mode upload route at `/upload` and objects stored with `max-age=600`; `tweak`
+/// edits the config last.
+async fn fs_rig(tweak: impl FnOnce(&mut Config)) -> (Site, tempfile::TempDir, Proxy) {
     let site = Site::start().await;
     let data = tempfile::tempdir().unwrap();
     let mut config = config_for(site.addr);
@@ -509,6 +511,7 @@ async fn fs_rig() -> (Site, tempfile::TempDir, Proxy) {
         mode: UploadMode::Respond,
         ..UploadRouteConfig::default()
     }];
+    tweak(&mut config);
     let proxy = Proxy::start(config).await;
     (site, data, proxy)
 }
@@ -534,7 +537,7 @@ async fn upload_png(proxy: &Proxy, bytes: &[u8], name: &str) -> serde_json::Valu
 
 #[tokio::test]
 async fn fs_store_serve_prefix_after_a_respond_upload() {
-    let (site, data, proxy) = fs_rig().await;
+    let (site, data, proxy) = fs_rig(|_| {}).await;
     let bytes = image(12_345, 10);
     let json = upload_png(&proxy, &bytes, "photo.png").await;
     let key = json["files"][0]["key"].as_str().expect("key").to_string();
@@ -569,7 +572,7 @@ async fn fs_store_serve_prefix_after_a_respond_upload() {
 /// the ways that asked the app (the asset, the pass-through) and only those.
 #[tokio::test]
 async fn each_way_is_counted_under_its_kind() {
-    let (site, _data, proxy) = fs_rig().await;
+    let (site, _data, proxy) = fs_rig(|_| {}).await;
     site.set("/page", Page::new(200, "text/plain", "hello"));
     site.set(
         "/wp-content/uploads/a.png",
@@ -753,4 +756,37 @@ async fn mirror_copies_at_most_256_assets_per_upload_answer() {
             .await
             .is_some()
     );
+}
+
+/// An object deleted from the store behind offload's back: the store's 404 for it tells the
+/// presence cache, so pages point at the app again (not at a dead URL for `cache_ttl`), and
+/// the asset is pulled back.
+#[tokio::test]
+async fn a_404_from_the_store_sets_pages_back_to_the_app() {
+    let (site, data, proxy) =
+        fs_rig(|c| c.store.cache_absent_ttl = Duration::from_millis(300)).await;
+    let asset = "/wp-content/uploads/gone.png";
+    site.set(asset, Page::new(200, "image/png", image(3_000, 4)));
+    site.set("/post", Page::html(post_page(asset)));
+    let served = "/_offload/wp-content/uploads/gone.png";
+    poll_page(&proxy.url("/post"), served).await;
+    for tree in ["objects", "meta"] {
+        let dir = data.path().join(tree).join("wp-content/uploads");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+    }
+    assert_eq!(get_text(&proxy.url(served)).await.0, 404);
+    assert_eq!(get_text(&proxy.url("/post")).await.1, post_page(asset));
+    poll_page(&proxy.url("/post"), served).await;
+    assert_eq!(site.count("GET", asset), 2, "pulled again");
+}
+
+/// A managed URL naming a folder (a trailing `/`) is no object: the app's own answer stands
+/// where the store would refuse the key.
+#[tokio::test]
+async fn a_folder_url_under_a_managed_prefix_gets_the_apps_404() {
+    let (_site, _data, proxy) = fs_rig(|_| {}).await;
+    let (status, text) = get_text(&proxy.url("/wp-content/uploads/2024/")).await;
+    assert_eq!((status, text.as_str()), (404, "not found"));
 }
