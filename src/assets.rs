@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,11 @@ const MIRROR_ANSWER_LIMIT: usize = 4 << 20;
 /// a few files (WordPress: an image and its sizes, ~10), and each copy is a request to the
 /// app made while the client waits; an answer naming thousands would hold it that long.
 const MIRROR_MAX_COPIES: usize = 256;
+
+/// How long an asset whose pull the app's answer turned down (a 404, a type or size not
+/// pulled) is not asked of the app again, as a CDN caches an error: the page naming it is
+/// viewed again and again, and its absent answer lasts only `store.cache_absent_ttl`.
+const PULL_REFUSED_TTL: Duration = Duration::from_secs(300);
 
 /// Most origin pulls waiting at once; past it new ones are dropped (a later page asks again).
 const PULL_QUEUE_LIMIT: usize = 10_000;
@@ -272,6 +278,9 @@ pub struct OriginPull {
     permits: Arc<Semaphore>,
     /// Keys queued or being pulled: each is pulled once however many pages name it.
     pending: Mutex<HashSet<String>>,
+    /// Keys whose pull the app's answer turned down (not a 200, a type not pulled, too
+    /// large, compressed), not asked of the app again for [`PULL_REFUSED_TTL`].
+    refused: moka::sync::Cache<String, ()>,
 }
 
 impl OriginPull {
@@ -294,6 +303,10 @@ impl OriginPull {
             cache_control,
             permits: Arc::new(Semaphore::new(cfg.pull_concurrency)),
             pending: Mutex::new(HashSet::new()),
+            refused: moka::sync::Cache::builder()
+                .max_capacity(PULL_QUEUE_LIMIT as u64)
+                .time_to_live(PULL_REFUSED_TTL)
+                .build(),
         }
     }
 
@@ -329,12 +342,12 @@ impl OriginPull {
                 return;
             }
         }
-        if !self.enabled {
+        if !self.enabled || self.refused.contains_key(key) {
             return;
         }
         match self.copy_from_app(path, key, host).await {
             Ok(Some(_)) => info!(%key, "origin pull stored"),
-            Ok(None) => {}
+            Ok(None) => self.refused.insert(key.to_string(), ()),
             Err(err) => warn!(%key, error = %err, "origin pull failed"),
         }
     }
@@ -391,12 +404,23 @@ impl OriginPull {
             metadata: Default::default(),
             size_hint: length,
         };
-        let stream = limited_stream(response.into_body(), self.max_size, self.stall);
-        let info = self
-            .store
-            .put(key, stream, opts)
-            .await
-            .map_err(PullError::Store)?;
+        let over_limit = Arc::new(AtomicBool::new(false));
+        let stream = limited_stream(
+            response.into_body(),
+            self.max_size,
+            self.stall,
+            Arc::clone(&over_limit),
+        );
+        let info = match self.store.put(key, stream, opts).await {
+            Ok(info) => info,
+            // An answer of no stated length that ran past the limit: too large, as one
+            // whose Content-Length said so.
+            Err(_) if over_limit.load(Ordering::Relaxed) => {
+                debug!(%key, limit = self.max_size, "origin pull skipped: larger than pull_max_size");
+                return Ok(None);
+            }
+            Err(err) => return Err(PullError::Store(err)),
+        };
         self.presence.mark_present(key);
         Ok(Some(info))
     }
@@ -411,19 +435,29 @@ pub enum PullError {
     Store(StoreError),
 }
 
-/// The body of an app answer as a store stream, failing past `limit` bytes or when no byte
-/// comes for `stall` (the put is then aborted: nothing half-written).
-fn limited_stream(body: Body, limit: u64, stall: Duration) -> store::ByteStream {
-    futures_util::stream::try_unfold((body, 0u64), move |(mut body, seen)| async move {
-        let next = body::next_data(&mut body, stall).await;
-        let Some(chunk) = next.map_err(std::io::Error::other)? else {
-            return Ok(None);
-        };
-        let seen = seen + chunk.len() as u64;
-        if seen > limit {
-            return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+/// The body of an app answer as a store stream, failing past `limit` bytes (and then setting
+/// `over_limit`) or when no byte comes for `stall` (the put is then aborted: nothing
+/// half-written).
+fn limited_stream(
+    body: Body,
+    limit: u64,
+    stall: Duration,
+    over_limit: Arc<AtomicBool>,
+) -> store::ByteStream {
+    futures_util::stream::try_unfold((body, 0u64), move |(mut body, seen)| {
+        let over_limit = Arc::clone(&over_limit);
+        async move {
+            let next = body::next_data(&mut body, stall).await;
+            let Some(chunk) = next.map_err(std::io::Error::other)? else {
+                return Ok(None);
+            };
+            let seen = seen + chunk.len() as u64;
+            if seen > limit {
+                over_limit.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+            }
+            Ok(Some((chunk, (body, seen))))
         }
-        Ok(Some((chunk, (body, seen))))
     })
     .boxed()
 }

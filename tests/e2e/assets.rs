@@ -186,7 +186,11 @@ async fn origin_pull_asks_the_app_with_the_pages_host() {
 
 #[tokio::test]
 async fn origin_pull_takes_only_allowed_200s_within_the_size_limit() {
-    let r = rig(|c| c.assets.pull_max_size = bytesize::ByteSize::kib(4)).await;
+    let r = rig(|c| {
+        c.assets.pull_max_size = bytesize::ByteSize::kib(4);
+        c.store.cache_absent_ttl = Duration::from_millis(200);
+    })
+    .await;
     let html = "/wp-content/uploads/page.html";
     let missing = "/wp-content/uploads/missing.png";
     let big = "/wp-content/uploads/big.png";
@@ -226,6 +230,16 @@ async fn origin_pull_takes_only_allowed_200s_within_the_size_limit() {
     let text = get_text(&r.proxy.url("/post")).await.1;
     for a in [html, missing, big, big_chunked] {
         assert!(text.contains(&format!("<img src=\"{a}\">")), "{text}");
+    }
+    // Views past the absent answers' life: what the app turned down is not asked again
+    // (as a CDN caches an error), the chunked one too large as the one that said so.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        get_text(&r.proxy.url("/post")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for a in [html, missing, big, big_chunked] {
+        assert_eq!(r.site.count("GET", a), 1, "{a} asked again");
     }
 }
 
