@@ -486,6 +486,9 @@ fn store_key(state: &AppState, path: &str) -> Option<String> {
 enum Rewriting {
     /// URL-valued headers only.
     Headers,
+    /// The URL-valued headers, and the others as the GET's rewritten body has them (a
+    /// `HEAD` of a page a GET would have rewritten): no length, no ranges, a weak ETag.
+    HeadOfRewritten,
     /// The body (of this kind) and the URL-valued headers.
     Body(ContentKind),
 }
@@ -498,6 +501,12 @@ fn rewriting(cfg: &RewriteConfig, method: &Method, response: &Response<Body>) ->
         max_size: cfg.max_size.as_u64(),
     };
     let headers = response.headers();
+    // A HEAD says what the GET would: its rewritten answer's headers.
+    if method == Method::HEAD
+        && rewrite::plan(&Method::GET, response.status(), headers, &opts).is_some()
+    {
+        return Some(Rewriting::HeadOfRewritten);
+    }
     match rewrite::plan(method, response.status(), headers, &opts) {
         Some(kind) => Some(Rewriting::Body(kind)),
         None if URL_HEADERS.iter().any(|h| headers.contains_key(h)) => Some(Rewriting::Headers),
@@ -523,10 +532,13 @@ async fn rewrite_response(
     let (mut parts, body) = response.into_parts();
     let origin = origin_parts.url();
     let kind = match work {
-        Rewriting::Headers => {
+        Rewriting::Headers | Rewriting::HeadOfRewritten => {
             let page = PageAssets::new(assets.index.clone(), origin_parts.host.clone());
             let rewriter = Rewriter::new(assets.rules.clone(), origin, page);
             rewrite_headers(&rewriter, &mut parts.headers);
+            if matches!(work, Rewriting::HeadOfRewritten) {
+                rewrite::prepare_headers(&mut parts.headers);
+            }
             return Response::from_parts(parts, body);
         }
         Rewriting::Body(kind) => kind,
