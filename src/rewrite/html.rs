@@ -36,13 +36,18 @@ use tag::{Attr, Tag, is_space};
 /// beyond it the rest of the page passes through unchanged.
 const MAX_TAG: usize = 4 * 1024 * 1024;
 
-/// Attributes whose values hold one URL, a srcset, or inline CSS.
-const URL_ATTRIBUTES: [&[u8]; 9] = [
+/// Attributes whose values hold one URL, a srcset, or inline CSS: those of HTML (with
+/// `<link rel=preload>`'s `imagesrcset`, `<body>`/`<table>`'s `background`, SVG's
+/// `xlink:href`) and those lazy loaders fill.
+const URL_ATTRIBUTES: [&[u8]; 12] = [
     b"src",
     b"srcset",
     b"data-srcset",
+    b"imagesrcset",
     b"href",
+    b"xlink:href",
     b"poster",
+    b"background",
     b"data-src",
     b"data-bg",
     b"data-lazy-src",
@@ -732,7 +737,15 @@ fn is(name: &[u8], want: &[u8]) -> bool {
 /// Whether URL attribute `name` holds one URL (`src`, `href`), where the others hold several
 /// (`srcset`) or CSS (`style`, and `data-bg`, which lazy loaders fill either way).
 pub(super) fn holds_one_url(name: &[u8]) -> bool {
-    const ONE_URL: [&[u8]; 5] = [b"src", b"href", b"poster", b"data-src", b"data-lazy-src"];
+    const ONE_URL: [&[u8]; 7] = [
+        b"src",
+        b"href",
+        b"xlink:href",
+        b"poster",
+        b"background",
+        b"data-src",
+        b"data-lazy-src",
+    ];
     ONE_URL.iter().any(|one| is(name, one))
 }
 

@@ -133,6 +133,11 @@ const CASES: &[(ContentKind, &str, &str)] = &[
     ),
     (
         Html,
+        r#"<link rel="preload" as="image" imagesrcset="/wp-content/uploads/a.jpg 1x, /wp-content/uploads/b.jpg 2x"><table background="/wp-content/uploads/a.jpg"><svg><image xlink:href="/wp-content/uploads/b.jpg"/></svg>"#,
+        r#"<link rel="preload" as="image" imagesrcset="§/a.jpg 1x, §/b.jpg 2x"><table background="§/a.jpg"><svg><image xlink:href="§/b.jpg"/></svg>"#,
+    ),
+    (
+        Html,
         r#"<img srcset="/wp-content/uploads/a.jpg 1x, /wp-content/uploads/b.jpg 2x" style="background:url(/wp-content/uploads/a.jpg)">"#,
         r#"<img srcset="§/a.jpg 1x, §/b.jpg 2x" style="background:url(§/a.jpg)">"#,
     ),
@@ -914,8 +919,11 @@ fn lol_html_reference(page: &str, javascript: bool) -> String {
         "src",
         "srcset",
         "data-srcset",
+        "imagesrcset",
         "href",
+        "xlink:href",
         "poster",
+        "background",
         "data-src",
         "data-bg",
         "data-lazy-src",
@@ -925,7 +933,10 @@ fn lol_html_reference(page: &str, javascript: bool) -> String {
         (r#"meta[property^="og:image" i][content]"#, "content"),
         (r#"meta[name^="twitter:image" i][content]"#, "content"),
     ];
-    let named = attributes.iter().map(|a| (format!("[{a}]"), *a));
+    // A colon in a selector's attribute name is escaped (`xlink\:href`).
+    let named = attributes
+        .iter()
+        .map(|a| (format!("[{}]", a.replace(':', "\\:")), *a));
     for (selector, name) in named.chain(metas.iter().map(|(s, n)| (s.to_string(), *n))) {
         let ctx = ctx.clone();
         let mut scratch = Scratch::default();
