@@ -487,7 +487,8 @@ fn type_allowed(allowed: &[String], content_type: Option<&str>) -> bool {
     })
 }
 
-/// `GET`/`HEAD` of a managed asset: the app first; on its `404`, the store.
+/// `GET`/`HEAD` of a managed asset: the app first; on its `404` (or its `502`/`503`/`504`,
+/// or no answer at all), the store.
 pub async fn handle_request(
     assets: &Assets,
     path: &str,
@@ -513,7 +514,16 @@ pub async fn handle_request(
                 .unwrap_or_else(|| err.into_response());
         }
     };
-    if response.status() != StatusCode::NOT_FOUND || assets.missing == MissingAsset::Off {
+    // The app lacks it, or its server is up but the app behind it is not (PHP-FPM down
+    // behind nginx: 502, 503, 504): the store may have it.
+    let app_lacks_it = matches!(
+        response.status(),
+        StatusCode::NOT_FOUND
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
+    );
+    if !app_lacks_it || assets.missing == MissingAsset::Off {
         return response;
     }
     match serve_missing(assets, &asked).await {

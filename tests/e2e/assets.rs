@@ -425,7 +425,7 @@ async fn missing_off_keeps_the_apps_404() {
 }
 
 #[tokio::test]
-async fn the_store_serves_while_the_app_is_down() {
+async fn the_store_serves_while_the_app_is_down_or_failing() {
     let r = rig(|_| {}).await;
     let stored = image(2000, 9);
     put(
@@ -442,6 +442,27 @@ async fn the_store_serves_while_the_app_is_down() {
         store,
         proxy,
     } = r;
+    // An app whose own proxy answers for it (502, 503, 504: PHP-FPM down behind nginx): the
+    // store's copy too; and the app's answer where the store has none.
+    for status in [502, 503, 504] {
+        site.set(
+            "/wp-content/uploads/d.png",
+            Page::new(status, "text/html", "app down"),
+        );
+        let resp = client()
+            .get(proxy.url("/wp-content/uploads/d.png"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{status}");
+        assert_eq!(resp.bytes().await.unwrap(), stored);
+        site.set(
+            "/wp-content/uploads/x.png",
+            Page::new(status, "text/html", "app down"),
+        );
+        let (got, text) = get_text(&proxy.url("/wp-content/uploads/x.png")).await;
+        assert_eq!((got, text.as_str()), (status, "app down"));
+    }
     // A proxy whose app is gone.
     let dead = site.addr;
     drop(site);
