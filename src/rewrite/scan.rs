@@ -482,21 +482,7 @@ pub(crate) fn rewrite_into(
     text: &[u8],
     out: &mut Vec<u8>,
 ) -> bool {
-    out.clear();
-    let mut search = Search::new(site.rules);
-    if search.find(text, 0).is_none() {
-        return false;
-    }
-    out.reserve(text.len() + 64);
-    let step = Pass {
-        site,
-        decide,
-        scratch,
-        search,
-        anchor: None,
-    }
-    .run(text, 0, 0, true, true, out);
-    step.replaced > 0
+    rewrite_anchored(site, decide, scratch, text, out, None)
 }
 
 /// [`rewrite_into`] for a value that holds one URL (`src`, `href`): only a URL at its start,
@@ -509,19 +495,32 @@ pub(crate) fn rewrite_url_into(
     text: &[u8],
     out: &mut Vec<u8>,
 ) -> bool {
+    let anchor = text.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    rewrite_anchored(site, decide, scratch, text, out, Some(anchor))
+}
+
+/// One pass over a complete `text` into `out`, replacing only a URL starting at `anchor`
+/// when one is given.
+fn rewrite_anchored(
+    site: Site<'_>,
+    decide: &mut Decide<'_>,
+    scratch: &mut Scratch,
+    text: &[u8],
+    out: &mut Vec<u8>,
+    anchor: Option<usize>,
+) -> bool {
     out.clear();
     let mut search = Search::new(site.rules);
     if search.find(text, 0).is_none() {
         return false;
     }
-    let anchor = text.iter().take_while(|b| b.is_ascii_whitespace()).count();
     out.reserve(text.len() + 64);
     let step = Pass {
         site,
         decide,
         scratch,
         search,
-        anchor: Some(anchor),
+        anchor,
     }
     .run(text, 0, 0, true, true, out);
     step.replaced > 0

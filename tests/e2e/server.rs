@@ -1855,22 +1855,7 @@ async fn an_idle_http2_connection_whose_client_ignores_the_goaway_is_dropped() {
         .write_all(b"\0\0\0\x04\x01\0\0\0\0")
         .await
         .expect("settings ack");
-    let mut kinds = Vec::new();
-    loop {
-        let mut head = [0u8; 9];
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut head))
-            .await
-            .expect("the connection is closed within 5 s");
-        if read.is_err() {
-            break;
-        }
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let mut payload = vec![0u8; len];
-        if stream.read_exact(&mut payload).await.is_err() {
-            break;
-        }
-        kinds.push(head[3]);
-    }
+    let kinds = frame_types_until_closed(&mut stream).await;
     assert!(
         kinds.contains(&0x7),
         "a GOAWAY first: frame types {kinds:?}"
@@ -1900,16 +1885,7 @@ async fn an_idle_http2_client_ignoring_the_goaway_does_not_hold_a_shutdown() {
         "{:?}",
         signalled.elapsed()
     );
-    let mut kinds = Vec::new();
-    let mut head = [0u8; 9];
-    while stream.read_exact(&mut head).await.is_ok() {
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let mut payload = vec![0u8; len];
-        if stream.read_exact(&mut payload).await.is_err() {
-            break;
-        }
-        kinds.push(head[3]);
-    }
+    let kinds = frame_types_until_closed(&mut stream).await;
     assert!(
         kinds.contains(&0x7),
         "a GOAWAY first: frame types {kinds:?}"
@@ -1960,6 +1936,27 @@ fn http2_get_from(id: u8, path: &str, authority: Option<&str>) -> Vec<u8> {
     let mut frame = vec![0, 0, len, 0x1, 0x5, 0, 0, 0, id];
     frame.extend_from_slice(&block);
     frame
+}
+
+/// The types of the frames the server sends until it closes the connection (each within
+/// 5 s).
+async fn frame_types_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut head))
+            .await
+            .expect("the connection is closed within 5 s");
+        if read.is_err() {
+            return kinds;
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).await.is_err() {
+            return kinds;
+        }
+        kinds.push(head[3]);
+    }
 }
 
 /// The next frame: type, flags, stream and payload.

@@ -484,18 +484,20 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-async fn post(off: &Offload, parts: &[P]) -> (u16, Value, SentHashes) {
-    let (body, hashes) = gen_body(parts, None);
-    let resp = client()
+/// A multipart POST of `body` to offload's upload route.
+fn form_post(off: &Offload, body: reqwest::Body) -> reqwest::RequestBuilder {
+    client()
         .post(off.url())
         .header(
             "content-type",
             format!("multipart/form-data; boundary={BOUNDARY}"),
         )
         .body(body)
-        .send()
-        .await
-        .unwrap();
+}
+
+async fn post(off: &Offload, parts: &[P]) -> (u16, Value, SentHashes) {
+    let (body, hashes) = gen_body(parts, None);
+    let resp = form_post(off, body).send().await.unwrap();
     let status = resp.status().as_u16();
     let json = resp.json::<Value>().await.unwrap_or(Value::Null);
     (status, json, hashes())
@@ -1069,6 +1071,19 @@ async fn store_down_mid_upload(
     mode: UploadMode,
     on_store_error: OnStoreError,
 ) -> (u16, Offload, SentHashes, s3::S3Server) {
+    let parts = [file("a", "first.bin", 1000), file("b", "big.bin", 30 * MIB)];
+    store_down_at(mode, on_store_error, &parts, 12 * MIB).await
+}
+
+/// An upload of `parts` during which the S3 server stops once `at` bytes of the body were
+/// sent (the client pausing 300 ms there), and starts again once the client has its answer:
+/// the answer's status (0 for none), offload, what was sent, and the server.
+async fn store_down_at(
+    mode: UploadMode,
+    on_store_error: OnStoreError,
+    parts: &[P],
+    at: u64,
+) -> (u16, Offload, SentHashes, s3::S3Server) {
     let mut server = s3::start().await;
     let store: Arc<dyn Store> = Arc::new(server.target().store().await);
     let cfg = UploadRouteConfig {
@@ -1078,22 +1093,12 @@ async fn store_down_mid_upload(
     let off = start_offload(cfg, store, None).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let trigger = Trigger {
-        at: 12 * MIB,
+        at,
         tx,
         pause: Duration::from_millis(300),
     };
-    let (body, hashes) = gen_body(
-        &[file("a", "first.bin", 1000), file("b", "big.bin", 30 * MIB)],
-        Some(trigger),
-    );
-    let request = client()
-        .post(off.url())
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(body)
-        .send();
+    let (body, hashes) = gen_body(parts, Some(trigger));
+    let request = form_post(&off, body).send();
     let stopper = async {
         let _ = rx.await;
         server.stop();
@@ -1137,31 +1142,10 @@ async fn store_down_mid_upload_every_mode() {
 /// be stored), so it cannot act on an upload whose client is told it failed.
 #[tokio::test]
 async fn mirror_store_down_at_the_end_never_completes_the_apps_request() {
-    let mut server = s3::start().await;
-    let store: Arc<dyn Store> = Arc::new(server.target().store().await);
-    let off = start_offload(route(UploadMode::Mirror), store, None).await;
-    let (tx, rx) = tokio::sync::oneshot::channel();
     // Past the file's last byte: only the closing boundary is still to come.
-    let trigger = Trigger {
-        at: 2 * MIB,
-        tx,
-        pause: Duration::from_millis(300),
-    };
-    let (body, _) = gen_body(&[file("f", "last.bin", 2 * MIB)], Some(trigger));
-    let request = client()
-        .post(off.url())
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(body)
-        .send();
-    let stopper = async {
-        let _ = rx.await;
-        server.stop();
-    };
-    let (resp, ()) = tokio::join!(request, stopper);
-    let status = resp.expect("an answer").status().as_u16();
+    let parts = [file("f", "last.bin", 2 * MIB)];
+    let (status, off, _, _server) =
+        store_down_at(UploadMode::Mirror, OnStoreError::Reject, &parts, 2 * MIB).await;
     assert!(status == 502 || status == 503, "{status}");
     let log = off.app.received.lock().unwrap().clone();
     assert!(
@@ -1198,16 +1182,7 @@ async fn mirror_passes_on_an_early_answer_at_once() {
         None,
     );
     let began = std::time::Instant::now();
-    let resp = client()
-        .post(off.url())
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("an answer");
+    let resp = form_post(&off, body).send().await.expect("an answer");
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.text().await.unwrap_or_default(), "log in first");
     // Bounded loosely, for a busy machine: the idle timeout (60 s) is what it waited before.
