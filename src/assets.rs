@@ -128,12 +128,26 @@ impl Assets {
         };
         match read_bounded(body, RESOLVE_BODY_LIMIT, self.answer_stall).await {
             Ok(text) => {
-                self.resolve_named(origin, host, &text).await;
+                self.resolve_named(origin, self.pull_host(host), &text)
+                    .await;
                 Ok(body::full(text))
             }
             Err(ReadBounded::TooLarge(prefix, rest)) => Ok(body::prepend(prefix, rest)),
             Err(ReadBounded::Failed(err)) => Err(err),
         }
+    }
+
+    /// The rewriter's view of the store for a page asked with `host`.
+    pub fn page(&self, host: Option<&HeaderValue>) -> Arc<PageAssets> {
+        PageAssets::new(self.index.clone(), self.pull_host(host).cloned())
+    }
+
+    /// The Host origin pulls for a page asked with `host` send the app: `host` when it names
+    /// the site (`assets.site_origins`), so that a name-based virtual host answers as for
+    /// the page; else none (the upstream's own). Keys do not depend on the host: a client's
+    /// Host naming another site on the app must not have that site's files stored as ours.
+    pub fn pull_host<'a>(&self, host: Option<&'a HeaderValue>) -> Option<&'a HeaderValue> {
+        host.filter(|host| self.rules.names_the_site(host.as_bytes()))
     }
 
     /// The normalised, decoded managed path of a request path, or `None` when the path is not
@@ -205,7 +219,7 @@ pub struct PageAssets {
 }
 
 impl PageAssets {
-    pub fn new(index: Arc<AssetIndex>, host: Option<HeaderValue>) -> Arc<PageAssets> {
+    fn new(index: Arc<AssetIndex>, host: Option<HeaderValue>) -> Arc<PageAssets> {
         Arc::new(PageAssets { index, host })
     }
 }
@@ -624,7 +638,7 @@ impl AfterApp for MirrorCopy {
             .get::<RequestOrigin>()
             .and_then(|o| o.0.clone());
         // The upload's Host: the copies are asked of the app as the page that named them was.
-        let host = req.headers.get(header::HOST);
+        let host = self.assets.pull_host(req.headers.get(header::HOST));
         let mut paths = rewrite::collect_asset_paths(&self.assets.rules, origin.as_ref(), &text);
         paths.extend(self.follow_up(req, &text, origin.as_ref()).await);
         let mut stored_hashes = HashSet::new();
@@ -666,7 +680,7 @@ impl AfterApp for MirrorCopy {
             }
         }
         self.drop_duplicate_tees(teed, &stored_hashes).await;
-        let page = PageAssets::new(self.assets.index.clone(), host.cloned());
+        let page = self.assets.page(host);
         let rewriter = rewrite::Rewriter::new(self.assets.rules.clone(), origin, page);
         let content_type = header_str(&parts.headers, header::CONTENT_TYPE).unwrap_or_default();
         let body = match rewrite::ContentKind::from_content_type(&content_type, false, true) {

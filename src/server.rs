@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::admin::{Admin, NotShuttingDown, ReadinessCheck, StoreReachable, UpstreamReachable};
-use crate::assets::{self, Assets, MirrorCopy, PageAssets};
+use crate::assets::{self, Assets, MirrorCopy};
 use crate::body::{self, Body};
 use crate::config::{Config, RewriteConfig, StoreKind};
 use crate::metrics::{Metrics, RequestKind};
@@ -533,7 +533,7 @@ async fn rewrite_response(
     let origin = origin_parts.url();
     let kind = match work {
         Rewriting::Headers | Rewriting::HeadOfRewritten => {
-            let page = PageAssets::new(assets.index.clone(), origin_parts.host.clone());
+            let page = assets.page(origin_parts.host.as_ref());
             let rewriter = Rewriter::new(assets.rules.clone(), origin, page);
             rewrite_headers(&rewriter, &mut parts.headers);
             if matches!(work, Rewriting::HeadOfRewritten) {
@@ -548,7 +548,7 @@ async fn rewrite_response(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let page = PageAssets::new(assets.index.clone(), origin_parts.host.clone());
+    let page = assets.page(origin_parts.host.as_ref());
     let rewriter =
         Rewriter::new(assets.rules.clone(), origin.clone(), page).javascript(cfg.javascript);
     rewrite_headers(&rewriter, &mut parts.headers);

@@ -241,6 +241,19 @@ impl Rules {
         self.origins.iter().any(|o| o.matches(host, port))
     }
 
+    /// Whether a `Host` header value names one of the configured site origins (its port
+    /// left aside: offload may listen on another port than the site's public one).
+    pub fn names_the_site(&self, host: &[u8]) -> bool {
+        let name = match host.iter().rposition(|&b| b == b':') {
+            // Not the colons of an IPv6 literal (`[::1]`).
+            Some(colon) if !host[colon..].contains(&b']') => &host[..colon],
+            _ => host,
+        };
+        self.origins
+            .iter()
+            .any(|o| o.host.as_bytes().eq_ignore_ascii_case(name))
+    }
+
     /// Whether a normalised path lies strictly below a managed prefix.
     pub(crate) fn is_managed(&self, path: &str) -> bool {
         self.prefixes
@@ -483,6 +496,22 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(norm(raw).as_deref(), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_host_header_names_the_site_by_its_name() {
+        let rules = Rules::new(
+            vec!["/wp-content/uploads/".into()],
+            vec!["https://Example.com".parse().unwrap()],
+            "https://cdn.example.net/".parse().unwrap(),
+        )
+        .unwrap();
+        for host in ["example.com", "EXAMPLE.com:8080", "example.com:443"] {
+            assert!(rules.names_the_site(host.as_bytes()), "{host}");
+        }
+        for host in ["evil.test", "example.com.evil.test", "[::1]:443", ""] {
+            assert!(!rules.names_the_site(host.as_bytes()), "{host}");
         }
     }
 

@@ -147,10 +147,17 @@ async fn origin_pull_once_then_public_url() {
 }
 
 /// An app that serves its files to its own name only (a name-based virtual host) is asked
-/// for an asset with the Host of the page that named it, as the page itself was asked.
+/// for an asset with the Host of the page that named it, as the page itself was asked, when
+/// that Host names the site (`assets.site_origins`; any other could have another site's
+/// files stored under our keys).
 #[tokio::test]
 async fn origin_pull_asks_the_app_with_the_pages_host() {
-    let r = rig(|_| {}).await;
+    let r = rig(|c| {
+        c.assets
+            .site_origins
+            .push("http://site.test".parse().unwrap())
+    })
+    .await;
     let asset = "/wp-content/uploads/vhost.png";
     let bytes = image(5_000, 9);
     r.site.set(
