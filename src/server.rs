@@ -1173,7 +1173,7 @@ async fn accept(
     match acceptor.map(|tls| tls.offering(settings.http2).clone()) {
         None => {
             let client = ClientInfo { peer, tls: false };
-            serve_connection(stream, client, shared, settings).await;
+            serve_connection(stream, client, Protocol::Either, shared, settings).await;
         }
         // Boxed: a TLS connection's state (rustls' and hyper's over it) is over twice a
         // plain one's, and every connection's task would otherwise be that large.
@@ -1202,7 +1202,11 @@ async fn accept_tls(
     match handshake.await {
         Ok(Ok(tls_stream)) => {
             let client = ClientInfo { peer, tls: true };
-            serve_connection(tls_stream, client, shared, settings).await;
+            let protocol = match tls_stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Either,
+            };
+            serve_connection(tls_stream, client, protocol, shared, settings).await;
         }
         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -1217,6 +1221,7 @@ async fn accept_tls(
 async fn serve_connection<I>(
     io: I,
     client: ClientInfo,
+    protocol: Protocol,
     shared: Arc<Shared>,
     settings: Arc<ConnectionSettings>,
 ) where
@@ -1230,12 +1235,16 @@ async fn serve_connection<I>(
     let live = Arc::clone(&shared.live);
     let requests = Arc::clone(&connection);
     let service = service_fn(move |req| handle(live.current(), req, client, Arc::clone(&requests)));
-    match &settings.http1_only {
-        None => {
+    match (&settings.http1_only, protocol) {
+        (None, Protocol::Http2) => {
+            let conn = pin!(settings.http2_only.serve_connection(io, service));
+            drive(conn, Arc::clone(&connection), client, &shared, &settings).await;
+        }
+        (None, Protocol::Either) => {
             let conn = pin!(settings.builder.serve_connection_with_upgrades(io, service));
             drive(conn, Arc::clone(&connection), client, &shared, &settings).await;
         }
-        Some(http1) => {
+        (Some(http1), _) => {
             let conn = pin!(http1.serve_connection(io, service).with_upgrades());
             drive(conn, Arc::clone(&connection), client, &shared, &settings).await;
         }
@@ -1248,6 +1257,16 @@ async fn serve_connection<I>(
             }
         }
     }
+}
+
+/// What a connection speaks, as far as is known before its first bytes.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// ALPN settled on `h2`.
+    Http2,
+    /// HTTP/1.1, or HTTP/2 if it begins with the preface (h2c with prior knowledge, or TLS
+    /// without ALPN).
+    Either,
 }
 
 /// [`serve_connection`]'s watch over the connection being served, until it ends.

@@ -37,6 +37,10 @@ pub(crate) struct ConnectionSettings {
     /// HTTP/1.1, and HTTP/2 (h2c with prior knowledge, or `h2` in ALPN) when
     /// `server.http2` is on.
     pub(super) builder: auto::Builder<StreamExecutor>,
+    /// The same, HTTP/2 only: for a TLS connection whose ALPN settled on `h2`, served
+    /// without waiting for the client's first bytes to tell the protocol, so that the
+    /// server's SETTINGS (its stream limit) go out at once, as nginx sends them.
+    pub(super) http2_only: auto::Builder<StreamExecutor>,
     /// `server.http2 = false`: HTTP/1.1 only, from this builder (see `super::served` for
     /// why not the auto one), and no `h2` in ALPN.
     pub(super) http1_only: Option<http1::Builder>,
@@ -56,6 +60,7 @@ impl ConnectionSettings {
     pub(crate) fn new(cfg: &ServerConfig) -> ConnectionSettings {
         ConnectionSettings {
             builder: http_builder(cfg),
+            http2_only: http_builder(cfg).http2_only(),
             http1_only: (!cfg.http2).then(|| http1_builder(cfg)),
             http2: cfg.http2,
             idle_timeout: cfg.idle_timeout,

@@ -210,6 +210,11 @@ fn localhost_certificate() -> (String, String, Vec<u8>) {
 
 /// A TLS client trusting each of `certs` (PEM), with no session resumption.
 fn tls_client(certs: &[&str]) -> tokio_rustls::TlsConnector {
+    tls_client_offering(certs, &[])
+}
+
+/// [`tls_client`], offering `alpn` in its ClientHello.
+fn tls_client_offering(certs: &[&str], alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for pem in certs {
         for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
@@ -224,7 +229,43 @@ fn tls_client(certs: &[&str]) -> tokio_rustls::TlsConnector {
         .with_no_client_auth();
     // Full handshakes only: a resumed session shows the certificate of the one it resumes.
     config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Once ALPN has settled on `h2`, the server's SETTINGS (its stream limit among them) go out
+/// at once, before the client's preface, as nginx sends them: a client that opens many
+/// streams in its first flight then knows the limit, and none of them is refused.
+#[tokio::test]
+async fn settings_go_out_as_soon_as_alpn_settles_on_h2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, cert_pem) = write_localhost_certificate(dir.path());
+    let app = App::start().await;
+    let mut config = config_for(app.addr);
+    config.server.http2_max_concurrent_streams = 8;
+    config.server.tls = Some(offload::config::TlsConfig {
+        cert,
+        key,
+        listen: None,
+        redirect_http: false,
+        proxy_protocol: None,
+    });
+    let proxy = Proxy::start(config).await;
+    let connector = tls_client_offering(&[&cert_pem], &[b"h2", b"http/1.1"]);
+    let (mut tls, _) = tls_connect(&connector, proxy.addr).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(2), tls.read_exact(&mut head))
+        .await
+        .expect("SETTINGS before the client said anything")
+        .expect("a frame");
+    assert_eq!(head[3], 0x4, "SETTINGS first: {head:?}");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload)
+        .await
+        .expect("SETTINGS payload");
+    assert_eq!(max_concurrent_streams(&payload), Some(8));
 }
 
 /// A TLS connection to `addr` as `localhost`, and the certificate it was shown (DER).
