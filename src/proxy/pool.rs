@@ -54,6 +54,9 @@ pub(super) struct Conn {
     reused: bool,
     /// The request's place under `upstream.max_connections`, given back with the connection.
     admitted: Option<Place>,
+    /// Resolves once the request body has gone out; kept when the app answered before it
+    /// had (see [`Pool::checkin`]).
+    body_unsent: Option<oneshot::Receiver<()>>,
 }
 
 type AppConnection = http1::Connection<AppIo, Body>;
@@ -126,6 +129,8 @@ pub(super) struct Pool {
     /// As nginx's `keepalive`, per worker.
     max_idle: usize,
     idle_timeout: Duration,
+    /// How long the rest of a request body the app answered early may take to go out.
+    finish_timeout: Duration,
 }
 
 impl std::fmt::Debug for Pool {
@@ -155,6 +160,7 @@ impl Pool {
             sweeping: Once::new(),
             max_idle: cfg.pool_max_idle,
             idle_timeout: cfg.pool_idle_timeout,
+            finish_timeout: cfg.response_timeout,
         }
     }
 
@@ -190,6 +196,7 @@ impl Pool {
             io: Some(Box::new(io)),
             reused: false,
             admitted: None,
+            body_unsent: None,
         })
     }
 
@@ -207,6 +214,7 @@ impl Pool {
             io: None,
             reused: false,
             admitted: None,
+            body_unsent: None,
         })
     }
 
@@ -237,7 +245,21 @@ impl Pool {
     }
 
     /// Takes a connection back after its response ended.
+    ///
+    /// An app may answer before it has read the whole request body (RFC 9110 §15): a
+    /// rejection, or an answer that needs only the start. The connection then still owes
+    /// the app the rest, and the client's connection cannot carry its next request before
+    /// the rest has come in. So the rest goes on to the app, as it would have through
+    /// nginx's buffering of request bodies, for up to `upstream.response_timeout`, and
+    /// only then is the connection idle; an app that closes instead ends it.
     fn checkin(self: &Arc<Pool>, mut conn: Conn) {
+        if let Some(mut sent) = conn.body_unsent.take()
+            && conn.io.is_some()
+            && matches!(sent.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        {
+            self.finish_sending(conn, sent);
+            return;
+        }
         // The request is done with the app: an idle connection keeps no place.
         conn.admitted = None;
         if conn.io.is_none() || conn.sender.is_closed() {
@@ -256,6 +278,25 @@ impl Pool {
             });
         }
         self.sweeping.call_once(|| self.start_sweeping());
+    }
+
+    /// Drives `conn` in a task of its own until its request body has gone out (`sent`),
+    /// then takes it back; drops it (and with it the rest of the body) after
+    /// `finish_timeout` or when no runtime is there to drive it.
+    fn finish_sending(self: &Arc<Pool>, mut conn: Conn, mut sent: oneshot::Receiver<()>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = Arc::clone(self);
+        runtime.spawn(async move {
+            let finished = poll_fn(|cx| {
+                conn.poll_driving(cx, false, |cx| Pin::new(&mut sent).poll(cx).map(drop))
+            });
+            match tokio::time::timeout(pool.finish_timeout, finished).await {
+                Ok(()) => pool.checkin(conn),
+                Err(_) => debug!("the app took the rest of a request body too slowly"),
+            }
+        });
     }
 
     /// Closes, every so often, the idle connections past the idle timeout and those the app
@@ -407,7 +448,10 @@ impl Conn {
         })
         .await;
         match result {
-            Ok(Ok(response)) => Ok((response, self)),
+            Ok(Ok(response)) => {
+                self.body_unsent = body_sent;
+                Ok((response, self))
+            }
             Ok(Err(mut failed)) => Err(SendError::Failed(Box::new(SendFailure {
                 request: failed.take_message(),
                 error: failed.into_error(),

@@ -317,6 +317,147 @@ async fn expect_100_continue_does_not_stall() {
     assert_eq!(echo.one("expect"), None, "Expect is not forwarded");
 }
 
+/// An app that answers a POST at once, then reads its body to the end (and reports its
+/// SHA-256), then answers `GET`s on the same connection with `ok`.
+async fn early_answering_app() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("app binds");
+    let addr = listener.local_addr().expect("app address");
+    let (digests, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let digests = digests.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = read_until_head_end(&mut stream, &mut buf).await else {
+                        return;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end);
+                    if !head.starts_with("post ") {
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let Some(length) = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                    else {
+                        return;
+                    };
+                    let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    // Long enough for the answer to reach the client before the body has.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let mut hasher = Sha256::new();
+                    let mut left = length;
+                    loop {
+                        let take = left.min(buf.len());
+                        hasher.update(&buf[..take]);
+                        buf.drain(..take);
+                        left -= take;
+                        if left == 0 {
+                            break;
+                        }
+                        let mut chunk = vec![0u8; 64 * 1024];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                let _ = digests.send(format!("cut short, {left} bytes missing"));
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = digests.send(hex::encode(hasher.finalize()));
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// Reads into `buf` until it holds a whole head; the head's length (with its blank line).
+async fn read_until_head_end(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(at + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// An app may answer before it has read the request body (RFC 9110 §15), and read the rest
+/// afterwards: the rest still reaches it whole, and the client's connection carries its
+/// next request (the app connection was not left idle with the body half sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_still_gets_the_app_the_whole_body() {
+    use tokio::io::AsyncReadExt;
+    const LEN: u64 = 32 * 1024 * 1024;
+    let (app, mut digests) = early_answering_app().await;
+    let proxy = Proxy::start(config_for(app)).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let sending = tokio::spawn(async move {
+        let head = format!("POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await?;
+        let mut body = std::pin::pin!(pattern_stream(LEN));
+        while let Some(chunk) = body.next().await {
+            writer.write_all(&chunk?).await?;
+        }
+        writer
+            .write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut answers = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut chunk = [0u8; 4096];
+        while !answers.ends_with(b"\r\n\r\nok") {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answers.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let answers = String::from_utf8_lossy(&answers);
+    assert!(read.is_ok(), "both answers in time: {answers:?}");
+    assert!(
+        answers.starts_with("HTTP/1.1 204 No Content\r\n"),
+        "{answers:?}"
+    );
+    assert!(answers.contains("HTTP/1.1 200 OK\r\n"), "{answers:?}");
+    assert!(answers.ends_with("\r\n\r\nok"), "{answers:?}");
+    let _writer = sending.await.expect("sender").expect("whole request sent");
+    let digest = tokio::time::timeout(Duration::from_secs(5), digests.recv())
+        .await
+        .expect("the app read the body")
+        .expect("digest");
+    assert_eq!(digest, pattern_sha256(LEN));
+}
+
 #[tokio::test]
 async fn websocket_echoes_through_the_tunnel() {
     let (_app, proxy) = app_and_proxy(|_| {}).await;
