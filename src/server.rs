@@ -903,6 +903,7 @@ impl Server {
                 }
             }
         });
+        let mut tls_first = false;
         loop {
             // A slot first: at the limit, connections wait in the listen backlog.
             let slot = tokio::select! {
@@ -910,12 +911,16 @@ impl Server {
                 _ = &mut shutdown => break,
                 slot = slots.next() => slot,
             };
+            let listeners = (&self.listener, self.tls_listener.as_ref());
             let (accepted, entry) = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => (accepted, on_main),
-                accepted = accept_on(self.tls_listener.as_ref()) => (accepted, Entry::TlsListener),
+                accepted = accept_either(listeners, on_main, tls_first) => accepted,
             };
+            // The other listener first next time: when both have connections waiting (at
+            // `server.max_connections`, or under a flood on one), each gets every other
+            // place, as nginx's listening sockets are each an event of their own.
+            tls_first = !matches!(entry, Entry::TlsListener);
             match accepted {
                 Ok((stream, peer)) => {
                     let shared = Arc::clone(&shared);
@@ -1136,6 +1141,28 @@ struct Shared {
 }
 
 /// The next connection on `listener`; never, when there is none.
+/// The next connection on the main listener or `server.tls.listen`'s (the listener it came
+/// on, as the [`Entry`] to serve it by); `tls_first`: which to take when both have one.
+async fn accept_either(
+    (main, tls): (&TcpListener, Option<&TcpListener>),
+    on_main: Entry,
+    tls_first: bool,
+) -> (std::io::Result<(TcpStream, SocketAddr)>, Entry) {
+    if tls_first {
+        tokio::select! {
+            biased;
+            accepted = accept_on(tls) => (accepted, Entry::TlsListener),
+            accepted = main.accept() => (accepted, on_main),
+        }
+    } else {
+        tokio::select! {
+            biased;
+            accepted = main.accept() => (accepted, on_main),
+            accepted = accept_on(tls) => (accepted, Entry::TlsListener),
+        }
+    }
+}
+
 async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
     match listener {
         Some(listener) => listener.accept().await,

@@ -846,6 +846,60 @@ async fn past_max_connections_new_ones_wait_until_one_closes() {
     );
 }
 
+/// At `server.max_connections`, connections waiting on the TLS listener and on the plain one
+/// take turns at the places that free up: a busy plain listener does not starve the other.
+#[tokio::test]
+async fn at_max_connections_the_tls_listener_takes_its_turn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, cert_pem) = write_localhost_certificate(dir.path());
+    let app = App::start().await;
+    let mut config = config_for(app.addr);
+    config.server.max_connections = 1;
+    config.server.tls = Some(offload::config::TlsConfig {
+        cert,
+        key,
+        listen: Some("127.0.0.1:0".parse().expect("address")),
+        redirect_http: false,
+        proxy_protocol: None,
+    });
+    let proxy = Proxy::start(config).await;
+    let tls_addr = proxy.tls_addr.expect("a TLS listener");
+    let mut holding = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(
+        status_line(&mut holding, "/bytes/3").await,
+        "HTTP/1.1 200 OK"
+    );
+    // Both wait in their listener's backlog while the one place is taken.
+    let mut plain = TcpStream::connect(proxy.addr).await.expect("connect");
+    plain
+        .write_all(b"GET /bytes/3 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let tcp = TcpStream::connect(tls_addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let handshake = tokio::spawn(tls_client(&[&cert_pem]).connect(name, tcp));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(holding);
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), handshake)
+        .await
+        .expect("the TLS connection is taken first")
+        .expect("task")
+        .expect("handshake");
+    assert_eq!(status_line(&mut tls, "/bytes/3").await, "HTTP/1.1 200 OK");
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), plain.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "the plain one waits for the place: {early:?}"
+    );
+    drop(tls);
+    let n = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf))
+        .await
+        .expect("then the plain one is served")
+        .expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"), "{:?}", &buf[..n]);
+}
+
 /// `server.proxy_protocol`: the PROXY header's source is the client the app hears of (in
 /// X-Forwarded-For), whatever X-Forwarded-For the client sent; a connection without the
 /// header is closed unanswered.
