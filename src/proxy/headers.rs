@@ -254,9 +254,19 @@ pub(super) fn join_cookies(headers: &mut HeaderMap) {
 /// What is wrong with an HTTP/2 request that hyper's HTTP/2 server lets through where its
 /// HTTP/1 parser would not, if anything: more headers than `server.max_headers` (`431`;
 /// the HTTP/2 server bounds only their bytes) or a value with whitespace at either end
-/// (RFC 9113 §8.2.1, `400`). (Userinfo in `:authority` is [`target_problem`]'s.)
+/// (RFC 9113 §8.2.1, `400`). (Userinfo in `:authority` is [`target_problem`]'s.) The
+/// `cookie` fields count as the one header [`join_cookies`] makes of them, as over HTTP/1.1.
 pub fn h2_problem<B>(req: &Request<B>, max_headers: usize) -> Option<(StatusCode, &'static str)> {
-    if req.headers().len() > max_headers {
+    let headers = req.headers();
+    if headers.len() > max_headers
+        && headers.len()
+            - headers
+                .get_all(header::COOKIE)
+                .iter()
+                .count()
+                .saturating_sub(1)
+            > max_headers
+    {
         return Some((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "more headers than server.max_headers",

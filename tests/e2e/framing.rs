@@ -296,6 +296,16 @@ async fn cookies_an_http2_client_splits_reach_the_app_as_one_header() {
         .expect("h2 request");
     let echo = Echo::parse(&resp.text().await.expect("body"));
     assert_eq!(echo.all("cookie"), ["a=1; b=2; c=3"]);
+    // As one header they count as one against server.max_headers (100), as over HTTP/1.1.
+    let mut many = h2.get(proxy.url("/cookies"));
+    for i in 0..150 {
+        many = many.header("cookie", format!("c{i}={i}"));
+    }
+    let resp = many.send().await.expect("h2 request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echo = Echo::parse(&resp.text().await.expect("body"));
+    let expected: Vec<String> = (0..150).map(|i| format!("c{i}={i}")).collect();
+    assert_eq!(echo.all("cookie"), [expected.join("; ")]);
 }
 
 /// Sends `req` over a new HTTP/2 (prior knowledge) connection to `proxy`: the status and
