@@ -51,17 +51,23 @@ pub(super) fn strip_forwarding_lookalikes(headers: &mut HeaderMap) {
 
 /// Claims about the client that only a proxy may make and that offload does not set itself,
 /// which apps behind trusted proxies read: Symfony and Laravel take the port and prefix,
-/// many apps the real IP (`X-Real-IP`, Akamai's `True-Client-IP`, `X-Client-IP`); Rack
+/// many apps the real IP (`X-Real-IP`, Akamai's `True-Client-IP`, `X-Client-IP`, and
+/// `Client-IP`, `X-Cluster-Client-IP`, Cloudflare's and Fastly's, which Rails and WordPress
+/// security plugins read before `X-Forwarded-For`); Rack
 /// takes the scheme from `X-Forwarded-Ssl: on` and `X-Forwarded-Scheme` before
 /// `X-Forwarded-Proto`, others from `Front-End-Https` and `X-Url-Scheme`; IIS rewrites and
 /// older Symfony and Zend take the path from `X-Original-URL` and `X-Rewrite-URL` (an
 /// access-control bypass). From an untrusted peer they are dropped.
-static UNSET_CLAIMS: [HeaderName; 11] = [
+static UNSET_CLAIMS: [HeaderName; 15] = [
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-prefix"),
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("true-client-ip"),
     HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
     HeaderName::from_static("x-forwarded-ssl"),
     HeaderName::from_static("x-forwarded-scheme"),
     HeaderName::from_static("front-end-https"),
@@ -397,6 +403,10 @@ mod tests {
             ("x-real-ip", "6.6.6.6"),
             ("true-client-ip", "6.6.6.6"),
             ("x-client-ip", "6.6.6.6"),
+            ("client-ip", "6.6.6.6"),
+            ("x-cluster-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("fastly-client-ip", "6.6.6.6"),
             ("x-forwarded-ssl", "on"),
             ("x-forwarded-scheme", "https"),
             ("front-end-https", "on"),
