@@ -73,16 +73,26 @@ use served::Served;
 use settings::{ConnectionSettings, Entry};
 pub use tls::Certificates;
 
-/// What a start reads besides the configuration, read the same way, for `check-config` (as
-/// `nginx -t` reads the certificates): the TLS certificate and key, the roots an
-/// `https://` app is checked against (`upstream.tls_ca_file`), and a folder store's root
-/// (looked at, not created; a bucket is not asked: see `store::check`).
+/// What a start reads and builds besides the configuration, done the same way, for
+/// `check-config` (as `nginx -t` reads the certificates): the TLS certificate and key, the
+/// roots an `https://` app is checked against (`upstream.tls_ca_file`), a folder store's
+/// root (looked at, not created; a bucket is not asked: see `store::check`), the upload
+/// routes (their key templates) and the rewrite rules.
 pub fn check_files(config: &Config) -> anyhow::Result<()> {
     if let Some(files) = &config.server.tls {
         Certificates::load(files)?;
     }
     crate::proxy::check_app_tls(&config.upstream)?;
     store::check(&config.store)?;
+    UploadRoutes::new(&config.uploads, &config.store)?;
+    if !config.assets.prefixes.is_empty() {
+        // The store's own URL is known once it is built; any valid base checks the rest.
+        let base = match &config.store.public_url {
+            Some(url) => url.clone(),
+            None => Url::parse("https://store.invalid/")?,
+        };
+        rewrite_rules(config, base)?;
+    }
     Ok(())
 }
 use workers::Workers;
@@ -271,13 +281,7 @@ fn build_assets(
     presence: &Arc<Presence>,
     upstream: &Arc<Upstream>,
 ) -> anyhow::Result<Assets> {
-    let public_base = public_base(config, store.as_ref())?;
-    let rules = Rules::new(
-        config.assets.prefixes.clone(),
-        config.assets.site_origins.clone(),
-        public_base,
-    )
-    .context("assets: building the rewrite rules")?;
+    let rules = rewrite_rules(config, public_base(config, store.as_ref())?)?;
     Ok(Assets::new(
         Arc::new(rules),
         store.clone(),
@@ -287,6 +291,16 @@ fn build_assets(
         &config.assets,
         config.server.idle_timeout,
     ))
+}
+
+/// `assets.prefixes` and `assets.site_origins` rewritten to `public_base`.
+fn rewrite_rules(config: &Config, public_base: Url) -> anyhow::Result<Rules> {
+    Rules::new(
+        config.assets.prefixes.clone(),
+        config.assets.site_origins.clone(),
+        public_base,
+    )
+    .context("assets: building the rewrite rules")
 }
 
 /// Where rewritten URLs point: `store.public_url`, else the store's own URL of the empty key
