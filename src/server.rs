@@ -39,7 +39,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -885,6 +885,7 @@ impl Server {
             cancel: cancel.clone(),
             abandon: abandon.clone(),
             live: Arc::clone(&self.live),
+            reclaim: self.slots.reclaimer(),
         });
         let slots = self.slots;
         info!(
@@ -1152,9 +1153,10 @@ struct Shared {
     cancel: CancellationToken,
     /// The shutdown grace expired: connections still open are dropped.
     abandon: CancellationToken,
+    /// At `server.max_connections`: connections between requests close.
+    reclaim: Arc<Notify>,
 }
 
-/// The next connection on `listener`; never, when there is none.
 /// The next connection on the main listener or `server.tls.listen`'s (the listener it came
 /// on, as the [`Entry`] to serve it by); `tls_first`: which to take when both have one.
 async fn accept_either(
@@ -1177,6 +1179,7 @@ async fn accept_either(
     }
 }
 
+/// The next connection on `listener`; never, when there is none.
 async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
     match listener {
         Some(listener) => listener.accept().await,
@@ -1341,6 +1344,7 @@ async fn drive<C: Served>(
         settings.idle_timeout,
         settings.handshake_timeout,
     )));
+    watchers.push(watch_reclaim(&shared.reclaim, &connection));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -1363,11 +1367,14 @@ async fn drive<C: Served>(
                     watchers.push(watch(ConnectionEvent::GraceExpired, shared.abandon.clone()));
                     watchers.push(watch_closing(&connection));
                 }
-                ConnectionEvent::Watchdog(Verdict::Idle) if !closing => {
+                ConnectionEvent::Watchdog(Verdict::Idle) | ConnectionEvent::Reclaimed
+                    if !closing =>
+                {
                     conn.as_mut().close_gracefully();
                     closing = true;
                     watchers.push(watch_closing(&connection));
                 }
+                ConnectionEvent::Reclaimed => {}
                 ConnectionEvent::Watchdog(Verdict::Idle) => {
                     debug!(peer = %client.peer, "an idle connection did not close; dropping it");
                     return;
@@ -1404,9 +1411,25 @@ enum ConnectionEvent {
     /// The shutdown grace expired: drop the connection.
     GraceExpired,
     Watchdog(Verdict),
+    /// New connections wait for a place, and this one is between requests: close it.
+    Reclaimed,
 }
 
 type Watcher = Pin<Box<dyn Future<Output = ConnectionEvent> + Send>>;
+
+/// A watcher reporting [`ConnectionEvent::Reclaimed`] once `reclaim` is notified while the
+/// connection is between requests.
+fn watch_reclaim(reclaim: &Arc<Notify>, connection: &Arc<ConnectionState>) -> Watcher {
+    let (reclaim, connection) = (Arc::clone(reclaim), Arc::clone(connection));
+    Box::pin(async move {
+        loop {
+            reclaim.notified().await;
+            if connection.between_requests() {
+                return ConnectionEvent::Reclaimed;
+            }
+        }
+    })
+}
 
 /// A watcher reporting `event` once `token` is cancelled.
 fn watch(event: ConnectionEvent, token: CancellationToken) -> Watcher {

@@ -98,6 +98,17 @@ impl ConnectionState {
         self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Kept alive between requests: at least one answered, none in flight and no byte of
+    /// the next one read (nginx's "reusable" connections). Closing it now loses nothing a
+    /// client does not retry. (One that has yet to send its first request is left to
+    /// `server.header_read_timeout`: its request may be on its way.)
+    pub(super) fn between_requests(&self) -> bool {
+        let begun = self.begun.load(Ordering::Relaxed);
+        begun > 0
+            && begun == self.ended.load(Ordering::Relaxed)
+            && !self.read_since_end.load(Ordering::Relaxed)
+    }
+
     /// Bytes of HTTP/1 came in (or bytes not yet told apart from it).
     fn read_http1(&self) {
         self.bump();

@@ -6,6 +6,9 @@
 //! to the app, opening a stored file or a log: everyone's requests fail, not just the
 //! newest. So the server stops accepting at a limit below that: new connections wait in
 //! the kernel's listen backlog until one closes, as nginx does when its workers are full.
+//! Meanwhile the connections kept alive between requests are asked to close, as nginx reuses its idle keep-alive connections when
+//! `worker_connections` run out: otherwise a client holding idle connections (a browser
+//! keeps six) would keep everyone else out until `server.header_read_timeout`.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -81,6 +84,10 @@ pub(super) struct ConnectionSlots {
     metrics: Metrics,
     /// When the limit was last reported, so that a server held at it warns once a minute.
     last_warned: Mutex<Option<Instant>>,
+    /// Asks the connections between requests to close ([`ConnectionSlots::reclaimer`]).
+    reclaim: Arc<Notify>,
+    /// When they were last asked.
+    last_reclaimed: Mutex<Option<Instant>>,
 }
 
 struct Sizing {
@@ -93,6 +100,11 @@ struct Sizing {
 /// How often a server held at its connection limit says so.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// How often, at most, a server held at its connection limit asks the connections between
+/// requests to close: each time wakes every connection's task, and those busy then may be
+/// between requests a moment later.
+const RECLAIM_EVERY: Duration = Duration::from_millis(250);
+
 impl ConnectionSlots {
     /// `limit` slots; the limit and each wait for a slot are shown in `metrics`.
     pub(super) fn new(limit: usize, metrics: Metrics) -> ConnectionSlots {
@@ -103,7 +115,15 @@ impl ConnectionSlots {
             resized: Notify::new(),
             metrics,
             last_warned: Mutex::new(None),
+            reclaim: Arc::new(Notify::new()),
+            last_reclaimed: Mutex::new(None),
         }
+    }
+
+    /// What each connection listens to, to close when it is between requests while new
+    /// connections wait for a slot.
+    pub(super) fn reclaimer(&self) -> Arc<Notify> {
+        Arc::clone(&self.reclaim)
     }
 
     /// Makes the limit `limit`. Raised, the new slots are free at once; lowered, the free
@@ -125,8 +145,10 @@ impl ConnectionSlots {
         self.resized.notify_waiters();
     }
 
-    /// A slot for the next connection, waiting (and warning) while all are taken.
+    /// A slot for the next connection, waiting (and warning) while all are taken, and
+    /// asking the connections between requests to make room.
     pub(super) async fn next(&self) -> OwnedSemaphorePermit {
+        let mut warned = false;
         loop {
             // Made before the sizes are read: a resize from then on wakes it.
             let resized = self.resized.notified();
@@ -144,7 +166,12 @@ impl ConnectionSlots {
             }
             match Arc::clone(&self.slots).try_acquire_owned() {
                 Ok(slot) => return slot,
-                Err(TryAcquireError::NoPermits) => self.warn_full(),
+                Err(TryAcquireError::NoPermits) => {
+                    if !std::mem::replace(&mut warned, true) {
+                        self.warn_full();
+                    }
+                    self.reclaim_idle();
+                }
                 // Never closed: the semaphore lives as long as the server.
                 Err(TryAcquireError::Closed) => return std::future::pending().await,
             }
@@ -154,6 +181,8 @@ impl ConnectionSlots {
                     Err(_) => return std::future::pending().await,
                 },
                 () = resized => {}
+                // Connections busy a moment ago may be between requests now.
+                () = tokio::time::sleep(RECLAIM_EVERY) => {}
             }
         }
     }
@@ -172,6 +201,17 @@ impl ConnectionSlots {
     /// The limit in force.
     pub(super) fn limit(&self) -> usize {
         lock(&self.sizing).limit
+    }
+
+    /// Asks the connections between requests to close, unless that was done less than
+    /// [`RECLAIM_EVERY`] ago.
+    fn reclaim_idle(&self) {
+        let mut last = lock(&self.last_reclaimed);
+        if last.is_some_and(|at| at.elapsed() < RECLAIM_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.reclaim.notify_waiters();
     }
 
     fn warn_full(&self) {

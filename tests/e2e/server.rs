@@ -806,6 +806,7 @@ fn a_passed_socket_no_listener_is_configured_for_fails_the_start() {
     }
 }
 
+/// Connections busy with a request hold their places: past the limit, new ones wait.
 #[tokio::test]
 async fn past_max_connections_new_ones_wait_until_one_closes() {
     let app = App::start().await;
@@ -816,13 +817,13 @@ async fn past_max_connections_new_ones_wait_until_one_closes() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(process.addr).await.expect("connect");
-        assert_eq!(
-            status_line(&mut stream, "/bytes/3").await,
-            "HTTP/1.1 200 OK"
-        );
+        stream
+            .write_all(b"GET /sleep/30000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("request");
         held.push(stream);
     }
-    // The third is taken by the kernel's backlog, and not answered while both are open.
+    // The third is taken by the kernel's backlog, and not answered while both are busy.
     let mut third = TcpStream::connect(process.addr).await.expect("connect");
     let waiting = tokio::time::timeout(
         Duration::from_millis(500),
@@ -844,6 +845,41 @@ async fn past_max_connections_new_ones_wait_until_one_closes() {
         "{:?}",
         String::from_utf8_lossy(&answer[..n])
     );
+}
+
+/// At the limit, connections between requests (kept alive after their answer) close to
+/// make room, as nginx reuses its idle keep-alive connections: a new client does not wait
+/// for their `header_read_timeout`.
+#[tokio::test]
+async fn at_max_connections_idle_keep_alive_connections_make_room() {
+    let (_app, proxy) = app_and_proxy(|c| c.server.max_connections = 2).await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        assert_eq!(
+            status_line(&mut stream, "/bytes/3").await,
+            "HTTP/1.1 200 OK"
+        );
+        idle.push(stream);
+    }
+    let mut third = TcpStream::connect(proxy.addr).await.expect("connect");
+    let answered =
+        tokio::time::timeout(Duration::from_secs(5), status_line(&mut third, "/bytes/3"))
+            .await
+            .expect("answered while the idle ones are open");
+    assert_eq!(answered, "HTTP/1.1 200 OK");
+    // The idle ones were closed (no answer was cut: they had none in flight).
+    for mut stream in idle {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .expect("closed");
+        assert!(closed.is_ok(), "{closed:?}");
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("HTTP/1.1"),
+            "{rest:?}"
+        );
+    }
 }
 
 /// At `server.max_connections`, connections waiting on the TLS listener and on the plain one
@@ -885,13 +921,21 @@ async fn at_max_connections_the_tls_listener_takes_its_turn() {
         .expect("the TLS connection is taken first")
         .expect("task")
         .expect("handshake");
-    assert_eq!(status_line(&mut tls, "/bytes/3").await, "HTTP/1.1 200 OK");
+    // Busy (an idle one would be closed to make room), it keeps the place.
+    tls.write_all(b"GET /sleep/1000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
     let mut buf = [0u8; 64];
     let early = tokio::time::timeout(Duration::from_millis(300), plain.read(&mut buf)).await;
     assert!(
         early.is_err(),
         "the plain one waits for the place: {early:?}"
     );
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .expect("the TLS one is answered")
+        .expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"), "{:?}", &buf[..n]);
     drop(tls);
     let n = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf))
         .await
