@@ -640,8 +640,17 @@ impl Config {
                 self.assets.prefixes.push((*prefix).into());
             }
         }
+        // A route of the file's own with the same path and query replaces the preset's; one
+        // with another query (`action=my_upload` at `/index.php`) stands beside it.
+        let same_query = |theirs: &[String], ours: &[&str]| {
+            theirs.len() == ours.len() && ours.iter().all(|q| theirs.iter().any(|t| t == q))
+        };
         for (path, query) in routes {
-            if !self.uploads.iter().any(|r| r.path == *path) {
+            if !self
+                .uploads
+                .iter()
+                .any(|r| r.path == *path && same_query(&r.query, query))
+            {
                 self.uploads.push(UploadRouteConfig {
                     path: (*path).into(),
                     query: query.iter().map(|q| q.to_string()).collect(),
@@ -1027,6 +1036,21 @@ impl UploadRouteConfig {
     fn validate(&self) -> anyhow::Result<()> {
         if !self.path.starts_with('/') {
             bail!("path: {:?} must start with '/'", self.path);
+        }
+        // Routes match the request's path; its query is matched by `query` (in a glob, `?`
+        // is any one character, so such a path would never match).
+        if let Some((path, query)) = self.path.split_once('?')
+            && query.contains('=')
+        {
+            bail!(
+                "path: {:?} holds a query: write path = {path:?} and query = [{}]",
+                self.path,
+                query
+                    .split('&')
+                    .map(|pair| format!("{pair:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         globset::Glob::new(&self.path)
             .with_context(|| format!("path: bad glob {:?}", self.path))?;
@@ -1762,6 +1786,10 @@ mod tests {
                 "uploads: is a list of routes, each written [[uploads]]",
             ),
             (
+                "[[uploads]]\npath = \"/index.php?option=com_media&task=file.upload\"",
+                "uploads[0]: path: \"/index.php?option=com_media&task=file.upload\" holds a query: write path = \"/index.php\" and query = [\"option=com_media\", \"task=file.upload\"]",
+            ),
+            (
                 "[upstream]\nurl = \"http://admin:S3cret@127.0.0.1:8000/\"",
                 "upstream.url: no user or password in it",
             ),
@@ -2085,6 +2113,35 @@ mod tests {
         }
         let other = "/?rest_route=/wp/v2/posts".parse().unwrap();
         assert!(routes.find(&http::Method::POST, &other).is_none());
+    }
+
+    /// A route of the file's own at a preset's path with another query does not take the
+    /// preset's place: both are matched.
+    #[test]
+    fn a_route_at_a_preset_path_with_another_query_keeps_the_presets() {
+        let c = load(
+            "preset = \"wordpress\"\n[[uploads]]\npath = \"/index.php\"\nquery = [\"action=my_upload\"]\n",
+        )
+        .unwrap();
+        let routes = crate::upload::UploadRoutes::new(&c.uploads, &c.store).unwrap();
+        for target in [
+            "/index.php?action=my_upload",
+            "/index.php?rest_route=/wp/v2/media",
+        ] {
+            let uri: http::Uri = target.parse().unwrap();
+            assert!(routes.find(&http::Method::POST, &uri).is_some(), "{target}");
+        }
+        let with_same_query = load(
+            "preset = \"wordpress\"\n[[uploads]]\npath = \"/index.php\"\nquery = [\"rest_route=/wp/v2/media\"]\nmax_file_size = \"1MiB\"\n",
+        )
+        .unwrap();
+        let at_index: Vec<_> = with_same_query
+            .uploads
+            .iter()
+            .filter(|r| r.path == "/index.php")
+            .collect();
+        assert_eq!(at_index.len(), 1);
+        assert_eq!(at_index[0].max_file_size, ByteSize::mib(1));
     }
 
     /// Refused at load (see the table above), but printed masked should one get through.
