@@ -99,6 +99,21 @@ fn key_path(rest: &str, variable: &str) -> anyhow::Result<Option<Vec<String>>> {
     if TOP_LEVEL.contains(&rest) {
         return Ok(Some(vec![rest.to_string()]));
     }
+    // `OFFLOAD_UPLOADS_PATH`: the routes are one list, set whole.
+    if let Some(top) = TOP_LEVEL
+        .iter()
+        .find(|top| rest.strip_prefix(**top).is_some_and(|a| a.starts_with('_')))
+    {
+        let example = match *top {
+            "uploads" => "='[{ path = \"/upload\" }]'",
+            _ => "=wordpress",
+        };
+        bail!(
+            "{variable}: names no configuration key; `{top}` is set whole, as \
+             OFFLOAD_{}{example}",
+            top.to_ascii_uppercase()
+        );
+    }
     for section in SECTIONS {
         let Some(after) = rest.strip_prefix(section) else {
             continue;
@@ -288,6 +303,15 @@ mod tests {
             ("logs_level", "did you mean OFFLOAD_LOG_"),
             ("sevrer_listen", "did you mean OFFLOAD_SERVER_"),
             ("upload_path", "did you mean OFFLOAD_UPLOADS?"),
+            (
+                "uploads_path",
+                "`uploads` is set whole, as OFFLOAD_UPLOADS='[{ path",
+            ),
+            ("uploads_0_path", "`uploads` is set whole"),
+            (
+                "preset_name",
+                "`preset` is set whole, as OFFLOAD_PRESET=wordpress",
+            ),
             ("store", "names the section [store]"),
         ] {
             let err = key_path(misspelt, "OFFLOAD_X").unwrap_err().to_string();
