@@ -837,6 +837,15 @@ impl Config {
                 bail!("assets.site_origins: {origin} must be scheme://host[:port] only");
             }
         }
+        // A size that rounds to nothing ("0.1 B") refuses everything it bounds.
+        for (key, size) in [
+            ("assets.pull_max_size", self.assets.pull_max_size),
+            ("rewrite.max_size", self.rewrite.max_size),
+        ] {
+            if size.as_u64() == 0 {
+                bail!("{key}: must be more than 0");
+            }
+        }
         if self.assets.pull_concurrency == 0 || self.assets.pull_concurrency > MAX_PULLS {
             bail!("assets.pull_concurrency: must be 1 to {MAX_PULLS}");
         }
@@ -1074,6 +1083,15 @@ impl UploadRouteConfig {
         }
         if self.max_parts == 0 {
             bail!("max_parts: must be at least 1");
+        }
+        for (key, size) in [
+            ("max_file_size", self.max_file_size),
+            ("max_body_size", self.max_body_size),
+            ("max_field_size", self.max_field_size),
+        ] {
+            if size.as_u64() == 0 {
+                bail!("{key}: must be more than 0");
+            }
         }
         if self.max_file_size > self.max_body_size {
             bail!("max_file_size: larger than max_body_size");
@@ -1784,6 +1802,18 @@ mod tests {
             (
                 "[uploads]\npath = \"/upload\"",
                 "uploads: is a list of routes, each written [[uploads]]",
+            ),
+            (
+                "[rewrite]\nmax_size = \"0.0000001 B\"",
+                "rewrite.max_size: must be more than 0",
+            ),
+            (
+                "[assets]\npull_max_size = \"0B\"",
+                "assets.pull_max_size: must be more than 0",
+            ),
+            (
+                "[[uploads]]\npath = \"/u\"\nmax_field_size = \"0B\"",
+                "uploads[0]: max_field_size: must be more than 0",
             ),
             (
                 "[[uploads]]\npath = \"/index.php?option=com_media&task=file.upload\"",
