@@ -8,8 +8,8 @@
 //! UUID, as nginx's.
 
 use anyhow::Context;
-use http::Request;
-use http::header::{HeaderName, HeaderValue};
+use http::header::{CONNECTION, HeaderName, HeaderValue};
+use http::{HeaderMap, Request};
 
 use crate::config::ServerConfig;
 
@@ -44,8 +44,36 @@ impl RequestIds {
             .filter(|id| trusted && usable(id))
             .cloned();
         let id = kept.unwrap_or_else(new_id);
+        unlist_from_connection(req.headers_mut(), &self.header);
         req.headers_mut().insert(self.header.clone(), id.clone());
         id
+    }
+}
+
+/// Takes `name` out of `Connection`: a client naming the ID's header there would have it
+/// removed as hop-by-hop before the app saw it (nginx sets its `$request_id` header
+/// whatever `Connection` says). Rare: most requests' `Connection` says `keep-alive` at most.
+fn unlist_from_connection(headers: &mut HeaderMap, name: &HeaderName) {
+    let named = |option: &&[u8]| option.eq_ignore_ascii_case(name.as_str().as_bytes());
+    let options = || {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|option| !option.is_empty())
+    };
+    if !options().any(|option| named(&option)) {
+        return;
+    }
+    let kept: Vec<&[u8]> = options().filter(|option| !named(option)).collect();
+    let value = match kept.is_empty() {
+        true => None,
+        false => HeaderValue::from_bytes(&kept.join(&b", "[..])).ok(),
+    };
+    headers.remove(CONNECTION);
+    if let Some(value) = value {
+        headers.insert(CONNECTION, value);
     }
 }
 

@@ -408,10 +408,19 @@ async fn each_request_carries_one_id_to_the_app_the_client_and_the_log() {
     let process = OffloadProcess::start_with_config(app.addr, Some(config), &[], &[]).await;
     let url = format!("http://{}/echo", process.addr);
     let mut answered = Vec::new();
-    for sent in [None, Some("lb-42"), Some("not a token")] {
+    // Last, a client naming the header in Connection (hop-by-hop): the app gets it still.
+    for (sent, connection) in [
+        (None, None),
+        (Some("lb-42"), None),
+        (Some("not a token"), None),
+        (None, Some("keep-alive, X-Request-ID")),
+    ] {
         let mut request = client().get(&url);
         if let Some(id) = sent {
             request = request.header("x-request-id", id);
+        }
+        if let Some(options) = connection {
+            request = request.header("connection", options);
         }
         let resp = request.send().await.expect("request");
         assert_eq!(resp.status(), 200);
@@ -434,7 +443,7 @@ async fn each_request_carries_one_id_to_the_app_the_client_and_the_log() {
         }
         answered.push(returned);
     }
-    let lines = wait_for_access_lines(&process, 3).await;
+    let lines = wait_for_access_lines(&process, 4).await;
     let logged: Vec<&str> = lines
         .iter()
         .map(|line| line["request_id"].as_str().expect("request_id"))
