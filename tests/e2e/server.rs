@@ -429,7 +429,8 @@ async fn sighup_to_another_app_closes_the_idle_connections_to_the_first() {
 
 /// A reloaded `server.max_connections` applies at once: raised, a connection waiting in
 /// the backlog is served; lowered, the open connections carry on and a new one waits until
-/// fewer than the limit are open.
+/// fewer than the limit are open. The open ones stay busy throughout (a request at the app
+/// right after their first answer, sent with it): idle ones would be closed to make room.
 #[tokio::test]
 async fn sighup_resizes_the_connection_limit() {
     let app = App::start().await;
@@ -440,9 +441,10 @@ async fn sighup_resizes_the_connection_limit() {
         )
     };
     let process = OffloadProcess::start_with_config(app.addr, Some(&config(1)), &[], &[]).await;
-    let mut first = TcpStream::connect(process.addr).await.expect("connect");
-    echo_with_forwarded_for(&mut first).await;
-    let mut second = connect_and_ask(process.addr).await;
+    let mut first = connect_and_ask_then_wait(process.addr).await;
+    let answer = read_response(&mut first).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut second = connect_and_ask_then_wait(process.addr).await;
     assert_unanswered(&mut second, "one connection allowed").await;
 
     process
@@ -454,8 +456,9 @@ async fn sighup_resizes_the_connection_limit() {
     process
         .reload(&config(1), "SIGHUP: configuration reloaded")
         .await;
-    echo_with_forwarded_for(&mut first).await;
-    echo_with_forwarded_for(&mut second).await;
+    // Neither open one is cut: no answer and no close.
+    assert_unanswered(&mut first, "first still open").await;
+    assert_unanswered(&mut second, "second still open").await;
     let mut third = connect_and_ask(process.addr).await;
     assert_unanswered(&mut third, "two open, one allowed").await;
     drop(first);
@@ -472,6 +475,19 @@ async fn connect_and_ask(addr: std::net::SocketAddr) -> TcpStream {
         .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("request");
+    stream
+}
+
+/// A new connection to `addr` with GET /echo and, behind it, a request the app answers only
+/// after 30 s: once answered, the connection is busy rather than idle.
+async fn connect_and_ask_then_wait(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\nGET /sleep/30000 HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .expect("requests");
     stream
 }
 
