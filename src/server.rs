@@ -919,12 +919,19 @@ impl Server {
             }
         });
         let mut tls_first = false;
+        let queued = || {
+            limits::connections_queued(&self.listener)
+                || self
+                    .tls_listener
+                    .as_ref()
+                    .is_some_and(limits::connections_queued)
+        };
         loop {
             // A slot first: at the limit, connections wait in the listen backlog.
             let slot = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                slot = slots.next() => slot,
+                slot = slots.next(&queued) => slot,
             };
             let listeners = (&self.listener, self.tls_listener.as_ref());
             let (accepted, entry) = tokio::select! {

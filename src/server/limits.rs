@@ -6,10 +6,12 @@
 //! to the app, opening a stored file or a log: everyone's requests fail, not just the
 //! newest. So the server stops accepting at a limit below that: new connections wait in
 //! the kernel's listen backlog until one closes, as nginx does when its workers are full.
-//! Meanwhile the connections kept alive between requests are asked to close, as nginx reuses its idle keep-alive connections when
+//! When a connection waits there, the connections kept alive between requests are asked to
+//! close, as nginx reuses its idle keep-alive connections when
 //! `worker_connections` run out: otherwise a client holding idle connections (a browser
 //! keeps six) would keep everyone else out until `server.header_read_timeout`.
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -146,8 +148,12 @@ impl ConnectionSlots {
     }
 
     /// A slot for the next connection, waiting (and warning) while all are taken, and
-    /// asking the connections between requests to make room.
-    pub(super) async fn next(&self) -> OwnedSemaphorePermit {
+    /// asking the connections between requests to make room whenever `queued` says a new
+    /// one waits for it.
+    pub(super) async fn next(
+        &self,
+        queued: &(dyn Fn() -> bool + Send + Sync),
+    ) -> OwnedSemaphorePermit {
         let mut warned = false;
         loop {
             // Made before the sizes are read: a resize from then on wakes it.
@@ -170,7 +176,7 @@ impl ConnectionSlots {
                     if !std::mem::replace(&mut warned, true) {
                         self.warn_full();
                     }
-                    self.reclaim_idle();
+                    self.reclaim_idle(queued);
                 }
                 // Never closed: the semaphore lives as long as the server.
                 Err(TryAcquireError::Closed) => return std::future::pending().await,
@@ -203,11 +209,11 @@ impl ConnectionSlots {
         lock(&self.sizing).limit
     }
 
-    /// Asks the connections between requests to close, unless that was done less than
-    /// [`RECLAIM_EVERY`] ago.
-    fn reclaim_idle(&self) {
+    /// Asks the connections between requests to close when a new one is `queued`, unless
+    /// that was done less than [`RECLAIM_EVERY`] ago.
+    fn reclaim_idle(&self, queued: &dyn Fn() -> bool) {
         let mut last = lock(&self.last_reclaimed);
-        if last.is_some_and(|at| at.elapsed() < RECLAIM_EVERY) {
+        if last.is_some_and(|at| at.elapsed() < RECLAIM_EVERY) || !queued() {
             return;
         }
         *last = Some(Instant::now());
@@ -227,6 +233,28 @@ impl ConnectionSlots {
              backlog"
         );
     }
+}
+
+/// Whether a connection waits in `listener`'s accept queue: Linux gives a listening
+/// socket's queue length in `TCP_INFO`'s `tcpi_unacked` (what `ss -l` shows as Recv-Q).
+/// True where that cannot be read: making room then is the side that keeps clients out
+/// for less long.
+pub(super) fn connections_queued(listener: &impl AsRawFd) -> bool {
+    // SAFETY: tcp_info is plain integers, for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own, and the fd
+    // is the listener's, open for as long as it is borrowed.
+    let read = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    } == 0;
+    !read || info.tcpi_unacked > 0
 }
 
 fn clamp_u32(n: usize) -> u32 {
@@ -267,12 +295,12 @@ mod tests {
     async fn connections_past_the_limit_wait_for_a_slot() {
         let metrics = Metrics::new();
         let slots = ConnectionSlots::new(2, metrics.clone());
-        let first = slots.next().await;
-        let _second = slots.next().await;
-        let third = tokio::time::timeout(Duration::from_millis(50), slots.next()).await;
+        let first = slots.next(&|| true).await;
+        let _second = slots.next(&|| true).await;
+        let third = tokio::time::timeout(Duration::from_millis(50), slots.next(&|| true)).await;
         assert!(third.is_err(), "all taken: the third waits");
         drop(first);
-        let third = tokio::time::timeout(Duration::from_secs(1), slots.next()).await;
+        let third = tokio::time::timeout(Duration::from_secs(1), slots.next(&|| true)).await;
         assert!(third.is_ok(), "a slot freed");
         let text = metrics.encode().expect("metrics");
         assert!(text.contains("offload_max_connections 2\n"), "{text}");
@@ -284,7 +312,7 @@ mod tests {
 
     /// Whether the next slot comes within a short wait.
     async fn slot_free(slots: &ConnectionSlots) -> Option<OwnedSemaphorePermit> {
-        tokio::time::timeout(Duration::from_millis(50), slots.next())
+        tokio::time::timeout(Duration::from_millis(50), slots.next(&|| true))
             .await
             .ok()
     }
@@ -293,10 +321,10 @@ mod tests {
     async fn a_raised_limit_lets_a_waiting_connection_in_at_once() {
         let metrics = Metrics::new();
         let slots = Arc::new(ConnectionSlots::new(1, metrics.clone()));
-        let _open = slots.next().await;
+        let _open = slots.next(&|| true).await;
         let waiting = tokio::spawn({
             let slots = Arc::clone(&slots);
-            async move { slots.next().await }
+            async move { slots.next(&|| true).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "at the limit");
@@ -315,7 +343,11 @@ mod tests {
     async fn a_lowered_limit_cuts_no_connection_and_admits_none_until_under_it() {
         let metrics = Metrics::new();
         let slots = ConnectionSlots::new(4, metrics.clone());
-        let mut open = vec![slots.next().await, slots.next().await, slots.next().await];
+        let mut open = vec![
+            slots.next(&|| true).await,
+            slots.next(&|| true).await,
+            slots.next(&|| true).await,
+        ];
         slots.resize(1);
         assert!(slot_free(&slots).await.is_none(), "three open, one allowed");
         open.pop();
@@ -333,7 +365,7 @@ mod tests {
     #[tokio::test]
     async fn a_lowering_takes_free_slots_at_once() {
         let slots = ConnectionSlots::new(4, Metrics::new());
-        let _first = slots.next().await;
+        let _first = slots.next(&|| true).await;
         slots.resize(2);
         let second = slot_free(&slots).await;
         assert!(second.is_some(), "one open, two allowed");
@@ -343,7 +375,11 @@ mod tests {
     #[tokio::test]
     async fn a_raise_after_a_lowering_still_owed_counts_from_the_open_connections() {
         let slots = ConnectionSlots::new(3, Metrics::new());
-        let open = [slots.next().await, slots.next().await, slots.next().await];
+        let open = [
+            slots.next(&|| true).await,
+            slots.next(&|| true).await,
+            slots.next(&|| true).await,
+        ];
         slots.resize(1);
         assert!(slot_free(&slots).await.is_none(), "three open, one allowed");
         slots.resize(4);

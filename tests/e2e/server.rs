@@ -873,10 +873,14 @@ async fn at_max_connections_idle_keep_alive_connections_make_room() {
     for _ in 0..2 {
         let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
         assert_eq!(
-            status_line(&mut stream, "/bytes/3").await,
+            status_line(&mut stream, "/bytes/0").await,
             "HTTP/1.1 200 OK"
         );
         idle.push(stream);
+    }
+    // Full, but nobody waits: they stay open (RECLAIM_EVERY is 250 ms).
+    for stream in &mut idle {
+        assert_unanswered(stream, "open while nobody waits").await;
     }
     let mut third = TcpStream::connect(proxy.addr).await.expect("connect");
     let answered =
