@@ -458,20 +458,18 @@ fn limited_stream(
     stall: Duration,
     over_limit: Arc<AtomicBool>,
 ) -> store::ByteStream {
-    futures_util::stream::try_unfold((body, 0u64), move |(mut body, seen)| {
-        let over_limit = Arc::clone(&over_limit);
-        async move {
-            let next = body::next_data(&mut body, stall).await;
-            let Some(chunk) = next.map_err(std::io::Error::other)? else {
-                return Ok(None);
-            };
-            let seen = seen + chunk.len() as u64;
-            if seen > limit {
-                over_limit.store(true, Ordering::Relaxed);
-                return Err(std::io::Error::other(format!("larger than {limit} bytes")));
-            }
-            Ok(Some((chunk, (body, seen))))
+    let state = (body, 0u64, over_limit);
+    futures_util::stream::try_unfold(state, move |(mut body, seen, over_limit)| async move {
+        let next = body::next_data(&mut body, stall).await;
+        let Some(chunk) = next.map_err(std::io::Error::other)? else {
+            return Ok(None);
+        };
+        let seen = seen + chunk.len() as u64;
+        if seen > limit {
+            over_limit.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other(format!("larger than {limit} bytes")));
         }
+        Ok(Some((chunk, (body, seen, over_limit))))
     })
     .boxed()
 }
