@@ -29,13 +29,7 @@ async fn tls_with_alpn_h2_and_http1() {
 
     let app = App::start().await;
     let mut config = config_for(app.addr);
-    config.server.tls = Some(offload::config::TlsConfig {
-        cert: cert_path,
-        key: key_path,
-        listen: None,
-        redirect_http: false,
-        proxy_protocol: None,
-    });
+    config.server.tls = Some(tls_config(cert_path, key_path, false));
     let proxy = Proxy::start(config).await;
     let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("root");
     let url = format!("https://localhost:{}/t", proxy.addr.port());
@@ -79,13 +73,7 @@ async fn plain_http_on_the_tls_port_is_400_naming_the_mistake() {
     let (cert, key, _) = write_localhost_certificate(dir.path());
     let app = App::start().await;
     let mut config = config_for(app.addr);
-    config.server.tls = Some(offload::config::TlsConfig {
-        cert,
-        key,
-        listen: None,
-        redirect_http: false,
-        proxy_protocol: None,
-    });
+    config.server.tls = Some(tls_config(cert, key, false));
     let proxy = Proxy::start(config).await;
     let response = raw_exchange(
         proxy.addr,
@@ -120,11 +108,8 @@ async fn tls_and_plain_http_on_listeners_of_their_own() {
     for redirect_http in [false, true] {
         let mut config = config_for(app.addr);
         config.server.tls = Some(offload::config::TlsConfig {
-            cert: cert.clone(),
-            key: key.clone(),
-            listen: Some("127.0.0.1:0".parse().expect("address")),
             redirect_http,
-            proxy_protocol: None,
+            ..tls_config(cert.clone(), key.clone(), true)
         });
         let proxy = Proxy::start(config).await;
         let tls_addr = proxy.tls_addr.expect("a TLS listener");
@@ -201,6 +186,18 @@ fn write_localhost_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf, Stri
     (cert, key, cert_pem)
 }
 
+/// `server.tls` with `cert` and `key`: on `server.listen` alone, or with a listener of its
+/// own on a free port of 127.0.0.1; no redirect, no PROXY header.
+fn tls_config(cert: PathBuf, key: PathBuf, own_listener: bool) -> offload::config::TlsConfig {
+    offload::config::TlsConfig {
+        cert,
+        key,
+        listen: own_listener.then(|| "127.0.0.1:0".parse().expect("address")),
+        redirect_http: false,
+        proxy_protocol: None,
+    }
+}
+
 /// A self-signed certificate for `localhost`: its PEM, its key's PEM and its DER.
 fn localhost_certificate() -> (String, String, Vec<u8>) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
@@ -243,13 +240,7 @@ async fn settings_go_out_as_soon_as_alpn_settles_on_h2() {
     let app = App::start().await;
     let mut config = config_for(app.addr);
     config.server.http2_max_concurrent_streams = 8;
-    config.server.tls = Some(offload::config::TlsConfig {
-        cert,
-        key,
-        listen: None,
-        redirect_http: false,
-        proxy_protocol: None,
-    });
+    config.server.tls = Some(tls_config(cert, key, false));
     let proxy = Proxy::start(config).await;
     let connector = tls_client_offering(&[&cert_pem], &[b"h2", b"http/1.1"]);
     let (mut tls, _) = tls_connect(&connector, proxy.addr).await;
@@ -911,13 +902,7 @@ async fn at_max_connections_the_tls_listener_takes_its_turn() {
     let app = App::start().await;
     let mut config = config_for(app.addr);
     config.server.max_connections = 1;
-    config.server.tls = Some(offload::config::TlsConfig {
-        cert,
-        key,
-        listen: Some("127.0.0.1:0".parse().expect("address")),
-        redirect_http: false,
-        proxy_protocol: None,
-    });
+    config.server.tls = Some(tls_config(cert, key, true));
     let proxy = Proxy::start(config).await;
     let tls_addr = proxy.tls_addr.expect("a TLS listener");
     let mut holding = TcpStream::connect(proxy.addr).await.expect("connect");
@@ -1012,11 +997,8 @@ async fn proxy_protocol_on_the_tls_listener_alone() {
     let app = App::start().await;
     let mut config = config_for(app.addr);
     config.server.tls = Some(offload::config::TlsConfig {
-        cert,
-        key,
-        listen: Some("127.0.0.1:0".parse().expect("address")),
-        redirect_http: false,
         proxy_protocol: Some(true),
+        ..tls_config(cert, key, true)
     });
     let proxy = Proxy::start(config).await;
     let tls_addr = proxy.tls_addr.expect("a TLS listener");
