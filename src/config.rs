@@ -75,14 +75,20 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_delay: Duration,
     /// Largest request head (request line + headers) accepted.
-    #[serde(serialize_with = "exact_size::serialize")]
+    #[serde(
+        serialize_with = "exact_size::serialize",
+        deserialize_with = "exact_size::deserialize"
+    )]
     pub max_header_size: ByteSize,
     /// Most headers accepted in one request.
     pub max_headers: usize,
     /// Largest request body accepted, as nginx's `client_max_body_size`: a larger declared
     /// length gets `413` before anything reaches the app, a longer chunked body is cut with
     /// `413` when it gets there. `None` (the default): no limit, as the app has its own.
-    #[serde(serialize_with = "exact_size::option")]
+    #[serde(
+        serialize_with = "exact_size::option",
+        deserialize_with = "exact_size::deserialize_option"
+    )]
     pub max_body_size: Option<ByteSize>,
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are kept and extended; from anyone else
     /// they are replaced. Networks, or single addresses (as nginx's `set_real_ip_from`).
@@ -262,7 +268,10 @@ pub struct StoreConfig {
     /// or `serve_prefix` on this proxy (fs).
     pub public_url: Option<Url>,
     /// s3: size of one multipart part; a stream that fits in one part is a single PutObject.
-    #[serde(serialize_with = "exact_size::serialize")]
+    #[serde(
+        serialize_with = "exact_size::serialize",
+        deserialize_with = "exact_size::deserialize"
+    )]
     pub part_size: ByteSize,
     /// s3: parts uploaded concurrently per stream (memory ≈ part_size × parts_in_flight).
     pub parts_in_flight: usize,
@@ -345,7 +354,10 @@ pub struct AssetsConfig {
     /// Origin pulls running at once.
     pub pull_concurrency: usize,
     /// Largest asset copied by origin pull.
-    #[serde(serialize_with = "exact_size::serialize")]
+    #[serde(
+        serialize_with = "exact_size::serialize",
+        deserialize_with = "exact_size::deserialize"
+    )]
     pub pull_max_size: ByteSize,
     /// Content types origin pull copies (a trailing `/` matches a whole family).
     pub pull_types: Vec<String>,
@@ -387,7 +399,10 @@ pub struct RewriteConfig {
     /// Also rewrite JavaScript bodies and inline scripts.
     pub javascript: bool,
     /// Responses declaring a larger `Content-Length` pass untouched.
-    #[serde(serialize_with = "exact_size::serialize")]
+    #[serde(
+        serialize_with = "exact_size::serialize",
+        deserialize_with = "exact_size::deserialize"
+    )]
     pub max_size: ByteSize,
 }
 
@@ -434,12 +449,21 @@ pub struct UploadRouteConfig {
     pub mode: UploadMode,
     /// Placeholders: {prefix} {yyyy} {mm} {dd} {uuid} {filename} {ext}.
     pub key_template: String,
-    #[serde(serialize_with = "exact_size::serialize")]
+    #[serde(
+        serialize_with = "exact_size::serialize",
+        deserialize_with = "exact_size::deserialize"
+    )]
     pub max_file_size: ByteSize,
-    #[serde(serialize_with = "exact_size::serialize")]
+    #[serde(
+        serialize_with = "exact_size::serialize",
+        deserialize_with = "exact_size::deserialize"
+    )]
     pub max_body_size: ByteSize,
     pub max_parts: usize,
-    #[serde(serialize_with = "exact_size::serialize")]
+    #[serde(
+        serialize_with = "exact_size::serialize",
+        deserialize_with = "exact_size::deserialize"
+    )]
     pub max_field_size: ByteSize,
     /// Extensions accepted (empty: any not denied), lowercase without the dot.
     pub allowed_extensions: Vec<String>,
@@ -519,7 +543,10 @@ pub struct LogConfig {
     /// Each worker thread gathers its lines in a buffer of this size and writes them out
     /// when it is full or the worker has nothing else to do (see `logging`); 0 writes each
     /// line as it comes.
-    #[serde(serialize_with = "exact_size::serialize")]
+    #[serde(
+        serialize_with = "exact_size::serialize",
+        deserialize_with = "exact_size::deserialize"
+    )]
     pub buffer: ByteSize,
 }
 
@@ -554,6 +581,10 @@ const MAX_HEADERS: usize = 1_000;
 const MAX_WORKER_THREADS: usize = 1024;
 /// `assets.pull_concurrency`' largest value; a pull holds an app connection while it runs.
 const MAX_PULLS: usize = 1024;
+/// `store.parts_in_flight`' largest value: each part in flight is a `part_size` buffer.
+const MAX_PARTS_IN_FLIGHT: usize = 64;
+/// `store.max_attempts`' largest value (the AWS SDK's backoff waits up to 20 s between them).
+const MAX_STORE_ATTEMPTS: u32 = 10;
 
 /// Sections that environment variables may address, in the order they are tried (longest
 /// first would matter only if one name prefixed another; none does).
@@ -807,11 +838,15 @@ impl Config {
         if self.store.part_size < ByteSize::mib(5) || self.store.part_size > ByteSize::gib(5) {
             bail!("store.part_size: S3 parts are 5 MiB to 5 GiB");
         }
-        if self.store.parts_in_flight == 0 {
-            bail!("store.parts_in_flight: must be at least 1");
+        // Each part in flight is held in memory; past a few dozen they only queue at the
+        // store (the AWS CLI sends 10 at once).
+        if !(1..=MAX_PARTS_IN_FLIGHT).contains(&self.store.parts_in_flight) {
+            bail!("store.parts_in_flight: must be 1 to {MAX_PARTS_IN_FLIGHT}");
         }
-        if self.store.max_attempts == 0 {
-            bail!("store.max_attempts: must be at least 1");
+        // With exponential backoff, more attempts keep an upload waiting for minutes on a
+        // store that is down, where it should fail and say so.
+        if !(1..=MAX_STORE_ATTEMPTS).contains(&self.store.max_attempts) {
+            bail!("store.max_attempts: must be 1 to {MAX_STORE_ATTEMPTS}");
         }
         if let Some(sse) = &self.store.sse
             && sse != "AES256"
@@ -995,8 +1030,8 @@ fn has_userinfo(url: &Url) -> bool {
     !url.username().is_empty() || url.password().is_some()
 }
 
-/// `text` with the password of every `scheme://user:password@` in it replaced by `***`:
-/// for messages that quote a URL that does not parse (so [`Url`] cannot mask it).
+/// `text` with the password of every `scheme://user:password@` in it replaced by `***`, and
+/// a user name given alone (`scheme://token@`) too: for messages that quote a URL that does not parse (so [`Url`] cannot mask it).
 pub fn mask_passwords_in_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -1007,16 +1042,20 @@ pub fn mask_passwords_in_text(text: &str) -> String {
             .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '`') || c.is_whitespace())
             .unwrap_or(after.len());
         let authority = &after[..authority_end];
-        match authority.rfind('@').and_then(|at| {
-            let user = authority[..at].split_once(':')?.0;
-            Some((user, &authority[at..]))
-        }) {
-            Some((user, host)) => {
+        match authority.rfind('@') {
+            // `user:password@`: the user is kept, to tell which account it was.
+            Some(at) if authority[..at].contains(':') => {
+                let user = authority[..at].split_once(':').map_or("", |(user, _)| user);
                 out.push_str(user);
                 out.push_str(":***");
-                out.push_str(host);
+                out.push_str(&authority[at..]);
             }
-            None => out.push_str(authority),
+            // `token@`: a user name alone is often a token (`https://TOKEN@host/`).
+            Some(at) if at > 0 => {
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
         }
         rest = &after[authority_end..];
     }
@@ -1309,12 +1348,28 @@ mod nets {
     }
 }
 
-/// A socket address; the error quotes what was written and shows the form.
 /// Sizes printed as read (`check-config`): bytesize's own display rounds to one decimal
 /// ("95.4 MiB" for 100MB), which read back is another size.
 mod exact_size {
     use bytesize::ByteSize;
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    /// A size, refused when it is too large for 64 bits: bytesize saturates ("99999 EiB"
+    /// reads as 16 EiB), which would turn a limit off without a word.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        let size = ByteSize::deserialize(d)?;
+        if size.as_u64() == u64::MAX {
+            return Err(de::Error::custom("too large: at most 16 EiB"));
+        }
+        Ok(size)
+    }
+
+    pub fn deserialize_option<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<ByteSize>, D::Error> {
+        // `deserialize_with` on an Option field is only called when the key is there.
+        deserialize(d).map(Some)
+    }
 
     pub fn serialize<S: Serializer>(size: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::human_size(size.as_u64()))
@@ -1328,6 +1383,7 @@ mod exact_size {
     }
 }
 
+/// A socket address; the error quotes what was written and shows the form.
 mod addr {
     use std::net::SocketAddr;
 
@@ -1804,6 +1860,22 @@ mod tests {
                 "uploads: is a list of routes, each written [[uploads]]",
             ),
             (
+                "[store]\nparts_in_flight = 1000",
+                "store.parts_in_flight: must be 1 to 64",
+            ),
+            (
+                "[store]\nmax_attempts = 100",
+                "store.max_attempts: must be 1 to 10",
+            ),
+            (
+                "[rewrite]\nmax_size = \"99999 EiB\"",
+                "rewrite.max_size: too large: at most 16 EiB",
+            ),
+            (
+                "[server]\nmax_body_size = \"20 EiB\"",
+                "server.max_body_size: too large: at most 16 EiB",
+            ),
+            (
                 "[rewrite]\nmax_size = \"0.0000001 B\"",
                 "rewrite.max_size: must be more than 0",
             ),
@@ -2218,7 +2290,7 @@ mod tests {
         // Only what sits between "://" and "@" in one authority is masked.
         assert_eq!(
             mask_passwords_in_text("a \"http://h:1/p@x\" b ftp://u:p:q@h/ c://@ d://u@h"),
-            "a \"http://h:1/p@x\" b ftp://u:***@h/ c://@ d://u@h"
+            "a \"http://h:1/p@x\" b ftp://u:***@h/ c://@ d://***@h"
         );
     }
 
