@@ -19,7 +19,7 @@
 //! - `server.header_read_timeout` (slowloris): an HTTP/1 connection with no request in flight
 //!   must complete its next request head within that time, or it is dropped (and, when part
 //!   of a head came, logged as a 408). HTTP/2's preface, told apart on the first bytes read,
-//!   begins no head.
+//!   begins no head; nor does the rest of a refused body a closing connection lingers for.
 //!
 //! hyper has a header read timeout of its own, but it arms a fresh timer for every request
 //! (an allocation and two trips through the timer wheel: 3% of a small pass-through request's
@@ -107,6 +107,8 @@ impl ConnectionState {
         begun > 0
             && begun == self.ended.load(Ordering::Relaxed)
             && !self.read_since_end.load(Ordering::Relaxed)
+            // Closing lingering: dropped, it would answer the client's bytes with a reset.
+            && !self.body_left_unread.load(Ordering::Relaxed)
     }
 
     /// Bytes of HTTP/1 came in (or bytes not yet told apart from it).
@@ -345,7 +347,12 @@ impl Watchdog {
         {
             return Some(Verdict::Stalled);
         }
-        if in_flight || state.multiplexed.load(Ordering::Relaxed) {
+        // A connection closing lingering waits for no head: what still comes is the rest of
+        // a refused body, and the lingering close has bounds of its own ([`Linger`]).
+        if in_flight
+            || state.multiplexed.load(Ordering::Relaxed)
+            || state.body_left_unread.load(Ordering::Relaxed)
+        {
             self.waiting = None;
             return None;
         }

@@ -1544,6 +1544,35 @@ async fn a_client_still_sending_a_refused_body_reads_the_answer() {
     }
 }
 
+/// The lingering close is bounded by its own times (5 s of silence, 30 s in all, as nginx's
+/// `lingering_timeout` and `lingering_time`), not by `server.header_read_timeout`: the bytes
+/// of the refused body still coming are no request head that is late.
+#[tokio::test]
+async fn a_lingering_close_outlasts_the_header_read_timeout() {
+    let (_app, _data, proxy) = proxy_with_upload_route(|config| {
+        config.uploads[0].max_file_size = bytesize::ByteSize::kib(64);
+        config.server.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let head = "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"big.bin\"\r\n\r\n";
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+         Content-Length: 1000000000\r\n\r\n{head}"
+    );
+    let (answer, sending) = send_until_answered(proxy.addr, request, vec![b'x'; 64 * 1024]).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{answer:?}"
+    );
+    // Five header read timeouts and more: the client's writes still go through.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        !sending.is_finished(),
+        "a write failed: the connection was cut"
+    );
+    sending.abort();
+}
+
 /// An app, and offload in front of it with one upload route, `/upload` in respond mode,
 /// storing into a temporary folder (kept alive by the caller); `tweak` adjusts the config.
 async fn proxy_with_upload_route(
