@@ -557,9 +557,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Activity<S> {
             return Pin::new(&mut self.inner).poll_shutdown(cx);
         }
         let this = &mut *self;
+        // Bytes still moving keep the watchdog's idle timeout off: the lingering close
+        // has its own bounds.
+        let state = &this.state;
         this.linger
             .get_or_insert_with(Linger::new)
-            .poll_close(&mut this.inner, cx)
+            .poll_close(&mut this.inner, cx, || state.bump())
     }
 }
 

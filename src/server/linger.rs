@@ -45,9 +45,15 @@ impl Linger {
         }
     }
 
-    /// Shuts `io`'s write side, then discards what the client still sends; ready when the
-    /// socket may be closed. Read errors end the lingering: the client is gone.
-    pub(super) fn poll_close<S>(&mut self, io: &mut S, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    /// Shuts `io`'s write side, then discards what the client still sends, calling `read`
+    /// for each read that moved bytes; ready when the socket may be closed. Read errors end
+    /// the lingering: the client is gone.
+    pub(super) fn poll_close<S>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+        mut read: impl FnMut(),
+    ) -> Poll<io::Result<()>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -61,6 +67,7 @@ impl Linger {
             match Pin::new(&mut *io).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(())) => {
+                    read();
                     let now = Instant::now();
                     if now >= self.until {
                         return Poll::Ready(Ok(()));
@@ -86,7 +93,7 @@ mod tests {
 
     async fn linger(ours: &mut DuplexStream) {
         let mut linger = Linger::new();
-        poll_fn(|cx| linger.poll_close(ours, cx))
+        poll_fn(|cx| linger.poll_close(ours, cx, || {}))
             .await
             .expect("closed");
     }

@@ -1545,13 +1545,15 @@ async fn a_client_still_sending_a_refused_body_reads_the_answer() {
 }
 
 /// The lingering close is bounded by its own times (5 s of silence, 30 s in all, as nginx's
-/// `lingering_timeout` and `lingering_time`), not by `server.header_read_timeout`: the bytes
-/// of the refused body still coming are no request head that is late.
+/// `lingering_timeout` and `lingering_time`), not by `server.header_read_timeout` or
+/// `server.idle_timeout`: the bytes of the refused body still coming are no request head
+/// that is late, and they move.
 #[tokio::test]
-async fn a_lingering_close_outlasts_the_header_read_timeout() {
+async fn a_lingering_close_outlasts_the_connection_timeouts() {
     let (_app, _data, proxy) = proxy_with_upload_route(|config| {
         config.uploads[0].max_file_size = bytesize::ByteSize::kib(64);
         config.server.header_read_timeout = Duration::from_millis(300);
+        config.server.idle_timeout = Duration::from_millis(400);
     })
     .await;
     let head = "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"big.bin\"\r\n\r\n";
@@ -1564,7 +1566,7 @@ async fn a_lingering_close_outlasts_the_header_read_timeout() {
         answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
         "{answer:?}"
     );
-    // Five header read timeouts and more: the client's writes still go through.
+    // Five times either timeout: the client's writes still go through.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(
         !sending.is_finished(),
