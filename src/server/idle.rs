@@ -55,7 +55,7 @@ pub(super) struct ConnectionState {
     /// watches itself ([`StallTimer`], [`left_unread`]), or they wait for the app, which
     /// `upstream.response_timeout` bounds, or for the store.
     unanswered: AtomicU64,
-    /// HTTP/2: requests are streams, and there is no head to wait for between them.
+    /// HTTP/2 (its preface came): requests are streams, and there is no head to wait for.
     multiplexed: AtomicBool,
     /// A request ended before its body was read to the end: the client may still be
     /// sending it, so the connection closes lingering ([`Linger`]).
@@ -466,8 +466,13 @@ impl<S> Activity<S> {
     fn bytes_read(&mut self, bytes: &[u8]) {
         self.preface = self.preface.read(bytes);
         match self.preface {
-            // HTTP/2's frames between requests are no request head.
-            Preface::Http2 => self.state.bump(),
+            // HTTP/2's frames between requests are no request head. From its preface on the
+            // connection waits for no head: it is idle until a stream opens (closed with a
+            // GOAWAY after `idle_timeout`, as nginx's `keepalive_timeout`).
+            Preface::Http2 => {
+                self.state.multiplexed.store(true, Ordering::Relaxed);
+                self.state.bump();
+            }
             Preface::Matching(_) | Preface::Http1 => self.state.read_http1(),
         }
     }
@@ -663,7 +668,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http2s_frames_before_its_first_request_begin_no_head() {
+    async fn http2s_preface_and_frames_before_its_first_request_begin_no_head() {
         let state = Arc::new(ConnectionState::default());
         let mut dog = Watchdog::new(Arc::clone(&state), IDLE, HEAD);
         let start = dog.active_at;
@@ -679,10 +684,10 @@ mod tests {
             .await
             .expect("read through Activity");
         assert_eq!(got, preface);
-        assert_eq!(
-            dog.judge(start + 10 * S),
-            Some(Verdict::SlowHead { began: false })
-        );
+        // No head is waited for: the connection is idle until its first stream.
+        assert_eq!(dog.judge(start + HEAD), None);
+        // (The watchdog saw the preface's bytes at its look above.)
+        assert_eq!(dog.judge(start + HEAD + IDLE), Some(Verdict::Idle));
     }
 
     #[tokio::test]

@@ -2034,6 +2034,36 @@ async fn an_idle_http2_connection_whose_client_ignores_the_goaway_is_dropped() {
     );
 }
 
+/// An HTTP/2 connection that has sent its preface and no request yet is idle, not a slow
+/// request head: it is closed after `idle_timeout` with a GOAWAY (as nginx closes it after
+/// `keepalive_timeout`), not dropped without a word after `header_read_timeout`, which
+/// would reset a request the client sends just then.
+#[tokio::test]
+async fn an_http2_connection_with_no_request_yet_gets_a_goaway() {
+    let (_app, proxy) = app_and_proxy(|c| {
+        c.server.header_read_timeout = Duration::from_millis(200);
+        c.server.idle_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    let (mut stream, _) = http2_connect(proxy.addr).await;
+    stream
+        .write_all(b"\0\0\0\x04\x01\0\0\0\0")
+        .await
+        .expect("settings ack");
+    // Past the header read timeout, the connection still serves a request.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stream
+        .write_all(&http2_get(1, "/late"))
+        .await
+        .expect("HEADERS");
+    let kinds = frame_types_until_closed(&mut stream).await;
+    assert!(kinds.contains(&0x1), "an answer: frame types {kinds:?}");
+    assert!(
+        kinds.contains(&0x7),
+        "a GOAWAY before the close: frame types {kinds:?}"
+    );
+}
+
 /// At shutdown, an idle HTTP/2 connection whose client never acknowledges the GOAWAY's
 /// PING does not hold the server until the end of `shutdown_grace`: it is dropped a moment
 /// after, as nginx closes it at once.
