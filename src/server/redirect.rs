@@ -43,12 +43,13 @@ fn is_acme_challenge(path: &str) -> bool {
     })
 }
 
-/// `https://host[:port]/path?query` for `req`: its host (Host, or the request target's
-/// authority) without the plain listener's port, and `https_port` unless it is 443.
+/// `https://host[:port]/path?query` for `req`: its host (the request target's authority,
+/// else Host: RFC 9112 §3.2.2, as forwarding takes it) without the plain listener's port,
+/// and `https_port` unless it is 443.
 fn https_location<B>(req: &Request<B>, https_port: u16) -> Option<HeaderValue> {
-    let authority = match req.headers().get(header::HOST) {
-        Some(host) => Authority::try_from(host.as_bytes()).ok()?,
-        None => req.uri().authority()?.clone(),
+    let authority = match req.uri().authority() {
+        Some(authority) => authority.clone(),
+        None => Authority::try_from(req.headers().get(header::HOST)?.as_bytes()).ok()?,
     };
     let host = authority.host();
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -86,6 +87,9 @@ mod tests {
         assert_eq!(location(&r), "https://[2001:db8::1]/p");
         let r = to_https(&get("http://example.org/abs?q", None), 443).unwrap();
         assert_eq!(location(&r), "https://example.org/abs?q");
+        // The target's authority wins over Host, as in forwarding (RFC 9112 §3.2.2).
+        let r = to_https(&get("http://example.org/abs", Some("other.test")), 443).unwrap();
+        assert_eq!(location(&r), "https://example.org/abs");
     }
 
     #[test]
