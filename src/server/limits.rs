@@ -160,6 +160,10 @@ impl ConnectionSlots {
             let resized = self.resized.notified();
             let excess = lock(&self.sizing).excess;
             if excess > 0 {
+                // Over a lowered limit: as at the limit, the connections between requests
+                // make room while a new one waits. (Dropped at the sleep, the acquisition
+                // gives back what it had taken.)
+                self.reclaim_idle(queued);
                 tokio::select! {
                     taken = self.slots.acquire_many(clamp_u32(excess)) => {
                         if let Ok(taken) = taken {
@@ -167,6 +171,7 @@ impl ConnectionSlots {
                         }
                     }
                     () = resized => {}
+                    () = tokio::time::sleep(RECLAIM_EVERY) => {}
                 }
                 continue;
             }

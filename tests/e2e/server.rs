@@ -459,6 +459,36 @@ async fn sighup_resizes_the_connection_limit() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+/// While a lowered `server.max_connections` waits for open connections to go, those kept
+/// alive between requests close to make room for a new one that waits, as at the limit:
+/// it does not wait for their `header_read_timeout` (10 s).
+#[tokio::test]
+async fn after_a_lowering_idle_connections_make_room() {
+    let app = App::start().await;
+    let config = |most: u32| {
+        format!(
+            "[server]\nmax_connections = {most}\n[upstream]\nurl = \"http://{}\"\n",
+            app.addr
+        )
+    };
+    let process = OffloadProcess::start_with_config(app.addr, Some(&config(3)), &[], &[]).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect_and_ask(process.addr).await;
+        let answer = read_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        idle.push(stream);
+    }
+    process
+        .reload(&config(1), "SIGHUP: configuration reloaded")
+        .await;
+    let mut waiting = connect_and_ask(process.addr).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_response(&mut waiting))
+        .await
+        .expect("answered while the idle ones are open");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 /// A new connection to `addr` with GET /echo sent on it.
 async fn connect_and_ask(addr: std::net::SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
