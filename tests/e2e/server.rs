@@ -425,12 +425,7 @@ async fn sighup_to_another_app_closes_the_idle_connections_to_the_first() {
 #[tokio::test]
 async fn sighup_resizes_the_connection_limit() {
     let app = App::start().await;
-    let config = |most: u32| {
-        format!(
-            "[server]\nmax_connections = {most}\n[upstream]\nurl = \"http://{}\"\n",
-            app.addr
-        )
-    };
+    let config = |most: u32| max_connections_config(app.addr, most);
     let process = OffloadProcess::start_with_config(app.addr, Some(&config(1)), &[], &[]).await;
     let mut first = connect_and_ask_then_wait(process.addr).await;
     let answer = read_response(&mut first).await;
@@ -465,12 +460,7 @@ async fn sighup_resizes_the_connection_limit() {
 #[tokio::test]
 async fn after_a_lowering_idle_connections_make_room() {
     let app = App::start().await;
-    let config = |most: u32| {
-        format!(
-            "[server]\nmax_connections = {most}\n[upstream]\nurl = \"http://{}\"\n",
-            app.addr
-        )
-    };
+    let config = |most: u32| max_connections_config(app.addr, most);
     let process = OffloadProcess::start_with_config(app.addr, Some(&config(3)), &[], &[]).await;
     let mut idle = Vec::new();
     for _ in 0..3 {
@@ -487,6 +477,11 @@ async fn after_a_lowering_idle_connections_make_room() {
         .await
         .expect("answered while the idle ones are open");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A config file of offload in front of `app` with `server.max_connections = most`.
+fn max_connections_config(app: std::net::SocketAddr, most: u32) -> String {
+    format!("[server]\nmax_connections = {most}\n[upstream]\nurl = \"http://{app}\"\n")
 }
 
 /// A new connection to `addr` with GET /echo sent on it.
@@ -2053,10 +2048,7 @@ async fn an_idle_http2_connection_whose_client_ignores_the_goaway_is_dropped() {
     let proxy = proxy_with_short_idle_timeout(app.addr).await;
     let (mut stream, _) = http2_connect(proxy.addr).await;
     // The server's SETTINGS acknowledged; nothing else is ever sent.
-    stream
-        .write_all(b"\0\0\0\x04\x01\0\0\0\0")
-        .await
-        .expect("settings ack");
+    http2_ack_settings(&mut stream).await;
     let kinds = frame_types_until_closed(&mut stream).await;
     assert!(
         kinds.contains(&0x7),
@@ -2076,10 +2068,7 @@ async fn an_http2_connection_with_no_request_yet_gets_a_goaway() {
     })
     .await;
     let (mut stream, _) = http2_connect(proxy.addr).await;
-    stream
-        .write_all(b"\0\0\0\x04\x01\0\0\0\0")
-        .await
-        .expect("settings ack");
+    http2_ack_settings(&mut stream).await;
     // Past the header read timeout, the connection still serves a request.
     tokio::time::sleep(Duration::from_millis(700)).await;
     stream
@@ -2102,10 +2091,7 @@ async fn an_idle_http2_client_ignoring_the_goaway_does_not_hold_a_shutdown() {
     let (_app, mut proxy) =
         app_and_proxy(|c| c.server.shutdown_grace = Duration::from_secs(30)).await;
     let (mut stream, _) = http2_connect(proxy.addr).await;
-    stream
-        .write_all(b"\0\0\0\x04\x01\0\0\0\0")
-        .await
-        .expect("settings ack");
+    http2_ack_settings(&mut stream).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let signalled = Instant::now();
     proxy.shutdown();
@@ -2135,6 +2121,14 @@ async fn http2_connect(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
     let (kind, _, _, payload) = read_frame(&mut stream).await;
     assert_eq!(kind, 0x4, "SETTINGS first");
     (stream, payload)
+}
+
+/// Acknowledges the server's SETTINGS (as a client must, RFC 9113 §6.5.3).
+async fn http2_ack_settings(stream: &mut TcpStream) {
+    stream
+        .write_all(b"\0\0\0\x04\x01\0\0\0\0")
+        .await
+        .expect("settings ack");
 }
 
 /// SETTINGS_MAX_CONCURRENT_STREAMS (0x3) in a SETTINGS payload.
