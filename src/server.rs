@@ -408,7 +408,8 @@ pub(crate) async fn route(
     if let Some(max) = state.config.server.max_body_bytes()
         && http_body::Body::size_hint(req.body()).lower() > max
     {
-        let response = ProxyError::BodyTooLarge(max).into_response();
+        // Counted as the chunked one is, where it passes the limit.
+        let response = forwarding_failed(state, ProxyError::BodyTooLarge(max), &client);
         return Answer::of_way(response, RequestKind::Passthrough);
     }
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD);

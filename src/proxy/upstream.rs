@@ -60,6 +60,9 @@ pub struct Upstream {
     admission: Option<Admission>,
     /// `upstream.websocket_idle_timeout`.
     tunnel_idle_timeout: Duration,
+    /// Where [`Upstream::forward`] counts what it could not forward (see
+    /// [`Upstream::with_metrics`]).
+    metrics: Option<Metrics>,
 }
 
 impl Upstream {
@@ -128,6 +131,7 @@ impl Upstream {
             trusted_proxies: Vec::new(),
             admission: Admission::new(cfg.max_connections, cfg.connect_timeout),
             tunnel_idle_timeout: cfg.websocket_idle_timeout,
+            metrics: None,
         })
     }
 
@@ -139,12 +143,14 @@ impl Upstream {
     }
 
     /// Shows `upstream.max_connections` in `metrics`, with the requests at the app and
-    /// waiting for a place under it.
+    /// waiting for a place under it; and counts there, by cause, the requests
+    /// [`Upstream::forward`] could not forward.
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
         let places = metrics.app_places(self.admission.as_ref().map_or(0, Admission::max));
         if let Some(admission) = &mut self.admission {
             admission.show_in(places);
         }
+        self.metrics = Some(metrics.clone());
         self
     }
 
@@ -164,19 +170,30 @@ impl Upstream {
     /// Forwards `req` to the app with header hygiene and forwarding headers applied,
     /// streaming both ways. An upgrade the app accepts (`101`) comes back with a [`Tunnel`]
     /// in its extensions, for the client connection's task to run. The response carries
-    /// [`UpstreamTiming`].
+    /// [`UpstreamTiming`]. A failure is counted in `offload_upstream_errors` (the asset and
+    /// upload ways' requests, and origin pulls, come this way).
     pub async fn forward(
         &self,
         req: Request<Body>,
         client: &ClientInfo,
     ) -> Result<Response<Body>, ProxyError> {
-        let (mut response, took) = self.forward_timed(Box::new(req), client).await?;
-        response.extensions_mut().insert(UpstreamTiming(took));
-        Ok(response)
+        match self.forward_timed(Box::new(req), client).await {
+            Ok((mut response, took)) => {
+                response.extensions_mut().insert(UpstreamTiming(took));
+                Ok(response)
+            }
+            Err(e) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.upstream_error(e.cause());
+                }
+                Err(e)
+            }
+        }
     }
 
     /// [`Upstream::forward`], returning how long the app took to send its response head
-    /// next to the response rather than in it.
+    /// next to the response rather than in it; a failure is the caller's to count (way 1
+    /// does, as it answers it).
     pub async fn forward_timed(
         &self,
         mut req: Box<Request<Body>>,

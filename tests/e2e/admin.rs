@@ -77,6 +77,52 @@ async fn healthz_readyz_and_metrics() {
     );
 }
 
+/// `offload_upstream_errors_total` counts every request the app could not be reached for,
+/// whichever way it took (pass-through, an asset, an upload route's non-form body), and a
+/// declared length over `server.max_body_size` as the chunked body over it is.
+#[tokio::test]
+async fn requests_that_could_not_be_forwarded_are_counted_on_every_way() {
+    use offload::config::{UploadMode, UploadRouteConfig};
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let (app, proxy) = app_and_proxy(|config| {
+        config.store.root = data.path().to_path_buf();
+        config.assets.prefixes = vec!["/media/".into()];
+        config.uploads = vec![UploadRouteConfig {
+            path: "/upload".into(),
+            mode: UploadMode::Mirror,
+            ..UploadRouteConfig::default()
+        }];
+        config.server.max_body_size = Some(bytesize::ByteSize::kib(1));
+    })
+    .await;
+    drop(app);
+    let http = client();
+    let asked = [
+        http.get(proxy.url("/page")),
+        http.get(proxy.url("/media/missing.jpg")),
+        http.post(proxy.url("/upload")).body("not a form"),
+    ];
+    for request in asked {
+        let resp = request.send().await.expect("answer");
+        assert_eq!(resp.status(), 502);
+    }
+    let resp = http
+        .post(proxy.url("/page"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 413);
+    let counted = "offload_upstream_errors_total{cause=\"connect\"} 3\n";
+    let text = proxy.metrics_until(counted).await;
+    assert!(text.contains(counted), "{text}");
+    assert!(
+        text.contains("offload_upstream_errors_total{cause=\"body_too_large\"} 1\n"),
+        "{text}"
+    );
+}
+
 /// `offload_open_connections` counts client connections per worker thread: two kept-alive
 /// clients are served by the two workers, and the counts fall back when they leave.
 #[tokio::test]
