@@ -650,6 +650,7 @@ async fn handle(
 ) -> Result<Response<Observed>, Infallible> {
     let started = Instant::now();
     let http2 = req.version() == Version::HTTP_2;
+    let head = req.method() == Method::HEAD;
     let request_id = state
         .request_ids
         .as_ref()
@@ -673,6 +674,9 @@ async fn handle(
         None => routed.await,
     };
     record.in_flight.answered();
+    if head {
+        without_body(&mut answer.response);
+    }
     if !http2 && body.as_deref().is_some_and(idle::BodyProgress::abandoned) {
         // hyper closes the connection once the answer is out, as it must (the rest of the
         // body would be read as the next request), but learns that only after it has
@@ -698,6 +702,25 @@ async fn handle(
     }
     // HTTP/2 streams share their connection's watchdog: each answer bounds its own stalls.
     Ok(observe(answer, record, http2.then_some(idle_timeout)))
+}
+
+/// The answer to a HEAD without the body offload's own answers carry (a 404's or a 502's
+/// text): hyper leaves it out over HTTP/1, but over HTTP/2 it would send it, which a client
+/// takes for a protocol error and loses the answer. Its length stays in `Content-Length`,
+/// as a HEAD's answer says what the GET's would be. The app's answers to a HEAD have no
+/// body already.
+fn without_body(response: &mut Response<Body>) {
+    let body = response.body();
+    if http_body::Body::is_end_stream(body) {
+        return;
+    }
+    if let Some(length) = http_body::Body::size_hint(body).exact() {
+        response
+            .headers_mut()
+            .entry(header::CONTENT_LENGTH)
+            .or_insert_with(|| length.into());
+    }
+    *response.body_mut() = body::empty();
 }
 
 /// `routed`, unless its request body goes `server.idle_timeout` without being read (the app

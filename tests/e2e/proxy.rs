@@ -973,3 +973,32 @@ async fn requests_with_a_missing_double_or_bad_host_get_400() {
     }
     assert_eq!(app.seen(), ["GET /ok1", "GET /ok2"]);
 }
+
+/// A HEAD that offload answers itself (a store key it lacks: 404; the app down: 502) gets
+/// the head alone, with the length the GET's body would have, over HTTP/1.1 and HTTP/2:
+/// a body sent on HTTP/2 after a HEAD is a protocol error to the client, which then loses
+/// the answer (curl: "stream 1 was not closed cleanly: PROTOCOL_ERROR").
+#[tokio::test]
+async fn a_head_offload_answers_itself_has_no_body() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let (app, proxy) = app_and_proxy(|c| c.store.root = data.path().to_path_buf()).await;
+    drop(app);
+    for (path, status) in [("/_offload/nope.bin", 404), ("/down", 502)] {
+        for (http, version) in [(client(), "HTTP/1.1"), (h2_client(), "HTTP/2")] {
+            let get = http.get(proxy.url(path)).send().await.expect("GET");
+            assert_eq!(get.status(), status, "{version} GET {path}");
+            let get_length = get.bytes().await.expect("GET body").len();
+            assert!(get_length > 0);
+            let resp = http.head(proxy.url(path)).send().await.expect("HEAD");
+            assert_eq!(resp.status(), status, "{version} HEAD {path}");
+            let length = resp.headers().get(http::header::CONTENT_LENGTH).cloned();
+            assert_eq!(
+                length.as_ref().and_then(|l| l.to_str().ok()),
+                Some(get_length.to_string().as_str()),
+                "{version} HEAD {path}"
+            );
+            let body = resp.bytes().await.expect("the whole (empty) answer");
+            assert!(body.is_empty(), "{version} HEAD {path}: {body:?}");
+        }
+    }
+}
