@@ -931,6 +931,17 @@ impl Config {
     /// for requests. Only addresses known to be this host's (loopback, the listener's own,
     /// every address) are compared: a name is not resolved, but `localhost`.
     fn check_upstream_is_elsewhere(&self) -> anyhow::Result<()> {
+        let mut listeners = vec![("server.listen", self.server.listen)];
+        if let Some(tls_listen) = self.server.tls.as_ref().and_then(|tls| tls.listen) {
+            listeners.push(("server.tls.listen", tls_listen));
+        }
+        self.check_upstream_not_at(&listeners)
+    }
+
+    /// As [`Config::check_upstream_is_elsewhere`], against `listeners` (what key set each,
+    /// and its address): a reload checks the addresses actually bound, which a reload does
+    /// not change whatever the file now says.
+    pub fn check_upstream_not_at(&self, listeners: &[(&str, SocketAddr)]) -> anyhow::Result<()> {
         let url = &self.upstream.url;
         let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
             return Ok(());
@@ -947,11 +958,7 @@ impl Config {
             url::Host::Domain(_) => return Ok(()),
         };
         let this_host = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
-        let mut listeners = vec![("server.listen", self.server.listen)];
-        if let Some(tls_listen) = self.server.tls.as_ref().and_then(|tls| tls.listen) {
-            listeners.push(("server.tls.listen", tls_listen));
-        }
-        for (key, listen) in listeners {
+        for &(key, listen) in listeners {
             let reached = ips.iter().any(|&ip| {
                 ip == listen.ip()
                     || (listen.ip().is_unspecified() && this_host(ip))

@@ -1033,10 +1033,13 @@ pub async fn run(
     reread: impl Fn() -> anyhow::Result<Config> + Send + 'static,
 ) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
+    let mut listening = vec![("server.listen", server.local_addr())];
+    listening.extend(server.tls_addr().map(|addr| ("server.tls.listen", addr)));
     let reloads = tokio::spawn(hangup::on_hangup(
         server.certificates().cloned(),
         Arc::clone(&server.live),
         Arc::clone(&server.slots),
+        listening,
         reread,
     ));
     let served = server.run_until_signalled().await;

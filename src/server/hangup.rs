@@ -13,6 +13,7 @@
 //!
 //! Without a handler the signal's default action would end the process.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
@@ -25,11 +26,13 @@ use crate::config::Config;
 use crate::logging;
 
 /// Handles every SIGHUP until the task is aborted. `reread` loads the configuration again as
-/// at start; the one being served is the live state's.
+/// at start; the one being served is the live state's. `listening`: the addresses bound,
+/// each with the key that set it.
 pub(super) async fn on_hangup(
     certificates: Option<Arc<Certificates>>,
     live: Arc<LiveState>,
     slots: Arc<ConnectionSlots>,
+    listening: Vec<(&'static str, SocketAddr)>,
     reread: impl Fn() -> anyhow::Result<Config>,
 ) {
     #[cfg(unix)]
@@ -47,7 +50,7 @@ pub(super) async fn on_hangup(
             // A small file read on this thread, as the certificate's: no I/O worth a
             // blocking pool.
             match reread() {
-                Ok(next) => reload_configuration(&live, &slots, next).await,
+                Ok(next) => reload_configuration(&live, &slots, &listening, next).await,
                 Err(e) => error!(
                     error = format!("{e:#}"),
                     "SIGHUP: the configuration does not load; nothing reloaded, and a restart \
@@ -58,7 +61,7 @@ pub(super) async fn on_hangup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (certificates, live, slots, reread);
+    let _ = (certificates, live, slots, listening, reread);
 }
 
 fn reload_certificate(certificates: &Certificates) {
@@ -76,11 +79,25 @@ fn reload_certificate(certificates: &Certificates) {
 
 /// Applies what a reload can of `next` over the configuration being served, and says what it
 /// could not. Keys are logged by name only: values may be secrets.
-async fn reload_configuration(live: &LiveState, slots: &ConnectionSlots, next: Config) {
+async fn reload_configuration(
+    live: &LiveState,
+    slots: &ConnectionSlots,
+    listening: &[(&'static str, SocketAddr)],
+    next: Config,
+) {
     let current = live.current();
     let running = &current.config;
     let changed = running.changed_keys(&next);
     let applied = running.reloadable_part(next);
+    // The file was checked against the listeners it names, which a reload does not move:
+    // an app moved to offload's own port (the listener moved in the same edit) would have
+    // every request come back to offload, each opening another connection.
+    if let Err(e) = applied.check_upstream_not_at(listening) {
+        return error!(
+            error = format!("{e:#}"),
+            "SIGHUP: configuration not reloaded; serving with the previous one"
+        );
+    }
     let reloaded = running.changed_keys(&applied);
     let pending: Vec<&String> = changed.iter().filter(|k| !reloaded.contains(k)).collect();
     if !pending.is_empty() {

@@ -294,6 +294,29 @@ async fn status_line<S: AsyncReadExt + AsyncWriteExt + Unpin>(
     text.lines().next().unwrap_or_default().to_string()
 }
 
+/// A reload whose `upstream.url` names offload's own listener (the app moved to its port in
+/// the same edit that moved `server.listen`, which takes a restart) is refused, as the same
+/// file is at start: applied, every request would come back to offload.
+#[tokio::test]
+async fn sighup_refuses_an_upstream_at_offloads_own_listener() {
+    let app = App::start().await;
+    let config =
+        |upstream: std::net::SocketAddr| format!("[upstream]\nurl = \"http://{upstream}\"\n");
+    let process =
+        OffloadProcess::start_with_config(app.addr, Some(&config(app.addr)), &[], &[]).await;
+    let logs = process
+        .reload(
+            &config(process.addr),
+            "SIGHUP: configuration not reloaded; serving with the previous one",
+        )
+        .await;
+    assert!(logs.contains("is offload's own server.listen"), "{logs}");
+    let mut stream = TcpStream::connect(process.addr).await.expect("connect");
+    let echo = echo_with_forwarded_for(&mut stream).await;
+    assert_eq!(echo.one("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(app.seen().len(), 1, "still the app");
+}
+
 /// SIGHUP reloads what can change while serving (nginx's reload): once the file names
 /// another app and trusts the client's proxy, the next request on a connection opened before
 /// goes to the new app with its X-Forwarded-For kept; a setting fixed at start
