@@ -2,9 +2,12 @@
 //! (nginx's `max_conns`, haproxy's `maxconn` with its queue). A request past the limit waits
 //! for a place up to `upstream.connect_timeout`, then is refused with `503`.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -36,6 +39,44 @@ pub(super) struct Place {
 impl Drop for Place {
     fn drop(&mut self) {
         self.active.dec();
+    }
+}
+
+/// A response body that keeps its request's place until it is read to its end or dropped:
+/// for an answer on a connection that is never pooled (an upgrade the app declined), where
+/// no [`super::pool::LeasedBody`] carries the place.
+pub(super) struct PlacedBody<B> {
+    body: B,
+    place: Option<Place>,
+}
+
+impl<B> PlacedBody<B> {
+    pub(super) fn new(body: B, place: Option<Place>) -> PlacedBody<B> {
+        PlacedBody { body, place }
+    }
+}
+
+impl<B: Body + Unpin> Body for PlacedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.place = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use ipnet::IpNet;
 use tracing::debug;
 
-use super::admission::{Admission, Place};
+use super::admission::{Admission, Place, PlacedBody};
 use super::connect::AppConnector;
 use super::pool::{Conn, ConnectError, ConnectTimedOut, LeasedBody, Pool, SendError};
 use super::replay::Replay;
@@ -260,12 +260,12 @@ impl Upstream {
         let started = Instant::now();
         let mut response = match (tunnel, client_upgrade) {
             (true, Some(client_upgrade)) => {
-                let response = Box::pin(self.send_upgradable(req)).await?;
+                let (response, admitted) = Box::pin(self.send_upgradable(req)).await?;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let took = started.elapsed();
                     return Ok((self.switch_protocols(response, client_upgrade)?, took));
                 }
-                response.map(body::boxed)
+                response.map(|body| body::boxed(PlacedBody::new(body, admitted)))
             }
             _ => self.send(req).await?,
         };
@@ -359,16 +359,17 @@ impl Upstream {
         response.map(|body| body::boxed(LeasedBody::new(body, conn, pool)))
     }
 
-    /// Sends an upgrade request on a connection of its own, for a tunnel if the app agrees.
+    /// Sends an upgrade request on a connection of its own, for a tunnel if the app agrees;
+    /// with the request's place under `upstream.max_connections`, which an open tunnel does
+    /// not keep, but an answer that is no `101` keeps until its body is in.
     async fn send_upgradable(
         &self,
         req: Box<Request<Body>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        // Counted until the app answers: an open tunnel does not keep a place.
-        let _admitted = self.admit().await?;
+    ) -> Result<(Response<Incoming>, Option<Place>), ProxyError> {
+        let admitted = self.admit().await?;
         let conn = self.pool().connect_upgradable().await?;
         let (response, _) = conn.exchange(req, self.response_timeout).await?;
-        Ok(response)
+        Ok((response, admitted))
     }
 
     /// Answers a `101` from the app: tunnels when the client asked to upgrade, refuses

@@ -450,6 +450,54 @@ async fn a_request_that_waits_past_connect_timeout_for_a_busy_app_is_503() {
     assert_serves_hello(&proxy).await;
 }
 
+/// A request asking to upgrade that the app answers without switching (a page, a `403`)
+/// holds its place under `upstream.max_connections` while the answer streams, as any other
+/// request does: `Upgrade: websocket` is no way past the app's limit.
+#[tokio::test]
+async fn an_upgrade_the_app_declines_keeps_its_place_until_the_answer_is_in() {
+    let app = RawApp::start(|mut stream, _head| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf ")
+            .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = stream.write_all(b"done.").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+    .await;
+    let mut config = config_for(app.addr);
+    config.upstream.max_connections = 1;
+    config.upstream.connect_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(config).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .expect("request");
+    let head = read_head(&mut stream).await.expect("the answer's head");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    // Its body still coming, the request is at the app.
+    let metrics = proxy
+        .metrics_until("offload_upstream_active_requests 1\n")
+        .await;
+    assert!(
+        metrics.contains("offload_upstream_active_requests 1\n"),
+        "{metrics}"
+    );
+    let resp = client()
+        .get(proxy.url("/other"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        resp.status(),
+        503,
+        "no place while the first answer streams"
+    );
+}
+
 #[tokio::test]
 async fn metrics_show_the_requests_at_the_app_and_those_waiting_for_a_place() {
     // Long enough that the checks made while the first request is at the app are done
