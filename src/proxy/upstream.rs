@@ -229,6 +229,11 @@ impl Upstream {
                 "a transfer coding other than chunked".into(),
             ));
         }
+        if seen.content_length_list {
+            // HTTP/2 passes a length given twice when the values agree; HTTP/1.1's parser
+            // merges them, and an app may refuse them repeated ("Duplicate Content-Length").
+            headers::single_content_length(headers);
+        }
         if seen.proxy_headers {
             headers::strip_proxy_headers(headers);
         }

@@ -2,8 +2,8 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -2059,6 +2059,65 @@ async fn an_http2_request_naming_no_host_gets_400() {
     assert_eq!(statuses[&1], status_400, "{statuses:?}");
     assert_eq!(statuses[&3], status_200, "{statuses:?}");
     assert_eq!(app.seen(), ["GET /named"]);
+}
+
+/// An HTTP/2 request with its `content-length` given twice (the h2 crate checks that they
+/// agree) reaches the app with it once, as HTTP/1.1's parser merges them: an app may refuse
+/// it repeated (Node: "Duplicate Content-Length").
+#[tokio::test]
+async fn an_http2_length_given_twice_reaches_the_app_once() {
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let app = RawApp::start({
+        let heads = Arc::clone(&heads);
+        move |mut stream, head| {
+            heads.lock().expect("heads").push(head);
+            async move {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+        }
+    })
+    .await;
+    let proxy = Proxy::start(config_for(app.addr)).await;
+    let (mut stream, _) = http2_connect(proxy.addr).await;
+    // HEADERS (END_HEADERS): :method POST, :scheme http, :path /twice, :authority x, and
+    // content-length (static table entry 28) 5 twice; then DATA "hello" (END_STREAM).
+    let mut block = vec![0x83, 0x86, 0x04, 6];
+    block.extend_from_slice(b"/twice");
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    for _ in 0..2 {
+        block.extend_from_slice(&[0x0f, 0x0d, 1, b'5']);
+    }
+    let mut frames = vec![
+        0,
+        0,
+        u8::try_from(block.len()).expect("short"),
+        0x1,
+        0x4,
+        0,
+        0,
+        0,
+        1,
+    ];
+    frames.extend_from_slice(&block);
+    frames.extend_from_slice(&[0, 0, 5, 0x0, 0x1, 0, 0, 0, 1]);
+    frames.extend_from_slice(b"hello");
+    stream.write_all(&frames).await.expect("request");
+    loop {
+        let (kind, _, id, payload) = read_frame(&mut stream).await;
+        if kind == 0x1 && id == 1 {
+            assert_eq!(payload.first(), Some(&(0x80 | 8)), ":status 200");
+            break;
+        }
+    }
+    let heads = heads.lock().expect("heads").clone();
+    let head = heads
+        .first()
+        .expect("the app got the request")
+        .to_ascii_lowercase();
+    assert_eq!(head.matches("content-length:").count(), 1, "{head}");
+    assert!(head.contains("content-length: 5\r\n"), "{head}");
 }
 
 /// An idle HTTP/2 connection is closed with a GOAWAY and a PING whose acknowledgement tells
