@@ -677,11 +677,15 @@ async fn handle(
     if head {
         without_body(&mut answer.response);
     }
-    if !http2 && body.as_deref().is_some_and(idle::BodyProgress::abandoned) {
+    if !http2
+        && (body.as_deref().is_some_and(idle::BodyProgress::abandoned)
+            || connection.closes_after_answer())
+    {
         // hyper closes the connection once the answer is out, as it must (the rest of the
         // body would be read as the next request), but learns that only after it has
         // written the head: say so in it, so the client does not send its next request
-        // on a connection that is closing (as nginx's 413 says).
+        // on a connection that is closing (as nginx's 413 says). The same for a request
+        // that came in at shutdown: hyper closes the connection after an answer that says so.
         answer
             .response
             .headers_mut()
@@ -1393,13 +1397,20 @@ async fn drive<C: Served>(
             }
             Some(event) = watchers.next() => match event {
                 ConnectionEvent::ShutdownBegan => {
-                    conn.as_mut().close_gracefully();
                     closing = true;
                     // Requests in flight have until the end of the shutdown grace; an idle
                     // connection does not hold the shutdown that long.
                     watchers.clear();
                     watchers.push(watch(ConnectionEvent::GraceExpired, shared.abandon.clone()));
                     watchers.push(watch_closing(&connection));
+                    // hyper closes a kept-alive connection at once, part of a request head
+                    // read or not: that request would be lost. As nginx, let it come, as
+                    // long as it keeps coming; its answer says `Connection: close`, after
+                    // which hyper closes the connection.
+                    match connection.head_arriving() {
+                        true => connection.close_after_answer(),
+                        false => conn.as_mut().close_gracefully(),
+                    }
                 }
                 ConnectionEvent::Watchdog(Verdict::Idle) | ConnectionEvent::Reclaimed
                     if !closing =>

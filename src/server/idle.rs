@@ -63,6 +63,8 @@ pub(super) struct ConnectionState {
     /// HTTP/1 bytes were read since the last request ended (or the connection began): the
     /// start of a request head, when no request is in flight.
     read_since_end: AtomicBool,
+    /// The connection closes after its next answer, which says so.
+    close_after_answer: AtomicBool,
     /// The tunnel a request switched the connection to (WebSocket), to run once hyper hands
     /// the connection over.
     upgraded: Mutex<Option<Upgraded>>,
@@ -109,6 +111,23 @@ impl ConnectionState {
             && !self.read_since_end.load(Ordering::Relaxed)
             // Closing lingering: dropped, it would answer the client's bytes with a reset.
             && !self.body_left_unread.load(Ordering::Relaxed)
+    }
+
+    /// Has the next answer say `Connection: close` (a request head arriving at shutdown).
+    pub(super) fn close_after_answer(&self) {
+        self.close_after_answer.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn closes_after_answer(&self) -> bool {
+        self.close_after_answer.load(Ordering::Relaxed)
+    }
+
+    /// An HTTP/1 request head has begun to arrive: bytes came since the last request ended
+    /// (or the connection began), and no request is in flight.
+    pub(super) fn head_arriving(&self) -> bool {
+        !self.multiplexed.load(Ordering::Relaxed)
+            && self.read_since_end.load(Ordering::Relaxed)
+            && self.begun.load(Ordering::Relaxed) == self.ended.load(Ordering::Relaxed)
     }
 
     /// Bytes of HTTP/1 came in (or bytes not yet told apart from it).

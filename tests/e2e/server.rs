@@ -1311,6 +1311,35 @@ async fn graceful_shutdown_lets_a_request_in_flight_finish() {
     );
 }
 
+/// At shutdown, a kept-alive connection whose next request head has begun to arrive is not
+/// closed under it: the request is answered (with `Connection: close`), as nginx lets a
+/// keep-alive connection that has read part of a request finish it. Closed, the request
+/// would be lost, and a client retries only idempotent ones.
+#[tokio::test]
+async fn graceful_shutdown_answers_a_request_whose_head_is_arriving() {
+    let (_app, mut proxy) =
+        app_and_proxy(|c| c.server.shutdown_grace = Duration::from_secs(5)).await;
+    let mut stream = connect_and_ask(proxy.addr).await;
+    let answer = read_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a head");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream
+        .write_all(b"Content-Length: 5\r\n\r\nhello")
+        .await
+        .expect("the rest");
+    let answer = read_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(says_close(&answer), "{answer}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), &mut proxy.handle).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}
+
 /// `server.shutdown_delay`: after the signal, `/readyz` fails at once while new connections
 /// are still served until the delay ends; then the listener closes and the server exits.
 #[tokio::test]
