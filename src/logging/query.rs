@@ -24,11 +24,14 @@ const SECRET_WORDS: &[&str] = &[
     "sessionid",
     "session_id",
     "sessid",
+    "passphrase",
+    "hmac",
+    "samlresponse",
 ];
 
 /// Words that make it one as a whole part of its name (parts split at `_`, `-`, `.` and
 /// PHP's brackets): WordPress's password-reset `key`, OAuth's `code`, S3's `X-Amz-Credential`
-/// and `sig`, `otp`; `monkey` and `keys` are no credentials.
+/// and `sig`, `otp`, CAS's `ticket`; `monkey` and `keys` are no credentials.
 const SECRET_PARTS: &[&str] = &[
     "pass",
     "pwd",
@@ -39,6 +42,8 @@ const SECRET_PARTS: &[&str] = &[
     "sig",
     "otp",
     "session",
+    "pw",
+    "ticket",
 ];
 
 /// The path and query, each credential's value written as `***`.
@@ -127,6 +132,11 @@ mod tests {
             "wp_nonce",
             "PHPSESSID",
             "session_id",
+            "passphrase",
+            "pw",
+            "ticket",
+            "SAMLResponse",
+            "hmac",
         ] {
             assert_eq!(
                 mask(&format!("/a?q=1&{name}=v")),
@@ -138,7 +148,7 @@ mod tests {
             "/a?q=1&page=2",
             "/a",
             "/a?",
-            "/a?keys=1&monkey=2&sort_by=date",
+            "/a?keys=1&monkey=2&sort_by=date&pwa=1&tickets=3",
         ] {
             assert_eq!(mask(kept), kept);
         }

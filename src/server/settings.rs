@@ -1,7 +1,9 @@
 //! How a connection is served: `[server]`'s HTTP settings (HTTP/2 among them), timeouts and
 //! PROXY protocol. Each connection takes them from the live state as it is accepted, so a
 //! reload applies them to connections accepted afterwards while open ones keep what they
-//! began with.
+//! began with. (`server.idle_timeout` as a request's own bound on its body or answer
+//! standing still is read from the live state by each request, so a reload applies it to
+//! every request that begins afterwards.)
 
 use std::time::Duration;
 
