@@ -594,13 +594,23 @@ impl Config {
     /// Loads `path` (or only defaults and the environment when `None`), applies the
     /// environment's `OFFLOAD_*` overrides and the preset, and validates.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        Config::load_with(path, |_| {})
+    }
+
+    /// [`Config::load`], with `flags` laid over what the file and the environment say before
+    /// the values are checked: a flag may make them fit together (`--upstream https://…`
+    /// for a file's `upstream.tls_ca_file`).
+    pub fn load_with(
+        path: Option<&Path>,
+        flags: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Config> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p)
                 .with_context(|| format!("reading config file {}", p.display()))?,
             None => String::new(),
         };
         let env = env::offload_vars(std::env::vars_os())?;
-        Config::from_toml_with_env(&text, &env)
+        Config::parse_with_env(&text, path, &env, flags)
     }
 
     /// Parses TOML text, lays `env` (variables named `OFFLOAD_<SECTION>_<KEY>`) over it, applies
@@ -609,12 +619,24 @@ impl Config {
         text: &str,
         env: &BTreeMap<String, String>,
     ) -> anyhow::Result<Config> {
+        Config::parse_with_env(text, None, env, |_| {})
+    }
+
+    /// [`Config::from_toml_with_env`], with `flags` laid over before the values are checked;
+    /// `file`: where `text` came from, named with a syntax error's line and column.
+    fn parse_with_env(
+        text: &str,
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        flags: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Config> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}",
-                unknown_key_message(e.message(), None)
-                    .unwrap_or_else(|| mask_passwords_in_text(&e.to_string()))
-            )
+            let message = unknown_key_message(e.message(), None)
+                .unwrap_or_else(|| mask_passwords_in_text(&e.to_string()));
+            match file {
+                Some(file) => anyhow::anyhow!("{}: {message}", file.display()),
+                None => anyhow::anyhow!("{message}"),
+            }
         })?;
         let mut env_keys = env::apply(&mut table, env)?;
         check_shapes(&table).map_err(|e| env_keys.name_variable(e))?;
@@ -630,6 +652,7 @@ impl Config {
             }
         };
         config.apply_preset();
+        flags(&mut config);
         config
             .validate_values()
             .map_err(|e| env_keys.name_variable(e))?;
@@ -869,6 +892,7 @@ impl Config {
                 || origin.fragment().is_some()
                 || has_userinfo(origin)
             {
+                let origin = mask_passwords_in_text(origin.as_str());
                 bail!("assets.site_origins: {origin} must be scheme://host[:port] only");
             }
         }
@@ -1865,6 +1889,10 @@ mod tests {
             (
                 "[uploads]\npath = \"/upload\"",
                 "uploads: is a list of routes, each written [[uploads]]",
+            ),
+            (
+                "[assets]\nsite_origins = [\"https://u:SECRET@example.com\"]",
+                "assets.site_origins: https://u:***@example.com/ must be scheme://host[:port] only",
             ),
             (
                 "[store]\nparts_in_flight = 1000",

@@ -148,22 +148,23 @@ fn main() -> ExitCode {
 
 /// Loads the config file and the environment, then lays the flags over them.
 fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
-    let mut config = Config::load(args.config.as_deref())?;
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
-    }
-    if let Some(url) = &args.upstream {
-        config.upstream.url = url.clone();
-    }
-    if let Some(AdminListen(admin)) = args.admin_listen {
-        config.server.admin_listen = admin;
-    }
-    if let Some(format) = args.log_format {
-        config.log.format = match format {
-            LogFormatArg::Text => LogFormat::Text,
-            LogFormatArg::Json => LogFormat::Json,
-        };
-    }
+    let config = Config::load_with(args.config.as_deref(), |config| {
+        if let Some(listen) = args.listen {
+            config.server.listen = listen;
+        }
+        if let Some(url) = &args.upstream {
+            config.upstream.url = url.clone();
+        }
+        if let Some(AdminListen(admin)) = args.admin_listen {
+            config.server.admin_listen = admin;
+        }
+        if let Some(format) = args.log_format {
+            config.log.format = match format {
+                LogFormatArg::Text => LogFormat::Text,
+                LogFormatArg::Json => LogFormat::Json,
+            };
+        }
+    })?;
     config.validate()?;
     Ok(config)
 }

@@ -217,6 +217,46 @@ fn a_flag_can_settle_a_clash_of_listeners() {
     );
 }
 
+/// Flags are laid over the file and the environment before any value is checked: a file's
+/// `https://` app on a Unix socket (refused: the socket is plain HTTP) is fine once
+/// `--upstream` names a plain one.
+#[test]
+fn a_flag_can_settle_values_that_clash() {
+    let run = |upstream: &str| {
+        Command::new(env!("CARGO_BIN_EXE_offload"))
+            .args(["check-config", "--upstream", upstream])
+            .env_remove("OFFLOAD_CONFIG")
+            .env("OFFLOAD_UPSTREAM_URL", "https://app")
+            .env("OFFLOAD_UPSTREAM_UNIX_SOCKET", "/run/app.sock")
+            .output()
+            .expect("run offload")
+    };
+    let settled = run("http://app");
+    assert!(
+        settled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&settled.stderr)
+    );
+    let clash = run("https://other");
+    assert_eq!(clash.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&clash.stderr).contains("upstream.unix_socket: HTTP only"),
+        "{}",
+        String::from_utf8_lossy(&clash.stderr)
+    );
+}
+
+/// A syntax error names the file it is in (which `OFFLOAD_CONFIG` may have chosen).
+#[test]
+fn a_syntax_error_names_its_file() {
+    let (ok, _, stderr) = check_config("[server\nlisten = 1");
+    assert!(!ok);
+    assert!(
+        stderr.contains("proxy.toml: TOML parse error at line 1"),
+        "{stderr}"
+    );
+}
+
 /// A flag's bad value is a usage error, exit 2, for every flag alike.
 #[test]
 fn bad_flag_values_are_usage_errors() {
