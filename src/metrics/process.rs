@@ -145,14 +145,35 @@ mod linux {
         u64::try_from(entries.count()).ok()
     }
 
-    /// System boot time (`btime` of `/proc/stat`), seconds since the epoch.
+    /// System boot time (`btime` of `/proc/stat`), seconds since the epoch; where
+    /// `/proc/stat` cannot be read (the systemd unit's `ProcSubset=pid` hides it), the wall
+    /// clock less the time since boot.
     fn boot_time() -> Option<u64> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        stat.lines()
-            .find_map(|line| line.strip_prefix("btime "))?
-            .trim()
-            .parse()
-            .ok()
+        let from_stat = std::fs::read_to_string("/proc/stat").ok().and_then(|stat| {
+            stat.lines()
+                .find_map(|line| line.strip_prefix("btime "))?
+                .trim()
+                .parse()
+                .ok()
+        });
+        from_stat.or_else(boot_time_from_clocks)
+    }
+
+    fn boot_time_from_clocks() -> Option<u64> {
+        let since_boot = clock_seconds(libc::CLOCK_BOOTTIME)?;
+        let now = clock_seconds(libc::CLOCK_REALTIME)?;
+        Some(now.saturating_sub(since_boot))
+    }
+
+    /// Whole seconds on `clock`.
+    fn clock_seconds(clock: libc::clockid_t) -> Option<u64> {
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec passed, which lives on this stack.
+        let rc = unsafe { libc::clock_gettime(clock, &mut time) };
+        (rc == 0).then(|| u64::try_from(time.tv_sec).ok()).flatten()
     }
 
     fn clock_ticks() -> Option<f64> {
@@ -164,6 +185,15 @@ mod linux {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        /// Where `/proc/stat` is hidden, the boot time from the clocks is the same (to the
+        /// second, as the two clocks are read a moment apart).
+        #[test]
+        fn the_clocks_give_the_boot_time_proc_stat_does() {
+            let btime = boot_time().expect("/proc/stat here");
+            let clocks = boot_time_from_clocks().expect("clocks");
+            assert!(btime.abs_diff(clocks) <= 2, "{btime} against {clocks}");
+        }
 
         #[test]
         fn a_stat_line_is_read_after_the_last_parenthesis() {
