@@ -49,7 +49,11 @@ pub fn demo_config(opts: &DemoOptions, site: SocketAddr) -> anyhow::Result<Confi
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let (site, _site_task) = site::start(&opts.site_dir).await?;
     let config = demo_config(&opts, site)?;
-    let server = crate::server::Server::bind(config).await?;
+    let listen = config.server.listen;
+    // A port taken is named as `server.listen`, a key the demo's user never set.
+    let server = crate::server::Server::bind(config).await.with_context(|| {
+        format!("starting the demo on {listen} (offload demo --listen ADDR picks another)")
+    })?;
     let url = format!("http://{}", server.local_addr());
     println!(
         "offload demo\n\

@@ -312,3 +312,27 @@ fn help_explains_the_flags() {
         assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
     }
 }
+
+/// The demo's listener taken (8080 often is): the error says how to pick another, rather
+/// than naming only `server.listen`, a key the demo's user never set.
+#[test]
+fn a_demo_whose_port_is_taken_says_how_to_pick_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("address").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_offload"))
+        .args(["demo", "--listen", &addr, "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--site-dir")
+        .arg(dir.path().join("site"))
+        .output()
+        .expect("run offload");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "starting the demo on {addr} (offload demo --listen ADDR picks another)"
+        )),
+        "{stderr}"
+    );
+}
