@@ -77,6 +77,22 @@ fn status_class(status: StatusCode) -> usize {
 }
 
 type CauseLabels = [(&'static str, &'static str); 1];
+
+/// The causes of `offload_upstream_errors` (`ProxyError::cause`), each shown at 0 from the
+/// start: a series that first appears with its first error has Prometheus's `increase()`
+/// and `rate()` miss that error, and an alert on them wait for the next.
+const UPSTREAM_ERROR_CAUSES: &[&str] = &[
+    "connect",
+    "timeout",
+    "upstream",
+    "body_not_taken",
+    "busy",
+    "bad_request",
+    "not_implemented",
+    "client_body",
+    "client_stalled",
+    "body_too_large",
+];
 type StoreErrorLabels = [(&'static str, &'static str); 2];
 type OperationLabels = [(&'static str, &'static str); 1];
 type StoreTimes = Family<OperationLabels, Histogram, fn() -> Histogram>;
@@ -145,6 +161,9 @@ impl Metrics {
     pub fn for_workers(workers: usize) -> Metrics {
         let cells = Arc::new(WorkerCells::new(workers));
         let upstream_errors = Family::<CauseLabels, Counter>::default();
+        for &cause in UPSTREAM_ERROR_CAUSES {
+            drop(upstream_errors.get_or_create(&[("cause", cause)]));
+        }
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
         let store_times = StoreTimes::new_with_constructor(store_times);
         let open_connections = Family::<WorkerLabels, Gauge>::default();
@@ -556,6 +575,11 @@ mod tests {
             text.contains("offload_upstream_errors_total{cause=\"connect\"} 1"),
             "{text}"
         );
+        // The others are there from the start.
+        for cause in UPSTREAM_ERROR_CAUSES.iter().filter(|&&c| c != "connect") {
+            let line = format!("offload_upstream_errors_total{{cause=\"{cause}\"}} 0\n");
+            assert!(text.contains(&line), "{line}{text}");
+        }
     }
 
     /// The line of `text` for `series` (a metric name with its labels), as a number.
