@@ -97,6 +97,32 @@ async fn each_request_is_logged_once_with_its_figures() {
     }
 }
 
+/// An object served from the store over HTTP/1.1, all of it sent, is logged complete, as an
+/// app's answer is: hyper stops reading a body at its Content-Length, before a stream from
+/// the store has said it ended.
+#[tokio::test]
+async fn an_answer_from_the_store_sent_whole_is_logged_complete() {
+    let app = App::start().await;
+    let data = tempfile::tempdir().expect("temp dir");
+    // The fs store's layout: the object's bytes under objects/ (its sidecar is optional).
+    std::fs::create_dir_all(data.path().join("objects")).expect("objects/");
+    std::fs::write(data.path().join("objects/cat.bin"), vec![7u8; 300_000]).expect("object");
+    let config = format!("[store]\nroot = {:?}\n", data.path().display().to_string());
+    let process = OffloadProcess::start_with_config(app.addr, Some(&config), &[], &[]).await;
+    let got = client()
+        .get(format!("http://{}/_offload/cat.bin", process.addr))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.expect("body").len(), 300_000);
+    let lines = wait_for_access_lines(&process, 1).await;
+    let line = lines.first().expect("an access line");
+    assert_eq!(line["kind"], "store", "{line}");
+    assert_eq!(line["bytes_out"], 300_000, "{line}");
+    assert_eq!(line["complete"], true, "{line}");
+}
+
 /// With `log.query` on, queries are logged, but for the values of credentials.
 #[tokio::test]
 async fn logged_queries_keep_credentials_out() {
