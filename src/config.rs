@@ -465,6 +465,13 @@ pub struct UploadRouteConfig {
         deserialize_with = "exact_size::deserialize"
     )]
     pub max_field_size: ByteSize,
+    /// Largest total of a request's text fields that offload keeps to pass on (replace) or
+    /// answer with (respond), as PHP's `post_max_size`; mirror keeps none.
+    #[serde(
+        serialize_with = "exact_size::serialize",
+        deserialize_with = "exact_size::deserialize"
+    )]
+    pub max_fields_size: ByteSize,
     /// Extensions accepted (empty: any not denied), lowercase without the dot.
     pub allowed_extensions: Vec<String>,
     /// Extensions refused; default: server-executable types.
@@ -509,6 +516,7 @@ impl Default for UploadRouteConfig {
             max_body_size: ByteSize::gib(1),
             max_parts: 100,
             max_field_size: ByteSize::mib(1),
+            max_fields_size: ByteSize::mib(8),
             allowed_extensions: Vec::new(),
             denied_extensions: SERVER_EXECUTABLE_EXTENSIONS
                 .iter()
@@ -1158,6 +1166,7 @@ impl UploadRouteConfig {
             ("max_file_size", self.max_file_size),
             ("max_body_size", self.max_body_size),
             ("max_field_size", self.max_field_size),
+            ("max_fields_size", self.max_fields_size),
         ] {
             if size.as_u64() == 0 {
                 bail!("{key}: must be more than 0");

@@ -20,6 +20,8 @@ pub enum UploadError {
     BodyTooLarge { max: u64 },
     #[error("form field too large")]
     FieldTooLarge { max: u64 },
+    #[error("form fields too large in all")]
+    FieldsTooLarge { max: u64 },
     #[error("too many parts")]
     TooManyParts { max: usize },
     /// A fixed bound, not a key (`routes::MAX_PART_HEADER_SIZE`): named in the message.
@@ -78,9 +80,10 @@ impl UploadError {
     pub fn status(&self) -> StatusCode {
         use UploadError::*;
         match self {
-            FileTooLarge { .. } | BodyTooLarge { .. } | FieldTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            FileTooLarge { .. }
+            | BodyTooLarge { .. }
+            | FieldTooLarge { .. }
+            | FieldsTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ExtensionDenied(_) | TypeDenied(_) | TypeMismatch { .. } => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -111,6 +114,7 @@ impl UploadError {
             FileTooLarge { max } => Some(("max_file_size", human_size(*max))),
             BodyTooLarge { max } => Some(("max_body_size", human_size(*max))),
             FieldTooLarge { max } => Some(("max_field_size", human_size(*max))),
+            FieldsTooLarge { max } => Some(("max_fields_size", human_size(*max))),
             TooManyParts { max } => Some(("max_parts", max.to_string())),
             ExtensionDenied(_) => Some(("denied_extensions", String::new())),
             TypeDenied(_) => Some(("allowed_types", String::new())),

@@ -1,6 +1,7 @@
 //! Reading a whole upload (replace, respond): every file part streamed into the store, every
-//! text field kept (bounded by `max_field_size` × `max_parts`). All or nothing: on any error
-//! the files already stored are deleted by the caller's [`Committed`] guard.
+//! text field kept (each bounded by `max_field_size`, all by `max_fields_size`). All or
+//! nothing: on any error the files already stored are deleted by the caller's
+//! [`Committed`] guard.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -9,7 +10,7 @@ use http::HeaderMap;
 use super::UploadContext;
 use super::error::UploadError;
 use super::multipart::{BodyKind, Parts, map_multer_error};
-use super::routes::UploadRoute;
+use super::routes::{Limits, UploadRoute};
 use super::sink::{Committed, OnRefused, StoredFile, store_file};
 
 /// One part of the form, in the order received.
@@ -65,6 +66,7 @@ where
     let limits = route.limits;
     let mut parts = Parts::new(body, boundary, limits);
     let mut items = Vec::new();
+    let mut fields_left = limits.max_fields_size;
     while let Some(part) = parts.next().await? {
         let mut data = part
             .field
@@ -74,7 +76,7 @@ where
                 store_file(route, &ctx.store, &part.meta, &mut data, OnRefused::Fail).await?;
             items.extend(stored.map(|f| commit(committed, f)));
         } else {
-            let value = read_field(&mut data, limits.max_field_size).await?;
+            let value = read_field(&mut data, &limits, &mut fields_left).await?;
             items.push(Item::Field {
                 name: part.meta.field,
                 headers: part.headers,
@@ -85,17 +87,24 @@ where
     Ok(items)
 }
 
-/// A text field's value, refused past `max` bytes.
-async fn read_field<S>(data: &mut S, max: u64) -> Result<Bytes, UploadError>
+/// A text field's value, refused past `max_field_size` bytes, or past what is `left` of
+/// the request's `max_fields_size` (taken off it).
+async fn read_field<S>(data: &mut S, limits: &Limits, left: &mut u64) -> Result<Bytes, UploadError>
 where
     S: Stream<Item = Result<Bytes, UploadError>> + Unpin,
 {
     let mut value = BytesMut::new();
     while let Some(chunk) = data.next().await {
         let chunk = chunk?;
-        if (value.len() + chunk.len()) as u64 > max {
-            return Err(UploadError::FieldTooLarge { max });
+        let len = chunk.len() as u64;
+        if value.len() as u64 + len > limits.max_field_size {
+            return Err(UploadError::FieldTooLarge {
+                max: limits.max_field_size,
+            });
         }
+        *left = left.checked_sub(len).ok_or(UploadError::FieldsTooLarge {
+            max: limits.max_fields_size,
+        })?;
         value.extend_from_slice(&chunk);
     }
     Ok(value.freeze())

@@ -12,7 +12,7 @@
 //! on an upload route (a form-urlencoded admin post) passes through untouched.
 //!
 //! Memory per request is bounded by a few chunks of at most 64 KiB, plus, in replace and
-//! respond, the text fields (`max_field_size` × `max_parts`), plus what the store buffers
+//! respond, the text fields (`max_fields_size` in all), plus what the store buffers
 //! for a multipart upload part.
 //!
 //! ```no_run

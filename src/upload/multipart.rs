@@ -366,6 +366,7 @@ mod tests {
             max_body_size: 4 << 20,
             max_parts: 3,
             max_field_size: 1 << 10,
+            max_fields_size: 1 << 12,
             max_part_header_size: 1024,
         }
     }

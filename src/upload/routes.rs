@@ -96,6 +96,8 @@ pub struct Limits {
     pub max_body_size: u64,
     pub max_parts: usize,
     pub max_field_size: u64,
+    /// The total of a request's text fields kept (replace, respond).
+    pub max_fields_size: u64,
     pub max_part_header_size: u64,
 }
 
@@ -227,6 +229,7 @@ impl UploadRoute {
                 max_body_size: cfg.max_body_size.as_u64(),
                 max_parts: cfg.max_parts,
                 max_field_size: cfg.max_field_size.as_u64(),
+                max_fields_size: cfg.max_fields_size.as_u64(),
                 max_part_header_size: MAX_PART_HEADER_SIZE,
             },
             policy: Policy::new(cfg),

@@ -664,6 +664,7 @@ async fn every_limit_names_itself() {
         max_body_size: bytesize::ByteSize::kib(200),
         max_parts: 4,
         max_field_size: bytesize::ByteSize::kib(1),
+        max_fields_size: bytesize::ByteSize::kib(2),
         ..route(UploadMode::Respond)
     };
     let off = start_offload(small, fs.store.clone(), None).await;
@@ -694,6 +695,22 @@ async fn every_limit_names_itself() {
         (413, Some("max_field_size")),
         "{json}"
     );
+    // Each field within its limit, but not all of them: what offload keeps is bounded too.
+    let field = Box::leak("x".repeat(900).into_boxed_str());
+    let (status, json, _) = post(&off, &[P::Text("a", field), P::Text("b", field)]).await;
+    assert_eq!(status, 201, "{json}");
+    let fields = [
+        P::Text("a", field),
+        P::Text("b", field),
+        P::Text("c", field),
+    ];
+    let (status, json, _) = post(&off, &fields).await;
+    assert_eq!(
+        (status, json["limit"].as_str()),
+        (413, Some("max_fields_size")),
+        "{json}"
+    );
+    assert_eq!(json["max"], "2 KiB");
     let liar = [P::File {
         field: "f",
         disposition: "; filename=\"a.png\"".into(),
