@@ -303,12 +303,6 @@ pub(super) fn observe(
         logged.reason = response.extensions().get::<Refusal>().map(|r| r.0);
     }
     let status = response.status();
-    // hyper frames an HTTP/1 answer by its Content-Length, and the store's bodies know
-    // their length only from it.
-    let length = response.body().size_hint().exact().or_else(|| {
-        let value = response.headers().get(http::header::CONTENT_LENGTH)?;
-        value.to_str().ok()?.parse().ok()
-    });
     response.map(|inner| Observed {
         inner,
         sent: 0,
@@ -324,7 +318,6 @@ pub(super) fn observe(
             kind,
             status,
             upstream,
-            length,
         }),
     })
 }
@@ -354,7 +347,6 @@ pub(super) fn observe_tunnel(
             kind,
             status: response.status(),
             upstream,
-            length: None,
         }),
         traffic: Traffic::new(),
     };
@@ -414,10 +406,6 @@ struct Done {
     kind: RequestKind,
     status: StatusCode,
     upstream: Option<Duration>,
-    /// The body's length, when known from the start: hyper stops polling a body once it
-    /// has that many bytes, so a body that learns its end only when polled again (a stream
-    /// from the store) never says it ended.
-    length: Option<u64>,
 }
 
 /// The response body as the client gets it: the body, counted and logged when it ends.
@@ -645,8 +633,7 @@ impl Drop for Observed {
     fn drop(&mut self) {
         // An empty body may never be polled, and a client may leave mid-body: either way
         // the request is over now. It is complete when nothing was left to send.
-        let length = self.done.as_ref().and_then(|done| done.length);
-        let complete = self.is_end_stream() || length == Some(self.sent);
+        let complete = self.is_end_stream();
         self.finish(complete);
     }
 }

@@ -4,16 +4,17 @@
 
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures_util::Stream;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
 
 use super::{ByteRange, ByteStream, GetObject, ObjectInfo, Store, StoreError};
-use crate::body::{self, Body};
+use crate::body::{self, Body, BoxError};
 
 /// Serves `key` from `store` as the answer to a GET (or HEAD, with `head_only`) carrying
 /// `req_headers`. Never fails: a missing object is `404`, a store failure `502`/`503`, each
@@ -72,11 +73,10 @@ async fn get(
     known: Option<ObjectInfo>,
 ) -> Result<Response<Body>, StoreError> {
     match store.get(key, range).await {
-        Ok(Some(GetObject { info, range, body })) => Ok(object_response(
-            &info,
-            range,
-            body::from_stream(SyncStream(Mutex::new(body))),
-        )),
+        Ok(Some(GetObject { info, range, body })) => {
+            let body = ObjectBody::new(body, served_length(&info, range));
+            Ok(object_response(&info, range, BodyExt::boxed(body)))
+        }
         Ok(None) => Ok(short(StatusCode::NOT_FOUND, "not found\n")),
         Err(StoreError::RangeNotSatisfiable) => {
             let size = match known {
@@ -199,19 +199,21 @@ fn object_response(info: &ObjectInfo, range: Option<(u64, u64)>, body: Body) -> 
         set(headers, header::CONTENT_DISPOSITION, disposition);
     }
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let length = match range {
-        Some((start, end)) => {
-            let value = format!("bytes {start}-{end}/{}", info.size);
-            set(headers, header::CONTENT_RANGE, &value);
-            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            end - start + 1
-        }
-        None => info.size,
-    };
+    if let Some((start, end)) = range {
+        let value = format!("bytes {start}-{end}/{}", info.size);
+        set(headers, header::CONTENT_RANGE, &value);
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    let length = served_length(info, range);
     response
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     response
+}
+
+/// How many bytes an answer about `info` carries: the range's, else the whole object's.
+fn served_length(info: &ObjectInfo, range: Option<(u64, u64)>) -> u64 {
+    range.map_or(info.size, |(start, end)| end - start + 1)
 }
 
 fn not_modified_response(info: &ObjectInfo) -> Response<Body> {
@@ -260,26 +262,102 @@ fn error_response(key: &str, err: &StoreError) -> Response<Body> {
     }
 }
 
-/// A [`ByteStream`] made `Sync` (the shared [`Body`] type requires it): the stream is only
-/// ever polled through `&mut`, so the mutex is never contended.
-struct SyncStream(Mutex<ByteStream>);
+/// An object's bytes as a body of known length: it says it has ended as soon as the last
+/// byte is out (hyper stops polling an answer at its Content-Length, so a stream that learns
+/// its end only when polled again would never say so, and the access log would call every
+/// download cut short), and a stream that ends short of its length or runs past it fails
+/// rather than being sent under a Content-Length it does not match.
+///
+/// The stream sits in a mutex only to make the body `Sync`, as the shared [`Body`] type
+/// requires: it is only ever polled through `&mut`, so the mutex is never contended.
+struct ObjectBody {
+    stream: Mutex<ByteStream>,
+    remaining: u64,
+}
 
-impl Stream for SyncStream {
-    type Item = std::io::Result<Bytes>;
+impl ObjectBody {
+    fn new(stream: ByteStream, length: u64) -> Self {
+        Self {
+            stream: Mutex::new(stream),
+            remaining: length,
+        }
+    }
+}
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let inner = self
-            .get_mut()
-            .0
+impl http_body::Body for ObjectBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let stream = this
+            .stream
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        inner.as_mut().poll_next(cx)
+        let chunk = match ready!(stream.as_mut().poll_next(cx)) {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+            None => {
+                let short = format!("the object ended {} bytes short", this.remaining);
+                return Poll::Ready(Some(Err(short.into())));
+            }
+        };
+        match this.remaining.checked_sub(chunk.len() as u64) {
+            Some(left) => this.remaining = left,
+            None => return Poll::Ready(Some(Err("the object is longer than its length".into()))),
+        }
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body as _;
+
+    fn object_body(chunks: &[&'static [u8]], length: u64) -> ObjectBody {
+        let chunks: Vec<std::io::Result<Bytes>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        ObjectBody::new(Box::pin(futures_util::stream::iter(chunks)), length)
+    }
+
+    #[tokio::test]
+    async fn an_object_body_ends_with_its_last_byte() {
+        let mut body = object_body(&[b"abc", b"de"], 5);
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"abc")));
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(2));
+        body.frame().await.expect("a frame").expect("data");
+        assert!(body.is_end_stream(), "ended without another poll");
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_object_body_that_does_not_match_its_length_fails() {
+        let mut short = object_body(&[b"abc"], 5);
+        short.frame().await.expect("a frame").expect("data");
+        let err = short.frame().await.expect("a frame").expect_err("short");
+        assert_eq!(err.to_string(), "the object ended 2 bytes short");
+        let mut long = object_body(&[b"abcdef"], 5);
+        let err = long.frame().await.expect("a frame").expect_err("long");
+        assert_eq!(err.to_string(), "the object is longer than its length");
+    }
 
     #[test]
     fn ranges_parse() {
