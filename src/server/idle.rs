@@ -483,15 +483,18 @@ impl<S> Activity<S> {
 
     /// Counts a read that moved `bytes`; HTTP/1's may begin a request head.
     fn bytes_read(&mut self, bytes: &[u8]) {
-        self.preface = self.preface.read(bytes);
-        match self.preface {
-            // HTTP/2's frames between requests are no request head. From its preface on the
-            // connection waits for no head: it is idle until a stream opens (closed with a
-            // GOAWAY after `idle_timeout`, as nginx's `keepalive_timeout`).
-            Preface::Http2 => {
+        if let Preface::Matching(_) = self.preface {
+            self.preface = self.preface.read(bytes);
+            // From its preface on an HTTP/2 connection waits for no head: it is idle until
+            // a stream opens (closed with a GOAWAY after `idle_timeout`, as nginx's
+            // `keepalive_timeout`).
+            if self.preface == Preface::Http2 {
                 self.state.multiplexed.store(true, Ordering::Relaxed);
-                self.state.bump();
             }
+        }
+        match self.preface {
+            // HTTP/2's frames between requests are no request head.
+            Preface::Http2 => self.state.bump(),
             Preface::Matching(_) | Preface::Http1 => self.state.read_http1(),
         }
     }
