@@ -69,11 +69,14 @@ impl RequestKind {
     }
 }
 
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Status classes; "other" holds the 600-999 an app may send (HTTP allows any three digits,
+/// and offload passes them on), which are neither server errors nor anything else here.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
 /// `status`'s index in [`CLASSES`].
 fn status_class(status: StatusCode) -> usize {
-    usize::from(status.as_u16() / 100).clamp(1, 5) - 1
+    // `StatusCode` holds 100 to 999.
+    usize::from(status.as_u16() / 100).clamp(1, 6) - 1
 }
 
 type CauseLabels = [(&'static str, &'static str); 1];
@@ -94,6 +97,13 @@ const UPSTREAM_ERROR_CAUSES: &[&str] = &[
     "body_too_large",
 ];
 type StoreErrorLabels = [(&'static str, &'static str); 2];
+
+/// The store's operations and its ways of failing (`Metrics::store_error`), each pair shown
+/// at 0 from the start for the same reason as [`UPSTREAM_ERROR_CAUSES`].
+const STORE_OPERATIONS: [&str; 5] = ["put", "head", "get", "delete", "list"];
+const STORE_ERRORS: [&str; 3] = ["unavailable", "refused", "io"];
+/// A `get` whose object's bytes stopped coming: the one failure of a body under way.
+const STORE_INTERRUPTED: (&str, &str) = ("get", "interrupted");
 type OperationLabels = [(&'static str, &'static str); 1];
 type StoreTimes = Family<OperationLabels, Histogram, fn() -> Histogram>;
 
@@ -165,6 +175,13 @@ impl Metrics {
             drop(upstream_errors.get_or_create(&[("cause", cause)]));
         }
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        let store_error_pairs = STORE_OPERATIONS
+            .iter()
+            .flat_map(|&operation| STORE_ERRORS.iter().map(move |&error| (operation, error)))
+            .chain([STORE_INTERRUPTED]);
+        for (operation, error) in store_error_pairs {
+            drop(store_errors.get_or_create(&[("operation", operation), ("error", error)]));
+        }
         let store_times = StoreTimes::new_with_constructor(store_times);
         let open_connections = Family::<WorkerLabels, Gauge>::default();
         let max_connections = Gauge::default();
@@ -557,8 +574,23 @@ mod tests {
             0,
             5,
         );
+        m.request(
+            RequestKind::Passthrough,
+            StatusCode::from_u16(999).unwrap(),
+            Duration::from_millis(3),
+            0,
+            0,
+        );
         m.upstream_error("connect");
         let text = m.encode().unwrap();
+        assert!(
+            text.contains("offload_requests_total{kind=\"passthrough\",class=\"other\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("offload_requests_total{kind=\"passthrough\",class=\"5xx\"} 0"),
+            "an app's 999 is no server error: {text}"
+        );
         assert!(
             text.contains("offload_requests_total{kind=\"passthrough\",class=\"2xx\"} 1"),
             "{text}"
@@ -580,6 +612,17 @@ mod tests {
             let line = format!("offload_upstream_errors_total{{cause=\"{cause}\"}} 0\n");
             assert!(text.contains(&line), "{line}{text}");
         }
+        // So are the store's failures, every operation with every error.
+        for operation in STORE_OPERATIONS {
+            for error in STORE_ERRORS {
+                let line = format!(
+                    "offload_store_errors_total{{operation=\"{operation}\",error=\"{error}\"}} 0\n"
+                );
+                assert!(text.contains(&line), "{line}{text}");
+            }
+        }
+        let interrupted = "offload_store_errors_total{operation=\"get\",error=\"interrupted\"} 0\n";
+        assert!(text.contains(interrupted), "{text}");
     }
 
     /// The line of `text` for `series` (a metric name with its labels), as a number.
