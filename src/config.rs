@@ -725,7 +725,10 @@ impl Config {
             // The media uploader's answer names four of an image's six files; the REST media
             // item names them all.
             for route in &mut self.uploads {
-                if route.path == "/wp-admin/async-upload.php" && route.follow.is_none() {
+                if route.path == "/wp-admin/async-upload.php"
+                    && route.mode == UploadMode::Mirror
+                    && route.follow.is_none()
+                {
                     route.follow = Some("/wp-json/wp/v2/media/{id}".into());
                 }
             }
@@ -1175,8 +1178,30 @@ impl UploadRouteConfig {
         if self.max_file_size > self.max_body_size {
             bail!("max_file_size: larger than max_body_size");
         }
+        if let Some(follow) = &self.follow {
+            check_follow(follow, self.mode)?;
+        }
         Ok(())
     }
+}
+
+/// `follow` is a path (and query) on the app, with `{id}` where the answer's id goes; only
+/// mirror mode, which forwards the upload to the app and reads its answer, follows one.
+fn check_follow(follow: &str, mode: UploadMode) -> anyhow::Result<()> {
+    if mode != UploadMode::Mirror {
+        let mode = format!("{mode:?}").to_lowercase();
+        bail!("follow: only mirror mode follows the app's answer (this route's mode is {mode:?})");
+    }
+    if !follow.starts_with('/') {
+        bail!("follow: {follow:?} must start with '/': a path on the app");
+    }
+    let example = follow.replace("{id}", "1");
+    if example.parse::<http::uri::PathAndQuery>().is_err() {
+        bail!(
+            "follow: {follow:?} is not a path and query a request can carry (spaces and quotes are written %20, %22)"
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a section written in the wrong shape, which serde reports in its own terms: a
@@ -1932,6 +1957,18 @@ mod tests {
                 "uploads[0]: max_field_size: must be more than 0",
             ),
             (
+                "[[uploads]]\npath = \"/u\"\nfollow = \"api/files/{id}\"",
+                "uploads[0]: follow: \"api/files/{id}\" must start with '/': a path on the app",
+            ),
+            (
+                "[[uploads]]\npath = \"/u\"\nfollow = \"/api/files/{id} full\"",
+                "uploads[0]: follow: \"/api/files/{id} full\" is not a path and query a request can carry (spaces and quotes are written %20, %22)",
+            ),
+            (
+                "[[uploads]]\npath = \"/u\"\nmode = \"respond\"\nfollow = \"/api/files/{id}\"",
+                "uploads[0]: follow: only mirror mode follows the app's answer (this route's mode is \"respond\")",
+            ),
+            (
                 "[[uploads]]\npath = \"/index.php?option=com_media&task=file.upload\"",
                 "uploads[0]: path: \"/index.php?option=com_media&task=file.upload\" holds a query: write path = \"/index.php\" and query = [\"option=com_media\", \"task=file.upload\"]",
             ),
@@ -2259,6 +2296,17 @@ mod tests {
         }
         let other = "/?rest_route=/wp/v2/posts".parse().unwrap();
         assert!(routes.find(&http::Method::POST, &other).is_none());
+        let async_upload = |c: &Config| {
+            c.uploads
+                .iter()
+                .find(|r| r.path == "/wp-admin/async-upload.php")
+                .map(|r| r.follow.clone())
+        };
+        let media = Some("/wp-json/wp/v2/media/{id}".to_string());
+        assert_eq!(async_upload(&c), Some(media));
+        // A route of the file's own there in another mode follows nothing (it could not).
+        let own = "preset = \"wordpress\"\n[[uploads]]\npath = \"/wp-admin/async-upload.php\"\nmode = \"replace\"\n";
+        assert_eq!(async_upload(&load(own).unwrap()), Some(None));
     }
 
     /// A route of the file's own at a preset's path with another query does not take the
