@@ -95,6 +95,7 @@ const UPSTREAM_ERROR_CAUSES: &[&str] = &[
     "client_body",
     "client_stalled",
     "body_too_large",
+    crate::proxy::ANSWER_CUT,
 ];
 type StoreErrorLabels = [(&'static str, &'static str); 2];
 

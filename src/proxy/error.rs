@@ -59,6 +59,10 @@ pub enum ProxyError {
     Config(String),
 }
 
+/// The cause an answer the app broke off after its head is counted under (see
+/// `Pool::answer_broke_off`): the client got the head and part of the body.
+pub const ANSWER_CUT: &str = "answer_cut";
+
 impl ProxyError {
     /// The status this failure answers with.
     pub fn status(&self) -> StatusCode {
@@ -88,7 +92,8 @@ impl ProxyError {
         )
     }
 
-    /// A stable label for metrics (`offload_upstream_errors_total{cause}`).
+    /// A stable label for metrics (`offload_upstream_errors_total{cause}`); an answer the
+    /// app broke off after its head is [`ANSWER_CUT`].
     pub fn cause(&self) -> &'static str {
         match self {
             ProxyError::Connect(_) | ProxyError::ConnectTimeout(_) => "connect",

@@ -21,7 +21,7 @@ mod tls;
 mod upgrade;
 mod upstream;
 
-pub use error::ProxyError;
+pub use error::{ANSWER_CUT, ProxyError};
 pub use forwarding::canonical_ip;
 pub use headers::{h2_problem, host_problem, is_managed_header, target_problem};
 pub use upgrade::{Traffic, Tunnel, TunnelEnd};

@@ -25,7 +25,7 @@
 use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -35,12 +35,14 @@ use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::admission::Place;
 use super::connect::{AppConnector, AppIo};
+use super::error::ANSWER_CUT;
 use crate::body::{Body, BoxError};
 use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
 
 /// One HTTP/1.1 connection to the app: the sending half and the connection future that does
 /// its I/O, which must be polled for anything to happen.
@@ -131,6 +133,9 @@ pub(super) struct Pool {
     idle_timeout: Duration,
     /// How long the rest of a request body the app answered early may take to go out.
     finish_timeout: Duration,
+    /// Where an answer the app broke off is counted (set once, by
+    /// [`super::Upstream::with_metrics`]).
+    metrics: OnceLock<Metrics>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -161,7 +166,24 @@ impl Pool {
             max_idle: cfg.pool_max_idle,
             idle_timeout: cfg.pool_idle_timeout,
             finish_timeout: cfg.response_timeout,
+            metrics: OnceLock::new(),
         }
+    }
+
+    /// Counts the answers the app breaks off in `metrics`.
+    pub(super) fn count_in(&self, metrics: &Metrics) {
+        let _ = self.metrics.set(metrics.clone());
+    }
+
+    /// The app's answer failed midway, after its head (it closed, reset the connection or
+    /// sent a malformed chunk): the client's answer ends short. Counted and logged, as
+    /// nginx's "upstream prematurely closed connection while reading upstream" is; a
+    /// client that leaves drops the body instead, which is not the app's failure.
+    fn answer_broke_off(&self, error: &hyper::Error) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.upstream_error(ANSWER_CUT);
+        }
+        warn!(%error, "the app's answer broke off before its end");
     }
 
     /// Where the pool connects.
@@ -550,8 +572,10 @@ impl http_body::Body for LeasedBody {
             Some(conn) => conn.poll_driving(cx, true, |cx| Pin::new(&mut *body).poll_frame(cx)),
             None => Pin::new(body).poll_frame(cx),
         };
-        if let Poll::Ready(None) = polled {
-            this.release();
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Err(error))) => this.pool.answer_broke_off(error),
+            _ => {}
         }
         polled
     }

@@ -144,11 +144,14 @@ impl Upstream {
 
     /// Shows `upstream.max_connections` in `metrics`, with the requests at the app and
     /// waiting for a place under it; and counts there, by cause, the requests
-    /// [`Upstream::forward`] could not forward.
+    /// [`Upstream::forward`] could not forward and the answers the app broke off.
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
         let places = metrics.app_places(self.admission.as_ref().map_or(0, Admission::max));
         if let Some(admission) = &mut self.admission {
             admission.show_in(places);
+        }
+        for pool in &self.pools {
+            pool.count_in(metrics);
         }
         self.metrics = Some(metrics.clone());
         self

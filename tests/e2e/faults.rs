@@ -159,6 +159,12 @@ async fn app_dying_mid_response_truncates_visibly_and_the_proxy_carries_on() {
         !out.ends_with(b"0\r\n\r\n"),
         "the body was terminated cleanly"
     );
+
+    // Each answer the app broke off is counted as the app's failure, as nginx logs
+    // "upstream prematurely closed connection".
+    let cut = "offload_upstream_errors_total{cause=\"answer_cut\"} 3";
+    let text = proxy.metrics_until(cut).await;
+    assert!(text.contains(cut), "{text}");
 }
 
 /// `target`'s answer over a raw HTTP/1.1 connection, read `per_read` bytes at a time with
