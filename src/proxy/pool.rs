@@ -59,6 +59,11 @@ pub(super) struct Conn {
     /// Resolves once the request body has gone out; kept when the app answered before it
     /// had (see [`Pool::checkin`]).
     body_unsent: Option<oneshot::Receiver<()>>,
+    /// The app answered in HTTP/1.0: the connection is not pooled, whatever its
+    /// `Connection: keep-alive` says, as nginx does not keep it. hyper would send the next
+    /// request on it as HTTP/1.0, which cannot carry a body of unknown length: a chunked
+    /// upload would reach the app without its body.
+    http10: bool,
 }
 
 type AppConnection = http1::Connection<AppIo, Body>;
@@ -219,6 +224,7 @@ impl Pool {
             reused: false,
             admitted: None,
             body_unsent: None,
+            http10: false,
         })
     }
 
@@ -237,6 +243,7 @@ impl Pool {
             reused: false,
             admitted: None,
             body_unsent: None,
+            http10: false,
         })
     }
 
@@ -284,7 +291,7 @@ impl Pool {
         }
         // The request is done with the app: an idle connection keeps no place.
         conn.admitted = None;
-        if conn.io.is_none() || conn.sender.is_closed() {
+        if conn.io.is_none() || conn.http10 || conn.sender.is_closed() {
             return;
         }
         conn.reused = true;
@@ -472,6 +479,7 @@ impl Conn {
         match result {
             Ok(Ok(response)) => {
                 self.body_unsent = body_sent;
+                self.http10 = response.version() < http::Version::HTTP_11;
                 Ok((response, self))
             }
             Ok(Err(mut failed)) => Err(SendError::Failed(Box::new(SendFailure {
