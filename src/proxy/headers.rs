@@ -193,6 +193,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) -> Framing
         let named: Vec<HeaderName> = connection_options(headers)
             .filter(|o| !is_connection_keyword(o))
             .filter_map(|o| HeaderName::from_bytes(o).ok())
+            .filter(|name| !outlives_connection_options(name))
             .collect();
         for name in named {
             headers.remove(&name);
@@ -206,6 +207,16 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) -> Framing
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     framing
+}
+
+/// Headers a `Connection` option does not remove: `Host`, and the forwarding headers a
+/// trusted proxy in front sets. A client whose request passes such a proxy with its own
+/// `Connection: X-Forwarded-For, X-Forwarded-Proto` would otherwise erase what that proxy
+/// said of it, and the app would take the proxy for the client, on plain HTTP. None of them
+/// is hop-by-hop by nature (RFC 9110 §7.6.1 forbids naming such fields), and nginx ignores
+/// `Connection` options altogether; an untrusted peer's are replaced all the same.
+fn outlives_connection_options(name: &HeaderName) -> bool {
+    name == header::HOST || super::forwarding::is_forwarding_header(name.as_str())
 }
 
 /// Which of [`hop_by_hop`]'s headers `headers` has, in its order, and whether (and how) it
@@ -380,6 +391,27 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_options_leave_host_and_the_forwarding_headers() {
+        let mut h = map(&[
+            ("host", "example.com"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.7"),
+            ("x-hop", "1"),
+            (
+                "connection",
+                "Host, X-Forwarded-For, X-Forwarded-Proto, Forwarded, X-Hop",
+            ),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["host", "x-forwarded-for", "x-forwarded-proto", "forwarded"]
+        );
     }
 
     #[test]

@@ -244,6 +244,21 @@ async fn forwarding_headers_from_a_trusted_peer_are_extended() {
         echo.all("forwarded"),
         ["for=203.0.113.7;proto=https, for=127.0.0.1;host=\"site.test\";proto=http"]
     );
+
+    // A client's own `Connection` options, passed on by the balancer, do not erase what
+    // the balancer said of it.
+    let request = "GET /f HTTP/1.1\r\nHost: site.test\r\nX-Forwarded-For: 203.0.113.7\r\n\
+                   X-Forwarded-Proto: https\r\nForwarded: for=203.0.113.7;proto=https\r\n\
+                   Connection: X-Forwarded-For, X-Forwarded-Proto, Forwarded, Host, close\r\n\r\n";
+    let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.all("x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
+    assert_eq!(echo.all("x-forwarded-proto"), ["https"]);
+    assert_eq!(
+        echo.all("forwarded"),
+        ["for=203.0.113.7;proto=https, for=127.0.0.1;host=\"site.test\";proto=http"]
+    );
+    assert_eq!(echo.one("host"), Some("site.test"));
 }
 
 /// A balancer that sends one form alone (HAProxy's `option forwarded`; AWS's X-Forwarded-*):
