@@ -418,9 +418,12 @@ impl Upstream {
     }
 
     /// The app's request target for a request's path and query, kept byte for byte.
+    /// `OPTIONS *` (the asterisk form: the server as a whole) stays `*`, under a base path
+    /// too.
     fn uri_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
         let pq = match (&self.base_path, pq) {
             (None, Some(pq)) => pq.clone(),
+            (Some(_), Some(pq)) if pq.as_str() == "*" => pq.clone(),
             (None, None) => PathAndQuery::from_static("/"),
             (Some(base), pq) => {
                 let rest = pq.map_or("/", PathAndQuery::as_str);
@@ -533,6 +536,8 @@ mod tests {
         let pq = PathAndQuery::from_static("/x?y");
         assert_eq!(u.uri_for(Some(&pq)).unwrap().to_string(), "/base/x?y");
         assert_eq!(u.pool().target().to_string(), "http://app:81/");
+        let asterisk = PathAndQuery::from_static("*");
+        assert_eq!(u.uri_for(Some(&asterisk)).unwrap().to_string(), "*");
     }
 
     #[test]
