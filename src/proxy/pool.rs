@@ -546,6 +546,9 @@ pub(super) struct LeasedBody {
     body: Incoming,
     conn: Option<Conn>,
     pool: Arc<Pool>,
+    /// The answer's trailers came: it has nothing more (its `Incoming` says so only when
+    /// polled again).
+    trailers_read: bool,
 }
 
 impl LeasedBody {
@@ -554,6 +557,7 @@ impl LeasedBody {
             body,
             conn: Some(conn),
             pool,
+            trailers_read: false,
         }
     }
 
@@ -582,6 +586,12 @@ impl http_body::Body for LeasedBody {
         };
         match &polled {
             Poll::Ready(None) => this.release(),
+            // Trailers come after the last chunk: the answer is whole, and its reader (hyper's
+            // server) polls no further.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                this.trailers_read = true;
+                this.release();
+            }
             Poll::Ready(Some(Err(error))) => this.pool.answer_broke_off(error),
             _ => {}
         }
@@ -589,7 +599,7 @@ impl http_body::Body for LeasedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.trailers_read || self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

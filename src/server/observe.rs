@@ -88,8 +88,9 @@ impl http_body::Body for Counted {
                         return Poll::Ready(Some(Err(TooLarge(max).into())));
                     }
                 }
-                // Readers stop at the last frame of a body of known length.
-                if self.inner.is_end_stream() {
+                // Readers stop at the last frame of a body of known length, and at its
+                // trailers, which come last.
+                if frame.is_trailers() || self.inner.is_end_stream() {
                     self.progress.ended();
                 }
                 self.stall.progressed();

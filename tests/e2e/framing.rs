@@ -493,3 +493,47 @@ async fn request_lines_nginx_refuses_are_refused() {
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert_eq!(app.seen(), ["GET /x"]);
 }
+
+/// A chunked request body that ends in trailers is read to its end: the connection carries
+/// the next request (the trailers themselves go no further, as with nginx).
+#[tokio::test]
+async fn a_request_body_ending_in_trailers_keeps_the_connection() {
+    let (app, proxy) = app_and_proxy(|_| {}).await;
+    let requests = "POST /with-trailers HTTP/1.1\r\nHost: example.com\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+                    GET /after HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n";
+    let response = raw_request(&proxy, requests).await;
+    assert_eq!(
+        response.matches("HTTP/1.1 200 OK\r\n").count(),
+        2,
+        "{response}"
+    );
+    assert!(response.contains("\"body_head\":\"hello\""), "{response}");
+    let seen = app.seen();
+    assert!(seen.iter().any(|r| r == "GET /after"), "{seen:?}");
+}
+
+/// An answer that ends in trailers is read to its end: its app connection goes back to
+/// the pool. Over HTTP/1.1 the trailers reach a client that asks for them (`TE: trailers`),
+/// and hyper polls no further after them.
+#[tokio::test]
+async fn an_answer_ending_in_trailers_keeps_its_app_connection() {
+    let app = RawApp::with_trailers().await;
+    let proxy = Proxy::start(config_for(app.addr)).await;
+    let request = "GET /t HTTP/1.1\r\nHost: example.com\r\nTE: trailers\r\n\r\n";
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    for round in 0..3 {
+        stream.write_all(request.as_bytes()).await.expect("request");
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"x-checksum: 5d41402a\r\n\r\n") {
+            let mut buf = [0; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+            let n = read.expect("answer in time").expect("read");
+            assert!(n > 0, "round {round}: closed after {answer:?}");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains("\r\n\r\n5\r\nhello\r\n0\r\n"), "{text}");
+    }
+    assert_eq!(app.connections(), 1, "one app connection, used again");
+}

@@ -123,6 +123,26 @@ async fn an_answer_from_the_store_sent_whole_is_logged_complete() {
     assert_eq!(line["complete"], true, "{line}");
 }
 
+/// An answer that ends in trailers is whole: hyper polls no further after them.
+#[tokio::test]
+async fn an_answer_ending_in_trailers_is_logged_complete() {
+    let app = crate::support::raw::RawApp::with_trailers().await;
+    let process = OffloadProcess::start(app.addr, &[], &[]).await;
+    let mut stream = TcpStream::connect(process.addr).await.expect("connect");
+    let request = "GET /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("answer");
+    assert!(
+        answer.ends_with(b"x-checksum: 5d41402a\r\n\r\n"),
+        "{answer:?}"
+    );
+    let lines = wait_for_access_lines(&process, 1).await;
+    let line = lines.first().expect("an access line");
+    assert_eq!(line["bytes_out"], 5, "{line}");
+    assert_eq!(line["complete"], true, "{line}");
+}
+
 /// With `log.query` on, queries are logged, but for the values of credentials.
 #[tokio::test]
 async fn logged_queries_keep_credentials_out() {

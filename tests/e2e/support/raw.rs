@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -67,6 +67,19 @@ impl RawApp {
             // Hold the socket a moment so a client sees an accepted connection.
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             drop(stream);
+        })
+        .await
+    }
+
+    /// Answers every request on a connection with `hello`, chunked, and the trailer
+    /// `x-checksum: 5d41402a`, whether it was asked for trailers or not (as many apps do).
+    pub async fn with_trailers() -> RawApp {
+        RawApp::start(|mut stream, _| async move {
+            let answer =
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+                           5\r\nhello\r\n0\r\nx-checksum: 5d41402a\r\n\r\n";
+            while stream.write_all(answer).await.is_ok() && read_head(&mut stream).await.is_some() {
+            }
         })
         .await
     }
