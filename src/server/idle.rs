@@ -100,13 +100,15 @@ impl ConnectionState {
         self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Kept alive between requests: at least one answered, none in flight and no byte of
-    /// the next one read (nginx's "reusable" connections). Closing it now loses nothing a
+    /// Kept alive between requests: at least one answered (or, on HTTP/2, its preface in),
+    /// none in flight and no byte of the next one read (nginx's "reusable" connections). Closing it now loses nothing a
     /// client does not retry. (One that has yet to send its first request is left to
     /// `server.header_read_timeout`: its request may be on its way.)
     pub(super) fn between_requests(&self) -> bool {
         let begun = self.begun.load(Ordering::Relaxed);
-        begun > 0
+        // An HTTP/2 connection is ready for requests from its preface on (a browser's
+        // preconnect), and one that opened no stream yet is as idle as one between them.
+        (begun > 0 || self.multiplexed.load(Ordering::Relaxed))
             && begun == self.ended.load(Ordering::Relaxed)
             && !self.read_since_end.load(Ordering::Relaxed)
             // Closing lingering: dropped, it would answer the client's bytes with a reset.
@@ -146,6 +148,8 @@ impl ConnectionState {
     ) -> RequestInFlight {
         if http2 {
             self.multiplexed.store(true, Ordering::Relaxed);
+            // A stream opening is an HTTP/2 connection's activity (see `Activity`).
+            self.bump();
         }
         self.begun.fetch_add(1, Ordering::Relaxed);
         self.unanswered.fetch_add(1, Ordering::Relaxed);
@@ -261,6 +265,11 @@ impl Drop for RequestInFlight {
                 .store(true, Ordering::Relaxed);
         }
         self.connection.ended.fetch_add(1, Ordering::Relaxed);
+        // So is a stream ending: the idle time of an HTTP/2 connection counts from the last
+        // answer, as nginx's `keepalive_timeout` does.
+        if self.connection.multiplexed.load(Ordering::Relaxed) {
+            self.connection.bump();
+        }
     }
 }
 
@@ -362,16 +371,18 @@ impl Watchdog {
         if quiet >= self.idle_timeout && !in_flight {
             return Some(Verdict::Idle);
         }
-        if quiet >= self.stall_timeout && in_flight && state.unanswered.load(Ordering::Relaxed) == 0
+        let multiplexed = state.multiplexed.load(Ordering::Relaxed);
+        // HTTP/2's answers are each watched by their stream's task instead.
+        if quiet >= self.stall_timeout
+            && in_flight
+            && !multiplexed
+            && state.unanswered.load(Ordering::Relaxed) == 0
         {
             return Some(Verdict::Stalled);
         }
         // A connection closing lingering waits for no head: what still comes is the rest of
         // a refused body, and the lingering close has bounds of its own ([`Linger`]).
-        if in_flight
-            || state.multiplexed.load(Ordering::Relaxed)
-            || state.body_left_unread.load(Ordering::Relaxed)
-        {
+        if in_flight || multiplexed || state.body_left_unread.load(Ordering::Relaxed) {
             self.waiting = None;
             return None;
         }
@@ -493,9 +504,22 @@ impl<S> Activity<S> {
             }
         }
         match self.preface {
-            // HTTP/2's frames between requests are no request head.
-            Preface::Http2 => self.state.bump(),
+            // HTTP/2's frames between requests are no request head, nor activity: a
+            // client's PINGs, SETTINGS and WINDOW_UPDATEs would otherwise keep a connection
+            // with no stream open for ever. Its streams beginning and ending are its
+            // activity (each answer is watched by its stream's task, `super::streams`).
+            Preface::Http2 => {}
             Preface::Matching(_) | Preface::Http1 => self.state.read_http1(),
+        }
+    }
+}
+
+impl<S> Activity<S> {
+    /// Counts a write that moved bytes; HTTP/2's are no activity (see `bytes_read`): a
+    /// PING's answer is one.
+    fn bytes_written(&self) {
+        if self.preface != Preface::Http2 {
+            self.state.bump();
         }
     }
 }
@@ -554,7 +578,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.bump();
+            self.bytes_written();
         }
         polled
     }
@@ -566,7 +590,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.bump();
+            self.bytes_written();
         }
         polled
     }
@@ -710,6 +734,50 @@ mod tests {
         assert_eq!(dog.judge(start + HEAD), None);
         // (The watchdog saw the preface's bytes at its look above.)
         assert_eq!(dog.judge(start + HEAD + IDLE), Some(Verdict::Idle));
+    }
+
+    /// An HTTP/2 connection's frames are no activity: a client that sends PINGs but opens
+    /// no stream is idle all the same. Its streams opening and ending are activity, and an
+    /// answer streaming on it is its stream's to watch, not the connection's.
+    #[tokio::test]
+    async fn only_streams_keep_an_http2_connection_from_idling() {
+        let state = Arc::new(ConnectionState::default());
+        let mut dog = Watchdog::new(Arc::clone(&state), IDLE, HEAD);
+        let start = dog.active_at;
+        let (client, mut server) = tokio::io::duplex(1024);
+        let mut io = Activity::new(client, Arc::clone(&state));
+        let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let mut sent = HTTP2_PREFACE.to_vec();
+        for _ in 0..3 {
+            sent.extend_from_slice(&ping);
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut server, &sent)
+            .await
+            .expect("preface and PINGs");
+        let mut got = vec![0; sent.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut io, &mut got)
+            .await
+            .expect("read through Activity");
+        tokio::io::AsyncWriteExt::write_all(&mut io, &ping)
+            .await
+            .expect("a PING's answer");
+        assert!(state.between_requests(), "reclaimable from its preface on");
+        assert_eq!(dog.judge(start + 30 * S), None);
+        assert_eq!(dog.judge(start + IDLE), Some(Verdict::Idle));
+
+        let (state, mut dog) = (Arc::clone(&state), Watchdog::new(state, IDLE, HEAD));
+        let start = dog.active_at;
+        let mut stream = state.begin(true, None);
+        stream.answered();
+        assert!(!state.between_requests());
+        assert_eq!(
+            dog.judge(start + 2 * IDLE),
+            None,
+            "no stall of the connection's"
+        );
+        drop(stream);
+        assert_eq!(dog.judge(start + 2 * IDLE + S), None, "a stream ended");
+        assert_eq!(dog.judge(start + 3 * IDLE + S), Some(Verdict::Idle));
     }
 
     #[tokio::test]

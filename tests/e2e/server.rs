@@ -941,6 +941,29 @@ async fn at_max_connections_idle_keep_alive_connections_make_room() {
     }
 }
 
+/// So do HTTP/2 connections with no stream open, those that never opened one among them
+/// (a browser's preconnect): they are closed with a GOAWAY.
+#[tokio::test]
+async fn at_max_connections_http2_connections_with_no_stream_make_room() {
+    let (_app, proxy) = app_and_proxy(|c| c.server.max_connections = 2).await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let (mut stream, _) = http2_connect(proxy.addr).await;
+        http2_ack_settings(&mut stream).await;
+        idle.push(stream);
+    }
+    let mut third = TcpStream::connect(proxy.addr).await.expect("connect");
+    let answered =
+        tokio::time::timeout(Duration::from_secs(5), status_line(&mut third, "/bytes/3"))
+            .await
+            .expect("answered while the HTTP/2 ones are open");
+    assert_eq!(answered, "HTTP/1.1 200 OK");
+    for mut stream in idle {
+        let kinds = frame_types_until_closed(&mut stream).await;
+        assert!(kinds.contains(&0x7), "a GOAWAY: frame types {kinds:?}");
+    }
+}
+
 /// At `server.max_connections`, connections waiting on the TLS listener and on the plain one
 /// take turns at the places that free up: a busy plain listener does not starve the other.
 #[tokio::test]
@@ -2191,6 +2214,55 @@ async fn an_http2_connection_with_no_request_yet_gets_a_goaway() {
     assert!(
         kinds.contains(&0x7),
         "a GOAWAY before the close: frame types {kinds:?}"
+    );
+}
+
+/// An HTTP/2 connection whose client sends PINGs but opens no stream is idle all the same:
+/// closed with a GOAWAY after `idle_timeout`, as nginx closes it. Its PINGs kept it open
+/// for ever, and a few such connections held every place under `max_connections`.
+#[tokio::test]
+async fn pings_do_not_keep_an_idle_http2_connection_open() {
+    let (_app, proxy) = app_and_proxy(|c| {
+        c.server.idle_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    let (mut stream, _) = http2_connect(proxy.addr).await;
+    http2_ack_settings(&mut stream).await;
+    let opened = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let pings = tokio::spawn(async move {
+        let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        while writer.write_all(&ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut kinds = Vec::new();
+    let frames = async {
+        while !kinds.contains(&0x7) {
+            let mut head = [0u8; 9];
+            if reader.read_exact(&mut head).await.is_err() {
+                break;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            kinds.push(head[3]);
+        }
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(8), frames).await;
+    pings.abort();
+    assert!(
+        closed.is_ok(),
+        "still open after 8 s: frame types {kinds:?}"
+    );
+    assert!(kinds.contains(&0x6), "the PINGs were answered: {kinds:?}");
+    assert!(kinds.contains(&0x7), "a GOAWAY: frame types {kinds:?}");
+    let after = opened.elapsed();
+    assert!(
+        after >= Duration::from_millis(1400) && after < Duration::from_secs(6),
+        "closed after {after:?}"
     );
 }
 
