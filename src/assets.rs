@@ -636,7 +636,8 @@ impl AfterApp for MirrorCopy {
             .get::<RequestOrigin>()
             .and_then(|o| o.0.clone());
         // The upload's Host: the copies are asked of the app as the page that named them was.
-        let host = self.assets.pull_host(req.headers.get(header::HOST));
+        let host = crate::proxy::request_host(&req.uri, &req.headers);
+        let host = self.assets.pull_host(host.as_ref());
         let mut paths = rewrite::collect_asset_paths(&self.assets.rules, origin.as_ref(), &text);
         paths.extend(self.follow_up(req, &text, origin.as_ref()).await);
         let mut stored_hashes = HashSet::new();

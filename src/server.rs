@@ -335,13 +335,8 @@ struct OriginParts {
 
 impl OriginParts {
     fn of(req: &Request<Body>, client: &ClientInfo) -> OriginParts {
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-        });
         OriginParts {
-            host,
+            host: crate::proxy::request_host(req.uri(), req.headers()),
             tls: client.tls,
         }
     }

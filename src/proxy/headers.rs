@@ -357,6 +357,17 @@ pub fn is_managed_header(name: &HeaderName) -> bool {
         || super::forwarding::is_forwarding_header(name.as_str())
 }
 
+/// The host a request is for: its target's authority (an absolute-form target, HTTP/2's
+/// `:authority`), which wins over `Host` (RFC 9112 §3.2.2, RFC 9113 §8.3.1), else its `Host`.
+/// Forwarding, rewriting and origin pulls all take it from here, so that the app is never
+/// asked for one site while offload rewrites for another.
+pub fn request_host(uri: &http::Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    match uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => headers.get(header::HOST).cloned(),
+    }
+}
+
 /// `Proxy` (httpoxy): no HTTP header, but a CGI-style gateway (PHP-FPM, CGI) passes it on
 /// as `HTTP_PROXY`, which HTTP client libraries take for their outgoing proxy.
 static PROXY: HeaderName = HeaderName::from_static("proxy");

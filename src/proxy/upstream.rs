@@ -214,11 +214,7 @@ impl Upstream {
         let tunnel = req.version() == Version::HTTP_11 && headers::wants_websocket(req.headers());
         let client_upgrade = req.extensions_mut().remove::<OnUpgrade>();
 
-        // The absolute-form or HTTP/2 authority wins over Host (RFC 9112 §3.2.2).
-        let original_host = match req.uri().authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => req.headers().get(header::HOST).cloned(),
-        };
+        let original_host = headers::request_host(req.uri(), req.headers());
         let trusted = self.is_trusted(client.peer.ip());
         let from_h2 = req.version() == Version::HTTP_2;
         let headers = req.headers_mut();

@@ -47,10 +47,8 @@ fn is_acme_challenge(path: &str) -> bool {
 /// else Host: RFC 9112 §3.2.2, as forwarding takes it) without the plain listener's port,
 /// and `https_port` unless it is 443.
 fn https_location<B>(req: &Request<B>, https_port: u16) -> Option<HeaderValue> {
-    let authority = match req.uri().authority() {
-        Some(authority) => authority.clone(),
-        None => Authority::try_from(req.headers().get(header::HOST)?.as_bytes()).ok()?,
-    };
+    let host = crate::proxy::request_host(req.uri(), req.headers())?;
+    let authority = Authority::try_from(host.as_bytes()).ok()?;
     let host = authority.host();
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = match https_port {

@@ -449,3 +449,27 @@ async fn a_slow_steady_http2_reader_of_a_rewritten_page_is_not_cut_off() {
     assert_eq!(body.len(), page.len());
     assert!(body == page.as_bytes());
 }
+
+/// The site a page is asked for is its target's authority when it has one (an absolute-form
+/// target; HTTP/2's `:authority`), over `Host`, everywhere: the app is asked for that site,
+/// and that site's own absolute URLs are rewritten, not another's named in `Host`.
+#[tokio::test]
+async fn the_target_authority_names_the_site_for_the_app_and_the_rewrite_alike() {
+    let rig = present().await;
+    let page = r#"<img src="http://a.example/wp-content/uploads/x.jpg"><img src="http://b.example/wp-content/uploads/y.jpg">"#;
+    rig.site
+        .set("/page", Page::html(page).only_for_host("a.example"));
+    let request =
+        "GET http://a.example/page HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n";
+    let response =
+        crate::support::raw_exchange(rig.proxy.addr, request.as_bytes(), Duration::from_secs(5))
+            .await;
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    let expected = page.replace(
+        "http://a.example/wp-content/uploads/x.jpg",
+        &cdn("/wp-content/uploads/x.jpg"),
+    );
+    // Chunked: the rewritten page is one chunk.
+    let body = crate::support::raw_body(&response);
+    assert!(body.contains(&expected), "{body}");
+}
