@@ -103,9 +103,7 @@ impl ReadinessCheck for StoreReachable {
     }
 
     async fn check(&self) -> Result<(), String> {
-        // An absent key is a fine answer: it proves the store is reachable and the
-        // credentials are accepted.
-        match tokio::time::timeout(self.timeout, self.store.head(".offload-readyz")).await {
+        match tokio::time::timeout(self.timeout, self.store.probe()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!(

@@ -156,7 +156,16 @@ pub trait Store: Send + Sync + 'static {
     fn push_public_url(&self, key: &str, url: &mut String) {
         url.push_str(&self.public_url(key));
     }
+
+    /// Whether the store answers now (`/readyz`): a HEAD of a key nobody writes, whose
+    /// absence is a fine answer (the store is reachable and takes the credentials).
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.head(PROBE_KEY).await.map(drop)
+    }
 }
+
+/// The key [`Store::probe`] looks for.
+const PROBE_KEY: &str = ".offload-readyz";
 
 /// The key of the managed asset at URL path `path` (decoded): `prefix + path without its
 /// leading '/'`. Any replica computes the same key; nothing is looked up.

@@ -47,6 +47,11 @@ async fn healthz_readyz_and_metrics() {
         text.contains("offload_upstream_response_seconds_count 1"),
         "{text}"
     );
+    // The readiness probe asked the store, but is no request's: not timed.
+    assert!(
+        !text.contains("offload_store_response_seconds_count{operation=\"head\"}"),
+        "{text}"
+    );
 
     drop(app);
     let resp = http
