@@ -36,7 +36,7 @@ mod query;
 use filter::LiveFilter;
 use format::EventFormat;
 pub(crate) use format::{ACCESS_TARGET, ClientAddr};
-pub(crate) use query::masked as masked_target;
+pub(crate) use query::{masked as masked_target, masked_path};
 
 /// Installs the subscriber: `RUST_LOG` when set, `log.level` otherwise.
 pub fn init(log: &LogConfig) -> anyhow::Result<()> {

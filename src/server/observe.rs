@@ -25,7 +25,7 @@ use super::idle::{BodyProgress, RequestInFlight, StallTimer};
 use super::streams::{self, AnswerWatch};
 use super::{Answer, AppState};
 use crate::body::{Body, BoxError, TooLarge};
-use crate::logging::{ACCESS_TARGET, ClientAddr, masked_target};
+use crate::logging::{ACCESS_TARGET, ClientAddr, masked_path, masked_target};
 use crate::metrics::RequestKind;
 use crate::proxy::{Traffic, Tunnel, TunnelEnd};
 
@@ -176,7 +176,7 @@ impl RequestRecord {
         // offload made or a trusted proxy set).
         let path = match &logged.target {
             Some(t) if self.state.config.log.query => masked_target(t),
-            Some(t) => Cow::Borrowed(t.path()),
+            Some(t) => masked_path(t.path()),
             None => Cow::Borrowed(""),
         };
         let path = path.as_ref();

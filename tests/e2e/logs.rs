@@ -160,6 +160,22 @@ async fn logged_queries_keep_credentials_out() {
     assert!(!process.logs().contains("S3CRET"));
 }
 
+/// With `log.query` off (the default) the path alone is logged, its own credential
+/// parameters masked too: a servlet container's session (`;jsessionid=`) is in the path.
+#[tokio::test]
+async fn a_session_in_the_path_is_masked() {
+    let app = App::start().await;
+    let process = OffloadProcess::start(app.addr, &[], &[]).await;
+    get_ok(&process, "/shop;jsessionid=S3SS10N/cart?token=QUERY").await;
+    let lines = wait_for_access_lines(&process, 1).await;
+    let line = lines
+        .first()
+        .unwrap_or_else(|| panic!("no line: {}", process.logs()));
+    assert_eq!(line["path"], "/shop;jsessionid=***/cart", "{line}");
+    assert!(!process.logs().contains("S3SS10N"));
+    assert!(!process.logs().contains("QUERY"));
+}
+
 /// A request whose client leaves before the answer (here while the app takes its time) is
 /// logged as nginx logs it, 499, rather than not at all.
 #[tokio::test]
