@@ -640,7 +640,7 @@ impl Config {
     ) -> anyhow::Result<Config> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| {
             let message = unknown_key_message(e.message(), None)
-                .unwrap_or_else(|| mask_passwords_in_text(&e.to_string()));
+                .unwrap_or_else(|| mask_credential_lines(&mask_passwords_in_text(&e.to_string())));
             match file {
                 Some(file) => anyhow::anyhow!("{}: {message}", file.display()),
                 None => anyhow::anyhow!("{message}"),
@@ -1067,6 +1067,38 @@ impl Config {
     }
 }
 
+/// Words in a key's name that say its value is a credential (`aws_secret_access_key`).
+const CREDENTIAL_WORDS: [&str; 6] = [
+    "secret",
+    "access_key",
+    "password",
+    "credential",
+    "session_token",
+    "token",
+];
+
+fn names_a_credential(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    CREDENTIAL_WORDS.iter().any(|word| lower.contains(word))
+}
+
+/// A TOML syntax error's message with the value of a credential's key in its quoted lines
+/// (`2 | aws_secret_access_key = wJalr…`) written as `***`: toml quotes the line it could
+/// not parse, and an unquoted secret is such a line.
+fn mask_credential_lines(message: &str) -> String {
+    let masked_line = |line: &str| -> Option<String> {
+        let (gutter, code) = line.split_once("| ")?;
+        let (key, _) = code.split_once('=')?;
+        names_a_credential(key.trim().trim_matches(['"', '\'']))
+            .then(|| format!("{gutter}| {}= ***", key))
+    };
+    message
+        .lines()
+        .map(|line| masked_line(line).unwrap_or_else(|| line.to_string()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Whether `url` carries a user or a password (`scheme://user:password@host`).
 fn has_userinfo(url: &Url) -> bool {
     !url.username().is_empty() || url.password().is_some()
@@ -1303,17 +1335,7 @@ fn unknown_key_message(message: &str, table: Option<&str>) -> Option<String> {
         .filter(|(score, _)| *score > 0.7)
         .map(|(_, c)| c);
     let key = unknown_key(message, table.unwrap_or_default());
-    let lower = unknown.to_ascii_lowercase();
-    if [
-        "secret",
-        "access_key",
-        "password",
-        "credential",
-        "session_token",
-    ]
-    .iter()
-    .any(|word| lower.contains(word))
-    {
+    if names_a_credential(unknown) {
         // A near name would only invite putting the secret in another key.
         return Some(format!(
             "{key}: unknown key; credentials are no config keys: they come from the AWS chain \

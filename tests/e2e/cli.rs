@@ -255,6 +255,13 @@ fn a_syntax_error_names_its_file() {
         stderr.contains("proxy.toml: TOML parse error at line 1"),
         "{stderr}"
     );
+    // The line quoted is a credential's, unquoted: its value is not echoed (it would end up
+    // in a CI or journal log).
+    let (ok, _, stderr) = check_config("[store]\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG");
+    assert!(!ok);
+    assert!(stderr.contains("TOML parse error at line 2"), "{stderr}");
+    assert!(stderr.contains("aws_secret_access_key = ***"), "{stderr}");
+    assert!(!stderr.contains("wJalr"), "{stderr}");
 }
 
 /// A flag's bad value is a usage error, exit 2, for every flag alike.
