@@ -782,11 +782,14 @@ impl Config {
             let Ok(header) = http::HeaderName::try_from(name.as_str()) else {
                 bail!("server.request_id_header: {name:?} is no header name");
             };
-            // Set on every request and answer: one of these would reframe or redirect them.
-            if crate::proxy::is_managed_header(&header) {
+            // Set on every request and answer: one of these would reframe or redirect them,
+            // or replace what the client meant by it.
+            if crate::proxy::is_managed_header(&header)
+                || crate::proxy::is_http_defined_header(&header)
+            {
                 bail!(
                     "server.request_id_header: {name:?} is a header offload or HTTP itself \
-                     sets; pick another, as \"X-Request-ID\""
+                     sets or reads; pick another, as \"X-Request-ID\""
                 );
             }
         }
@@ -1889,6 +1892,14 @@ mod tests {
             (
                 "[server]\nrequest_id_header = \"X-Forwarded-For\"",
                 "server.request_id_header: \"X-Forwarded-For\" is a header",
+            ),
+            (
+                "[server]\nrequest_id_header = \"Accept-Encoding\"",
+                "server.request_id_header: \"Accept-Encoding\" is a header offload or HTTP itself sets or reads; pick another, as \"X-Request-ID\"",
+            ),
+            (
+                "[server]\nrequest_id_header = \"Sec-Fetch-Site\"",
+                "server.request_id_header: \"Sec-Fetch-Site\" is a header",
             ),
             (
                 "[server]\nlisten = \"8080\"",

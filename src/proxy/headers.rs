@@ -357,6 +357,50 @@ pub fn is_managed_header(name: &HeaderName) -> bool {
         || super::forwarding::is_forwarding_header(name.as_str())
 }
 
+/// Whether `name` is a header HTTP or browsers define for a meaning of its own (content
+/// negotiation, caching, conditions, ranges, CORS, the `Sec-` ones): a request ID set on
+/// every request and answer in its place would replace the client's real one.
+pub fn is_http_defined_header(name: &HeaderName) -> bool {
+    const DEFINED: &[&str] = &[
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "accept-ranges",
+        "age",
+        "allow",
+        "cache-control",
+        "content-disposition",
+        "content-language",
+        "content-location",
+        "content-range",
+        "date",
+        "dnt",
+        "etag",
+        "expires",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "last-modified",
+        "link",
+        "origin",
+        "pragma",
+        "range",
+        "referer",
+        "refresh",
+        "retry-after",
+        "server",
+        "user-agent",
+        "vary",
+        "via",
+        "www-authenticate",
+    ];
+    let name = name.as_str();
+    DEFINED.contains(&name) || name.starts_with("sec-") || name.starts_with("access-control-")
+}
+
 /// The host a request is for: its target's authority (an absolute-form target, HTTP/2's
 /// `:authority`), which wins over `Host` (RFC 9112 §3.2.2, RFC 9113 §8.3.1), else its `Host`.
 /// Forwarding, rewriting and origin pulls all take it from here, so that the app is never

@@ -23,7 +23,10 @@ mod upstream;
 
 pub use error::{ANSWER_CUT, ProxyError};
 pub use forwarding::canonical_ip;
-pub use headers::{h2_problem, host_problem, is_managed_header, request_host, target_problem};
+pub use headers::{
+    h2_problem, host_problem, is_http_defined_header, is_managed_header, request_host,
+    target_problem,
+};
 pub use upgrade::{Traffic, Tunnel, TunnelEnd};
 pub use upstream::{ClientInfo, Upstream, UpstreamTiming};
 
