@@ -1337,13 +1337,24 @@ fn unknown_key_message(message: &str, table: Option<&str>) -> Option<String> {
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .filter(|(score, _)| *score > 0.7)
         .map(|(_, c)| c);
-    let key = unknown_key(message, table.unwrap_or_default());
+    let table = table.unwrap_or_default();
+    let key = unknown_key(message, table);
     if names_a_credential(unknown) {
         // A near name would only invite putting the secret in another key.
         return Some(format!(
             "{key}: unknown key; credentials are no config keys: they come from the AWS chain \
              (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles, instance and web-identity \
              roles)"
+        ));
+    }
+    // A key written in the wrong section (before any header, or under the wrong one) is
+    // named where it belongs, before a near name of this section's.
+    let elsewhere = keys_elsewhere(unknown, table);
+    if !elsewhere.is_empty() {
+        let places: Vec<String> = elsewhere.iter().map(|k| format!("`{k}`")).collect();
+        return Some(format!(
+            "{key}: unknown key here; did you mean {}?",
+            places.join(" or ")
         ));
     }
     Some(match nearest {
@@ -1353,6 +1364,60 @@ fn unknown_key_message(message: &str, table: Option<&str>) -> Option<String> {
             candidates.join(", ")
         ),
     })
+}
+
+/// Where else `name` is a key, as `section.key` (`uploads[].key` for an upload route's),
+/// `table` (where it was found unknown) left out.
+fn keys_elsewhere(name: &str, table: &str) -> Vec<String> {
+    // An upload route's keys are met as `uploads[0]`'s.
+    let in_routes = table.starts_with("uploads");
+    section_keys()
+        .into_iter()
+        .filter(|(section, keys)| {
+            *section != table
+                && !(in_routes && *section == "uploads[]")
+                && keys.iter().any(|key| key == name)
+        })
+        .map(|(section, _)| match section {
+            "" => name.to_string(),
+            "uploads[]" => format!("uploads[].{name}"),
+            section => format!("{section}.{name}"),
+        })
+        .collect()
+}
+
+/// Every table's keys, as serde lists them when it refuses an unknown one (so the list
+/// cannot fall behind the structs): "" is the top level.
+fn section_keys() -> Vec<(&'static str, Vec<String>)> {
+    fn keys_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        let probe = toml::Table::from_iter([("\u{1}".to_string(), toml::Value::Integer(0))]);
+        let Err(e) = T::deserialize(toml::Value::Table(probe)) else {
+            return Vec::new();
+        };
+        let message = e.message().to_string();
+        message
+            .split_once("expected ")
+            .map(|(_, listed)| {
+                listed
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    vec![
+        ("", keys_of::<Config>()),
+        ("server", keys_of::<ServerConfig>()),
+        ("server.tls", keys_of::<TlsConfig>()),
+        ("upstream", keys_of::<UpstreamConfig>()),
+        ("store", keys_of::<StoreConfig>()),
+        ("assets", keys_of::<AssetsConfig>()),
+        ("rewrite", keys_of::<RewriteConfig>()),
+        ("log", keys_of::<LogConfig>()),
+        ("uploads[]", keys_of::<UploadRouteConfig>()),
+    ]
 }
 
 /// Durations written as humantime strings ("30s", "5m", "250ms").
@@ -1769,6 +1834,32 @@ mod tests {
             format!("{err:#}").contains("did you mean `store`"),
             "{err:#}"
         );
+        // A key in the wrong section is named where it belongs.
+        for (text, message) in [
+            (
+                "listen = \"127.0.0.1:1\"\n",
+                "listen: unknown key here; did you mean `server.listen` or `server.tls.listen`?",
+            ),
+            (
+                "[server]\nbucket = \"b\"\n",
+                "server.bucket: unknown key here; did you mean `store.bucket`?",
+            ),
+            (
+                "[assets]\nmax_body_size = \"1MiB\"\n",
+                "assets.max_body_size: unknown key here; did you mean `server.max_body_size` or `uploads[].max_body_size`?",
+            ),
+            (
+                "[[uploads]]\npath = \"/u\"\nworker_threads = 1\n",
+                "uploads[0].worker_threads: unknown key here; did you mean `server.worker_threads`?",
+            ),
+            (
+                "level = \"debug\"\n",
+                "level: unknown key here; did you mean `log.level`?",
+            ),
+        ] {
+            let err = load(text).unwrap_err();
+            assert_eq!(format!("{err:#}"), message, "{text}");
+        }
         // The key is named with its table, and the variable that set it.
         for (text, env, message) in [
             (
