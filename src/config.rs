@@ -35,6 +35,10 @@ pub struct Config {
     pub rewrite: RewriteConfig,
     pub uploads: Vec<UploadRouteConfig>,
     pub log: LogConfig,
+    /// Which `OFFLOAD_*` variables set which keys, to name them in the errors of what is
+    /// checked once the configuration is loaded (files read, the store opened).
+    #[serde(skip)]
+    set_by: env::EnvKeys,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -664,7 +668,14 @@ impl Config {
         config
             .validate_values()
             .map_err(|e| env_keys.name_variable(e))?;
+        config.set_by = env_keys;
         Ok(config)
+    }
+
+    /// `error`, whose message begins with the key it is about (`server.tls.cert: reading
+    /// …`), naming the `OFFLOAD_*` variable that set that key, if one did.
+    pub fn name_variable(&self, error: anyhow::Error) -> anyhow::Error {
+        self.set_by.name_variable(error)
     }
 
     /// Fills in what the preset implies, without overriding what the file says.

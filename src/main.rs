@@ -171,7 +171,7 @@ fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
 
 fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    offload::server::check_files(&config)?;
+    offload::server::check_files(&config).map_err(|e| config.name_variable(e))?;
     print!("{}", config.to_redacted_toml()?);
     Ok(())
 }
@@ -182,9 +182,13 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     offload::server::raise_open_files_limit();
     offload::memory::start_trimming();
     let log_buffer = config.log.buffer_bytes();
+    // Start-up's errors (a certificate that cannot be read, a store that cannot be opened)
+    // name the variable that set their key.
+    let names = config.clone();
     with_log_buffer(log_buffer, || {
         server_runtime()?.block_on(offload::server::run(config, move || load_config(&args)))
     })
+    .map_err(|e| names.name_variable(e))
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {

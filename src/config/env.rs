@@ -40,10 +40,10 @@ pub(super) fn offload_vars(
 /// Which variable set a key, and its text where it was read as TOML into something other
 /// than a string (`12345`, `true`), to be taken as the string it also is should the key
 /// want one.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct EnvKeys(BTreeMap<String, SetBy>);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SetBy {
     variable: String,
     text_if_not_string: Option<String>,
@@ -214,20 +214,35 @@ impl EnvKeys {
     }
 
     /// The variable that set `key` or a table or list it is in (`OFFLOAD_UPLOADS` sets
-    /// `uploads[0].path`), if one did.
+    /// `uploads[0].path`), else one that set a key in it when `key` is a table
+    /// (`OFFLOAD_SERVER_TLS_LISTEN` made `server.tls`, which then lacks its `cert`), if one
+    /// did.
     pub(super) fn variable(&self, key: &str) -> Option<&str> {
-        let mut key = key;
+        let mut up = key;
         loop {
-            if let Some(set_by) = self.0.get(key) {
+            if let Some(set_by) = self.0.get(up) {
                 return Some(&set_by.variable);
             }
-            key = &key[..key.rfind(['.', '['])?];
+            match up.rfind(['.', '[']) {
+                Some(end) => up = &up[..end],
+                None => break,
+            }
         }
+        if key.is_empty() {
+            return None;
+        }
+        self.0
+            .iter()
+            .find(|(set, _)| {
+                set.strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+            })
+            .map(|(_, set_by)| set_by.variable.as_str())
     }
 
     /// `error`, whose message begins with the key it is about (`server.max_headers: …`),
     /// naming the variable that set that key, if one did.
-    pub(super) fn name_variable(&self, error: anyhow::Error) -> anyhow::Error {
+    pub(crate) fn name_variable(&self, error: anyhow::Error) -> anyhow::Error {
         let message = format!("{error:#}");
         let key = message.split_once(':').map_or("", |(key, _)| key);
         match self.variable(key) {

@@ -55,7 +55,8 @@ pub enum ProxyError {
     #[error("{}", TooLarge(*.0))]
     BodyTooLarge(u64),
     /// The upstream configuration cannot be used (found when building [`super::Upstream`]).
-    #[error("upstream config: {0}")]
+    // The message names the key (`upstream.tls_ca_file: …`).
+    #[error("{0}")]
     Config(String),
 }
 

@@ -36,7 +36,7 @@ pub(super) fn connector(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ProxyError::Config(format!("upstream TLS: {e}")))?
+        .map_err(|e| ProxyError::Config(format!("upstream.url: TLS: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(HttpsConnectorBuilder::new()

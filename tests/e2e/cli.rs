@@ -343,3 +343,49 @@ fn a_demo_whose_port_is_taken_says_how_to_pick_another() {
         "{stderr}"
     );
 }
+
+/// An error found after loading (a file that cannot be read) or about a table a variable
+/// made names the variable, as errors about the keys themselves do.
+#[test]
+fn errors_name_the_variable_that_set_their_key() {
+    let check = |vars: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_offload"))
+            .arg("check-config")
+            .env_remove("OFFLOAD_CONFIG")
+            .env_remove("RUST_LOG")
+            .envs(vars.iter().copied())
+            .output()
+            .expect("run offload");
+        assert!(!out.status.success(), "{vars:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = check(&[("OFFLOAD_SERVER_TLS_LISTEN", "127.0.0.1:1")]);
+    assert!(
+        stderr.contains("server.tls: missing field `cert` (set by OFFLOAD_SERVER_TLS_LISTEN)"),
+        "{stderr}"
+    );
+    let stderr = check(&[
+        ("OFFLOAD_UPSTREAM_URL", "https://127.0.0.1:1"),
+        ("OFFLOAD_UPSTREAM_TLS_CA_FILE", "/nonexistent/ca.pem"),
+    ]);
+    assert!(
+        stderr.contains("offload: upstream.tls_ca_file: reading /nonexistent/ca.pem"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("(set by OFFLOAD_UPSTREAM_TLS_CA_FILE)"),
+        "{stderr}"
+    );
+    let stderr = check(&[
+        ("OFFLOAD_SERVER_TLS_CERT", "/nonexistent/cert.pem"),
+        ("OFFLOAD_SERVER_TLS_KEY", "/nonexistent/key.pem"),
+    ]);
+    assert!(
+        stderr.contains("server.tls.cert: reading /nonexistent/cert.pem"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("(set by OFFLOAD_SERVER_TLS_CERT)"),
+        "{stderr}"
+    );
+}
