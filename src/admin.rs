@@ -50,15 +50,47 @@ impl ReadinessCheck for NotShuttingDown {
 }
 
 /// Ready when a connection to the app opens within `timeout`: the TCP connect and, for an
-/// `https://` app, the TLS handshake with its certificate verified (the way requests go).
+/// `https://` app, the TLS handshake with its certificate verified (the way requests go);
+/// with `upstream.ready_path`, when the app answers that path below 500 in time.
 pub struct UpstreamReachable {
     upstream: Arc<Upstream>,
     timeout: Duration,
+    /// `upstream.ready_path`: asked of the app, whose answer must be below 500.
+    ready_path: Option<String>,
 }
+
+/// How long the app may take to answer `upstream.ready_path`.
+const READY_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl UpstreamReachable {
     pub fn new(upstream: Arc<Upstream>, timeout: Duration) -> Self {
-        UpstreamReachable { upstream, timeout }
+        UpstreamReachable {
+            upstream,
+            timeout,
+            ready_path: None,
+        }
+    }
+
+    /// Asks the app for `path` rather than only opening a connection to it.
+    pub fn asking(mut self, path: Option<String>) -> Self {
+        self.ready_path = path;
+        self
+    }
+
+    async fn answers(&self, authority: &str, path: &str) -> Result<(), String> {
+        let asked = self.upstream.get(path, http::HeaderMap::new());
+        match tokio::time::timeout(READY_ANSWER_TIMEOUT, asked).await {
+            Ok(Ok(answer)) if answer.status().as_u16() < 500 => Ok(()),
+            Ok(Ok(answer)) => Err(format!(
+                "{authority}{path}: the app answered {}",
+                answer.status()
+            )),
+            Ok(Err(e)) => Err(format!("{authority}{path}: {e}")),
+            Err(_) => Err(format!(
+                "{authority}{path}: no answer within {}",
+                humantime::format_duration(READY_ANSWER_TIMEOUT)
+            )),
+        }
     }
 }
 
@@ -70,6 +102,9 @@ impl ReadinessCheck for UpstreamReachable {
 
     async fn check(&self) -> Result<(), String> {
         let authority = self.upstream.address();
+        if let Some(path) = &self.ready_path {
+            return self.answers(authority, path).await;
+        }
         match tokio::time::timeout(self.timeout, self.upstream.probe()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("{authority}: {e}")),

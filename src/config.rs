@@ -221,6 +221,9 @@ pub struct UpstreamConfig {
     /// Reach the app on this Unix socket instead of `url`'s host and port (which still give
     /// the `Host` sent when `preserve_host` is off, and `url`'s path still prefixes requests).
     pub unix_socket: Option<PathBuf>,
+    /// `/readyz` asks the app for this path (a GET) and is ready when it answers below 500
+    /// within 2 s; `None`: a connection opened is enough.
+    pub ready_path: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -236,6 +239,7 @@ impl Default for UpstreamConfig {
             preserve_host: true,
             tls_ca_file: None,
             unix_socket: None,
+            ready_path: None,
         }
     }
 }
@@ -803,6 +807,13 @@ impl Config {
                      sets or reads; pick another, as \"X-Request-ID\""
                 );
             }
+        }
+        if let Some(path) = &self.upstream.ready_path
+            && (!path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err())
+        {
+            bail!(
+                "upstream.ready_path: {path:?} must be a path (and query) on the app, as \"/healthz\""
+            );
         }
         if self.upstream.unix_socket.is_some() && self.upstream.url.scheme() != "http" {
             bail!("upstream.unix_socket: HTTP only; upstream.url must be http://");
@@ -1994,6 +2005,10 @@ mod tests {
             (
                 "[server]\nrequest_id_header = \"X-Forwarded-For\"",
                 "server.request_id_header: \"X-Forwarded-For\" is a header",
+            ),
+            (
+                "[upstream]\nready_path = \"healthz\"",
+                "upstream.ready_path: \"healthz\" must be a path (and query) on the app, as \"/healthz\"",
             ),
             (
                 "[server]\nrequest_id_header = \"Accept-Encoding\"",

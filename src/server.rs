@@ -1175,6 +1175,7 @@ fn upstream_check(state: &AppState) -> UpstreamReachable {
         .connect_timeout
         .min(Duration::from_secs(2));
     UpstreamReachable::new(Arc::clone(&state.upstream), timeout)
+        .asking(state.config.upstream.ready_path.clone())
 }
 
 /// What every connection task shares.

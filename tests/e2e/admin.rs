@@ -507,3 +507,53 @@ fn metric(text: &str, name: &str) -> f64 {
         .parse()
         .expect("a number")
 }
+
+/// With `upstream.ready_path`, `/readyz` asks the app for it: ready on an answer below 500
+/// in time, not ready on a 5xx or on no answer (an app frozen with its socket open, which a
+/// connection alone cannot tell).
+#[tokio::test]
+async fn readyz_asks_the_app_its_ready_path() {
+    use crate::support::raw::RawApp;
+    use tokio::io::AsyncWriteExt;
+
+    let readyz = |proxy: &crate::support::Proxy| {
+        let url = proxy.admin_url("/readyz");
+        async move {
+            let resp = client().get(url).send().await.expect("readyz");
+            (resp.status().as_u16(), resp.text().await.expect("body"))
+        }
+    };
+    let (_app, answering) =
+        app_and_proxy(|c| c.upstream.ready_path = Some("/bytes/1".into())).await;
+    assert_eq!(readyz(&answering).await.0, 200);
+    let (_app, slow) = app_and_proxy(|c| c.upstream.ready_path = Some("/sleep/3000".into())).await;
+    let (status, text) = readyz(&slow).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("/sleep/3000: no answer within 2s"), "{text}");
+
+    let unavailable = RawApp::start(|mut stream, _| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            .await;
+    })
+    .await;
+    let mut config = crate::support::config_for(unavailable.addr);
+    config.upstream.ready_path = Some("/ready".into());
+    let proxy = crate::support::Proxy::start(config).await;
+    let (status, text) = readyz(&proxy).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("/ready: the app answered 503 Service Unavailable"),
+        "{text}"
+    );
+
+    // A frozen app: its socket takes connections, nothing answers. Without a path it looks
+    // ready; with one it does not.
+    let frozen = RawApp::counting().await;
+    let connected = crate::support::Proxy::start(crate::support::config_for(frozen.addr)).await;
+    assert_eq!(readyz(&connected).await.0, 200);
+    let mut config = crate::support::config_for(frozen.addr);
+    config.upstream.ready_path = Some("/".into());
+    let asking = crate::support::Proxy::start(config).await;
+    assert_eq!(readyz(&asking).await.0, 503);
+}
