@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Checks the YAML and JSON in deploy/: every file parses, the compose file has the services and
 ports the README promises, and the Kubernetes manifest embeds deploy/k8s/proxy.toml as it is
-and wires offload as a sidecar. Needs PyYAML (`pip install pyyaml` in a venv).
+and wires offload as a sidecar: its ports are the config's, its probes use ports it names,
+and the pod's grace outlasts offload's shutdown delay and grace. The Dockerfile exposes and
+probes the ports of the config it ships. Needs PyYAML (`pip install pyyaml` in a venv).
 
 Usage: scripts/check-deploy.py [REPO_ROOT]; exits 1 listing every problem."""
 
 import json
 import pathlib
+import re
 import sys
+import tomllib
 
 import yaml
 
@@ -64,6 +68,53 @@ if "Deployment" in kinds:
     check(offload.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", "k8s: liveness on /healthz")
     refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in offload.get("env", []) if "valueFrom" in e]
     check(refs and all(r == "offload-credentials" for r in refs), "k8s: credentials from the Secret")
+def port_of(address):
+    return int(address.rsplit(":", 1)[1])
+
+
+def seconds(duration):
+    """A humantime duration ("5s", "1m 30s", "250ms") in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)\b", duration)
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+k8s_config = tomllib.loads((root / "deploy/k8s/proxy.toml").read_text())
+k8s_server = k8s_config.get("server", {})
+if "Deployment" in kinds:
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    offload = containers.get("offload", {})
+    named = {p["name"]: p["containerPort"] for p in offload.get("ports", [])}
+    check(named.get("http") == port_of(k8s_server.get("listen", "0.0.0.0:8080")),
+          "k8s: the http port is not server.listen's")
+    admin = k8s_server.get("admin_listen", "127.0.0.1:9090")
+    check(not admin.startswith("127."), "k8s: admin_listen on loopback: the kubelet probes the pod's IP")
+    check(named.get("admin") == port_of(admin), "k8s: the admin port is not server.admin_listen's")
+    for probe in ["readinessProbe", "livenessProbe"]:
+        port = offload.get(probe, {}).get("httpGet", {}).get("port")
+        check(port in named or port in named.values(), f"k8s: the {probe}'s port {port!r} is none of offload's")
+    env = {e["name"]: e.get("value") for e in offload.get("env", [])}
+    delay = seconds(env.get("OFFLOAD_SERVER_SHUTDOWN_DELAY") or k8s_server.get("shutdown_delay", "0s"))
+    grace = seconds(env.get("OFFLOAD_SERVER_SHUTDOWN_GRACE") or k8s_server.get("shutdown_grace", "30s"))
+    check(pod.get("terminationGracePeriodSeconds", 30) >= delay + grace,
+          f"k8s: terminationGracePeriodSeconds under offload's shutdown_delay + shutdown_grace ({delay + grace:g} s)")
+    stop = containers.get("wordpress", {}).get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    slept = float(stop[1]) if len(stop) == 2 and stop[0] == "sleep" else 0
+    check(slept >= delay, f"k8s: the app's preStop sleep ({slept:g} s) ends before offload's shutdown_delay ({delay:g} s)")
+
+dockerfile = (root / "deploy/Dockerfile").read_text()
+image_server = tomllib.loads((root / "deploy/compose.toml").read_text()).get("server", {})
+exposed = {int(p) for line in re.findall(r"^EXPOSE (.+)$", dockerfile, re.M) for p in line.split()}
+image_admin = port_of(image_server.get("admin_listen", "127.0.0.1:9090"))
+check(port_of(image_server.get("listen", "0.0.0.0:8080")) in exposed, "Dockerfile: server.listen's port not exposed")
+check(image_admin in exposed, "Dockerfile: server.admin_listen's port not exposed")
+check(f"/dev/tcp/127.0.0.1/{image_admin}" in dockerfile, "Dockerfile: the HEALTHCHECK does not probe admin_listen")
+user = re.search(r"^USER (\w+)", dockerfile, re.M)
+created = re.search(r"useradd\b[^&]*?\s(\w+)\s*(?:&&|$)", dockerfile.replace("\\\n", " "), re.M)
+check(user is not None and created is not None and user.group(1) == created.group(1),
+      "Dockerfile: USER is not the user the image creates")
+
 if "Service" in kinds:
     check(kinds["Service"]["spec"]["ports"][0]["targetPort"] == "http", "k8s: the Service targets offload")
 

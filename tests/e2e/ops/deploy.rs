@@ -57,6 +57,83 @@ fn deploy_yaml_parses_and_has_what_the_readme_promises() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// The checks find what they look for: each mistake below, made in a copy of deploy/, is
+/// named.
+#[test]
+fn check_deploy_names_each_mistake() {
+    if !have("python3", &["-c", "import yaml"]) {
+        return;
+    }
+    let manifest = "deploy/k8s/wordpress-offload.yaml";
+    for (file, from, to, named) in [
+        (
+            manifest,
+            "terminationGracePeriodSeconds: 45",
+            "terminationGracePeriodSeconds: 20",
+            "terminationGracePeriodSeconds under offload's shutdown_delay + shutdown_grace (35 s)",
+        ),
+        (
+            manifest,
+            "containerPort: 9090",
+            "containerPort: 9091",
+            "the admin port is not server.admin_listen's",
+        ),
+        (
+            manifest,
+            "port: admin",
+            "port: metrics",
+            "the readinessProbe's port 'metrics' is none of offload's",
+        ),
+        (
+            manifest,
+            "command: [\"sleep\", \"15\"]",
+            "command: [\"sleep\", \"2\"]",
+            "the app's preStop sleep (2 s) ends before offload's shutdown_delay (5 s)",
+        ),
+        (
+            "deploy/k8s/proxy.toml",
+            "admin_listen = \"0.0.0.0:9090\"",
+            "admin_listen = \"127.0.0.1:9090\"",
+            "admin_listen on loopback",
+        ),
+        (
+            "deploy/Dockerfile",
+            "/dev/tcp/127.0.0.1/9090",
+            "/dev/tcp/127.0.0.1/9091",
+            "the HEALTHCHECK does not probe admin_listen",
+        ),
+        (
+            "deploy/Dockerfile",
+            "USER offload:offload",
+            "USER root",
+            "USER is not the user the image creates",
+        ),
+    ] {
+        let copy = tempfile::tempdir().unwrap();
+        for entry in walkdir::WalkDir::new(repo().join("deploy")) {
+            let entry = entry.unwrap();
+            let to_path = copy.path().join(entry.path().strip_prefix(repo()).unwrap());
+            if entry.file_type().is_dir() {
+                std::fs::create_dir_all(&to_path).unwrap();
+            } else {
+                std::fs::copy(entry.path(), &to_path).unwrap();
+            }
+        }
+        let path = copy.path().join(file);
+        let original = std::fs::read_to_string(&path).unwrap();
+        assert!(original.contains(from), "{file} lacks {from:?}");
+        std::fs::write(&path, original.replacen(from, to, 1)).unwrap();
+        let out = Command::new("python3")
+            .arg(repo().join("scripts/check-deploy.py"))
+            .arg(copy.path())
+            .output()
+            .unwrap();
+        let printed = text(&out);
+        assert!(!out.status.success(), "{from} -> {to}: passed\n{printed}");
+        assert!(printed.contains(named), "{from} -> {to}: {printed}");
+    }
+}
+
 #[test]
 fn dockerfile_builds_locked_and_runs_unprivileged() {
     let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
