@@ -190,59 +190,59 @@ fn flags_override_the_file() {
     assert!(stdout.contains("format = \"json\""), "{stdout}");
 }
 
-/// Flags are laid over the file and the environment before the listeners are checked for
-/// a clash: `--admin-listen off` settles one.
-#[test]
-fn a_flag_can_settle_a_clash_of_listeners() {
-    let run = |admin: &str| {
+/// `check-config` with `flag` set to `settling` passes, and to `clashing` fails naming
+/// `clash`, the environment being `env`: flags are laid over the file and the environment
+/// before any value is checked.
+fn assert_a_flag_settles(
+    flag: &str,
+    env: &[(&str, &str)],
+    (settling, clashing): (&str, &str),
+    clash: &str,
+) {
+    let run = |value: &str| {
         Command::new(env!("CARGO_BIN_EXE_offload"))
-            .args(["check-config", "--admin-listen", admin])
+            .args(["check-config", flag, value])
             .env_remove("OFFLOAD_CONFIG")
-            .env("OFFLOAD_SERVER_LISTEN", "0.0.0.0:9090")
+            .envs(env.iter().copied())
             .output()
             .expect("run offload")
     };
-    let settled = run("off");
-    assert!(
-        settled.status.success(),
-        "{}",
-        String::from_utf8_lossy(&settled.stderr)
+    let settled = run(settling);
+    let stderr = String::from_utf8_lossy(&settled.stderr);
+    assert!(settled.status.success(), "{flag} {settling}: {stderr}");
+    let clashed = run(clashing);
+    let stderr = String::from_utf8_lossy(&clashed.stderr);
+    assert_eq!(
+        clashed.status.code(),
+        Some(1),
+        "{flag} {clashing}: {stderr}"
     );
-    let clash = run("127.0.0.1:9090");
-    assert_eq!(clash.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&clash.stderr).contains("server.admin_listen: must differ"),
-        "{}",
-        String::from_utf8_lossy(&clash.stderr)
+    assert!(stderr.contains(clash), "{stderr}");
+}
+
+/// `--admin-listen off` settles a clash of listeners.
+#[test]
+fn a_flag_can_settle_a_clash_of_listeners() {
+    assert_a_flag_settles(
+        "--admin-listen",
+        &[("OFFLOAD_SERVER_LISTEN", "0.0.0.0:9090")],
+        ("off", "127.0.0.1:9090"),
+        "server.admin_listen: must differ",
     );
 }
 
-/// Flags are laid over the file and the environment before any value is checked: a file's
-/// `https://` app on a Unix socket (refused: the socket is plain HTTP) is fine once
+/// A file's `https://` app on a Unix socket (refused: the socket is plain HTTP) is fine once
 /// `--upstream` names a plain one.
 #[test]
 fn a_flag_can_settle_values_that_clash() {
-    let run = |upstream: &str| {
-        Command::new(env!("CARGO_BIN_EXE_offload"))
-            .args(["check-config", "--upstream", upstream])
-            .env_remove("OFFLOAD_CONFIG")
-            .env("OFFLOAD_UPSTREAM_URL", "https://app")
-            .env("OFFLOAD_UPSTREAM_UNIX_SOCKET", "/run/app.sock")
-            .output()
-            .expect("run offload")
-    };
-    let settled = run("http://app");
-    assert!(
-        settled.status.success(),
-        "{}",
-        String::from_utf8_lossy(&settled.stderr)
-    );
-    let clash = run("https://other");
-    assert_eq!(clash.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&clash.stderr).contains("upstream.unix_socket: HTTP only"),
-        "{}",
-        String::from_utf8_lossy(&clash.stderr)
+    assert_a_flag_settles(
+        "--upstream",
+        &[
+            ("OFFLOAD_UPSTREAM_URL", "https://app"),
+            ("OFFLOAD_UPSTREAM_UNIX_SOCKET", "/run/app.sock"),
+        ],
+        ("http://app", "https://other"),
+        "upstream.unix_socket: HTTP only",
     );
 }
 
