@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::support::data;
 use crate::support::process::OffloadProcess;
-use crate::support::raw::{RawApp, read_head};
+use crate::support::raw::{RawApp, read_head, read_until_ending};
 use crate::support::{Proxy, client, config_for, h2_client};
 
 /// An app that misbehaves by path: `/die-cl` and `/die-chunked` send a head and part of the
@@ -242,19 +242,12 @@ async fn an_http10_answer_goes_on_as_http11_and_the_connection_stays() {
     let app = bad_app().await;
     let proxy = proxy_for(&app).await;
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    for round in 0..2 {
+    for _ in 0..2 {
         stream
             .write_all(b"GET /http10 HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .expect("request");
-        let mut answer = Vec::new();
-        while !answer.ends_with(b"hello") {
-            let mut buf = [0; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
-            let n = read.expect("answer in time").expect("read");
-            assert!(n > 0, "round {round}: closed after {answer:?}");
-            answer.extend_from_slice(&buf[..n]);
-        }
+        let answer = read_until_ending(&mut stream, b"hello").await;
         let text = String::from_utf8_lossy(&answer);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     }

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::app::Echo;
-use crate::support::raw::{RawApp, read_head};
+use crate::support::raw::{RawApp, read_head, read_until_ending};
 use crate::support::{Proxy, app_and_proxy, config_for, h2_client, raw_body, raw_exchange};
 
 /// An app answering each request with the raw `answer`.
@@ -522,16 +522,9 @@ async fn an_answer_ending_in_trailers_keeps_its_app_connection() {
     let proxy = Proxy::start(config_for(app.addr)).await;
     let request = "GET /t HTTP/1.1\r\nHost: example.com\r\nTE: trailers\r\n\r\n";
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    for round in 0..3 {
+    for _ in 0..3 {
         stream.write_all(request.as_bytes()).await.expect("request");
-        let mut answer = Vec::new();
-        while !answer.ends_with(b"x-checksum: 5d41402a\r\n\r\n") {
-            let mut buf = [0; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
-            let n = read.expect("answer in time").expect("read");
-            assert!(n > 0, "round {round}: closed after {answer:?}");
-            answer.extend_from_slice(&buf[..n]);
-        }
+        let answer = read_until_ending(&mut stream, b"x-checksum: 5d41402a\r\n\r\n").await;
         let text = String::from_utf8_lossy(&answer);
         assert!(text.contains("\r\n\r\n5\r\nhello\r\n0\r\n"), "{text}");
     }

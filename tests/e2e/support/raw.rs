@@ -96,6 +96,20 @@ impl Drop for RawApp {
     }
 }
 
+/// What `stream` sends until it ends with `end` (an answer on a kept-alive connection),
+/// each read within 5 s; panics if the peer closes first.
+pub async fn read_until_ending(stream: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    while !got.ends_with(end) {
+        let mut buf = [0; 1024];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf));
+        let n = read.await.expect("more within 5 s").expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 /// Reads up to the end of a request head (`\r\n\r\n`); `None` if the peer closed first.
 pub async fn read_head(stream: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
