@@ -1422,6 +1422,7 @@ async fn drive<C: Served>(
                 }
                 ConnectionEvent::GraceExpired => {
                     debug!(peer = %client.peer, "shutdown grace expired; dropping the connection");
+                    connection.drop_at_shutdown();
                     return;
                 }
                 ConnectionEvent::Watchdog(Verdict::SlowHead { began }) => {

@@ -65,6 +65,9 @@ pub(super) struct ConnectionState {
     read_since_end: AtomicBool,
     /// The connection closes after its next answer, which says so.
     close_after_answer: AtomicBool,
+    /// The server dropped the connection at the end of the shutdown's grace (or at a
+    /// second signal), with its requests in flight.
+    dropped_at_shutdown: AtomicBool,
     /// The tunnel a request switched the connection to (WebSocket), to run once hyper hands
     /// the connection over.
     upgraded: Mutex<Option<Upgraded>>,
@@ -118,6 +121,11 @@ impl ConnectionState {
     /// Has the next answer say `Connection: close` (a request head arriving at shutdown).
     pub(super) fn close_after_answer(&self) {
         self.close_after_answer.store(true, Ordering::Relaxed);
+    }
+
+    /// The shutdown's grace is over: the connection is dropped with what is in flight.
+    pub(super) fn drop_at_shutdown(&self) {
+        self.dropped_at_shutdown.store(true, Ordering::Relaxed);
     }
 
     pub(super) fn closes_after_answer(&self) -> bool {
@@ -240,6 +248,12 @@ impl RequestInFlight {
         if !std::mem::replace(&mut self.answered, true) {
             self.connection.unanswered.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// The server, not the client, dropped the request's connection (the shutdown's grace
+    /// ran out).
+    pub(super) fn dropped_at_shutdown(&self) -> bool {
+        self.connection.dropped_at_shutdown.load(Ordering::Relaxed)
     }
 
     /// The request body's bytes read so far.

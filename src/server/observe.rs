@@ -116,9 +116,10 @@ impl http_body::Body for Counted {
 }
 
 /// What the request looked like, kept until the response is done. Dropped before an
-/// answer (the client left while the app or the store was still at it, or the shutdown's
-/// grace ran out), it logs and counts the request as 499, as nginx's "client closed
-/// request" does, rather than letting it pass unseen.
+/// answer, it logs and counts the request rather than letting it pass unseen: as 499 when
+/// the client left while the app or the store was still at it (nginx's "client closed
+/// request"), as 444 when the shutdown's grace ran out (nginx's "closed without an
+/// answer").
 pub(super) struct RequestRecord {
     pub state: Arc<AppState>,
     /// The way the request took ([`crate::server::route`] sets it as it picks one), for a
@@ -201,9 +202,20 @@ impl RequestRecord {
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         if !self.finished {
+            // Dropped by the server at the end of the shutdown's grace, not by its client:
+            // nginx's 444 (closed without an answer), with the reason.
+            let status = match self.in_flight.dropped_at_shutdown() {
+                true => {
+                    if let Some(logged) = self.logged.as_deref_mut() {
+                        logged.reason = Some("dropped when the shutdown's grace ran out");
+                    }
+                    CLOSED_WITHOUT_ANSWER
+                }
+                false => CLIENT_CLOSED_REQUEST,
+            };
             self.finish(End {
                 kind: self.way.get(),
-                status: CLIENT_CLOSED_REQUEST,
+                status,
                 upstream: None,
                 sent: 0,
                 tunneled_in: 0,
@@ -239,6 +251,12 @@ impl Way {
 const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
     Ok(status) => status,
     Err(_) => StatusCode::BAD_REQUEST,
+};
+
+/// nginx's status for a request it closed the connection of without an answer.
+const CLOSED_WITHOUT_ANSWER: StatusCode = match StatusCode::from_u16(444) {
+    Ok(status) => status,
+    Err(_) => StatusCode::SERVICE_UNAVAILABLE,
 };
 
 /// How a request ended, for its count and access line.

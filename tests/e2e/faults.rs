@@ -823,6 +823,17 @@ async fn a_second_signal_drops_what_is_left_and_exits_at_once() {
     );
     let cut = in_flight.await.expect("task");
     assert!(cut.is_err(), "the request in flight is dropped: {cut:?}");
+    // Logged as dropped by the server, not as a client that left (499).
+    let logs = process.logs();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("offload::access") && line.contains("/slow"))
+        .unwrap_or_else(|| panic!("no access line for /slow: {logs}"));
+    assert!(line.contains("\"status\":444"), "{line}");
+    assert!(
+        line.contains("\"reason\":\"dropped when the shutdown's grace ran out\""),
+        "{line}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
