@@ -81,6 +81,31 @@ pub fn target_problem<B>(req: &Request<B>) -> Option<&'static str> {
 /// `uri-host [ ":" port ]`: a registered name, an IPv4 address or a bracketed IP literal;
 /// never anything that would end the authority in a URL (`/ ? # @`), nor spaces or controls.
 pub(super) fn is_host(value: &[u8]) -> bool {
+    has_host_bytes(value) && is_well_formed_host(value)
+}
+
+/// As nginx checks a Host: no empty label (`a..b`, `.a`: an app that builds a file path from
+/// its Host, as multi-site setups do, could take one for a parent directory), and brackets
+/// only around a whole IP literal (`[::1]`, `[::1]:8080`). A trailing dot (`example.com.`)
+/// is a fully qualified name, and fine.
+fn is_well_formed_host(value: &[u8]) -> bool {
+    if value.starts_with(b".") || value.windows(2).any(|pair| pair == b"..") {
+        return false;
+    }
+    let Some(rest) = value.strip_prefix(b"[") else {
+        return !value.contains(&b'[') && !value.contains(&b']');
+    };
+    let Some(end) = rest.iter().position(|&b| b == b']') else {
+        return false;
+    };
+    let (literal, after) = (&rest[..end], &rest[end + 1..]);
+    !literal.contains(&b'[')
+        && (after.is_empty() || after.starts_with(b":"))
+        && !after.contains(&b'[')
+        && !after.contains(&b']')
+}
+
+fn has_host_bytes(value: &[u8]) -> bool {
     !value.is_empty()
         && value.iter().all(|&b| {
             b.is_ascii_alphanumeric()
@@ -584,7 +609,9 @@ mod tests {
             "example.com:8080",
             "127.0.0.1:80",
             "[::1]:8080",
+            "[::1]",
             "xn--bcher-kva.example",
+            "example.com.",
         ] {
             assert_eq!(host_problem(&req(v11, "/", &[good])), None, "{good}");
         }
@@ -596,6 +623,14 @@ mod tests {
             "a?b",
             "a#b",
             "a\tb",
+            "a..b",
+            ".example.com",
+            "..",
+            "[::1",
+            "::1]",
+            "[::1]x",
+            "[::1]:80]",
+            "a[b]",
         ] {
             assert_eq!(
                 host_problem(&req(v11, "/", &[bad])),

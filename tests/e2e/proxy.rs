@@ -970,6 +970,11 @@ async fn requests_with_a_missing_double_or_bad_host_get_400() {
             "GET /h4 HTTP/1.1\r\nHost: user@evil.test\r\n",
             "invalid Host header",
         ),
+        (
+            "GET /h5 HTTP/1.1\r\nHost: site..test\r\n",
+            "invalid Host header",
+        ),
+        ("GET /h6 HTTP/1.1\r\nHost: [::1\r\n", "invalid Host header"),
     ] {
         let request = format!("{request}Connection: close\r\n\r\n");
         let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
