@@ -290,7 +290,8 @@ pub(super) fn join_cookies(headers: &mut HeaderMap) {
 /// What is wrong with an HTTP/2 request that hyper's HTTP/2 server lets through where its
 /// HTTP/1 parser would not, if anything: more headers than `server.max_headers` (`431`;
 /// the HTTP/2 server bounds only their bytes) or a value with whitespace at either end
-/// (RFC 9113 §8.2.1, `400`). (Userinfo in `:authority` is [`target_problem`]'s.) The
+/// (RFC 9113 §8.2.1, `400`), or a `Host` that differs from `:authority` (§8.3.1, `400`).
+/// (Userinfo in `:authority` is [`target_problem`]'s.) The
 /// `cookie` fields count as the one header [`join_cookies`] makes of them, as over HTTP/1.1.
 pub fn h2_problem<B>(req: &Request<B>, max_headers: usize) -> Option<(StatusCode, &'static str)> {
     let headers = req.headers();
@@ -319,6 +320,20 @@ pub fn h2_problem<B>(req: &Request<B>, max_headers: usize) -> Option<(StatusCode
         return Some((
             StatusCode::BAD_REQUEST,
             "a header value with whitespace at either end",
+        ));
+    }
+    // RFC 9113 §8.3.1: a Host that differs from :authority makes the request malformed
+    // (nginx refuses any request with both). One rule reads them ([`request_host`]), but a
+    // cache or a log in front may have read the other.
+    if let (Some(authority), Some(host)) = (req.uri().authority(), headers.get(header::HOST))
+        && !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes())
+    {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "a Host that differs from :authority",
         ));
     }
     None

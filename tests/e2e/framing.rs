@@ -360,7 +360,25 @@ async fn http2_requests_an_http1_parser_would_refuse_are_refused() {
             "a header value with whitespace at either end\n"
         )
     );
+    // A Host that differs from :authority (RFC 9113 §8.3.1); the same one is fine.
+    let other_host = Request::get(format!("{base}/x"))
+        .header("host", "other.example")
+        .body(Empty::new())
+        .expect("request");
+    let (status, body) = h2_send(&proxy, other_host).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "a Host that differs from :authority\n"
+        )
+    );
     assert!(app.seen().is_empty(), "reached the app: {:?}", app.seen());
+    let same_host = Request::get(format!("{base}/same"))
+        .header("host", proxy.addr.to_string())
+        .body(Empty::new())
+        .expect("request");
+    assert_eq!(h2_send(&proxy, same_host).await.0, StatusCode::OK);
     // Within the limits, the same requests pass.
     let mut fine = Request::get(format!("{base}/fine"));
     for i in 0..90 {
