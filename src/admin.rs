@@ -59,8 +59,11 @@ pub struct UpstreamReachable {
     ready_path: Option<String>,
 }
 
-/// How long the app may take to answer `upstream.ready_path`.
+/// How long the app may take to answer `upstream.ready_path`, its body included.
 const READY_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How much of that answer's body is read: past it, the connection is dropped.
+const READY_ANSWER_READ: usize = 64 * 1024;
 
 impl UpstreamReachable {
     pub fn new(upstream: Arc<Upstream>, timeout: Duration) -> Self {
@@ -78,13 +81,24 @@ impl UpstreamReachable {
     }
 
     async fn answers(&self, authority: &str, path: &str) -> Result<(), String> {
-        let asked = self.upstream.get(path, http::HeaderMap::new());
+        let asked = async {
+            let answer = self.upstream.get(path, http::HeaderMap::new()).await?;
+            let status = answer.status();
+            // Read to its end (up to a bound), so that its connection goes back to the pool
+            // rather than a new one being opened for every probe.
+            let mut body = answer.into_body();
+            let mut read = 0;
+            while read <= READY_ANSWER_READ {
+                match http_body_util::BodyExt::frame(&mut body).await {
+                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.len()),
+                    _ => break,
+                }
+            }
+            Ok::<_, crate::proxy::ProxyError>(status)
+        };
         match tokio::time::timeout(READY_ANSWER_TIMEOUT, asked).await {
-            Ok(Ok(answer)) if answer.status().as_u16() < 500 => Ok(()),
-            Ok(Ok(answer)) => Err(format!(
-                "{authority}{path}: the app answered {}",
-                answer.status()
-            )),
+            Ok(Ok(status)) if status.as_u16() < 500 => Ok(()),
+            Ok(Ok(status)) => Err(format!("{authority}{path}: the app answered {status}")),
             Ok(Err(e)) => Err(format!("{authority}{path}: {e}")),
             Err(_) => Err(format!(
                 "{authority}{path}: no answer within {}",

@@ -523,9 +523,13 @@ async fn readyz_asks_the_app_its_ready_path() {
             (resp.status().as_u16(), resp.text().await.expect("body"))
         }
     };
-    let (_app, answering) =
-        app_and_proxy(|c| c.upstream.ready_path = Some("/bytes/1".into())).await;
-    assert_eq!(readyz(&answering).await.0, 200);
+    let (app, answering) =
+        app_and_proxy(|c| c.upstream.ready_path = Some("/bytes/1000".into())).await;
+    for _ in 0..3 {
+        assert_eq!(readyz(&answering).await.0, 200);
+    }
+    // Each answer is read to its end: one connection serves every probe.
+    assert_eq!(app.connections(), 1);
     let (_app, slow) = app_and_proxy(|c| c.upstream.ready_path = Some("/sleep/3000".into())).await;
     let (status, text) = readyz(&slow).await;
     assert_eq!(status, 503, "{text}");
