@@ -102,7 +102,7 @@ type StoreErrorLabels = [(&'static str, &'static str); 2];
 /// The store's operations and its ways of failing (`Metrics::store_error`), each pair shown
 /// at 0 from the start for the same reason as [`UPSTREAM_ERROR_CAUSES`].
 const STORE_OPERATIONS: [&str; 5] = ["put", "head", "get", "delete", "list"];
-const STORE_ERRORS: [&str; 3] = ["unavailable", "refused", "io"];
+pub(crate) const STORE_ERRORS: [&str; 3] = ["unavailable", "refused", "io"];
 /// A `get` whose object's bytes stopped coming: the one failure of a body under way.
 const STORE_INTERRUPTED: (&str, &str) = ("get", "interrupted");
 type OperationLabels = [(&'static str, &'static str); 1];
@@ -332,6 +332,12 @@ impl Metrics {
             .store_errors
             .get_or_create(&[("operation", operation), ("error", error)])
             .inc();
+    }
+
+    /// Counts a `get` whose object's bytes stopped coming midway.
+    pub fn store_interrupted(&self) {
+        let (operation, error) = STORE_INTERRUPTED;
+        self.store_error(operation, error);
     }
 
     /// Records how long the store took to answer an `operation`, failures included.

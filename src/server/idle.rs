@@ -104,9 +104,10 @@ impl ConnectionState {
     }
 
     /// Kept alive between requests: at least one answered (or, on HTTP/2, its preface in),
-    /// none in flight and no byte of the next one read (nginx's "reusable" connections). Closing it now loses nothing a
-    /// client does not retry. (One that has yet to send its first request is left to
-    /// `server.header_read_timeout`: its request may be on its way.)
+    /// none in flight and no byte of the next one read (nginx's "reusable" connections).
+    /// Closing it now loses nothing a client does not retry. (An HTTP/1 connection that has
+    /// yet to send its first request is left to `server.header_read_timeout`: its request
+    /// may be on its way.)
     pub(super) fn between_requests(&self) -> bool {
         let begun = self.begun.load(Ordering::Relaxed);
         // An HTTP/2 connection is ready for requests from its preface on (a browser's

@@ -61,12 +61,14 @@ impl Measured {
     }
 }
 
-/// The metric's label for a failure of the store's, `None` for one that is not.
+/// The metric's label for a failure of the store's (one of `metrics::STORE_ERRORS`, each
+/// shown from the start), `None` for one that is not.
 fn store_side(error: &StoreError) -> Option<&'static str> {
+    let [unavailable, refused, io] = crate::metrics::STORE_ERRORS;
     match error {
-        StoreError::Unavailable(_) => Some("unavailable"),
-        StoreError::Refused(_) => Some("refused"),
-        StoreError::Io(_) => Some("io"),
+        StoreError::Unavailable(_) => Some(unavailable),
+        StoreError::Refused(_) => Some(refused),
+        StoreError::Io(_) => Some(io),
         StoreError::InvalidKey(_) | StoreError::RangeNotSatisfiable | StoreError::Body(_) => None,
     }
 }
@@ -130,7 +132,7 @@ impl Store for Measured {
 fn interruptions_counted(body: ByteStream, metrics: Metrics) -> ByteStream {
     body.inspect(move |chunk| {
         if chunk.is_err() {
-            metrics.store_error("get", "interrupted");
+            metrics.store_interrupted();
         }
     })
     .boxed()
