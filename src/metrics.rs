@@ -96,6 +96,7 @@ const UPSTREAM_ERROR_CAUSES: &[&str] = &[
     "client_stalled",
     "body_too_large",
     crate::proxy::ANSWER_CUT,
+    crate::proxy::ANSWER_STALLED,
 ];
 type StoreErrorLabels = [(&'static str, &'static str); 2];
 

@@ -1433,7 +1433,9 @@ async fn drive<C: Served>(
                     return;
                 }
                 ConnectionEvent::Watchdog(Verdict::Stalled) => {
+                    // The answer's end tells which side stalled (`observe::Observed`).
                     debug!(peer = %client.peer, "an answer stalled; dropping the connection");
+                    connection.drop_stalled();
                     return;
                 }
             },

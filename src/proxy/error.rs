@@ -64,6 +64,10 @@ pub enum ProxyError {
 /// `Pool::answer_broke_off`): the client got the head and part of the body.
 pub const ANSWER_CUT: &str = "answer_cut";
 
+/// The cause an answer cut for standing still at the app is counted under (nginx's
+/// `proxy_read_timeout` mid-answer): no byte of it came for `server.idle_timeout`.
+pub const ANSWER_STALLED: &str = "answer_stalled";
+
 impl ProxyError {
     /// The status this failure answers with.
     pub fn status(&self) -> StatusCode {

@@ -21,7 +21,7 @@ mod tls;
 mod upgrade;
 mod upstream;
 
-pub use error::{ANSWER_CUT, ProxyError};
+pub use error::{ANSWER_CUT, ANSWER_STALLED, ProxyError};
 pub use forwarding::canonical_ip;
 pub use headers::{
     h2_problem, host_problem, is_http_defined_header, is_managed_header, request_host,

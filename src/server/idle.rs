@@ -68,6 +68,9 @@ pub(super) struct ConnectionState {
     /// The server dropped the connection at the end of the shutdown's grace (or at a
     /// second signal), with its requests in flight.
     dropped_at_shutdown: AtomicBool,
+    /// The server dropped the connection because its answer stood still for
+    /// `idle_timeout` ([`Verdict::Stalled`]).
+    answer_stalled: AtomicBool,
     /// The tunnel a request switched the connection to (WebSocket), to run once hyper hands
     /// the connection over.
     upgraded: Mutex<Option<Upgraded>>,
@@ -127,6 +130,11 @@ impl ConnectionState {
     /// The shutdown's grace is over: the connection is dropped with what is in flight.
     pub(super) fn drop_at_shutdown(&self) {
         self.dropped_at_shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// The answer in flight stood still: the connection is dropped with it.
+    pub(super) fn drop_stalled(&self) {
+        self.answer_stalled.store(true, Ordering::Relaxed);
     }
 
     pub(super) fn closes_after_answer(&self) -> bool {
@@ -255,6 +263,11 @@ impl RequestInFlight {
     /// ran out).
     pub(super) fn dropped_at_shutdown(&self) -> bool {
         self.connection.dropped_at_shutdown.load(Ordering::Relaxed)
+    }
+
+    /// The server dropped the request's connection because its answer stood still.
+    pub(super) fn answer_stalled(&self) -> bool {
+        self.connection.answer_stalled.load(Ordering::Relaxed)
     }
 
     /// The request body's bytes read so far.

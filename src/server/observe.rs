@@ -19,7 +19,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body as _, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::idle::{BodyProgress, RequestInFlight, StallTimer};
 use super::streams::{self, AnswerWatch};
@@ -27,7 +27,8 @@ use super::{Answer, AppState};
 use crate::body::{Body, BoxError, TooLarge};
 use crate::logging::{ACCESS_TARGET, ClientAddr, masked_path, masked_target};
 use crate::metrics::RequestKind;
-use crate::proxy::{Traffic, Tunnel, TunnelEnd};
+use crate::proxy::{ANSWER_STALLED, Traffic, Tunnel, TunnelEnd};
+use crate::store::FromStore;
 
 /// Boxes the request body, following its progress (bytes, end, whether it is waited on)
 /// when it has any. `stall_limit`: how long the body may keep its reader waiting (see
@@ -322,9 +323,11 @@ pub(super) fn observe(
         logged.reason = response.extensions().get::<Refusal>().map(|r| r.0);
     }
     let status = response.status();
+    let from_store = response.extensions().get::<FromStore>().is_some();
     response.map(|inner| Observed {
         inner,
         sent: 0,
+        waiting: false,
         failed: None,
         paced: stall_limit.and_then(streams::watch_answer).map(|watch| {
             Box::new(Paced {
@@ -337,6 +340,7 @@ pub(super) fn observe(
             kind,
             status,
             upstream,
+            from_store,
         }),
     })
 }
@@ -366,6 +370,7 @@ pub(super) fn observe_tunnel(
             kind,
             status: response.status(),
             upstream,
+            from_store: false,
         }),
         traffic: Traffic::new(),
     };
@@ -376,6 +381,7 @@ pub(super) fn observe_tunnel(
     let response = response.map(|inner| Observed {
         inner,
         sent: 0,
+        waiting: false,
         failed: None,
         paced: None,
         done: None,
@@ -425,6 +431,36 @@ struct Done {
     kind: RequestKind,
     status: StatusCode,
     upstream: Option<Duration>,
+    /// The body comes from the store ([`FromStore`]), not the app.
+    from_store: bool,
+}
+
+impl Done {
+    /// The answer stood still for `server.idle_timeout` and was cut. `source_waited`: the
+    /// body was waiting for its source (the app, the store), not for the client to read:
+    /// counted as the source's failure and warned of, as nginx logs "upstream timed out
+    /// while reading upstream" (`proxy_read_timeout`), where a client that stops reading
+    /// (`send_timeout`) is only the access line's reason.
+    fn stood_still(&mut self, source_waited: bool) {
+        let state = &self.request.state;
+        let limit = humantime::format_duration(state.config.server.idle_timeout);
+        let reason = match (source_waited, self.from_store) {
+            (false, _) => "the client stopped reading the answer",
+            (true, false) => {
+                state.metrics.upstream_error(ANSWER_STALLED);
+                warn!(%limit, "the app's answer stood still for server.idle_timeout; cut off");
+                "the app stopped sending the answer"
+            }
+            (true, true) => {
+                state.metrics.store_interrupted();
+                warn!(%limit, "an answer from the store stood still for server.idle_timeout; cut off");
+                "the store stopped sending the answer"
+            }
+        };
+        if let Some(logged) = self.request.logged.as_deref_mut() {
+            logged.reason = Some(reason);
+        }
+    }
 }
 
 /// The response body as the client gets it: the body, counted and logged when it ends.
@@ -432,6 +468,9 @@ struct Done {
 pub(super) struct Observed {
     inner: Body,
     sent: u64,
+    /// The last poll of `inner` found nothing ready: the answer waits for its source, not
+    /// for the client (which hyper would be writing to instead of asking for more).
+    waiting: bool,
     /// An HTTP/2 answer's watch (see [`streams`]), told each time the answer moves, and
     /// what is left of a large piece (boxed: HTTP/1 answers carry only the pointer).
     paced: Option<Box<Paced>>,
@@ -608,6 +647,7 @@ impl http_body::Body for Observed {
             }
             polled => polled,
         };
+        self.waiting = polled.is_pending();
         let frame = match polled {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(None) => {
@@ -653,6 +693,22 @@ impl Drop for Observed {
         // An empty body may never be polled, and a client may leave mid-body: either way
         // the request is over now. It is complete when nothing was left to send.
         let complete = self.is_end_stream();
+        if !complete {
+            self.note_standing_still();
+        }
         self.finish(complete);
+    }
+}
+
+impl Observed {
+    /// When the server cut the answer for standing still (the HTTP/2 stream's watch, the
+    /// HTTP/1 connection's watchdog), says which side stopped it.
+    fn note_standing_still(&mut self) {
+        let Some(done) = &mut self.done else { return };
+        let stood_still = self.paced.as_ref().is_some_and(|p| p.watch.stood_still())
+            || done.request.in_flight.answer_stalled();
+        if stood_still {
+            done.stood_still(self.waiting);
+        }
     }
 }

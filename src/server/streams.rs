@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -78,6 +78,8 @@ pub(super) struct AnswerWatch {
     /// When the answer last moved, as nanoseconds since `began`.
     last_move: AtomicU64,
     armed: Notify,
+    /// The answer went its limit without moving: its stream is being reset.
+    stood_still: AtomicBool,
 }
 
 impl AnswerWatch {
@@ -87,6 +89,7 @@ impl AnswerWatch {
             limit: AtomicU64::new(0),
             last_move: AtomicU64::new(0),
             armed: Notify::new(),
+            stood_still: AtomicBool::new(false),
         }
     }
 
@@ -102,6 +105,11 @@ impl AnswerWatch {
         self.last_move.fetch_max(now, Ordering::Relaxed);
     }
 
+    /// The answer went its limit without moving (its stream is reset).
+    pub(super) fn stood_still(&self) -> bool {
+        self.stood_still.load(Ordering::Relaxed)
+    }
+
     /// Resolves once the watch is armed and the answer then goes its limit without moving.
     async fn stalled(&self) -> Duration {
         self.armed.notified().await;
@@ -110,6 +118,8 @@ impl AnswerWatch {
             let last_move = Duration::from_nanos(self.last_move.load(Ordering::Relaxed));
             let deadline = self.began + last_move + limit;
             if deadline <= Instant::now() {
+                // Set before the stream's task drops the answer, whose end reads it.
+                self.stood_still.store(true, Ordering::Relaxed);
                 return limit;
             }
             tokio::time::sleep_until(deadline).await;

@@ -25,7 +25,7 @@ pub use fs::FsStore;
 pub use measured::Measured;
 pub use presence::Presence;
 pub use s3::S3Store;
-pub use serve::serve_object;
+pub use serve::{FromStore, serve_object};
 
 use std::collections::BTreeMap;
 use std::io;

@@ -185,8 +185,14 @@ fn validators(headers: &mut HeaderMap, info: &ObjectInfo) {
     );
 }
 
+/// Marks an answer whose body comes from the store (the app's answers carry no mark): an
+/// answer cut for standing still is then counted and logged as the store's.
+#[derive(Debug, Clone, Copy)]
+pub struct FromStore;
+
 fn object_response(info: &ObjectInfo, range: Option<(u64, u64)>, body: Body) -> Response<Body> {
     let mut response = Response::new(body);
+    response.extensions_mut().insert(FromStore);
     let headers = response.headers_mut();
     validators(headers, info);
     let content_type = info.content_type.clone().unwrap_or_else(|| {

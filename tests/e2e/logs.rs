@@ -143,6 +143,83 @@ async fn an_answer_ending_in_trailers_is_logged_complete() {
     assert_eq!(line["complete"], true, "{line}");
 }
 
+/// An answer cut for standing still names the side that stopped it: the app, which is
+/// warned of (nginx's "upstream timed out"), or the client, which is not.
+#[tokio::test]
+async fn an_answer_cut_for_standing_still_names_the_side_that_stalled() {
+    let app = crate::support::raw::RawApp::start(|mut stream, head| async move {
+        if head.starts_with("GET /half ") {
+            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf";
+            let _ = stream.write_all(head).await;
+            // Then nothing more, until the proxy closes.
+            let _ = stream.read(&mut [0; 1]).await;
+            return;
+        }
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n";
+        let chunk = vec![b'x'; 1 << 20];
+        if stream.write_all(head).await.is_ok() {
+            for _ in 0..64 {
+                if stream.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    let env = [
+        ("OFFLOAD_SERVER_IDLE_TIMEOUT", "300ms"),
+        ("OFFLOAD_SERVER_WORKER_THREADS", "1"),
+    ];
+    let process = OffloadProcess::start(app.addr, &[], &env).await;
+    let mut half = TcpStream::connect(process.addr).await.expect("connect");
+    let request = "GET /half HTTP/1.1\r\nHost: x\r\n\r\n";
+    half.write_all(request.as_bytes()).await.expect("request");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), half.read_to_end(&mut answer));
+    read.await.expect("closed").expect("read");
+    assert!(answer.ends_with(b"\r\n\r\nhalf"), "{answer:?}");
+
+    let mut unread = TcpStream::connect(process.addr).await.expect("connect");
+    let request = "GET /large HTTP/1.1\r\nHost: x\r\n\r\n";
+    unread.write_all(request.as_bytes()).await.expect("request");
+    // Not read: the answer stands still once the sockets' buffers are full.
+    let lines = wait_for_access_lines(&process, 2).await;
+    assert_eq!(lines.len(), 2, "{}", process.logs());
+    let reasons: Vec<_> = lines
+        .iter()
+        .map(|line| {
+            assert_eq!(
+                (&line["status"], &line["complete"]),
+                (&200.into(), &false.into()),
+                "{line}"
+            );
+            (line["path"].as_str(), line["reason"].as_str())
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (Some("/half"), Some("the app stopped sending the answer")),
+            (
+                Some("/large"),
+                Some("the client stopped reading the answer")
+            ),
+        ]
+    );
+    let warnings: Vec<_> = process
+        .logs()
+        .lines()
+        .filter(|line| line.contains("\"WARN\"") && line.contains("stood still"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warnings.len(), 1, "the app's stall alone: {warnings:?}");
+    assert!(
+        warnings[0].contains("the app's answer stood still"),
+        "{warnings:?}"
+    );
+    drop(unread);
+}
+
 /// With `log.query` on, queries are logged, but for the values of credentials.
 #[tokio::test]
 async fn logged_queries_keep_credentials_out() {

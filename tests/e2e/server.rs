@@ -1542,6 +1542,40 @@ async fn an_app_that_stalls_mid_answer_is_cut_off_after_the_idle_timeout() {
     tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
         .await
         .expect("the app's connection is closed too");
+    assert_answers_stalled_at_the_app(&proxy, 1).await;
+}
+
+/// The count of answers cut for standing still at the app, `expected`, once the answer is
+/// over: an answer the client stopped reading is not the app's failure.
+async fn assert_answers_stalled_at_the_app(proxy: &Proxy, expected: u32) {
+    let counted = format!("offload_upstream_errors_total{{cause=\"answer_stalled\"}} {expected}\n");
+    let text = proxy.metrics_until(&counted).await;
+    assert!(text.contains(&counted), "{text}");
+}
+
+/// nginx's `send_timeout`: a client that stops reading its answer does not hold the proxy
+/// and the app forever; its connection is dropped after `idle_timeout`, and so is the app's.
+/// The client stalled, not the app: no upstream error is counted.
+#[tokio::test]
+async fn an_answer_the_client_stops_reading_is_cut_off_after_the_idle_timeout() {
+    let (app, mut app_closed) = app_reporting_close(|stream, _| answer_64_mib(stream)).await;
+    let proxy = proxy_with_short_idle_timeout(app.addr).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    // Not read: the sockets' buffers fill up, and the answer stands still.
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the app's connection is closed");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer));
+    // What the buffers held, then the close (or a reset, for what was left unread).
+    let _ = read.await.expect("the client's connection is closed");
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    assert!(answer.len() < 64 << 20, "cut short: {} bytes", answer.len());
+    assert_answers_stalled_at_the_app(&proxy, 0).await;
 }
 
 /// nginx's `client_body_timeout`: a client that stops sending its request body does not hold
@@ -1893,6 +1927,7 @@ async fn an_http2_stream_whose_answer_stalls_is_reset_while_others_go_on() {
         .expect("the stream ends within the timeout");
     assert!(body.is_err(), "the stalled answer is cut short: {body:?}");
     app_closed_while_others_went_on(&mut app_closed, busy).await;
+    assert_answers_stalled_at_the_app(&proxy, 1).await;
 }
 
 /// A raw app's answer: 64 MiB, written until the proxy stops taking it or closes.
@@ -1925,6 +1960,7 @@ async fn an_http2_answer_the_client_stops_reading_is_reset_while_others_go_on() 
         .await
         .expect("the stream ends");
     assert!(body.is_err(), "the answer is cut short");
+    assert_answers_stalled_at_the_app(&proxy, 0).await;
 }
 
 /// Sends `head`, then `chunk` over and over (as an uploader does until it sees an answer),
