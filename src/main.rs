@@ -171,7 +171,10 @@ fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
 
 fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    offload::server::check_files(&config).map_err(|e| config.name_variable(e))?;
+    let warnings = offload::server::check_files(&config).map_err(|e| config.name_variable(e))?;
+    for warning in warnings {
+        eprintln!("offload: warning: {warning}");
+    }
     print!("{}", config.to_redacted_toml()?);
     Ok(())
 }

@@ -15,7 +15,7 @@ mod process;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use prometheus_client::encoding::text::encode;
@@ -137,7 +137,11 @@ struct Inner {
     connection_waits: Counter,
     upstream_max_connections: Gauge,
     app_places: AppPlaces,
+    tls_certificate_expiry: Family<CertificateLabels, Gauge>,
 }
+
+/// The certificate file (`server.tls.cert`).
+type CertificateLabels = [(&'static str, String); 1];
 
 /// What `upstream.max_connections` shows (kept by the proxy as it admits requests to the
 /// app): cloning shares them.
@@ -190,6 +194,7 @@ impl Metrics {
         let connection_waits = Counter::default();
         let upstream_max_connections = Gauge::default();
         let app_places = AppPlaces::default();
+        let tls_certificate_expiry = Family::<CertificateLabels, Gauge>::default();
         let view = |what| View {
             cells: Arc::clone(&cells),
             what,
@@ -222,8 +227,9 @@ impl Metrics {
         );
         registry.register(
             "offload_upstream_errors",
-            "Requests that could not be forwarded, by cause: the app's (connect, timeout, \
-             upstream, body_not_taken, busy) or the client's (bad_request, not_implemented, \
+            "Requests that could not be forwarded or answers cut short, by cause: the app's \
+             (connect, timeout, upstream, body_not_taken, busy, answer_cut, answer_stalled) or \
+             the client's (bad_request, not_implemented, \
              client_body, client_stalled, body_too_large)",
             upstream_errors.clone(),
         );
@@ -273,6 +279,11 @@ impl Metrics {
             "Requests that found upstream.max_connections requests at the app and waited for a place",
             app_places.waits.clone(),
         );
+        registry.register(
+            "offload_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate served (server.tls.cert) expires, in seconds since the Unix epoch, as read at start and at each reload",
+            tls_certificate_expiry.clone(),
+        );
         registry.register_collector(Box::new(process::ProcessCollector));
         Metrics {
             inner: Arc::new(Inner {
@@ -286,8 +297,18 @@ impl Metrics {
                 connection_waits,
                 upstream_max_connections,
                 app_places,
+                tls_certificate_expiry,
             }),
         }
+    }
+
+    /// The certificate file `cert` serves a certificate that expires `at`.
+    pub fn tls_certificate_expires(&self, cert: &str, at: SystemTime) {
+        let seconds = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.inner
+            .tls_certificate_expiry
+            .get_or_create(&[("cert", cert.to_owned())])
+            .set(i64::try_from(seconds).unwrap_or(i64::MAX));
     }
 
     /// Records one finished request, in this worker's cells.

@@ -77,10 +77,20 @@ pub use tls::Certificates;
 /// `check-config` (as `nginx -t` reads the certificates): the TLS certificate and key, the
 /// roots an `https://` app is checked against (`upstream.tls_ca_file`), a folder store's
 /// root (looked at, not created; a bucket is not asked: see `store::check`), the upload
-/// routes (their key templates) and the rewrite rules.
-pub fn check_files(config: &Config) -> anyhow::Result<()> {
+/// routes (their key templates) and the rewrite rules. Returns what a start would warn of
+/// (a certificate expired or near its end), as `nginx -t` prints its warnings.
+pub fn check_files(config: &Config) -> anyhow::Result<Vec<String>> {
+    let mut warnings = Vec::new();
     if let Some(files) = &config.server.tls {
-        Certificates::load(files)?;
+        let concern = Certificates::load(files)?
+            .validity()
+            .and_then(|validity| validity.concern(std::time::SystemTime::now()));
+        if let Some(concern) = concern {
+            warnings.push(format!(
+                "server.tls.cert {}: {concern}",
+                files.cert.display()
+            ));
+        }
     }
     crate::proxy::check_app_tls(&config.upstream)?;
     store::check(&config.store)?;
@@ -93,7 +103,7 @@ pub fn check_files(config: &Config) -> anyhow::Result<()> {
         };
         rewrite_rules(config, base)?;
     }
-    Ok(())
+    Ok(warnings)
 }
 use workers::Workers;
 
@@ -785,6 +795,9 @@ impl Server {
             Some(files) => Some(Arc::new(Certificates::load(files)?)),
             None => None,
         };
+        if let Some(certificates) = &certificates {
+            tls::report_validity(certificates, &state.metrics);
+        }
         let tls = match &certificates {
             Some(c) => Some(tls::Acceptors::new(c)?),
             None => None,
@@ -896,6 +909,7 @@ impl Server {
         let workers = Workers::start(worker_count, &self.metrics, log_buffer)
             .context("starting the workers")?;
         let tls_addr = self.tls_addr();
+        let admin_addr = self.admin_addr();
         if let Some(listener) = self.admin_listener {
             tokio::spawn(Arc::clone(&self.admin).serve(listener, cancel.clone()));
         }
@@ -914,6 +928,7 @@ impl Server {
         info!(
             listen = %self.listener.local_addr()?,
             tls_listen = tls_addr.map(tracing::field::display),
+            admin_listen = admin_addr.map(tracing::field::display),
             workers = worker_count,
             max_connections = slots.limit(),
             "serving"

@@ -24,6 +24,7 @@ use super::tls::Certificates;
 use super::{AppState, notify};
 use crate::config::Config;
 use crate::logging;
+use crate::metrics::Metrics;
 
 /// Handles every SIGHUP until the task is aborted. `reread` loads the configuration again as
 /// at start; the one being served is the live state's. `listening`: the addresses bound,
@@ -45,7 +46,7 @@ pub(super) async fn on_hangup(
         while hangups.recv().await.is_some() {
             notify::reloading();
             if let Some(certificates) = &certificates {
-                reload_certificate(certificates);
+                reload_certificate(certificates, &live.current().metrics);
             }
             // A small file read on this thread, as the certificate's: no I/O worth a
             // blocking pool.
@@ -64,12 +65,15 @@ pub(super) async fn on_hangup(
     let _ = (certificates, live, slots, listening, reread);
 }
 
-fn reload_certificate(certificates: &Certificates) {
+fn reload_certificate(certificates: &Certificates, metrics: &Metrics) {
     match certificates.reload() {
-        Ok(()) => info!(
-            cert = %certificates.cert_path().display(),
-            "SIGHUP: TLS certificate reloaded"
-        ),
+        Ok(()) => {
+            info!(
+                cert = %certificates.cert_path().display(),
+                "SIGHUP: TLS certificate reloaded"
+            );
+            super::tls::report_validity(certificates, metrics);
+        }
         Err(e) => error!(
             error = format!("{e:#}"),
             "SIGHUP: TLS certificate not reloaded; serving the previous one"

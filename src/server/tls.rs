@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use rustls::crypto::CryptoProvider;
@@ -13,9 +14,11 @@ use rustls::sign::CertifiedKey;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::debug;
+use tracing::{debug, error, warn};
+use x509_cert::der::Decode;
 
 use crate::config::TlsConfig;
+use crate::metrics::Metrics;
 
 /// The TLS acceptors for `server.tls`, both serving what `certificates` holds: one whose ALPN
 /// offers `h2` and `http/1.1`, one offering `http/1.1` alone. Each connection takes the one
@@ -105,6 +108,19 @@ impl Certificates {
         Ok(())
     }
 
+    /// When the certificate served (the chain's first) may be served: `None` when its
+    /// dates cannot be read (rustls takes certificates a strict DER reading refuses).
+    pub(super) fn validity(&self) -> Option<Validity> {
+        let current = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
+        let leaf = current.cert.first()?;
+        let cert = x509_cert::Certificate::from_der(leaf).ok()?;
+        let dates = cert.tbs_certificate().validity();
+        Some(Validity {
+            not_before: UNIX_EPOCH + dates.not_before.to_unix_duration(),
+            not_after: UNIX_EPOCH + dates.not_after.to_unix_duration(),
+        })
+    }
+
     /// The certificate file, for the log.
     pub fn cert_path(&self) -> &std::path::Path {
         &self.files.cert
@@ -130,4 +146,134 @@ fn read(files: &TlsConfig, provider: &CryptoProvider) -> anyhow::Result<Certifie
         .with_context(|| format!("server.tls.key: no private key in {key_path}"))?;
     CertifiedKey::from_der(certs, key, provider)
         .context("server.tls: certificate and key do not fit together")
+}
+
+/// When a certificate may be served: its `notBefore` and `notAfter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Validity {
+    pub(super) not_before: SystemTime,
+    pub(super) not_after: SystemTime,
+}
+
+/// How long before its end a certificate is warned of: two weeks, or the last third of its
+/// life for one issued for less than six weeks (Let's Encrypt's six-day certificates are
+/// renewed with two days left). An ACME client renews well before either (certbot with 30
+/// of 90 days left): a certificate this close to its end was not renewed, or not reloaded.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// What is wrong with serving a certificate now.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Concern {
+    /// Past its `notAfter`: clients refuse it.
+    Expired(SystemTime),
+    /// Before its `notBefore` (a clock behind, or a certificate issued for later): clients
+    /// refuse it.
+    NotYetValid(SystemTime),
+    /// Near its `notAfter`.
+    ExpiresSoon(SystemTime),
+}
+
+impl Validity {
+    /// What is wrong with serving the certificate at `now`, if anything.
+    pub(super) fn concern(&self, now: SystemTime) -> Option<Concern> {
+        if now >= self.not_after {
+            return Some(Concern::Expired(self.not_after));
+        }
+        if now < self.not_before {
+            return Some(Concern::NotYetValid(self.not_before));
+        }
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        let warned_for = EXPIRY_WARNING.min(life / 3);
+        let left = self.not_after.duration_since(now).unwrap_or_default();
+        (left < warned_for).then_some(Concern::ExpiresSoon(self.not_after))
+    }
+}
+
+impl std::fmt::Display for Concern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |t: &SystemTime| humantime::format_rfc3339_seconds(*t);
+        match self {
+            Concern::Expired(t) => {
+                write!(f, "the certificate expired at {}; clients refuse it", at(t))
+            }
+            Concern::NotYetValid(t) => write!(
+                f,
+                "the certificate is not valid before {}; clients refuse it until then",
+                at(t)
+            ),
+            Concern::ExpiresSoon(t) => write!(
+                f,
+                "the certificate expires at {}; renew it, then send SIGHUP",
+                at(t)
+            ),
+        }
+    }
+}
+
+/// Shows the end of the certificate being served in `metrics`, and logs what is wrong with
+/// it, if anything (nginx serves an expired certificate without a word). At start and at
+/// each reload: between them, the metric is what an alert watches.
+pub(super) fn report_validity(certificates: &Certificates, metrics: &Metrics) {
+    let cert = certificates.cert_path().display();
+    let Some(validity) = certificates.validity() else {
+        return warn!(%cert, "server.tls.cert: the certificate's dates cannot be read; its expiry is not watched");
+    };
+    metrics.tls_certificate_expires(&cert.to_string(), validity.not_after);
+    match validity.concern(SystemTime::now()) {
+        Some(concern @ Concern::Expired(_)) => error!(%cert, "server.tls.cert: {concern}"),
+        Some(concern) => warn!(%cert, "server.tls.cert: {concern}"),
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn valid_for(days: u32) -> Validity {
+        let not_before = UNIX_EPOCH + 20_000 * DAY;
+        Validity {
+            not_before,
+            not_after: not_before + days * DAY,
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_warned_of_near_its_end_and_after() {
+        let ninety = valid_for(90);
+        let start = ninety.not_before;
+        assert_eq!(ninety.concern(start), None);
+        assert_eq!(ninety.concern(start + 76 * DAY), None);
+        let soon = Some(Concern::ExpiresSoon(ninety.not_after));
+        assert_eq!(ninety.concern(start + 77 * DAY), soon);
+        let expired = Some(Concern::Expired(ninety.not_after));
+        assert_eq!(ninety.concern(ninety.not_after), expired);
+        assert_eq!(
+            ninety.concern(start - Duration::from_secs(1)),
+            Some(Concern::NotYetValid(start))
+        );
+        // A six-day certificate is warned of in its last two days, not from its first.
+        let six = valid_for(6);
+        assert_eq!(six.concern(six.not_before + 3 * DAY), None);
+        let soon = Some(Concern::ExpiresSoon(six.not_after));
+        assert_eq!(six.concern(six.not_before + 5 * DAY), soon);
+    }
+
+    #[test]
+    fn concerns_say_when() {
+        let t = UNIX_EPOCH + 20_000 * DAY;
+        assert_eq!(
+            Concern::Expired(t).to_string(),
+            "the certificate expired at 2024-10-04T00:00:00Z; clients refuse it"
+        );
+        assert_eq!(
+            Concern::ExpiresSoon(t).to_string(),
+            "the certificate expires at 2024-10-04T00:00:00Z; renew it, then send SIGHUP"
+        );
+    }
 }

@@ -389,3 +389,30 @@ fn errors_name_the_variable_that_set_their_key() {
         "{stderr}"
     );
 }
+
+/// `check-config` reads the certificate as a start would, and warns of what a start would
+/// (as `nginx -t` prints its warnings): an expired certificate passes, with a warning.
+#[test]
+fn check_config_warns_of_an_expired_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let now = crate::support::unix_now();
+    let (cert, key) = crate::support::certificate_valid(now - 90 * 86400, now - 86400);
+    std::fs::write(&cert_path, cert).expect("write cert");
+    std::fs::write(&key_path, key).expect("write key");
+    let out = Command::new(env!("CARGO_BIN_EXE_offload"))
+        .arg("check-config")
+        .env_remove("OFFLOAD_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("OFFLOAD_SERVER_TLS_CERT", &cert_path)
+        .env("OFFLOAD_SERVER_TLS_KEY", &key_path)
+        .output()
+        .expect("run offload");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let expected = format!(
+        "offload: warning: server.tls.cert {}: the certificate expired at ",
+        cert_path.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}

@@ -725,6 +725,78 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_the_old_on_a_bad_one() {
     assert_eq!(status_line(&mut still, "/t").await, "HTTP/1.1 200 OK");
 }
 
+/// The served certificate's end is watched: one near it is warned of at start, an expired
+/// one at a reload (nginx serves either without a word), and `/metrics` shows the end of
+/// the one served, which is what an alert watches between reloads.
+#[tokio::test]
+async fn the_certificates_end_is_warned_of_and_shown_in_metrics() {
+    const DAY: u64 = 24 * 3600;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let write = |not_before: u64, not_after: u64| {
+        let (cert, key) = crate::support::certificate_valid(not_before, not_after);
+        std::fs::write(&cert_path, cert).expect("write cert");
+        std::fs::write(&key_path, key).expect("write key");
+    };
+    let now = crate::support::unix_now();
+    let rfc3339 = |secs: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+            .to_string()
+    };
+    let app = App::start().await;
+    let config = format!(
+        "[server]\ntls = {{ cert = {:?}, key = {:?} }}\n",
+        cert_path.display().to_string(),
+        key_path.display().to_string()
+    );
+    let admin = ["--admin-listen", "127.0.0.1:0"];
+    let ends_at = |secs: u64| {
+        let cert = cert_path.display();
+        format!("offload_tls_certificate_expiry_timestamp_seconds{{cert=\"{cert}\"}} {secs}\n")
+    };
+
+    // Three days left of ninety: renewal failed, or was not reloaded.
+    write(now - 87 * DAY, now + 3 * DAY);
+    let process = OffloadProcess::start_with_config(app.addr, Some(&config), &admin, &[]).await;
+    let metrics = format!("http://{}/metrics", process.admin_addr());
+    let expected = format!(
+        "server.tls.cert: the certificate expires at {}; renew it, then send SIGHUP",
+        rfc3339(now + 3 * DAY)
+    );
+    let logs = process.wait_for_log(&expected).await;
+    let warning = logs
+        .lines()
+        .find(|l| l.contains(&expected))
+        .expect("warned");
+    assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
+    assert!(get_text(&metrics).await.1.contains(&ends_at(now + 3 * DAY)));
+
+    // Expired: served (clients refuse it), and said so louder.
+    write(now - 90 * DAY, now - DAY);
+    process.signal(libc::SIGHUP);
+    let expected = format!(
+        "server.tls.cert: the certificate expired at {}; clients refuse it",
+        rfc3339(now - DAY)
+    );
+    let logs = process.wait_for_log(&expected).await;
+    let error = logs.lines().find(|l| l.contains(&expected)).expect("said");
+    assert!(error.contains("\"level\":\"ERROR\""), "{error}");
+    assert!(get_text(&metrics).await.1.contains(&ends_at(now - DAY)));
+
+    // Renewed: nothing to say, and the metric moves on.
+    write(now - DAY, now + 89 * DAY);
+    process.signal(libc::SIGHUP);
+    let logs = process
+        .wait_for_logs("SIGHUP: TLS certificate reloaded", 2)
+        .await;
+    let (text, warned) = (
+        get_text(&metrics).await.1,
+        "server.tls.cert: the certificate",
+    );
+    assert!(text.contains(&ends_at(now + 89 * DAY)), "{text}");
+    assert_eq!(logs.matches(warned).count(), 2, "{logs}");
+}
+
 /// `Type=notify`: systemd hears READY=1 once offload serves, RELOADING=1 and READY=1 around
 /// a SIGHUP's certificate reload, and STOPPING=1 when the shutdown begins.
 #[tokio::test]

@@ -231,3 +231,23 @@ pub async fn hash_body(mut response: reqwest::Response) -> (u64, String) {
     }
     (len, hex::encode(hasher.finalize()))
 }
+
+/// A self-signed certificate for `localhost` valid from `not_before` to `not_after`
+/// (seconds since the Unix epoch), with its key: both PEM.
+pub fn certificate_valid(not_before: u64, not_after: u64) -> (String, String) {
+    let at = |secs| time::OffsetDateTime::from_unix_timestamp(secs).expect("a date");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.not_before = at(i64::try_from(not_before).expect("a date"));
+    params.not_after = at(i64::try_from(not_after).expect("a date"));
+    let cert = params.self_signed(&key).expect("certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}

@@ -86,7 +86,10 @@ impl OffloadProcess {
                     false => vec!["--upstream".to_string(), format!("http://{upstream}")],
                 },
             )
-            .args(["--admin-listen", "off"])
+            .args(match args.contains(&"--admin-listen") {
+                true => &[][..],
+                false => &["--admin-listen", "off"][..],
+            })
             .args(if args.contains(&"--log-format") {
                 &[][..]
             } else {
@@ -137,6 +140,17 @@ impl OffloadProcess {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The admin listener's address, as its "serving" line (JSON logs) names it: with
+    /// `--admin-listen 127.0.0.1:0` in `args`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|json| json["message"] == "serving")
+            .and_then(|json| json["admin_listen"].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("no admin listener: {}", self.logs()))
     }
 
     pub fn pid(&self) -> u32 {
