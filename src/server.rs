@@ -910,8 +910,12 @@ impl Server {
             .context("starting the workers")?;
         let tls_addr = self.tls_addr();
         let admin_addr = self.admin_addr();
+        // The admin listener stays open through the drain, until the server stops: `/readyz`
+        // keeps saying "shutting down", and `/metrics` shows the requests finishing (Envoy's
+        // admin stays up the same way; nginx closes every listener at once).
+        let admin_stop = CancellationToken::new();
         if let Some(listener) = self.admin_listener {
-            tokio::spawn(Arc::clone(&self.admin).serve(listener, cancel.clone()));
+            tokio::spawn(Arc::clone(&self.admin).serve(listener, admin_stop.clone()));
         }
         // TLS on the main listener only when it has no listener of its own.
         let on_main = Entry::Main {
@@ -1029,6 +1033,7 @@ impl Server {
         if let Some(watchdog) = watchdog {
             watchdog.abort();
         }
+        admin_stop.cancel();
         // The last line: where the process log shows a clean stop (as nginx's "exit").
         info!("stopped");
         Ok(())

@@ -1492,12 +1492,42 @@ async fn graceful_shutdown_waits_for_requests_on_every_worker() {
     .await;
     let in_flight = requests_in_flight(&proxy, "/sleep/800", 3).await;
     proxy.shutdown();
+    // Draining: no new connections, but the admin listener answers until the end.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "still accepting"
+    );
+    let (status, text) = get_text(&proxy.admin_url("/readyz")).await;
+    assert_eq!(
+        (status, text.contains("server: shutting down")),
+        (503, true),
+        "{text}"
+    );
+    let (status, text) = get_text(&proxy.admin_url("/metrics")).await;
+    assert_eq!(status, 200, "{text}");
+    let open: u32 = text
+        .lines()
+        .filter(|line| line.starts_with("offload_open_connections{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u32>().ok())
+        .sum();
+    assert_eq!(open, 3, "the requests in flight: {text}");
     for request in in_flight {
         let status = request.await.expect("task").expect("request completes");
         assert_eq!(status, 200);
     }
     let ended = tokio::time::timeout(Duration::from_secs(5), &mut proxy.handle).await;
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    let admin = proxy.admin.expect("admin listener");
+    let mut closed = false;
+    for _ in 0..50 {
+        closed = TcpStream::connect(admin).await.is_err();
+        if closed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the admin listener closes once the server stops");
 }
 
 /// Requests still running when the shutdown grace expires are cut off on every worker, and
