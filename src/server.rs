@@ -655,6 +655,7 @@ async fn handle(
 ) -> Result<Response<Observed>, Infallible> {
     let started = Instant::now();
     let http2 = req.version() == Version::HTTP_2;
+    let http10 = req.version() == Version::HTTP_10;
     let head = req.method() == Method::HEAD;
     let request_id = state
         .request_ids
@@ -684,7 +685,8 @@ async fn handle(
     }
     if !http2
         && (body.as_deref().is_some_and(idle::BodyProgress::abandoned)
-            || connection.closes_after_answer())
+            || connection.closes_after_answer()
+            || (http10 && !head && ends_with_the_connection(&answer.response)))
     {
         // hyper closes the connection once the answer is out, as it must (the rest of the
         // body would be read as the next request), but learns that only after it has
@@ -695,6 +697,12 @@ async fn handle(
             .response
             .headers_mut()
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        if http10 {
+            // To an HTTP/1.0 client that asked to keep its connection, hyper adds
+            // `keep-alive` after that `close` in an answer marked HTTP/1.1; one marked 1.0,
+            // as it goes out anyway, it leaves as it is.
+            *answer.response.version_mut() = Version::HTTP_10;
+        }
     }
     if let Some(ids) = &state.request_ids
         && let Some(id) = request_id
@@ -711,6 +719,17 @@ async fn handle(
     }
     // HTTP/2 streams share their connection's watchdog: each answer bounds its own stalls.
     Ok(observe(answer, record, http2.then_some(idle_timeout)))
+}
+
+/// Whether an answer to an HTTP/1.0 client can only end with the connection: its length is
+/// unknown (the app's answer was chunked, which HTTP/1.0 does not have). hyper sends it
+/// close-delimited and closes, but its head says `Connection: keep-alive` to a client that
+/// asked for that, which then takes the close for a failure or waits on; nginx says `close`.
+fn ends_with_the_connection(response: &Response<Body>) -> bool {
+    let body = response.body();
+    !response.headers().contains_key(header::CONTENT_LENGTH)
+        && !http_body::Body::is_end_stream(body)
+        && http_body::Body::size_hint(body).exact().is_none()
 }
 
 /// The answer to a HEAD without the body offload's own answers carry (a 404's or a 502's

@@ -548,3 +548,53 @@ async fn an_answer_ending_in_trailers_keeps_its_app_connection() {
     }
     assert_eq!(app.connections(), 1, "one app connection, used again");
 }
+
+/// An HTTP/1.0 client asking to keep its connection gets an answer of unknown length (the
+/// app's was chunked) close-delimited, with a head that says `Connection: close`, as nginx
+/// sends it; an answer of known length keeps the connection, and says so. Nor does an
+/// answer after which the connection closes for another reason (a body refused) say both.
+#[tokio::test]
+async fn an_http10_answer_that_ends_with_the_connection_says_close() {
+    let (_app, proxy) = app_and_proxy(|c| {
+        c.server.max_body_size = Some(bytesize::ByteSize(1024));
+    })
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let ask =
+        |path: &str| format!("GET {path} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+    stream
+        .write_all(ask("/bytes/5").as_bytes())
+        .await
+        .expect("request");
+    let five = crate::support::pattern_block().slice(..5);
+    let answer = read_until_ending(&mut stream, &five).await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.0 200 ok\r\n"), "{answer}");
+    assert!(
+        answer.contains("\r\nconnection: keep-alive\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\ncontent-length: 5\r\n"), "{answer}");
+
+    stream
+        .write_all(ask("/bytes/5?chunked").as_bytes())
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer));
+    read.await.expect("closed after the answer").expect("read");
+    assert!(answer.ends_with(&five), "the body whole, then the close");
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.0 200 ok\r\n"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(!answer.contains("keep-alive"), "{answer}");
+    assert!(!answer.contains("transfer-encoding"), "{answer}");
+
+    let too_large = "POST /x HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\
+                     Content-Length: 5000\r\n\r\n";
+    let answer = raw_exchange(proxy.addr, too_large.as_bytes(), Duration::from_secs(5)).await;
+    let answer = answer.to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.0 413 "), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(!answer.contains("keep-alive"), "{answer}");
+}
