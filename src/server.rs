@@ -390,7 +390,8 @@ pub(crate) async fn route(
     way: &Way,
 ) -> Answer {
     // Refused as malformed before any way, as hyper refuses a malformed head.
-    if let Some(problem) = host_problem(&req).or_else(|| target_problem(&req)) {
+    // The target first: userinfo in it is named as such, not as an invalid host.
+    if let Some(problem) = target_problem(&req).or_else(|| host_problem(&req)) {
         let mut response = ProxyError::BadRequest(problem.into()).into_response();
         response.extensions_mut().insert(Refusal(problem));
         return Answer::of_way(response, RequestKind::Refused);

@@ -25,6 +25,16 @@ fn hop_by_hop() -> [&'static HeaderName; 6] {
 /// answer `400` to an HTTP/1.1 request without one, to any with more than one, and to an
 /// invalid one (the app would pick one Host and a cache or a log another).
 pub fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    // The target's authority wins over `Host` (`request_host`): it is the app's Host then,
+    // and is held to the same rules.
+    if let Some(authority) = req.uri().authority()
+        && !is_host(authority.as_str().as_bytes())
+    {
+        return Some(match req.version() {
+            Version::HTTP_2 => "invalid :authority",
+            _ => "invalid host in the request target",
+        });
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Some("more than one Host header"),
@@ -85,11 +95,16 @@ pub(super) fn is_host(value: &[u8]) -> bool {
 }
 
 /// As nginx checks a Host: no empty label (`a..b`, `.a`: an app that builds a file path from
-/// its Host, as multi-site setups do, could take one for a parent directory), and brackets
+/// its Host, as multi-site setups do, could take one for a parent directory), no empty name
+/// before a port (`:80`), and brackets
 /// only around a whole IP literal (`[::1]`, `[::1]:8080`). A trailing dot (`example.com.`)
 /// is a fully qualified name, and fine.
 fn is_well_formed_host(value: &[u8]) -> bool {
-    if value.starts_with(b".") || value.windows(2).any(|pair| pair == b"..") {
+    // `:80`: a port with no host at all.
+    if value.starts_with(b".")
+        || value.starts_with(b":")
+        || value.windows(2).any(|pair| pair == b"..")
+    {
         return false;
     }
     let Some(rest) = value.strip_prefix(b"[") else {
@@ -177,14 +192,16 @@ fn is_connection_keyword(option: &[u8]) -> bool {
 pub(super) struct Framing {
     /// `Transfer-Encoding` was there.
     pub transfer_encoding: bool,
-    /// It named a coding besides `chunked` (`gzip`, an unknown one): hyper undid only the
-    /// chunking, and once `Transfer-Encoding` goes the rest would be lost.
+    /// It named a coding besides `chunked` (`gzip`, an unknown one), or `chunked` more than
+    /// once (RFC 9112 §6.1 forbids it): hyper undid one chunking only, and once
+    /// `Transfer-Encoding` goes the rest would pass as the body's bytes.
     pub other_coding: bool,
     /// `Content-Length` was there.
     pub content_length: bool,
-    /// It was there more than once, or as a list (`5, 5`; hyper checked that the values
-    /// agree): to be passed on as one value.
-    pub content_length_list: bool,
+    /// It was there more than once, as a list (`5, 5`; hyper checked that the values
+    /// agree) or with leading zeros (`010`, which a C parser may read as octal): to be
+    /// passed on as one plain number, as nginx passes it.
+    pub content_length_to_normalise: bool,
     /// `Proxy-Authorization` or `Proxy` was there (see [`strip_proxy_headers`]).
     pub proxy_headers: bool,
     /// `Expect` was there. (These two are no framing, but found in the same pass, a lookup
@@ -205,12 +222,15 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) -> Framing
     let (found, mut framing) = scan(headers);
     if found[4] {
         framing.transfer_encoding = true;
-        framing.other_coding = headers
+        let mut codings = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .any(|coding| !coding.eq_ignore_ascii_case(b"chunked"));
+            .map(<[u8]>::trim_ascii);
+        framing.other_coding = !codings
+            .next()
+            .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+            || codings.next().is_some();
     }
     // Options that name another header, which are rare: nearly every `Connection` says
     // only `keep-alive` or `close`, and is looked through once without collecting anything.
@@ -255,8 +275,10 @@ fn scan(headers: &HeaderMap) -> ([bool; 6], Framing) {
     for (name, value) in headers {
         match scanned_index(name) {
             Some(CONTENT_LENGTH_INDEX) => {
-                framing.content_length_list |=
-                    framing.content_length || value.as_bytes().contains(&b',');
+                let value = value.as_bytes();
+                framing.content_length_to_normalise |= framing.content_length
+                    || value.contains(&b',')
+                    || (value.len() > 1 && value[0] == b'0');
                 framing.content_length = true;
             }
             Some(PROXY_HEADERS_INDEX) => framing.proxy_headers = true,
@@ -339,16 +361,17 @@ pub fn h2_problem<B>(req: &Request<B>, max_headers: usize) -> Option<(StatusCode
     None
 }
 
-/// Replaces a `Content-Length` given more than once, or as a list, with its first value
-/// (hyper has checked that the values agree; a client may not accept them repeated).
-pub(super) fn single_content_length(headers: &mut HeaderMap) {
+/// Replaces a `Content-Length` given more than once, as a list or with leading zeros with
+/// its first value as a plain number (hyper has checked that the values agree, and are
+/// numbers; a client may not accept them repeated).
+pub(super) fn normalise_content_length(headers: &mut HeaderMap) {
     let first = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.as_bytes().split(|&b| b == b',').next())
-        .map(<[u8]>::trim_ascii)
-        .and_then(|v| HeaderValue::from_bytes(v).ok());
+        .and_then(|v| std::str::from_utf8(v.trim_ascii()).ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if let Some(length) = first {
-        headers.insert(header::CONTENT_LENGTH, length);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
 }
 
@@ -561,11 +584,13 @@ mod tests {
         let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
         let framing = strip_hop_by_hop(&mut h, false);
         assert!(framing.transfer_encoding && framing.content_length);
-        assert!(!framing.other_coding && !framing.content_length_list);
+        assert!(!framing.other_coding && !framing.content_length_to_normalise);
         for codings in [
             &["gzip, chunked"][..],
             &["gzip", "chunked"],
             &["chunked, x"],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
         ] {
             let pairs: Vec<_> = codings.iter().map(|c| ("transfer-encoding", *c)).collect();
             let framing = strip_hop_by_hop(&mut map(&pairs), false);
@@ -573,21 +598,23 @@ mod tests {
         }
         let framing = strip_hop_by_hop(&mut map(&[("transfer-encoding", " Chunked ")]), false);
         assert!(framing.transfer_encoding && !framing.other_coding);
-        for lengths in [&["5, 5"][..], &["5", "5"]] {
+        for lengths in [&["5, 5"][..], &["5", "5"], &["005"], &["05, 5"]] {
             let pairs: Vec<_> = lengths.iter().map(|l| ("content-length", *l)).collect();
             let mut h = map(&pairs);
             assert!(
-                strip_hop_by_hop(&mut h, false).content_length_list,
+                strip_hop_by_hop(&mut h, false).content_length_to_normalise,
                 "{lengths:?}"
             );
-            single_content_length(&mut h);
+            normalise_content_length(&mut h);
             assert_eq!(
                 h.get_all("content-length").iter().collect::<Vec<_>>(),
                 ["5"]
             );
         }
-        let framing = strip_hop_by_hop(&mut map(&[("content-length", "5")]), false);
-        assert!(framing.content_length && !framing.content_length_list);
+        for plain in ["5", "0", "10"] {
+            let framing = strip_hop_by_hop(&mut map(&[("content-length", plain)]), false);
+            assert!(framing.content_length && !framing.content_length_to_normalise);
+        }
         assert_eq!(strip_hop_by_hop(&mut map(&[]), false), Framing::default());
     }
 

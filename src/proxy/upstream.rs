@@ -225,13 +225,13 @@ impl Upstream {
         if seen.other_coding {
             // hyper undid the chunking only: the app would get gzip as if it were plain.
             return Err(ProxyError::NotImplemented(
-                "a transfer coding other than chunked".into(),
+                "a transfer coding other than chunked, or chunked twice".into(),
             ));
         }
-        if seen.content_length_list {
+        if seen.content_length_to_normalise {
             // HTTP/2 passes a length given twice when the values agree; HTTP/1.1's parser
             // merges them, and an app may refuse them repeated ("Duplicate Content-Length").
-            headers::single_content_length(headers);
+            headers::normalise_content_length(headers);
         }
         if seen.proxy_headers {
             headers::strip_proxy_headers(headers);
@@ -494,11 +494,11 @@ fn clean_response<B>(response: &mut Response<B>) -> Result<(), ProxyError> {
     }
     if framing.other_coding {
         return Err(ProxyError::Upstream(
-            "response has a transfer coding other than chunked".into(),
+            "response has a transfer coding other than chunked, or chunked twice".into(),
         ));
     }
-    if framing.content_length_list {
-        headers::single_content_length(headers);
+    if framing.content_length_to_normalise {
+        headers::normalise_content_length(headers);
     }
     Ok(())
 }

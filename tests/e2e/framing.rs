@@ -69,25 +69,32 @@ async fn an_app_answer_with_both_lengths_is_502_and_its_connection_is_not_used_a
 
 #[tokio::test]
 async fn an_app_answer_with_a_transfer_coding_besides_chunked_is_502() {
-    // hyper undoes the chunking only: passed on, the gzip would reach the client unlabelled.
-    let app = answering(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    )
-    .await;
-    let proxy = Proxy::start(config_for(app.addr)).await;
-    let response = raw_request(&proxy, &get("/page")).await;
-    assert!(response.starts_with("HTTP/1.1 502 "), "{response}");
-    assert_eq!(
-        raw_body(&response),
-        "upstream failed: response has a transfer coding other than chunked\n"
-    );
+    // hyper undoes one chunking only: passed on, the gzip would reach the client
+    // unlabelled, and a second chunking as the body's bytes.
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n\
+          f\r\n5\r\nhello\r\n0\r\n\r\n\r\n0\r\n\r\n",
+    ] {
+        let app = answering(answer).await;
+        let proxy = Proxy::start(config_for(app.addr)).await;
+        let response = raw_request(&proxy, &get("/page")).await;
+        assert!(response.starts_with("HTTP/1.1 502 "), "{response}");
+        assert_eq!(
+            raw_body(&response),
+            "upstream failed: response has a transfer coding other than chunked, or chunked twice\n"
+        );
+    }
 }
 
+/// A length given twice, or with leading zeros (which a C parser may read as octal), goes
+/// on once as a plain number, as nginx sends it.
 #[tokio::test]
 async fn a_length_the_app_gives_twice_over_goes_on_once() {
     for answer in [
         &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 005\r\n\r\nhello",
     ] {
         let answer: &'static [u8] = answer;
         let app = answering(answer).await;
@@ -107,7 +114,7 @@ async fn a_length_the_app_gives_twice_over_goes_on_once() {
 async fn a_request_with_a_transfer_coding_besides_chunked_is_501_and_reaches_no_app() {
     let app = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     let proxy = Proxy::start(config_for(app.addr)).await;
-    for codings in ["gzip, chunked", "x-custom, chunked"] {
+    for codings in ["gzip, chunked", "x-custom, chunked", "chunked, chunked"] {
         let request = format!(
             "POST /form HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\
              Transfer-Encoding: {codings}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
@@ -119,7 +126,7 @@ async fn a_request_with_a_transfer_coding_besides_chunked_is_501_and_reaches_no_
         );
         assert_eq!(
             raw_body(&response),
-            "not implemented: a transfer coding other than chunked\n"
+            "not implemented: a transfer coding other than chunked, or chunked twice\n"
         );
     }
     assert_eq!(app.connections(), 0);
@@ -346,6 +353,15 @@ async fn http2_requests_an_http1_parser_would_refuse_are_refused() {
             StatusCode::BAD_REQUEST,
             "bad request: userinfo in :authority\n"
         )
+    );
+    // An :authority an HTTP/1.1 Host could not be (an empty label), as nginx refuses it.
+    let empty_label = Request::get("http://site..test/x")
+        .body(Empty::new())
+        .expect("request");
+    let (status, body) = h2_send(&proxy, empty_label).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_REQUEST, "bad request: invalid :authority\n")
     );
     // A value with whitespace at either end (RFC 9113 §8.2.1).
     let padded = Request::get(format!("{base}/x"))
@@ -597,4 +613,18 @@ async fn an_http10_answer_that_ends_with_the_connection_says_close() {
     assert!(answer.starts_with("http/1.0 413 "), "{answer}");
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     assert!(!answer.contains("keep-alive"), "{answer}");
+}
+
+/// A request's length with leading zeros (`010`, which a C parser may read as octal: 8)
+/// reaches the app as a plain number, as nginx sends it.
+#[tokio::test]
+async fn a_request_length_with_leading_zeros_reaches_the_app_as_a_plain_number() {
+    let (_app, proxy) = app_and_proxy(|_| {}).await;
+    let request = "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                   Content-Length: 010\r\n\r\n0123456789";
+    let response = raw_request(&proxy, request).await;
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    let echo = Echo::parse(raw_body(&response));
+    assert_eq!(echo.one("content-length"), Some("10"));
+    assert_eq!(echo.body_len, 10);
 }

@@ -975,6 +975,20 @@ async fn requests_with_a_missing_double_or_bad_host_get_400() {
             "invalid Host header",
         ),
         ("GET /h6 HTTP/1.1\r\nHost: [::1\r\n", "invalid Host header"),
+        ("GET /h7 HTTP/1.1\r\nHost: :80\r\n", "invalid Host header"),
+        // The target's authority is the app's Host then, held to the same rules.
+        (
+            "GET http://../h8 HTTP/1.1\r\nHost: a.test\r\n",
+            "invalid host in the request target",
+        ),
+        (
+            "GET http://site..test/h9 HTTP/1.1\r\nHost: a.test\r\n",
+            "invalid host in the request target",
+        ),
+        (
+            "GET http://[x]y/h10 HTTP/1.1\r\nHost: a.test\r\n",
+            "invalid host in the request target",
+        ),
     ] {
         let request = format!("{request}Connection: close\r\n\r\n");
         let response = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
