@@ -63,6 +63,11 @@ pub struct ServerConfig {
     /// HTTP/2 streams one connection may have open at once (nginx's
     /// `http2_max_concurrent_streams`); each may hold a connection to the app.
     pub http2_max_concurrent_streams: u32,
+    /// Requests one client connection may carry (HTTP/1.1 keep-alive requests, HTTP/2
+    /// streams), as nginx's `keepalive_requests`: then the connection is closed gracefully
+    /// and the client opens another. Bounds what one HTTP/2 connection can have the app do
+    /// by opening streams and resetting them (rapid reset, CVE-2023-44487).
+    pub keepalive_requests: u64,
     /// A client must send its whole request head within this time (slowloris defence).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -148,6 +153,7 @@ impl Default for ServerConfig {
             tls: None,
             http2: true,
             http2_max_concurrent_streams: 128,
+            keepalive_requests: 1000,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
@@ -851,6 +857,9 @@ impl Config {
         }
         if self.server.http2_max_concurrent_streams == 0 {
             bail!("server.http2_max_concurrent_streams: must be at least 1");
+        }
+        if self.server.keepalive_requests == 0 {
+            bail!("server.keepalive_requests: must be at least 1");
         }
         if self.server.max_headers == 0 || self.server.max_headers > MAX_HEADERS {
             bail!("server.max_headers: must be 1 to {MAX_HEADERS}");
@@ -1961,6 +1970,10 @@ mod tests {
                 "server.max_header_size: must be 8KiB to 1MiB",
             ),
             ("[upstream]\npool_max_idle = 0", "upstream.pool_max_idle"),
+            (
+                "[server]\nkeepalive_requests = 0",
+                "server.keepalive_requests: must be at least 1",
+            ),
             (
                 "[server]\nhttp2_max_concurrent_streams = 0",
                 "server.http2_max_concurrent_streams",

@@ -1345,7 +1345,10 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let connection = Arc::new(ConnectionState::default());
+    let connection = Arc::new(ConnectionState::carrying(
+        settings.keepalive_requests,
+        settings.http2_max_concurrent_streams,
+    ));
     // A tunnel kept on the state holds its request, which holds the state: whatever ends
     // this task (the runtime shutting down with it pending too) lets go of the tunnel.
     let _tunnel_dropped = TunnelGuard(Arc::clone(&connection));
@@ -1419,6 +1422,7 @@ async fn drive<C: Served>(
         settings.handshake_timeout,
     )));
     watchers.push(watch_reclaim(&shared.reclaim, &connection));
+    watchers.push(watch_served_enough(&connection));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -1447,6 +1451,23 @@ async fn drive<C: Served>(
                         true => connection.close_after_answer(),
                         false => conn.as_mut().close_gracefully(),
                     }
+                }
+                ConnectionEvent::ServedEnough if connection.past_its_requests() => {
+                    info!(
+                        peer = %client.peer,
+                        "an HTTP/2 client went on opening streams after its GOAWAY \
+                         (server.keepalive_requests); dropping the connection"
+                    );
+                    return;
+                }
+                ConnectionEvent::ServedEnough => {
+                    if !closing {
+                        conn.as_mut().close_gracefully();
+                        closing = true;
+                        watchers.push(watch_closing(&connection));
+                    }
+                    // Told again if the client goes on past the slack.
+                    watchers.push(watch_served_enough(&connection));
                 }
                 ConnectionEvent::Watchdog(Verdict::Idle) | ConnectionEvent::Reclaimed
                     if !closing =>
@@ -1497,6 +1518,9 @@ enum ConnectionEvent {
     Watchdog(Verdict),
     /// New connections wait for a place, and this one is between requests: close it.
     Reclaimed,
+    /// The HTTP/2 connection opened the last stream it may carry
+    /// (`server.keepalive_requests`): close it gracefully.
+    ServedEnough,
 }
 
 type Watcher = Pin<Box<dyn Future<Output = ConnectionEvent> + Send>>;
@@ -1512,6 +1536,15 @@ fn watch_reclaim(reclaim: &Arc<Notify>, connection: &Arc<ConnectionState>) -> Wa
                 return ConnectionEvent::Reclaimed;
             }
         }
+    })
+}
+
+/// A watcher reporting [`ConnectionEvent::ServedEnough`].
+fn watch_served_enough(connection: &Arc<ConnectionState>) -> Watcher {
+    let connection = Arc::clone(connection);
+    Box::pin(async move {
+        connection.served_enough().await;
+        ConnectionEvent::ServedEnough
     })
 }
 

@@ -273,13 +273,15 @@ CONF
 # Writes $work/offload.toml: offload as a plain pass-through proxy on 127.0.0.1:port in front
 # of the upstream on upstream_port, admin listener off; `workers` worker threads (default 1,
 # 0: one per core), logging at `level` (default warn); `server_extra` and `log_extra` (TOML
-# lines) go into [server] and [log].
+# lines) go into [server] and [log]. Connections carry as many requests as nginx's here
+# (keepalive_requests 1000000; both default to 1000).
 offload_conf() { # port upstream_port [workers] [level] [server_extra] [log_extra]
     cat >"$work/offload.toml" <<CONF
 [server]
 listen = "127.0.0.1:$1"
 admin_listen = "off"
 worker_threads = ${3:-1}
+keepalive_requests = 1000000
 ${5:-}
 [upstream]
 url = "http://127.0.0.1:$2"

@@ -77,6 +77,10 @@ if [[ -n ${COMPARE_BIN:-} ]]; then
     [[ $compare_bin == same ]] && compare_bin=$offload_bin
     cp "$compare_bin" "$work/offload-b"
     sed "s/127.0.0.1:$OFFLOAD_PORT/127.0.0.1:$COMPARE_PORT/" "$work/offload.toml" >"$work/offload-b.toml"
+    # A build from before server.keepalive_requests (2026-12-07) has no limit to raise.
+    if ! "$work/offload-b" check-config --config "$work/offload-b.toml" >/dev/null 2>&1; then
+        sed -i '/^keepalive_requests = /d' "$work/offload-b.toml"
+    fi
     read -ra compare_env <<<"${COMPARE_ENV:-}"
     start offload-b env "${compare_env[@]}" "$work/offload-b" serve --config "$work/offload-b.toml" >"$work/offload-b.log" 2>&1
     port_of[offload-b]=$COMPARE_PORT

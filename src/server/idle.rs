@@ -36,6 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Interval, Sleep};
 
 use super::linger::Linger;
@@ -43,7 +44,6 @@ use crate::body::Stalled;
 
 /// What the connection's requests and I/O report; shared by the I/O wrapper, the requests
 /// and the [`Watchdog`].
-#[derive(Default)]
 pub(super) struct ConnectionState {
     /// Reads and writes that moved bytes.
     activity: AtomicU64,
@@ -74,6 +74,15 @@ pub(super) struct ConnectionState {
     /// The tunnel a request switched the connection to (WebSocket), to run once hyper hands
     /// the connection over.
     upgraded: Mutex<Option<Upgraded>>,
+    /// `server.keepalive_requests`: the requests the connection may carry.
+    max_requests: u64,
+    /// HTTP/2 streams past `max_requests` let in before the connection is dropped: those a
+    /// client sent before it saw the GOAWAY (`server.http2_max_concurrent_streams`).
+    slack: u64,
+    /// Notified when an HTTP/2 connection opened its last stream (`max_requests`): it is
+    /// closed gracefully then (a GOAWAY), or when it went on past the slack: then it is
+    /// dropped.
+    served_enough: Notify,
 }
 
 /// Drops the connection's tunnel, if one is still kept, when the connection's task ends.
@@ -88,7 +97,48 @@ impl Drop for TunnelGuard {
 /// A tunnel to run on the connection's task: it ends when the tunnel closes.
 pub(super) type Upgraded = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+impl Default for ConnectionState {
+    fn default() -> Self {
+        ConnectionState::carrying(u64::MAX, 0)
+    }
+}
+
 impl ConnectionState {
+    /// The state of a connection that may carry `max_requests` requests
+    /// (`server.keepalive_requests`), and on HTTP/2 `slack` more while its GOAWAY is on
+    /// its way.
+    pub(super) fn carrying(max_requests: u64, slack: u64) -> ConnectionState {
+        ConnectionState {
+            activity: AtomicU64::new(0),
+            begun: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
+            multiplexed: AtomicBool::new(false),
+            body_left_unread: AtomicBool::new(false),
+            read_since_end: AtomicBool::new(false),
+            close_after_answer: AtomicBool::new(false),
+            dropped_at_shutdown: AtomicBool::new(false),
+            answer_stalled: AtomicBool::new(false),
+            upgraded: Mutex::new(None),
+            max_requests,
+            slack,
+            served_enough: Notify::new(),
+        }
+    }
+
+    /// Resolves once an HTTP/2 connection has opened as many streams as it may carry, and
+    /// again if it goes on opening them past the slack.
+    pub(super) async fn served_enough(&self) {
+        self.served_enough.notified().await;
+    }
+
+    /// The HTTP/2 connection opened streams past its GOAWAY and the slack: a client that
+    /// ignores the GOAWAY (h2 lets streams in until the client answers its PING), as one
+    /// opening and resetting streams to keep the app busy does.
+    pub(super) fn past_its_requests(&self) -> bool {
+        self.begun.load(Ordering::Relaxed) > self.max_requests.saturating_add(self.slack)
+    }
+
     /// Keeps `tunnel` for [`ConnectionState::take_upgraded`].
     pub(super) fn upgrade_to(&self, tunnel: Upgraded) {
         *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
@@ -168,7 +218,24 @@ impl ConnectionState {
             // A stream opening is an HTTP/2 connection's activity (see `Activity`).
             self.bump();
         }
-        self.begun.fetch_add(1, Ordering::Relaxed);
+        let begun = self.begun.fetch_add(1, Ordering::Relaxed) + 1;
+        if begun == self.max_requests {
+            // The last request the connection carries (`server.keepalive_requests`): on
+            // HTTP/1.1 its answer says `Connection: close`; HTTP/2 gets a GOAWAY, after
+            // which the streams in flight finish.
+            match http2 {
+                true => self.served_enough.notify_one(),
+                false => self.close_after_answer(),
+            }
+        } else if http2
+            && begun
+                == self
+                    .max_requests
+                    .saturating_add(self.slack)
+                    .saturating_add(1)
+        {
+            self.served_enough.notify_one();
+        }
         self.unanswered.fetch_add(1, Ordering::Relaxed);
         RequestInFlight {
             connection: Arc::clone(self),

@@ -49,6 +49,10 @@ pub(crate) struct ConnectionSettings {
     /// `server.http2`, for the `h2` a TLS handshake offers in ALPN.
     pub(super) http2: bool,
     pub(super) idle_timeout: Duration,
+    /// `server.keepalive_requests`.
+    pub(super) keepalive_requests: u64,
+    /// `server.http2_max_concurrent_streams`.
+    pub(super) http2_max_concurrent_streams: u64,
     /// `server.header_read_timeout`: bounds the PROXY header, the TLS handshake and each
     /// request head.
     pub(super) handshake_timeout: Duration,
@@ -66,6 +70,8 @@ impl ConnectionSettings {
             http1_only: (!cfg.http2).then(|| http1_builder(cfg)),
             http2: cfg.http2,
             idle_timeout: cfg.idle_timeout,
+            keepalive_requests: cfg.keepalive_requests,
+            http2_max_concurrent_streams: u64::from(cfg.http2_max_concurrent_streams),
             handshake_timeout: cfg.header_read_timeout,
             proxy_protocol: cfg.proxy_protocol,
             tls_proxy_protocol: cfg.tls_proxy_protocol(),

@@ -2431,6 +2431,93 @@ async fn an_idle_http2_client_ignoring_the_goaway_does_not_hold_a_shutdown() {
     );
 }
 
+/// `server.keepalive_requests`, as nginx's: a keep-alive connection carries that many
+/// requests; the last one's answer says `Connection: close`, and the connection closes.
+#[tokio::test]
+async fn a_connection_carries_keepalive_requests_then_closes() {
+    let (_app, proxy) = app_and_proxy(|c| c.server.keepalive_requests = 3).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    for i in 1..=3 {
+        let request = format!("GET /echo/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("request");
+        let answer = read_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(says_close(&answer), i == 3, "request {i}: {answer}");
+    }
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest));
+    assert!(matches!(read.await, Ok(Ok(0))), "closed after the third");
+}
+
+/// On HTTP/2, `server.keepalive_requests` counts streams: the last is followed by a GOAWAY.
+/// A client that ignores it, opening streams and resetting them once the app has them
+/// (rapid reset, CVE-2023-44487), gets its connection dropped once it has opened
+/// `http2_max_concurrent_streams` more (those a client may have sent before it saw the
+/// GOAWAY): one connection cannot keep the app busy without end.
+#[tokio::test]
+async fn an_http2_client_resetting_streams_past_its_goaway_is_dropped() {
+    let (app, proxy) = app_and_proxy(|c| {
+        c.server.keepalive_requests = 10;
+        c.server.http2_max_concurrent_streams = 5;
+    })
+    .await;
+    let (mut stream, _) = http2_connect(proxy.addr).await;
+    http2_ack_settings(&mut stream).await;
+    let (reader, mut writer) = stream.into_split();
+    let frames = tokio::spawn(async move {
+        let mut reader = reader;
+        let mut kinds = Vec::new();
+        let mut head = [0u8; 9];
+        while reader.read_exact(&mut head).await.is_ok() {
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            kinds.push(head[3]);
+        }
+        kinds
+    });
+    // Five streams at a time, reset (CANCEL) once the app has them; PINGs unanswered.
+    'rounds: for round in 0u8..12 {
+        let ids: Vec<u8> = (0..5).map(|i| 1 + 2 * (round * 5 + i)).collect();
+        for &id in &ids {
+            if writer
+                .write_all(&http2_get(id, "/sleep/5000"))
+                .await
+                .is_err()
+            {
+                break 'rounds;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for &id in &ids {
+            let reset = [0, 0, 4, 0x3, 0, 0, 0, 0, id, 0, 0, 0, 0x8];
+            if writer.write_all(&reset).await.is_err() {
+                break 'rounds;
+            }
+        }
+    }
+    let kinds = tokio::time::timeout(Duration::from_secs(5), frames)
+        .await
+        .expect("the connection is closed within 5 s")
+        .expect("reader");
+    assert!(kinds.contains(&0x7), "a GOAWAY: frame types {kinds:?}");
+    let seen = app.seen().len();
+    assert!(
+        (10..=15).contains(&seen),
+        "the app got {seen} of 60 requests"
+    );
+
+    // A client that takes the GOAWAY opens a new connection and loses nothing.
+    let h2 = h2_client();
+    for i in 0..25 {
+        let resp = h2.get(proxy.url(&format!("/t{i}"))).send().await;
+        let status = resp.map(|r| r.status()).expect("answered");
+        assert_eq!(status, 200, "request {i}");
+    }
+}
+
 /// A plain HTTP/2 connection (prior knowledge): the preface and an empty SETTINGS frame
 /// sent; the server's SETTINGS payload read.
 async fn http2_connect(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
