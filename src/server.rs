@@ -1431,7 +1431,16 @@ async fn drive<C: Served>(
                 if let Err(e) = result
                     && !refused_head(&shared.live.current(), client.peer, e.as_ref())
                 {
-                    debug!(peer = %client.peer, error = %e, "connection ended with an error");
+                    match http2_goaway_sent(e.as_ref()) {
+                        // The reason by its RFC 9113 name (`PROTOCOL_ERROR`,
+                        // `ENHANCE_YOUR_CALM`): hyper's error says only "http2 error".
+                        Some(reason) => info!(
+                            peer = %client.peer,
+                            reason = ?reason,
+                            "HTTP/2 connection closed for the client's error"
+                        ),
+                        None => debug!(peer = %client.peer, error = %e, "connection ended with an error"),
+                    }
                 }
                 return;
             }
@@ -1502,6 +1511,23 @@ async fn drive<C: Served>(
             },
         }
     }
+}
+
+/// The reason of the GOAWAY `h2` sent when `error` ended an HTTP/2 connection for the
+/// client's fault (a malformed frame or header, a flood of CONTINUATION or empty frames, a
+/// window overflow), as nginx logs "client sent …" and "http2 flood detected" at `info`;
+/// `None` for any other end (the client closed, an I/O error).
+fn http2_goaway_sent(error: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.is_library())
+                .then(|| h2.reason())
+                .flatten();
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// How long a closing connection with nothing in flight is left to close by itself before

@@ -2518,6 +2518,39 @@ async fn an_http2_client_resetting_streams_past_its_goaway_is_dropped() {
     }
 }
 
+/// An HTTP/2 connection `h2` ends for the client's error (here a header name in upper case,
+/// which it takes for an error of the whole connection) is logged at `info` with the peer
+/// and the GOAWAY's reason, as nginx logs "client sent invalid header name".
+#[tokio::test]
+async fn an_http2_connection_closed_for_the_clients_error_is_logged() {
+    let app = App::start().await;
+    let process = OffloadProcess::start(app.addr, &[], &[]).await;
+    let (mut stream, _) = http2_connect(process.addr).await;
+    http2_ack_settings(&mut stream).await;
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 9];
+    block.extend_from_slice(b"localhost");
+    block.extend_from_slice(&[0x00, 4]);
+    block.extend_from_slice(b"X-Up");
+    block.extend_from_slice(&[1, b'1']);
+    let len = u8::try_from(block.len()).expect("short block");
+    let mut headers = vec![0, 0, len, 0x1, 0x5, 0, 0, 0, 1];
+    headers.extend_from_slice(&block);
+    stream.write_all(&headers).await.expect("HEADERS");
+    let kinds = frame_types_until_closed(&mut stream).await;
+    assert!(kinds.contains(&0x7), "a GOAWAY: frame types {kinds:?}");
+    let logs = process
+        .wait_for_log("HTTP/2 connection closed for the client's error")
+        .await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains("HTTP/2 connection closed"))
+        .expect("logged");
+    assert!(line.contains("\"level\":\"INFO\""), "{line}");
+    assert!(line.contains("\"reason\":\"PROTOCOL_ERROR\""), "{line}");
+    assert!(line.contains("\"peer\":\"127.0.0.1:"), "{line}");
+    assert!(app.seen().is_empty(), "{:?}", app.seen());
+}
+
 /// A plain HTTP/2 connection (prior knowledge): the preface and an empty SETTINGS frame
 /// sent; the server's SETTINGS payload read.
 async fn http2_connect(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
