@@ -1225,9 +1225,13 @@ impl UploadRouteConfig {
                 "key_template: {{sha256}} is not supported: the key must exist before the bytes stream in"
             );
         }
-        if !self.key_template.contains("{filename}") && !self.key_template.contains("{uuid}") {
-            bail!("key_template: needs {{filename}} or {{uuid}} so keys differ");
+        if !self.key_template.contains("{uuid}") {
+            bail!(
+                "key_template: needs {{uuid}}, so that each upload's key is its own (two files \
+                 of one name would otherwise replace each other)"
+            );
         }
+
         if self.max_parts == 0 {
             bail!("max_parts: must be at least 1");
         }
@@ -1957,6 +1961,10 @@ mod tests {
             (
                 "[[uploads]]\npath = \"/u\"\nkey_template = \"{sha256}\"",
                 "key_template",
+            ),
+            (
+                "[[uploads]]\npath = \"/u\"\nkey_template = \"u/{filename}\"",
+                "key_template: needs {uuid}",
             ),
             ("[store]\nsse = \"rot13\"", "store.sse"),
             ("[server\nlisten = 1", "TOML"),

@@ -37,7 +37,7 @@ use super::{
 };
 
 /// Temp files start with this; no key segment may.
-const TEMP_PREFIX: &str = ".offload-tmp-";
+pub(crate) const TEMP_PREFIX: &str = ".offload-tmp-";
 /// Longest key accepted (S3's limit too).
 const MAX_KEY_LEN: usize = 1024;
 /// Read size when serving a file.

@@ -22,6 +22,7 @@ mod s3;
 mod serve;
 
 pub use fs::FsStore;
+pub(crate) use fs::TEMP_PREFIX;
 pub use measured::Measured;
 pub use presence::Presence;
 pub use s3::S3Store;

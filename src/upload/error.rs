@@ -29,6 +29,9 @@ pub enum UploadError {
     PartHeadersTooLarge { max: u64 },
     #[error("bad multipart boundary: {0}")]
     Boundary(&'static str),
+    /// An upload's `Content-Type` that cannot be read as one value.
+    #[error("bad Content-Type: {0}")]
+    ContentType(&'static str),
     #[error("malformed multipart body: {0}")]
     Malformed(String),
     #[error("file extension not allowed: {0:?}")]
@@ -90,6 +93,7 @@ impl UploadError {
             TooManyParts { .. }
             | PartHeadersTooLarge { .. }
             | Boundary(_)
+            | ContentType(_)
             | Malformed(_)
             | ClientBody(_) => StatusCode::BAD_REQUEST,
             ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,

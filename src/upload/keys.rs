@@ -68,11 +68,14 @@ impl KeyTemplate {
         if !rest.is_empty() {
             pieces.push(Piece::Literal(rest.to_string()));
         }
-        if !pieces
-            .iter()
-            .any(|p| matches!(p, Piece::Uuid | Piece::Filename))
-        {
-            return Err("needs {uuid} or {filename} so keys differ".into());
+        // `{filename}` alone does not: two uploads of `photo.jpg` would get one key, the
+        // second would replace the first, and a failed one would delete it.
+        if !pieces.iter().any(|p| matches!(p, Piece::Uuid)) {
+            return Err(
+                "needs {uuid}, so that each upload's key is its own (two files of one \
+                        name would otherwise replace each other)"
+                    .into(),
+            );
         }
         Ok(KeyTemplate { pieces })
     }
@@ -150,10 +153,13 @@ mod tests {
                 .unwrap_err()
                 .contains("unclosed")
         );
-        assert!(
-            KeyTemplate::parse("{yyyy}/x")
-                .unwrap_err()
-                .contains("differ")
-        );
+        for without_uuid in ["{yyyy}/x", "{prefix}u/{filename}"] {
+            assert!(
+                KeyTemplate::parse(without_uuid)
+                    .unwrap_err()
+                    .contains("needs {uuid}"),
+                "{without_uuid}"
+            );
+        }
     }
 }

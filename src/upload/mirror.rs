@@ -50,8 +50,13 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let (app_tx, app_rx) = channel::channel(1, app_aborted);
     let (parse_tx, parse_rx) = channel::channel(1, tee_aborted);
-    let app_req = Request::from_parts(parts.clone(), body::from_stream(app_rx));
     let mut committed = Committed::new(ctx.store.clone());
+    let length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let app_body = committed.keep_once_sent(body::from_stream(app_rx), length);
+    let app_req = Request::from_parts(parts.clone(), app_body);
     let released = AtomicBool::new(false);
     let outcome = {
         let feeding = async {

@@ -47,10 +47,17 @@ pub struct PartMeta {
 
 /// Sorts a request by its headers; a malformed multipart `Content-Type` is a 400.
 pub fn classify(headers: &HeaderMap) -> Result<BodyKind, UploadError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    // One `Content-Type` of visible ASCII, or none: anything else was passed to the app as
+    // it came, and the app (PHP, Django) may still read a multipart form in it, its files
+    // past the route's checks and never stored.
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let content_type = match (types.next(), types.next()) {
+        (None, _) => "",
+        (Some(_), Some(_)) => return Err(UploadError::ContentType("given more than once")),
+        (Some(value), None) => value
+            .to_str()
+            .map_err(|_| UploadError::ContentType("not visible ASCII"))?,
+    };
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if essence.eq_ignore_ascii_case("multipart/form-data") {
         return boundary(content_type).map(BodyKind::Multipart);
@@ -406,6 +413,21 @@ mod tests {
         assert_eq!(meta.content_type.as_deref(), Some("image/jpeg"));
         let form = headers("application/x-www-form-urlencoded", None);
         assert_eq!(classify(&form).unwrap(), BodyKind::Other);
+        // A type the app may read as multipart where offload could not: refused, not
+        // passed on past the route's checks.
+        let mut twice = headers("text/plain", None);
+        twice.append(
+            header::CONTENT_TYPE,
+            "multipart/form-data; boundary=b".parse().unwrap(),
+        );
+        assert!(matches!(classify(&twice), Err(UploadError::ContentType(_))));
+        let mut opaque = HeaderMap::new();
+        let value = http::HeaderValue::from_bytes(b"multipart/form-data; boundary=b; x=\xe9");
+        opaque.insert(header::CONTENT_TYPE, value.unwrap());
+        assert!(matches!(
+            classify(&opaque),
+            Err(UploadError::ContentType(_))
+        ));
     }
 
     #[test]

@@ -253,6 +253,11 @@ pub fn sanitize_filename(raw: &str) -> String {
     if capped.is_empty() {
         return "file".to_string();
     }
+    // The folder store's temporary files begin so, and it refuses keys that do (one could
+    // be taken for a write under way): a client's name is no store failure.
+    if capped.starts_with(crate::store::TEMP_PREFIX) {
+        return format!("_{capped}");
+    }
     capped.to_string()
 }
 
@@ -330,6 +335,8 @@ mod tests {
         assert_eq!(sanitize_filename("../../etc/passwd"), "passwd");
         assert_eq!(sanitize_filename("C:\\Users\\x\\evil.exe"), "evil.exe");
         assert_eq!(sanitize_filename("a\0b.txt"), "ab.txt");
+        // The folder store's temporary names are its own.
+        assert_eq!(sanitize_filename(".offload-tmp-.jpg"), "_.offload-tmp-.jpg");
         assert_eq!(sanitize_filename("\u{202E}gpj.php"), "gpj.php");
         assert_eq!(sanitize_filename("x\u{2066}y\u{2069}.txt"), "xy.txt");
         assert_eq!(

@@ -40,7 +40,11 @@ pub async fn handle(
     };
     let new_body = encode(&items, &boundary, route.field_style);
     set_body_headers(&mut parts.headers, &boundary, is_raw, new_body.len());
-    let req = Request::from_parts(parts, body::full(new_body));
+    let length = Some(new_body.len() as u64);
+    let req = Request::from_parts(
+        parts,
+        committed.keep_once_sent(body::full(new_body), length),
+    );
     match ctx.upstream.forward(req, &ctx.client).await {
         // The app refused the form: the objects it will never reference go too.
         Ok(resp) if resp.status().is_client_error() || resp.status().is_server_error() => {

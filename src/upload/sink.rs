@@ -3,11 +3,16 @@
 //! deletes what a failed request already stored.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use http_body::Frame;
+use http_body_util::BodyExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -19,6 +24,7 @@ use super::keys::KeyInput;
 use super::multipart::PartMeta;
 use super::policy::{self, SNIFF_BYTES};
 use super::routes::UploadRoute;
+use crate::body::{Body, BoxError};
 use crate::store::{ObjectInfo, PutOptions, Store};
 
 /// Chunks in flight between the reader and the store's `put`.
@@ -210,10 +216,13 @@ fn check_stored(info: &ObjectInfo, size: u64, sha256: &str) -> Result<(), Upload
 
 /// Keys a request has stored so far. Unless [`Committed::keep`] is called, they are deleted:
 /// by [`Committed::rollback`], or in the background when the guard is dropped (a request
-/// cancelled by a client that went away).
+/// cancelled by a client that went away) before the app had the whole request
+/// ([`Committed::keep_once_sent`]).
 pub struct Committed {
     store: Arc<dyn Store>,
     keys: Vec<String>,
+    /// Set once the body sent to the app has gone out whole.
+    sent: Option<Arc<AtomicBool>>,
 }
 
 impl Committed {
@@ -221,7 +230,25 @@ impl Committed {
         Committed {
             store,
             keys: Vec::new(),
+            sent: None,
         }
+    }
+
+    /// `body`, the one the app gets, marked so that once it has gone out whole the objects
+    /// are kept should the request be dropped before the app answers (its client left):
+    /// the app goes on with what it got (PHP does, without its client) and would refer to
+    /// keys deleted under it. An answer the app does give still decides.
+    /// `length`: the body's, when the request says it (`Content-Length`): hyper takes no
+    /// more once it has that many bytes, and does not ask for the end.
+    pub fn keep_once_sent(&mut self, body: Body, length: Option<u64>) -> Body {
+        let sent = Arc::new(AtomicBool::new(false));
+        self.sent = Some(Arc::clone(&sent));
+        SentWhole {
+            inner: body,
+            sent,
+            left: length,
+        }
+        .boxed()
     }
 
     pub fn push(&mut self, key: String) {
@@ -245,11 +272,66 @@ impl Drop for Committed {
         if self.keys.is_empty() {
             return;
         }
+        if self
+            .sent
+            .as_ref()
+            .is_some_and(|sent| sent.load(Ordering::Acquire))
+        {
+            tracing::info!(
+                keys = self.keys.len(),
+                "the client left after the app had its whole upload; its objects are kept"
+            );
+            return;
+        }
         let keys = std::mem::take(&mut self.keys);
         let store = self.store.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move { delete_all(&store, keys).await });
         }
+    }
+}
+
+/// A body that says when it has gone out whole (see [`Committed::keep_once_sent`]).
+struct SentWhole {
+    inner: Body,
+    sent: Arc<AtomicBool>,
+    /// Bytes still to go, when the length is known.
+    left: Option<u64>,
+}
+
+impl http_body::Body for SentWhole {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // A body of known length is over with its last frame: hyper asks no further.
+        let whole = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(frame))) => {
+                let taken = frame.data_ref().map_or(0, |data| data.len() as u64);
+                if let Some(left) = &mut self.left {
+                    *left = left.saturating_sub(taken);
+                }
+                self.left == Some(0) || self.inner.is_end_stream()
+            }
+            _ => false,
+        };
+        if whole {
+            self.sent.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -23,7 +23,7 @@ use offload::store::{FsStore, Store};
 use offload::upload::{AfterApp, UploadContext, UploadRoutes, handle};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::raw::RawApp;
@@ -96,6 +96,11 @@ async fn app_answer(
         .get("x-answer-status")
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(200);
+    let delay_ms: u64 = req
+        .headers()
+        .get("x-answer-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
     let mut body = req.into_body();
     let mut rec = Received::default();
     let mut hasher = Sha256::new();
@@ -119,6 +124,8 @@ async fn app_answer(
     rec.sha256 = hex::encode(hasher.finalize());
     let answer = serde_json::json!({ "size": rec.size, "sha256": rec.sha256 });
     log.received.lock().unwrap().push(rec);
+    // An app at work on the upload after reading it (PHP resizing an image).
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     let mut resp = hyper::Response::new(body::full(answer.to_string()));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
     Ok(resp)
@@ -1198,7 +1205,7 @@ async fn mirror_passes_on_an_early_answer_at_once() {
         &[file("a", "small.bin", 1000), file("b", "big.bin", 64 * MIB)],
         None,
     );
-    let began = std::time::Instant::now();
+    let began = Instant::now();
     let resp = form_post(&off, body).send().await.expect("an answer");
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.text().await.unwrap_or_default(), "log in first");
@@ -1270,6 +1277,70 @@ async fn client_disconnect_leaves_nothing() {
             server.leftover_uploads()
         );
     }
+}
+
+/// A client that leaves once the app has its whole upload (the app still at work on it, as
+/// PHP goes on without its client) does not have the stored objects deleted under the app,
+/// which refers to them.
+#[tokio::test]
+async fn a_client_leaving_after_the_app_has_the_upload_keeps_its_objects() {
+    for mode in [UploadMode::Replace, UploadMode::Mirror] {
+        let fs = fs_store();
+        let off = start_offload(route(mode), fs.store.clone(), None).await;
+        let body = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"a\"; filename=\"kept.bin\"\r\n\r\n\
+             kept bytes\r\n--{BOUNDARY}--\r\n"
+        );
+        let request = format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nX-Answer-Delay-Ms: 1500\r\n\
+             Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut sock = TcpStream::connect(off.addr).await.unwrap();
+        sock.write_all(request.as_bytes()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while off.app.received.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "{mode:?}: the app got nothing");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(off.app.last().complete, "{mode:?}");
+        drop(sock);
+        // Past the app's answer, and a background deletion's first attempts.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let kept = keys(&off.store).await;
+        assert_eq!(kept.len(), 1, "{mode:?}: {kept:?}");
+        assert!(kept[0].ends_with("/kept.bin"), "{mode:?}: {kept:?}");
+    }
+}
+
+/// On an upload route, a `Content-Type` offload cannot read as one value (given twice, or
+/// with a byte past ASCII) is refused: passed on as it came, the app could still read a
+/// multipart form in it, its files past the route's checks and never stored.
+#[tokio::test]
+async fn an_upload_with_an_unreadable_content_type_is_refused() {
+    let fs = fs_store();
+    let off = start_offload(route(UploadMode::Replace), fs.store.clone(), None).await;
+    let body = "--b\r\nContent-Disposition: form-data; name=\"a\"; filename=\"shell.php\"\r\n\r\n\
+                <?php\r\n--b--\r\n";
+    for types in [
+        &b"Content-Type: multipart/form-data; boundary=b; x=\xe9\r\n"[..],
+        b"Content-Type: text/plain\r\nContent-Type: multipart/form-data; boundary=b\r\n",
+    ] {
+        let mut request = b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
+        request.extend_from_slice(types);
+        request
+            .extend_from_slice(format!("Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+        let mut sock = TcpStream::connect(off.addr).await.unwrap();
+        sock.write_all(&request).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut answer));
+        read.await.expect("answered").expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("bad Content-Type"), "{answer}");
+    }
+    assert_eq!(off.app.requests(), 0);
+    assert!(keys(&off.store).await.is_empty());
 }
 
 #[tokio::test]
