@@ -1280,8 +1280,10 @@ async fn accept(
         let header = proxy_protocol::read_header(&mut stream, peer);
         match tokio::time::timeout(settings.handshake_timeout, header).await {
             Ok(Ok(client)) => peer = client,
-            Ok(Err(e)) => return debug!(%peer, error = %e, "closing: no PROXY header"),
-            Err(_) => return debug!(%peer, "closing: no PROXY header in time"),
+            // As nginx logs "broken header": a balancer that does not send one (or a
+            // `proxy_protocol` turned on before the balancer's) shows, not just resets.
+            Ok(Err(e)) => return info!(%peer, error = %e, "closing: no PROXY header"),
+            Err(_) => return info!(%peer, "closing: no PROXY header in time"),
         }
     }
     // An IPv4 client of a dual-stack socket (systemd's `ListenStream=8080` is `[::]:8080`)

@@ -19,8 +19,15 @@ use tokio::net::TcpStream;
 /// 1 KiB is ample, as nginx reads at most 4 KiB less what it leaves the request.
 const MAX_HEADER: usize = 1024;
 
-/// How long to wait before looking again at a header that came in part.
+/// How long to wait before looking again at a header that came in part, at first; each
+/// wait doubles, up to [`PIECE_WAIT_MAX`]. The bytes are only peeked (they stay for the
+/// parser), so the socket stays readable and there is nothing to wait on but time: a
+/// connection that sent one byte would otherwise be looked at 200 times a second.
 const PIECE_WAIT: Duration = Duration::from_millis(5);
+const PIECE_WAIT_MAX: Duration = Duration::from_millis(200);
+
+/// The longest v1 header, `\r\n` included (the spec's 107 bytes).
+const V1_MAX: usize = 107;
 
 /// Reads the PROXY header off `stream` and returns the client's address it names: the
 /// source of a `PROXY` command, `peer` itself for a `LOCAL` command or v1's `UNKNOWN` (the
@@ -31,6 +38,7 @@ pub(super) async fn read_header(
     peer: SocketAddr,
 ) -> Result<SocketAddr, String> {
     let mut buf = vec![0u8; MAX_HEADER];
+    let mut wait = PIECE_WAIT;
     loop {
         let seen = stream
             .peek(&mut buf)
@@ -40,11 +48,12 @@ pub(super) async fn read_header(
             return Err("closed before a PROXY header".into());
         }
         let header = HeaderResult::parse(&buf[..seen]);
-        if header.is_incomplete() {
+        if header.is_incomplete() || v1_unfinished(&buf[..seen]) {
             if seen == buf.len() {
                 return Err(format!("no PROXY header within {MAX_HEADER} bytes"));
             }
-            tokio::time::sleep(PIECE_WAIT).await;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(PIECE_WAIT_MAX);
             continue;
         }
         let (length, client) = match header {
@@ -59,6 +68,15 @@ pub(super) async fn read_header(
             .map_err(|e| format!("reading the PROXY header: {e}"))?;
         return Ok(client.unwrap_or(peer));
     }
+}
+
+/// A v1 header still on its way: `PROXY ` and no line end yet, within the longest a v1
+/// header may be. The parser judges a line cut after the source port's space (an empty
+/// destination port) invalid rather than incomplete.
+fn v1_unfinished(seen: &[u8]) -> bool {
+    seen.starts_with(b"PROXY ")
+        && seen.len() < V1_MAX
+        && !seen.windows(2).any(|pair| pair == b"\r\n")
 }
 
 fn v1_client(addresses: &v1::Addresses) -> Option<SocketAddr> {
@@ -127,6 +145,15 @@ mod tests {
             server_reads(&[b"PROXY TCP4 203.0.", b"113.7 10.0.0.1 5 80\r\nX"]).await;
         assert_eq!(client, Ok("203.0.113.7:5".parse().unwrap()));
         assert_eq!(rest, b"X");
+        // Cut after the source port's space, where the parser saw an empty destination
+        // port, and in every other place.
+        let whole = b"PROXY TCP4 203.0.113.7 10.0.0.1 5 80\r\nX";
+        for cut in [33, 1, 6, 20, 34, 36, 37] {
+            let (first, second) = whole.split_at(cut);
+            let (client, rest) = server_reads(&[first, second]).await;
+            assert_eq!(client, Ok("203.0.113.7:5".parse().unwrap()), "cut at {cut}");
+            assert_eq!(rest, b"X", "cut at {cut}");
+        }
     }
 
     #[tokio::test]

@@ -21,6 +21,11 @@ pub(super) fn to_https<B>(req: &Request<B>, https_port: u16) -> Option<Response<
     if is_acme_challenge(req.uri().path()) {
         return None;
     }
+    // `OPTIONS *` asks about the server, and names no URL to send it to (nginx: 400).
+    if req.uri().path() == "*" {
+        let problem = "an asterisk-form target has no URL to redirect to HTTPS".to_string();
+        return Some(ProxyError::BadRequest(problem).into_response());
+    }
     let Some(location) = https_location(req, https_port) else {
         let problem = "no host to redirect to HTTPS".to_string();
         return Some(ProxyError::BadRequest(problem).into_response());
@@ -127,5 +132,16 @@ mod tests {
             assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{host:?}");
             assert!(!r.headers().contains_key(header::LOCATION));
         }
+    }
+
+    #[test]
+    fn options_asterisk_is_a_400() {
+        let req = Request::options("*")
+            .header(header::HOST, "a.test")
+            .body(())
+            .unwrap();
+        let r = to_https(&req, 8443).unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(!r.headers().contains_key(header::LOCATION));
     }
 }
