@@ -81,16 +81,11 @@ pub use tls::Certificates;
 /// (a certificate expired or near its end), as `nginx -t` prints its warnings.
 pub fn check_files(config: &Config) -> anyhow::Result<Vec<String>> {
     let mut warnings = Vec::new();
-    if let Some(files) = &config.server.tls {
-        let concern = Certificates::load(files)?
-            .validity()
-            .and_then(|validity| validity.concern(std::time::SystemTime::now()));
-        if let Some(concern) = concern {
-            warnings.push(format!(
-                "server.tls.cert {}: {concern}",
-                files.cert.display()
-            ));
-        }
+    if let Some(files) = &config.server.tls
+        && let Some(concern) = Certificates::load(files)?.concern()
+    {
+        let cert = files.cert.display();
+        warnings.push(format!("server.tls.cert {cert}: {concern}"));
     }
     crate::proxy::check_app_tls(&config.upstream)?;
     store::check(&config.store)?;

@@ -97,6 +97,8 @@ impl Drop for TunnelGuard {
 /// A tunnel to run on the connection's task: it ends when the tunnel closes.
 pub(super) type Upgraded = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A connection with no request limit, for the unit tests.
+#[cfg(test)]
 impl Default for ConnectionState {
     fn default() -> Self {
         ConnectionState::carrying(u64::MAX, 0)

@@ -108,6 +108,12 @@ impl Certificates {
         Ok(())
     }
 
+    /// What is wrong with serving the certificate now, if anything (and its dates can be
+    /// read).
+    pub(super) fn concern(&self) -> Option<Concern> {
+        self.validity()?.concern(SystemTime::now())
+    }
+
     /// When the certificate served (the chain's first) may be served: `None` when its
     /// dates cannot be read (rustls takes certificates a strict DER reading refuses).
     pub(super) fn validity(&self) -> Option<Validity> {
@@ -222,7 +228,7 @@ pub(super) fn report_validity(certificates: &Certificates, metrics: &Metrics) {
         return warn!(%cert, "server.tls.cert: the certificate's dates cannot be read; its expiry is not watched");
     };
     metrics.tls_certificate_expires(&cert.to_string(), validity.not_after);
-    match validity.concern(SystemTime::now()) {
+    match certificates.concern() {
         Some(concern @ Concern::Expired(_)) => error!(%cert, "server.tls.cert: {concern}"),
         Some(concern) => warn!(%cert, "server.tls.cert: {concern}"),
         None => {}
